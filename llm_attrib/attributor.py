@@ -1,0 +1,225 @@
+"""`Attributor`: the thin stateful front. It prepares the sequence, patches the model for the duration of one
+explanation, runs a method, and packages the result as an `Explanation`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from . import __version__
+from .core.sequence import Sequence, build_sequence, readable_tokens, special_token_mask
+from .core.spaces import make_space, model_logits
+from .core.targets import Target, resolve_target
+from .errors import InvalidInputError
+from .explanation import Explanation
+from .methods import Problem, get_method
+from .patching import prepared
+
+Prompt = str | list[dict[str, str]]
+
+
+def is_classifier(model) -> bool:
+    """Sequence classifiers explain a class; everything else is treated as a causal LM."""
+    return type(model).__name__.endswith("ForSequenceClassification")
+
+
+def context_length(model, tokenizer) -> int:
+    limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    return min([n for n in limits if isinstance(n, int) and 0 < n < 10**9] or [10**9])
+
+
+class Attributor:
+    """Explains a HuggingFace model's outputs token by token.
+
+    Args:
+        model: a causal LM or a sequence classifier (any `PreTrainedModel`), in eval mode.
+        tokenizer: its tokenizer (a fast tokenizer, for character offsets).
+        internal_batch_size: path points per forward pass (memory is bounded by it).
+        show_progress: show a progress bar on work longer than about a second.
+
+    Example:
+        >>> import llm_attrib
+        >>> model, tokenizer = llm_attrib.zoo.load("recall")
+        >>> attr = llm_attrib.Attributor(model, tokenizer)
+        >>> exp = attr.explain("k1 = v3 v8 , k2 = v5 v1 . k2 =>", max_new_tokens=3)
+    """
+
+    def __init__(self, model, tokenizer, internal_batch_size: int = 16, show_progress: bool = True) -> None:
+        if not getattr(tokenizer, "is_fast", False):
+            raise InvalidInputError("llm-attrib needs a fast tokenizer (for character offsets); load it with use_fast=True.")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.internal_batch_size = internal_batch_size
+        self.show_progress = show_progress
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.get_input_embeddings().num_embeddings
+
+    def _encode_prompt(self, prompt: Prompt) -> tuple[str, list[int], list[tuple[int, int]]]:
+        if isinstance(prompt, list):
+            if not prompt or not all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
+                raise InvalidInputError("chat messages must be a non-empty list of {'role': ..., 'content': ...} dicts.")
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise InvalidInputError("this tokenizer has no chat template; pass the prompt as a string.")
+            text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+            encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        elif isinstance(prompt, str):
+            text = prompt
+            encoding = self.tokenizer(text, return_offsets_mapping=True)
+        else:
+            raise InvalidInputError(f"prompt must be a string or a list of chat messages, got {type(prompt).__name__}.")
+        if not text.strip() or not encoding["input_ids"]:
+            raise InvalidInputError("the prompt is empty; give some text to explain.")
+        return text, list(encoding["input_ids"]), [tuple(o) for o in encoding["offset_mapping"]]
+
+    def _check_length(self, n_tokens: int) -> None:
+        limit = context_length(self.model, self.tokenizer)
+        if n_tokens > limit:
+            raise InvalidInputError(
+                f"prompt and answer need {n_tokens} tokens but the model's context holds {limit}; "
+                "shorten the prompt or lower max_new_tokens."
+            )
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int, **generation_kwargs: Any) -> list[int]:
+        """Greedy continuation (generation kwargs pass through), with the model's default attention."""
+        ids = torch.tensor([prompt_ids], device=self.device)
+        kwargs = {"do_sample": False, "max_new_tokens": max_new_tokens, **generation_kwargs}
+        kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+        with torch.no_grad():
+            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
+        return out[0, len(prompt_ids):].tolist()
+
+    def sequence(
+        self,
+        prompt: Prompt,
+        answer: str | list[int] | None = None,
+        target_class: int | None = None,
+        max_new_tokens: int = 16,
+        **generation_kwargs: Any,
+    ) -> Sequence:
+        """Tokenise the prompt and fix the targets: the given answer, the generated one, or the class."""
+        text, ids, offsets = self._encode_prompt(prompt)
+        if is_classifier(self.model):
+            self._check_length(len(ids))
+            n_classes = self.model.config.num_labels
+            if target_class is None:
+                with torch.no_grad():
+                    target_class = int(self.model(input_ids=torch.tensor([ids], device=self.device)).logits.argmax())
+            if not isinstance(target_class, int) or not 0 <= target_class < n_classes:
+                raise InvalidInputError(f"target_class must be a class index in [0, {n_classes}), got {target_class!r}.")
+            return Sequence(
+                input_ids=torch.tensor([ids], device=self.device),
+                n_prompt=len(ids),
+                target_ids=torch.tensor([target_class], device=self.device),
+                text=text,
+                offsets=offsets,
+                tokens=readable_tokens(self.tokenizer, ids),
+                keep=special_token_mask(self.tokenizer, ids).to(self.device),
+                is_classifier=True,
+            )
+        if target_class is not None:
+            raise InvalidInputError("target_class is for sequence classifiers; for a language model pass answer=.")
+        if isinstance(answer, str):
+            answer_ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        elif answer is None:
+            if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+                raise InvalidInputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
+            self._check_length(len(ids) + max_new_tokens)
+            answer_ids = self.generate(ids, max_new_tokens, **generation_kwargs)
+        else:
+            answer_ids = [int(i) for i in answer]
+        self._check_length(len(ids) + len(answer_ids))
+        return build_sequence(self.tokenizer, text, ids, offsets, answer_ids, self.device, self.vocab_size)
+
+    def explain(
+        self,
+        prompt: Prompt,
+        answer: str | list[int] | None = None,
+        *,
+        method: str = "ig",
+        space: str = "embeddings",
+        target: str | Target | None = None,
+        foil: int | None = None,
+        target_class: int | None = None,
+        layers: list[int] | int | None = None,
+        max_new_tokens: int = 16,
+        generation_kwargs: dict[str, Any] | None = None,
+        internal_batch_size: int | None = None,
+        keep_head_scores: bool = True,
+        **method_params: Any,
+    ) -> Explanation:
+        """Explain every generated (or given) token of `prompt`'s continuation, or a classifier's class.
+
+        Args:
+            prompt: text, or chat messages (the tokenizer's chat template is applied).
+            answer: the continuation to explain (text or token ids); None generates greedily.
+            method: "ig", "saliency", "input_x_gradient", "attention" (see `llm_attrib.METHODS`).
+            space: "embeddings" or "attention".
+            target: "log_prob" (LM default), "prob", "logit" (classifier default), "contrastive", or a
+                callable (logits (B, T, V), target_ids (T,)) -> (B, T).
+            foil: token id contrasted with each target (target="contrastive").
+            target_class: the class to explain for classifiers (default: the predicted one).
+            layers: attention layers of the attention space (default all; an int or a list).
+            max_new_tokens: generation length when `answer` is None.
+            generation_kwargs: passed to `model.generate`.
+            internal_batch_size: path points per forward (default: the Attributor's).
+            keep_head_scores: keep per-layer/per-head scores of attention-space methods.
+            **method_params: the method's own parameters, e.g. baseline, n_steps, quadrature, tolerance.
+
+        Returns:
+            An `Explanation` with scores of shape (targets, inputs).
+        """
+        chosen = get_method(method, space)
+        the_space = make_space(space, layers)
+        if self.model.training:
+            raise InvalidInputError(
+                f"{type(self.model).__name__} is in training mode (dropout is active, so attributions would be "
+                "random). Call model.eval() before explaining."
+            )
+        seq = self.sequence(prompt, answer, target_class, max_new_tokens, **(generation_kwargs or {}))
+        n_vocab = self.model.config.num_labels if seq.is_classifier else self.vocab_size
+        target_fn = resolve_target(target or ("logit" if seq.is_classifier else "log_prob"), foil, n_vocab)
+        with prepared(self.model, hook_attention=the_space.uses_attention_hook):
+            problem = Problem(
+                self.model, self.tokenizer, seq, the_space, target_fn,
+                internal_batch_size or self.internal_batch_size, self.show_progress,
+            )
+            result = chosen.attribute(problem, **method_params)
+            with torch.no_grad():
+                logits = model_logits(self.model, seq, input_ids=seq.input_ids)
+        probs = logits.float().softmax(-1)[0].gather(-1, seq.target_ids[:, None])[:, 0]
+        n = seq.n_inputs
+        params = {k: (v if not isinstance(v, torch.Tensor) else "tensor") for k, v in method_params.items()}
+        params.update(target=target if isinstance(target, str) or target is None else getattr(target, "__name__", "callable"),
+                      foil=foil, layers=getattr(the_space, "chosen", None) or None)
+        params.update({k: v for k, v in result.extra.items() if not isinstance(v, torch.Tensor) and k == "n_steps"})
+        if seq.is_classifier:
+            labels = getattr(self.model.config, "id2label", {}) or {}
+            target_tokens = [str(labels.get(int(c), c)) for c in seq.target_ids.tolist()]
+        else:
+            target_tokens = seq.tokens[seq.n_prompt:]
+        return Explanation(
+            scores=result.scores[:, :n].detach().cpu(),
+            input_tokens=seq.tokens[:n],
+            input_offsets=seq.offsets[:n],
+            input_ids=seq.input_ids[0, :n].tolist(),
+            target_tokens=target_tokens,
+            target_ids=seq.target_ids.tolist(),
+            target_probs=probs.tolist(),
+            completeness_error=result.completeness_error.detach().cpu().float(),
+            text=seq.text,
+            n_prompt_tokens=seq.n_prompt,
+            method=method,
+            space=space,
+            params=params,
+            model_name=getattr(self.model.config, "_name_or_path", "") or type(self.model).__name__,
+            library_version=__version__,
+            head_scores=result.detail[..., :n].detach().cpu() if keep_head_scores and result.detail is not None else None,
+            extra={k: v for k, v in result.extra.items() if k != "n_steps"},
+        )

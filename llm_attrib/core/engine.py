@@ -1,0 +1,120 @@
+"""The engine: the only place that runs forward and backward passes for attributions.
+
+It evaluates every target's gradient at every point of a set of paths, in chunks of `internal_batch_size`
+points. One forward per chunk serves all targets of the sequence (a causal model's target t depends only
+on positions <= t), followed by one backward per target on the shared graph. Contributions
+(gradient x displacement) are reduced to tokens per chunk, so memory is bounded by the chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import NumericalError
+from .paths import Paths
+
+Scores = Callable[[torch.Tensor], torch.Tensor]
+Reduce = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+Contribution = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def gradient_times_delta(gradient: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """The path-integral contribution of one point: its gradient times the displacement it stands for."""
+    return gradient * delta
+
+
+@dataclass
+class Integral:
+    """What the engine computed for P paths and T targets.
+
+    Attributes:
+        tokens: (P, T, L) attribution per path, target and token.
+        detail: (P, T, *D) the space's finer attribution (attention: layers x heads x keys), or None.
+        f_end: (T,) target scores at the explicand.
+        f_start: (P, T) target scores at each path's start (the baseline).
+        n_forward: forward passes run (one per chunk plus the endpoint pass).
+        n_backward: backward passes run.
+    """
+
+    tokens: torch.Tensor
+    detail: torch.Tensor | None
+    f_end: torch.Tensor
+    f_start: torch.Tensor
+    n_forward: int
+    n_backward: int
+
+    def completeness_error(self) -> torch.Tensor:
+        """(P, T) |sum(attr) - (F(x) - F(x'))| / |F(x) - F(x')|."""
+        gap = self.f_end.unsqueeze(0) - self.f_start
+        return (self.tokens.sum(-1) - gap).abs() / gap.abs().clamp_min(1e-12)
+
+
+def check_finite(scores: torch.Tensor, where: str) -> None:
+    if not torch.isfinite(scores).all():
+        raise NumericalError(
+            f"the model produced NaN or inf target scores at {where}; check the model's weights and dtype "
+            "(half precision overflows are common) before attributing."
+        )
+
+
+def evaluate(scores: Scores, points: torch.Tensor, internal_batch_size: int) -> torch.Tensor:
+    """Target scores (N, T) at points (N, *S) without gradients, in chunks."""
+    with torch.no_grad():
+        out = torch.cat([scores(chunk).float() for chunk in points.split(internal_batch_size)])
+    check_finite(out, "the path's endpoints")
+    return out
+
+
+def integrate(
+    scores: Scores,
+    paths: Paths,
+    end: torch.Tensor,
+    reduce: Reduce,
+    internal_batch_size: int,
+    contribution: Contribution = gradient_times_delta,
+    show_progress: bool = True,
+) -> Integral:
+    """Integrate the gradients of all targets along all paths.
+
+    Args:
+        scores: points (B, *S) -> target scores (B, T); the model forward plus the target.
+        paths: the paths; each point comes with the displacement it stands for.
+        end: (*S) the explicand x, where every path ends.
+        reduce: contribution (T, *S) -> (tokens (T, L), detail (T, *D) or None), linear.
+        internal_batch_size: path points per forward.
+        contribution: (gradient, delta) -> contribution; gradient x delta for path methods.
+        show_progress: show a progress bar when the work takes more than a second.
+    """
+    endpoints = torch.cat([end.unsqueeze(0), paths.starts()])
+    f_all = evaluate(scores, endpoints, internal_batch_size)
+    f_end, f_start = f_all[0], f_all[1:]
+    n_targets = f_end.shape[0]
+    tokens: torch.Tensor | None = None
+    detail: torch.Tensor | None = None
+    n_forward, n_backward = -(-len(endpoints) // internal_batch_size), 0
+    chunks = torch.arange(len(paths)).split(internal_batch_size)
+    for index in tqdm(chunks, desc="attributing", delay=1.0, leave=False, disable=not show_progress):
+        points, deltas = paths.points(index)
+        points = points.detach().requires_grad_(True)
+        out = scores(points)
+        check_finite(out, "a path point")
+        n_forward += 1
+        path_ids = paths.path_of(index)
+        for t in range(n_targets):
+            (gradient,) = torch.autograd.grad(out[:, t].sum(), points, retain_graph=t < n_targets - 1)
+            n_backward += 1
+            contrib = contribution(gradient.float(), deltas)
+            for p in path_ids.unique().tolist():
+                token_part, detail_part = reduce(contrib[path_ids == p].sum(0))
+                if tokens is None:
+                    tokens = token_part.new_zeros((paths.n_paths, n_targets) + token_part.shape)
+                    if detail_part is not None:
+                        detail = detail_part.new_zeros((paths.n_paths, n_targets) + detail_part.shape)
+                tokens[p, t] += token_part
+                if detail is not None:
+                    detail[p, t] += detail_part
+    return Integral(tokens, detail, f_end, f_start, n_forward, n_backward)

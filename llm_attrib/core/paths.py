@@ -1,0 +1,73 @@
+"""Paths through a space, as points with the displacement each point stands for.
+
+A path method's attribution is `sum_k delta_k * grad F(point_k)`. For a straight line from baseline b to
+x with quadrature (alpha_k, w_k): point_k = b + alpha_k (x - b) and delta_k = w_k (x - b). For a polyline
+gamma_0 = x, ..., gamma_J (IG2's GradPath): point_j = gamma_j and delta_j = gamma_j - gamma_{j+1}.
+Several paths (RPI's baselines, IG2's references) are integrated together; each point knows its path.
+Points are built lazily per chunk, so memory is bounded by the chunk, not by the path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class StraightPaths:
+    """P straight lines from `baselines` (P, *S) to `x` (*S) with shared quadrature nodes and weights (K,)."""
+
+    x: torch.Tensor
+    baselines: torch.Tensor
+    nodes: torch.Tensor
+    weights: torch.Tensor
+
+    @property
+    def n_paths(self) -> int:
+        return self.baselines.shape[0]
+
+    def __len__(self) -> int:
+        return self.n_paths * len(self.nodes)
+
+    def path_of(self, index: torch.Tensor) -> torch.Tensor:
+        return index // len(self.nodes)
+
+    def points(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Points (B, *S) and deltas (B, *S) for flat point indices (B,)."""
+        k = (index % len(self.nodes)).to(self.x.device)
+        start = self.baselines[self.path_of(index).to(self.x.device)]
+        shape = (-1,) + (1,) * self.x.dim()
+        direction = self.x.unsqueeze(0) - start
+        return start + self.nodes.to(self.x)[k].view(shape) * direction, self.weights.to(self.x)[k].view(shape) * direction
+
+    def starts(self) -> torch.Tensor:
+        return self.baselines
+
+
+@dataclass
+class PolylinePaths:
+    """P polylines given by their vertices (P, J+1, *S), each starting at the explicand x = vertices[:, 0]."""
+
+    vertices: torch.Tensor
+
+    @property
+    def n_paths(self) -> int:
+        return self.vertices.shape[0]
+
+    def __len__(self) -> int:
+        return self.n_paths * (self.vertices.shape[1] - 1)
+
+    def path_of(self, index: torch.Tensor) -> torch.Tensor:
+        return index // (self.vertices.shape[1] - 1)
+
+    def points(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        p, j = self.path_of(index), index % (self.vertices.shape[1] - 1)
+        here, after = self.vertices[p, j], self.vertices[p, j + 1]
+        return here, here - after
+
+    def starts(self) -> torch.Tensor:
+        return self.vertices[:, -1]
+
+
+Paths = StraightPaths | PolylinePaths

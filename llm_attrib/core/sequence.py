@@ -1,0 +1,107 @@
+"""The explained sequence: prompt plus targets, tokenised once, with the positions where targets are read.
+
+A causal LM's target t (the token at position n_prompt + t) is predicted at position n_prompt + t - 1 and
+depends only on positions before it, so one teacher-forced forward over the whole sequence serves every
+target. A sequence classifier has one target, the explained class, read from the pooled output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import InvalidInputError
+
+
+@dataclass
+class Sequence:
+    """One explained example.
+
+    Attributes:
+        input_ids: (1, L) token ids of prompt and targets.
+        n_prompt: number of prompt tokens.
+        target_ids: (T,) ids of the explained tokens (classes for classifiers).
+        text: prompt text followed by the answer text; offsets index into it.
+        offsets: (start, end) character span of each of the L tokens in `text`.
+        tokens: readable text of each of the L tokens.
+        keep: (L,) bool, tokens every built-in baseline keeps (special tokens such as BOS, CLS, SEP).
+        is_classifier: whether targets are classes of a sequence classifier.
+    """
+
+    input_ids: torch.Tensor
+    n_prompt: int
+    target_ids: torch.Tensor
+    text: str
+    offsets: list[tuple[int, int]]
+    tokens: list[str]
+    keep: torch.Tensor
+    is_classifier: bool = False
+
+    @property
+    def length(self) -> int:
+        return self.input_ids.shape[1]
+
+    @property
+    def n_targets(self) -> int:
+        return self.target_ids.shape[0]
+
+    @property
+    def target_positions(self) -> torch.Tensor:
+        """(T,) positions whose logits predict each target (empty for classifiers)."""
+        if self.is_classifier:
+            return self.target_ids.new_zeros(0)
+        return torch.arange(self.n_prompt - 1, self.length - 1, device=self.input_ids.device)
+
+    @property
+    def n_inputs(self) -> int:
+        """Tokens that receive attribution: everything but the last target token, which is never an input."""
+        return self.length if self.is_classifier else self.length - 1
+
+
+def special_token_mask(tokenizer, ids: list[int]) -> torch.Tensor:
+    """(L,) bool, True for the tokenizer's special tokens (kept by baselines, never removed by metrics)."""
+    special = set(tokenizer.all_special_ids)
+    return torch.tensor([i in special for i in ids], dtype=torch.bool)
+
+
+def readable_tokens(tokenizer, ids: list[int]) -> list[str]:
+    return [tokenizer.convert_tokens_to_string([t]) for t in tokenizer.convert_ids_to_tokens(ids)]
+
+
+def answer_offsets(tokenizer, ids: list[int], start: int) -> tuple[str, list[tuple[int, int]]]:
+    """Decode `ids` token by token, so each token's span in the decoded text is known."""
+    text, offsets = "", []
+    for i in range(len(ids)):
+        decoded = tokenizer.decode(ids[: i + 1])
+        offsets.append((start + len(text), start + len(decoded)))
+        text = decoded
+    return text, offsets
+
+
+def build_sequence(
+    tokenizer,
+    prompt: str,
+    prompt_ids: list[int],
+    prompt_offsets: list[tuple[int, int]],
+    answer_ids: list[int],
+    device: torch.device,
+    vocab_size: int,
+) -> Sequence:
+    """Assemble prompt and answer tokens into a teacher-forced `Sequence` for a causal LM."""
+    if not answer_ids:
+        raise InvalidInputError("there is nothing to explain: the answer is empty (no token was generated or given).")
+    bad = [i for i in answer_ids if not 0 <= i < vocab_size]
+    if bad:
+        raise InvalidInputError(f"answer token ids {bad} are outside the model's vocabulary [0, {vocab_size}).")
+    answer_text, offsets = answer_offsets(tokenizer, answer_ids, len(prompt))
+    ids = prompt_ids + answer_ids
+    return Sequence(
+        input_ids=torch.tensor([ids], device=device),
+        n_prompt=len(prompt_ids),
+        target_ids=torch.tensor(answer_ids, device=device),
+        text=prompt + answer_text,
+        offsets=list(prompt_offsets) + offsets,
+        tokens=readable_tokens(tokenizer, ids),
+        keep=special_token_mask(tokenizer, ids).to(device),
+    )

@@ -1,0 +1,170 @@
+"""Spaces where paths live: the input embeddings, or the attention probabilities of chosen layers.
+
+A space knows how to read its point x for a sequence, how to build a baseline there, how to run the model
+at a batch of path points (returning logits at the target positions), and how to reduce an attribution
+over the space to one score per input token (a sum, so completeness is preserved).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+from einops import reduce
+
+from ..errors import InvalidInputError, UnknownNameError, UnsupportedModelError
+from ..patching import AttentionTap, tapped
+from .sequence import Sequence
+
+
+def model_logits(model, seq: Sequence, **inputs) -> torch.Tensor:
+    """Logits (B, T, V) at the target positions; the LM head runs only there when the model allows it."""
+    if seq.is_classifier:
+        return model(**inputs).logits.unsqueeze(1)
+    positions = seq.target_positions
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        return model(**inputs, use_cache=False, logits_to_keep=positions).logits
+    return model(**inputs, use_cache=False).logits[:, positions]
+
+
+def neutral_token_id(tokenizer) -> int:
+    """A token that carries no content: pad, else unk, else mask, else eos."""
+    for name in ("pad_token_id", "unk_token_id", "mask_token_id", "eos_token_id"):
+        token = getattr(tokenizer, name, None)
+        if isinstance(token, int):
+            return token
+    raise InvalidInputError(
+        "the tokenizer has no pad, unk, mask or eos token to build the neutral baseline from; "
+        "pass baseline=<token id> or baseline='zeros'."
+    )
+
+
+def _custom_baseline(baseline: torch.Tensor, x: torch.Tensor, space: str) -> torch.Tensor:
+    if baseline.shape != x.shape:
+        raise InvalidInputError(
+            f"a custom {space} baseline must have the shape of the space's point {tuple(x.shape)}, "
+            f"got {tuple(baseline.shape)}."
+        )
+    if not torch.isfinite(baseline).all():
+        raise InvalidInputError("the custom baseline contains NaN or inf.")
+    return baseline.to(x)
+
+
+@dataclass
+class EmbeddingSpace:
+    """Paths over the input embeddings (L, D): the output of `model.get_input_embeddings()`."""
+
+    name: str = "embeddings"
+    uses_attention_hook: bool = False
+
+    def point(self, model, seq: Sequence) -> torch.Tensor:
+        with torch.no_grad():
+            return model.get_input_embeddings()(seq.input_ids)[0].float()
+
+    def baseline(self, spec, model, tokenizer, seq: Sequence, x: torch.Tensor) -> torch.Tensor:
+        """neutral (default): every non-special token replaced by a neutral token; zeros; a token id; a tensor."""
+        if isinstance(spec, torch.Tensor):
+            return _custom_baseline(spec, x, self.name)
+        if spec in (None, "neutral"):
+            token = neutral_token_id(tokenizer)
+        elif isinstance(spec, int) and not isinstance(spec, bool):
+            token = spec
+            if not 0 <= token < model.get_input_embeddings().num_embeddings:
+                raise InvalidInputError(
+                    f"baseline token id {token} is outside the vocabulary [0, {model.get_input_embeddings().num_embeddings})."
+                )
+        elif spec == "zeros":
+            return torch.where(seq.keep[:, None], x, torch.zeros_like(x))
+        else:
+            raise InvalidInputError(
+                f"unknown embeddings baseline {spec!r}; use 'neutral', 'zeros', a token id, or a tensor shaped {tuple(x.shape)}."
+            )
+        ids = torch.where(seq.keep, seq.input_ids[0], torch.full_like(seq.input_ids[0], token))
+        with torch.no_grad():
+            return model.get_input_embeddings()(ids[None])[0].float()
+
+    def logits(self, model, seq: Sequence, points: torch.Tensor) -> torch.Tensor:
+        dtype = model.get_input_embeddings().weight.dtype
+        return model_logits(model, seq, inputs_embeds=points.to(dtype))
+
+    def reduce(self, contribution: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """(..., L, D) -> per token (..., L)."""
+        return contribution.sum(-1), None
+
+
+@dataclass
+class AttentionSpace:
+    """Paths over the post-softmax attention probabilities of chosen layers, all heads: (layers, H, L, L).
+
+    All chosen layers move jointly along one path, so one integral serves every layer.
+    """
+
+    layers: list[int] | int | None = None
+    name: str = "attention"
+    uses_attention_hook: bool = True
+    chosen: list[int] = field(default_factory=list)
+
+    def point(self, model, seq: Sequence) -> torch.Tensor:
+        tap = AttentionTap(record=True)
+        with torch.no_grad(), tapped(tap):
+            model(input_ids=seq.input_ids, **({} if seq.is_classifier else {"use_cache": False}))
+        if not tap.recorded:
+            raise UnsupportedModelError(
+                f"{type(model).__name__} never called the hooked attention function, so attention space is not "
+                "available for it; use space='embeddings'."
+            )
+        self.chosen = self._choose(len(tap.recorded))
+        return torch.stack([tap.recorded[i][0] for i in self.chosen]).float()
+
+    def _choose(self, n_layers: int) -> list[int]:
+        if self.layers is None:
+            return list(range(n_layers))
+        requested = [self.layers] if isinstance(self.layers, int) else list(self.layers)
+        if not requested:
+            raise InvalidInputError("layers is empty; pass None for all layers, or layer indices.")
+        chosen = []
+        for layer in requested:
+            if not isinstance(layer, int) or not -n_layers <= layer < n_layers:
+                raise InvalidInputError(
+                    f"layer {layer!r} does not exist: the model has {n_layers} attention layers "
+                    f"(indices 0..{n_layers - 1}, or negative from the end)."
+                )
+            chosen.append(layer % n_layers)
+        return sorted(set(chosen))
+
+    def baseline(self, spec, model, tokenizer, seq: Sequence, x: torch.Tensor) -> torch.Tensor:
+        """zeros (default, as Hao et al.); uniform over the keys each query may attend to; a tensor."""
+        if isinstance(spec, torch.Tensor):
+            return _custom_baseline(spec, x, self.name)
+        if spec in (None, "zeros"):
+            return torch.zeros_like(x)
+        if spec == "uniform":
+            allowed = (x > 0).any(dim=(0, 1), keepdim=True).expand_as(x).float()
+            return allowed / allowed.sum(-1, keepdim=True).clamp_min(1)
+        raise InvalidInputError(
+            f"unknown attention baseline {spec!r}; use 'zeros', 'uniform', or a tensor shaped {tuple(x.shape)}."
+        )
+
+    def logits(self, model, seq: Sequence, points: torch.Tensor) -> torch.Tensor:
+        tap = AttentionTap(replace={layer: points[:, i] for i, layer in enumerate(self.chosen)})
+        with tapped(tap):
+            return model_logits(model, seq, input_ids=seq.input_ids.expand(points.shape[0], -1))
+
+    def reduce(self, contribution: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(..., layers, H, Lq, Lk) -> per key token (..., Lk), and per layer and head (..., layers, H, Lk)."""
+        heads = contribution.sum(-2)
+        return reduce(heads, "... layer head key -> ... key", "sum"), heads
+
+
+SPACES = {"embeddings": EmbeddingSpace, "attention": AttentionSpace}
+
+
+def make_space(name: str, layers: list[int] | int | None = None) -> EmbeddingSpace | AttentionSpace:
+    if name not in SPACES:
+        raise UnknownNameError(f"unknown space {name!r}; choose one of {sorted(SPACES)}.")
+    if name == "embeddings":
+        if layers is not None:
+            raise InvalidInputError("layers= only applies to space='attention'.")
+        return EmbeddingSpace()
+    return AttentionSpace(layers=layers)

@@ -1,0 +1,69 @@
+"""Targets: the scalar explained for each target token.
+
+A target maps logits at the target positions (B, T, V) and the target ids (T,) to scores (B, T). For
+sequence classifiers T = 1 and V is the number of classes, so the same targets serve both model kinds:
+"logit" of a class is the class logit, "log_prob" its log-softmax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..errors import InvalidInputError, UnknownNameError
+
+Target = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _pick(values: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """values (B, T, V), ids (T,) -> values[b, t, ids[t]] (B, T)."""
+    return values.gather(-1, ids.view(1, -1, 1).expand(values.shape[0], -1, 1)).squeeze(-1)
+
+
+def log_probability(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each target token given its prefix (the default for generation)."""
+    return _pick(logits.float().log_softmax(-1), ids)
+
+
+def probability(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Probability of each target token; bounded, so attributions of confident tokens are small."""
+    return _pick(logits.float().softmax(-1), ids)
+
+
+def logit(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Raw logit of each target (the class logit for sequence classifiers)."""
+    return _pick(logits.float(), ids)
+
+
+def contrastive(foil: int | torch.Tensor) -> Target:
+    """Logit of the target minus the logit of a foil token: why this token rather than that one."""
+
+    def target(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        foils = torch.as_tensor(foil, device=ids.device).expand_as(ids)
+        return logit(logits, ids) - logit(logits, foils)
+
+    return target
+
+
+TARGETS: dict[str, Target] = {"log_prob": log_probability, "prob": probability, "logit": logit}
+
+
+def resolve_target(target: str | Target, foil: int | None, vocab_size: int) -> Target:
+    """Turn a target name (or callable) into a target function, validating the foil id."""
+    if foil is not None:
+        if not isinstance(foil, int) or not 0 <= foil < vocab_size:
+            raise InvalidInputError(f"foil must be a token id in [0, {vocab_size}), got {foil!r}.")
+        if target not in ("contrastive", "log_prob"):
+            raise InvalidInputError(f"a foil is only used with target='contrastive', got target={target!r}.")
+        return contrastive(foil)
+    if target == "contrastive":
+        raise InvalidInputError("target='contrastive' needs foil=<token id> (the alternative token to contrast with).")
+    if callable(target):
+        return target
+    if target not in TARGETS:
+        raise UnknownNameError(
+            f"unknown target {target!r}; choose one of {sorted(TARGETS) + ['contrastive']} or pass a callable "
+            "(logits (B, T, V), target_ids (T,)) -> scores (B, T)."
+        )
+    return TARGETS[target]

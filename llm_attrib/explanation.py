@@ -1,0 +1,211 @@
+"""The result of an attribution: a [targets x input tokens] matrix with everything that produced it."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import InvalidInputError
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Explanation:
+    """Attributions of each target token (or class) to each input token.
+
+    Inputs are the prompt tokens followed by the earlier targets (a generated token is an input of the
+    ones after it), so `scores[t, j]` is zero for inputs j at or after target t's own position.
+
+    Attributes:
+        scores: (T, N) attribution of target t to input token j.
+        input_tokens: readable text of the N input tokens.
+        input_offsets: (start, end) of each input token in `text`.
+        input_ids: the N input token ids.
+        target_tokens: readable text of the T targets (class names for classifiers).
+        target_ids: the T target token ids (class indices for classifiers).
+        target_probs: model probability of each target given its prefix.
+        completeness_error: (T,) relative completeness error; NaN where the method has none.
+        text: the prompt followed by the answer text; offsets index into it.
+        n_prompt_tokens: how many inputs belong to the prompt.
+        method, space: what produced the scores; params: every other setting (steps, baseline, seed...).
+        model_name, library_version: provenance.
+        head_scores: (T, layers, heads, N) for attention-space methods, if kept.
+        extra: method-specific results (e.g. RPI candidates).
+    """
+
+    scores: torch.Tensor
+    input_tokens: list[str]
+    input_offsets: list[tuple[int, int]]
+    input_ids: list[int]
+    target_tokens: list[str]
+    target_ids: list[int]
+    target_probs: list[float]
+    completeness_error: torch.Tensor
+    text: str
+    n_prompt_tokens: int
+    method: str
+    space: str
+    params: dict[str, Any] = field(default_factory=dict)
+    model_name: str = ""
+    library_version: str = ""
+    head_scores: torch.Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prompt_scores(self) -> torch.Tensor:
+        """(T, n_prompt_tokens): attributions to the prompt only."""
+        return self.scores[:, : self.n_prompt_tokens]
+
+    def top_tokens(self, target: int = 0, k: int = 5) -> list[tuple[str, float]]:
+        """The k prompt tokens with the largest attribution for one target."""
+        values, index = self.prompt_scores[target].topk(min(k, self.n_prompt_tokens))
+        return [(self.input_tokens[i], v) for i, v in zip(index.tolist(), values.tolist())]
+
+    def aggregate(self, spans: list[tuple[int, int]], labels: list[str] | None = None) -> "Explanation":
+        """Sum token scores into character spans of `text` (a token belongs to the span holding its start).
+
+        Tokens outside every span are dropped; use `words()` for a full partition.
+        """
+        groups = []
+        for start, end in spans:
+            if not 0 <= start < end <= len(self.text):
+                raise InvalidInputError(f"span ({start}, {end}) is not inside the text of length {len(self.text)}.")
+            groups.append([j for j, (s, e) in enumerate(self.input_offsets) if e > s and start <= s < end])
+        return self._grouped(groups, [(s, e) for s, e in spans], labels)
+
+    def words(self) -> "Explanation":
+        """Sum token scores into whitespace-separated words (sub-word tokens merged); special tokens stay alone."""
+        spans = [m.span() for m in re.finditer(r"\S+", self.text)]
+        groups, used = [], set()
+        for start, end in spans:
+            members = [j for j, (s, e) in enumerate(self.input_offsets) if e > s and start <= s < end and j not in used]
+            used.update(members)
+            if members:
+                groups.append(members)
+        for j in range(len(self.input_tokens)):
+            if j not in used:
+                groups.append([j])
+        groups.sort(key=lambda g: g[0])
+        offsets = [(self.input_offsets[g[0]][0], max(self.input_offsets[j][1] for j in g)) for g in groups]
+        return self._grouped(groups, offsets, None)
+
+    def _grouped(self, groups: list[list[int]], offsets, labels: list[str] | None) -> "Explanation":
+        scores = torch.stack([self.scores[:, g].sum(1) if g else self.scores.new_zeros(len(self.target_ids)) for g in groups], 1)
+        tokens = labels or ["".join(self.input_tokens[j] for j in g).strip() or self.text[s:e] for g, (s, e) in zip(groups, offsets)]
+        n_prompt = sum(1 for g in groups if g and g[0] < self.n_prompt_tokens)
+        head = None
+        if self.head_scores is not None:
+            head = torch.stack([self.head_scores[..., g].sum(-1) for g in groups], -1)
+        return Explanation(
+            scores=scores,
+            input_tokens=tokens,
+            input_offsets=[tuple(o) for o in offsets],
+            input_ids=[self.input_ids[g[0]] if g else -1 for g in groups],
+            target_tokens=self.target_tokens,
+            target_ids=self.target_ids,
+            target_probs=self.target_probs,
+            completeness_error=self.completeness_error,
+            text=self.text,
+            n_prompt_tokens=n_prompt,
+            method=self.method,
+            space=self.space,
+            params={**self.params, "aggregated": True},
+            model_name=self.model_name,
+            library_version=self.library_version,
+            head_scores=head,
+            extra=self.extra,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (tensors as nested lists, NaN as null)."""
+        data = asdict(self)
+        for key, value in data.items():
+            if isinstance(value, torch.Tensor):
+                data[key] = _nan_to_none(value.tolist())
+        data["extra"] = _jsonable(self.extra)
+        data["format_version"] = FORMAT_VERSION
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Explanation":
+        data = dict(data)
+        data.pop("format_version", None)
+        for key in ("scores", "completeness_error", "head_scores"):
+            if data.get(key) is not None:
+                data[key] = torch.tensor(_none_to_nan(data[key]), dtype=torch.float32)
+        data["input_offsets"] = [tuple(o) for o in data["input_offsets"]]
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Explanation":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def to_dataframe(self):
+        """Long pandas DataFrame: one row per (target, input token)."""
+        import pandas as pd
+
+        rows = [
+            {
+                "target_index": t,
+                "target_token": self.target_tokens[t],
+                "target_prob": self.target_probs[t],
+                "input_index": j,
+                "input_token": self.input_tokens[j],
+                "input_start": self.input_offsets[j][0],
+                "input_end": self.input_offsets[j][1],
+                "is_prompt": j < self.n_prompt_tokens,
+                "score": float(self.scores[t, j]),
+            }
+            for t in range(len(self.target_tokens))
+            for j in range(len(self.input_tokens))
+        ]
+        return pd.DataFrame(rows)
+
+    def to_html(self, **kwargs: Any) -> str:
+        """A self-contained HTML heatmap (no external assets)."""
+        from .render.html import render_html
+
+        return render_html(self, **kwargs)
+
+    def print(self, **kwargs: Any) -> None:
+        """Render in the terminal with rich."""
+        from .render.terminal import print_explanation
+
+        print_explanation(self, **kwargs)
+
+    def plot(self, **kwargs: Any):
+        """A matplotlib heatmap; returns the figure."""
+        from .render.plot import plot_heatmap
+
+        return plot_heatmap(self, **kwargs)
+
+
+def _nan_to_none(value):
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return None if value != value else value
+
+
+def _none_to_nan(value):
+    if isinstance(value, list):
+        return [_none_to_nan(v) for v in value]
+    return float("nan") if value is None else value
+
+
+def _jsonable(value):
+    if isinstance(value, torch.Tensor):
+        return _nan_to_none(value.tolist())
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value

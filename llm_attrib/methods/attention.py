@@ -1,0 +1,34 @@
+"""Raw attention: the probabilities the model put on each input token, no gradients.
+
+For target t the row of the position that predicts it (decoders), or the first token's row (encoders,
+the CLS position), averaged over heads and chosen layers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .base import MethodResult, Problem, register_method, reject_unknown
+
+
+@register_method("attention")
+class RawAttention:
+    spaces = frozenset({"attention"})
+    has_completeness = False
+    needs_references = False
+
+    def attribute(self, problem: Problem, **params: Any) -> MethodResult:
+        reject_unknown(self.name, params)
+        x = problem.space.point(problem.model, problem.seq)  # (layers, H, L, L)
+        seq = problem.seq
+        rows = torch.zeros(seq.n_targets, dtype=torch.long) if seq.is_classifier else seq.target_positions.cpu()
+        detail = x[:, :, rows.to(x.device)].permute(2, 0, 1, 3)  # (T, layers, H, L)
+        scores = detail.mean(dim=(1, 2))
+        return MethodResult(
+            scores=scores,
+            completeness_error=torch.full((seq.n_targets,), float("nan")),
+            detail=detail,
+            n_forward=1,
+        )

@@ -1,0 +1,106 @@
+"""What every method shares: the problem it is given, the result it returns, and the registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from ..core.engine import Integral
+from ..core.sequence import Sequence
+from ..core.spaces import AttentionSpace, EmbeddingSpace
+from ..core.targets import Target
+from ..errors import InvalidInputError, UnknownNameError
+
+
+@dataclass
+class Problem:
+    """Everything a method needs: the model (prepared), the sequence, the space and the target."""
+
+    model: Any
+    tokenizer: Any
+    seq: Sequence
+    space: EmbeddingSpace | AttentionSpace
+    target: Target
+    internal_batch_size: int = 16
+    show_progress: bool = True
+
+    def scores(self, points: torch.Tensor) -> torch.Tensor:
+        """Target scores (B, T) at a batch of points of the space."""
+        return self.target(self.space.logits(self.model, self.seq, points), self.seq.target_ids)
+
+
+@dataclass
+class MethodResult:
+    """A method's output before it becomes an `Explanation`.
+
+    Attributes:
+        scores: (T, L) attribution per target and token.
+        completeness_error: (T,), NaN for methods without a completeness property.
+        detail: (T, layers, heads, L) for attention-space methods, else None.
+        extra: method-specific results (e.g. RPI's candidate maps), JSON-friendly or tensors.
+        n_forward / n_backward: passes run, for cost reports.
+    """
+
+    scores: torch.Tensor
+    completeness_error: torch.Tensor
+    detail: torch.Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    n_forward: int = 0
+    n_backward: int = 0
+
+    @classmethod
+    def from_integral(cls, integral: Integral, **extra: Any) -> "MethodResult":
+        """A single-path integral as a result, with its completeness error."""
+        return cls(
+            scores=integral.tokens[0],
+            completeness_error=integral.completeness_error()[0],
+            detail=None if integral.detail is None else integral.detail[0],
+            extra=extra,
+            n_forward=integral.n_forward,
+            n_backward=integral.n_backward,
+        )
+
+
+class Method(Protocol):
+    """A method: capability flags and `attribute(problem, **params)`."""
+
+    name: str
+    spaces: frozenset[str]
+    has_completeness: bool
+    needs_references: bool
+
+    def attribute(self, problem: Problem, **params: Any) -> MethodResult: ...
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register_method(name: str) -> Callable[[type], type]:
+    """Class decorator registering a method under `name`; refuses to overwrite an existing one."""
+
+    def register(cls: type) -> type:
+        if name in METHODS:
+            raise ValueError(f"method {name!r} is already registered ({type(METHODS[name]).__name__}).")
+        cls.name = name
+        METHODS[name] = cls()
+        return cls
+
+    return register
+
+
+def get_method(name: str, space: str) -> Method:
+    if name not in METHODS:
+        raise UnknownNameError(f"unknown method {name!r}; choose one of {sorted(METHODS)}.")
+    method = METHODS[name]
+    if space not in method.spaces:
+        raise InvalidInputError(f"method {name!r} works in space {sorted(method.spaces)}, not {space!r}.")
+    return method
+
+
+def reject_unknown(method: str, params: dict[str, Any]) -> None:
+    """Methods take their own parameters only: an unknown one is a typo, not something to ignore."""
+    if params:
+        raise InvalidInputError(f"method {method!r} got unexpected parameters {sorted(params)}.")

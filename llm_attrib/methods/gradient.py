@@ -1,0 +1,50 @@
+"""Cheap comparison methods: one gradient at the input, no path (so no completeness)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..core.engine import integrate
+from ..core.paths import StraightPaths
+from .base import MethodResult, Problem, register_method, reject_unknown
+
+
+def gradient_at_input(problem: Problem, contribution) -> MethodResult:
+    """A one-point 'path' at x itself (delta = x), reusing the engine's forward/backward machinery."""
+    x = problem.space.point(problem.model, problem.seq)
+    at_x = StraightPaths(x=x, baselines=torch.zeros_like(x)[None], nodes=torch.ones(1), weights=torch.ones(1))
+    integral = integrate(
+        problem.scores, at_x, x, problem.space.reduce, problem.internal_batch_size,
+        contribution=contribution, show_progress=problem.show_progress,
+    )
+    result = MethodResult.from_integral(integral)
+    result.completeness_error = torch.full_like(result.completeness_error, float("nan"))
+    return result
+
+
+@register_method("saliency")
+class Saliency:
+    """Sum of absolute gradients per token (Simonyan et al. 2014): sensitivity, not contribution."""
+
+    spaces = frozenset({"embeddings", "attention"})
+    has_completeness = False
+    needs_references = False
+
+    def attribute(self, problem: Problem, **params: Any) -> MethodResult:
+        reject_unknown(self.name, params)
+        return gradient_at_input(problem, lambda gradient, delta: gradient.abs())
+
+
+@register_method("input_x_gradient")
+class InputXGradient:
+    """Gradient times input (Shrikumar et al. 2016): IG's one-step approximation from a zero baseline."""
+
+    spaces = frozenset({"embeddings", "attention"})
+    has_completeness = False
+    needs_references = False
+
+    def attribute(self, problem: Problem, **params: Any) -> MethodResult:
+        reject_unknown(self.name, params)
+        return gradient_at_input(problem, lambda gradient, delta: gradient * delta)

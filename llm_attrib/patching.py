@@ -1,0 +1,173 @@
+"""Every change llm-attrib makes to a model lives here, each one a context manager that restores in `finally`.
+
+Attention is hooked through transformers' own `AttentionInterface`: we register one attention function
+(and the eager mask function, without which the function would receive no mask) under our name, select it
+for the duration of an attribution, and put the previous implementation back afterwards. What the
+function does in a given forward is decided by an `AttentionTap` held in a context variable: record the
+post-softmax probabilities of every layer, or replace chosen layers' probabilities with given tensors
+(a path point of the attention space).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+from .errors import InvalidInputError, UnsupportedModelError
+
+ATTENTION_NAME = "llm_attrib"
+
+
+@dataclass
+class AttentionTap:
+    """What the hooked attention does during one forward.
+
+    Layers are numbered by call order within the forward, which is the layer order for every model we hook.
+
+    Attributes:
+        replace: layer index -> probabilities (B, H, Lq, Lk) used in place of the computed softmax.
+        record: keep every layer's probabilities in `recorded` (in call order).
+    """
+
+    replace: dict[int, torch.Tensor] = field(default_factory=dict)
+    record: bool = False
+    recorded: list[torch.Tensor] = field(default_factory=list)
+    calls: int = 0
+
+
+_TAP: contextvars.ContextVar[AttentionTap | None] = contextvars.ContextVar("llm_attrib_tap", default=None)
+
+
+def _repeat_heads(x: torch.Tensor, n_query_heads: int) -> torch.Tensor:
+    """Expand grouped key/value heads (B, Hkv, L, D) to the query heads (B, Hq, L, D)."""
+    groups = n_query_heads // x.shape[1]
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+def attention_probabilities(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """Post-softmax attention (B, Hq, Lq, Lk) exactly as the models' eager attention computes it.
+
+    The softmax runs in float32 (Llama-style models do this; GPT-2/BERT do it in the input dtype, which is
+    identical for float32 models and slightly less exact for half precision).
+    """
+    key = _repeat_heads(key, query.shape[1])
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    logits = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    if attention_mask is not None:
+        logits = logits + attention_mask[..., : key.shape[-2]]
+    sinks = getattr(module, "sinks", None)
+    if sinks is not None:
+        sink_column = sinks.reshape(1, -1, 1, 1).expand(logits.shape[0], -1, logits.shape[2], 1)
+        logits = torch.cat([logits, sink_column.to(logits.dtype)], dim=-1)
+        logits = logits - logits.amax(dim=-1, keepdim=True)
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+    if sinks is not None:
+        probs = probs[..., :-1]
+    return probs.to(query.dtype)
+
+
+def hooked_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    softcap: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention function registered with transformers: eager attention, tapped by the current `AttentionTap`."""
+    tap = _TAP.get()
+    layer = tap.calls if tap is not None else -1
+    if tap is not None and layer in tap.replace:
+        probs = tap.replace[layer].to(value.dtype)
+    else:
+        probs = attention_probabilities(module, query, key, attention_mask, scaling, softcap)
+    if tap is not None:
+        tap.calls += 1
+        if tap.record:
+            tap.recorded.append(probs)
+    probs_used = nn.functional.dropout(probs, p=dropout, training=module.training)
+    output = torch.matmul(probs_used, _repeat_heads(value, query.shape[1]).to(probs_used.dtype))
+    return output.transpose(1, 2).contiguous(), probs
+
+
+def _register() -> None:
+    AttentionInterface.register(ATTENTION_NAME, hooked_attention)
+    AttentionMaskInterface.register(ATTENTION_NAME, eager_mask)
+
+
+def supports_attention_hook(model: PreTrainedModel) -> bool:
+    """Whether the model routes attention through transformers' AttentionInterface (so we can hook it)."""
+    return bool(model._can_set_attn_implementation())
+
+
+@contextlib.contextmanager
+def attention_hooked(model: PreTrainedModel) -> Iterator[None]:
+    """Select llm-attrib's attention function for `model`, restoring the previous one on exit."""
+    if not supports_attention_hook(model):
+        raise UnsupportedModelError(
+            f"{type(model).__name__} computes attention in its own code instead of transformers' "
+            "AttentionInterface, so its attention probabilities cannot be hooked. Use space='embeddings' "
+            "(methods ig, ig2, rpi, saliency, input_x_gradient all support it) for this model."
+        )
+    _register()
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(ATTENTION_NAME)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)
+
+
+@contextlib.contextmanager
+def tapped(tap: AttentionTap) -> Iterator[AttentionTap]:
+    """Make `tap` steer the hooked attention for the forwards run inside the block."""
+    token = _TAP.set(tap)
+    try:
+        yield tap
+    finally:
+        _TAP.reset(token)
+
+
+@contextlib.contextmanager
+def frozen(model: PreTrainedModel) -> Iterator[None]:
+    """Run with parameters that need no gradient (gradients are taken w.r.t. inputs only); restore the flags."""
+    if model.training:
+        raise InvalidInputError(
+            f"{type(model).__name__} is in training mode (dropout is active, so attributions would be random). "
+            "Call model.eval() before explaining."
+        )
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def prepared(model: PreTrainedModel, hook_attention: bool) -> Iterator[None]:
+    """Everything an attribution needs of the model, undone on exit: frozen parameters, and the attention hook."""
+    with frozen(model), (attention_hooked(model) if hook_attention else contextlib.nullcontext()):
+        yield
