@@ -28,15 +28,19 @@ def model_logits(model, seq: Sequence, **inputs) -> torch.Tensor:
     return model(**inputs, use_cache=False).logits[:, positions]
 
 
-def neutral_token_id(tokenizer) -> int:
-    """A token that carries no content: pad, else unk, else mask, else eos."""
+def neutral_token_id(tokenizer, embedding: torch.nn.Embedding) -> int:
+    """A token that carries no content: pad, else unk, else mask, else eos.
+
+    Tokens whose embedding is the zero vector (an untrained `padding_idx` row) are skipped: with RMSNorm the
+    zero vector makes the IG integrand nearly singular near the baseline.
+    """
     for name in ("pad_token_id", "unk_token_id", "mask_token_id", "eos_token_id"):
         token = getattr(tokenizer, name, None)
-        if isinstance(token, int):
+        if isinstance(token, int) and 0 <= token < embedding.num_embeddings and embedding.weight[token].abs().max() > 0:
             return token
     raise InvalidInputError(
-        "the tokenizer has no pad, unk, mask or eos token to build the neutral baseline from; "
-        "pass baseline=<token id> or baseline='zeros'."
+        "the tokenizer has no pad, unk, mask or eos token with a non-zero embedding to build the neutral "
+        "baseline from; pass baseline=<token id> or baseline='zeros'."
     )
 
 
@@ -67,7 +71,7 @@ class EmbeddingSpace:
         if isinstance(spec, torch.Tensor):
             return _custom_baseline(spec, x, self.name)
         if spec in (None, "neutral"):
-            token = neutral_token_id(tokenizer)
+            token = neutral_token_id(tokenizer, model.get_input_embeddings())
         elif isinstance(spec, int) and not isinstance(spec, bool):
             token = spec
             if not 0 <= token < model.get_input_embeddings().num_embeddings:

@@ -1,0 +1,159 @@
+"""Properties of IG and the engine on tiny random models: completeness, zero at the baseline, batching
+invariance, causality, agreement with Captum, and the attention space's per-head bookkeeping."""
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+
+from llm_attrib import Attributor
+from llm_attrib.core.spaces import neutral_token_id
+from tiny_tokenizer import tiny_tokenizer
+
+PROMPT = "w1 w7 w3 w9 w4 w12"
+
+
+@pytest.fixture(scope="module")
+def lm():
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.1,
+        pad_token_id=0, bos_token_id=2, eos_token_id=3,
+    )
+    return LlamaForCausalLM(config).eval(), tiny_tokenizer(64)
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=64, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    return BertForSequenceClassification(config).eval(), tiny_tokenizer(64)
+
+
+def explain(model_and_tokenizer, **kwargs):
+    model, tokenizer = model_and_tokenizer
+    kwargs.setdefault("show_progress", False)
+    attributor = Attributor(model, tokenizer, show_progress=kwargs.pop("show_progress"))
+    return attributor.explain(PROMPT, **kwargs)
+
+
+@pytest.mark.parametrize("space", ["embeddings", "attention"])
+def test_completeness_with_gauss_legendre(lm, space):
+    exp = explain(lm, space=space, max_new_tokens=3, n_steps=32)
+    assert exp.scores.shape == (3, 6 + 1 + 2)
+    assert exp.completeness_error.max() < 1e-3
+
+
+def test_completeness_improves_with_steps(lm):
+    errors = [
+        explain(lm, answer="w5 w6", quadrature="riemann-left", n_steps=n).completeness_error.mean().item()
+        for n in (4, 16, 64)
+    ]
+    assert errors[0] > errors[1] > errors[2]
+
+
+def test_adaptive_steps_reach_tolerance(lm):
+    exp = explain(lm, answer="w5 w6", quadrature="riemann-middle", n_steps=2, tolerance=1e-3)
+    assert exp.completeness_error.max() <= 1e-3
+    assert exp.params["n_steps"] > 2
+
+
+def test_input_equal_to_baseline_gives_zero(lm):
+    model, tokenizer = lm
+    attributor = Attributor(model, tokenizer, show_progress=False)
+    seq = attributor.sequence(PROMPT, answer="w5 w6")
+    x = model.get_input_embeddings()(seq.input_ids)[0].detach()
+    exp = attributor.explain(PROMPT, answer="w5 w6", baseline=x.clone())
+    assert exp.scores.abs().max() == 0
+
+
+def test_batch_size_does_not_change_results(lm):
+    a = explain(lm, answer="w5 w6 w8", internal_batch_size=32, n_steps=16)
+    b = explain(lm, answer="w5 w6 w8", internal_batch_size=5, n_steps=16)
+    torch.testing.assert_close(a.scores, b.scores, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("space", ["embeddings", "attention"])
+def test_targets_get_nothing_from_later_tokens(lm, space):
+    exp = explain(lm, answer="w5 w6 w8", space=space)
+    for t in range(2):  # the last target has no later input
+        assert exp.scores[t, exp.n_prompt_tokens + t:].abs().max() == 0
+        assert exp.scores[t, : exp.n_prompt_tokens + t].abs().max() > 0
+
+
+def test_attention_heads_sum_to_tokens_and_layers_select(lm):
+    exp = explain(lm, answer="w5 w6", space="attention")
+    assert exp.head_scores.shape == (2, 2, 4, exp.scores.shape[1])
+    torch.testing.assert_close(exp.head_scores.sum((1, 2)), exp.scores, atol=1e-5, rtol=1e-4)
+    one = explain(lm, answer="w5 w6", space="attention", layers=-1)
+    assert one.head_scores.shape[1] == 1 and one.params["layers"] == [1]
+    assert one.completeness_error.max() < 1e-3
+
+
+def test_special_tokens_keep_their_embedding_in_the_baseline(lm):
+    exp = explain(lm, answer="w5 w6")
+    assert exp.input_tokens[0] == "<bos>"
+    assert exp.scores[:, 0].abs().max() == 0
+
+
+def test_matches_captum_layer_integrated_gradients(lm):
+    captum = pytest.importorskip("captum.attr")
+    model, tokenizer = lm
+    exp = explain(lm, answer="w5 w6", n_steps=24)
+    attributor = Attributor(model, tokenizer, show_progress=False)
+    seq = attributor.sequence(PROMPT, answer="w5 w6")
+    ids = seq.input_ids
+    baseline_ids = torch.where(seq.keep, ids[0], torch.full_like(ids[0], neutral_token_id(tokenizer, model.get_input_embeddings())))[None]
+    for t in range(2):
+        position = seq.n_prompt - 1 + t
+        target = int(ids[0, position + 1])
+
+        def forward(input_ids):
+            return model(input_ids=input_ids).logits[:, position].log_softmax(-1)[:, target]
+
+        lig = captum.LayerIntegratedGradients(forward, model.get_input_embeddings())
+        reference = lig.attribute(ids, baselines=baseline_ids, n_steps=24, method="gausslegendre").sum(-1)[0]
+        torch.testing.assert_close(exp.scores[t], reference[: seq.n_inputs].float(), atol=1e-5, rtol=1e-4)
+
+
+def test_contrastive_target_is_the_logit_difference(lm):
+    model, tokenizer = lm
+    exp = explain(lm, answer="w5", target="contrastive", foil=9, n_steps=48)
+    seq = Attributor(model, tokenizer).sequence(PROMPT, answer="w5")
+    neutral = neutral_token_id(tokenizer, model.get_input_embeddings())
+    base_ids = torch.where(seq.keep, seq.input_ids[0], torch.full_like(seq.input_ids[0], neutral))[None]
+    w5 = tokenizer.convert_tokens_to_ids("w5")
+    with torch.no_grad():
+        at_input, at_baseline = (model(input_ids=i).logits[0, -2] for i in (seq.input_ids, base_ids))
+    gap = (at_input[w5] - at_input[9]) - (at_baseline[w5] - at_baseline[9])
+    assert abs(exp.scores.sum().item() - gap.item()) < 1e-3 * max(1.0, abs(gap.item()))
+
+
+@pytest.mark.parametrize("space", ["embeddings", "attention"])
+def test_classifier_explains_a_class_with_completeness(classifier, space):
+    exp = explain(classifier, space=space, target_class=2)
+    assert exp.scores.shape == (1, len(exp.input_tokens))
+    assert exp.target_ids == [2]
+    assert exp.completeness_error.max() < 1e-3
+
+
+def test_comparison_methods_share_the_engine(lm):
+    saliency = explain(lm, answer="w5 w6", method="saliency")
+    ixg = explain(lm, answer="w5 w6", method="input_x_gradient")
+    attention = explain(lm, answer="w5 w6", method="attention", space="attention")
+    assert (saliency.scores >= 0).all() and saliency.scores.abs().sum() > 0
+    assert torch.isnan(ixg.completeness_error).all()
+    rows = attention.scores.sum(1)
+    torch.testing.assert_close(rows, torch.ones_like(rows), atol=1e-5, rtol=0)
+
+
+def test_model_is_left_as_it_was(lm):
+    model, _ = lm
+    before = model.config._attn_implementation
+    flags = [p.requires_grad for p in model.parameters()]
+    explain(lm, answer="w5", space="attention")
+    assert model.config._attn_implementation == before
+    assert [p.requires_grad for p in model.parameters()] == flags
