@@ -175,8 +175,8 @@ class Attributor:
         Returns:
             An `Explanation` with scores of shape (targets, inputs).
         """
-        chosen = get_method(method, space)
         the_space = make_space(space, layers)
+        chosen = get_method(method, space)
         if self.model.training:
             raise InvalidInputError(
                 f"{type(self.model).__name__} is in training mode (dropout is active, so attributions would be "

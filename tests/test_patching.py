@@ -1,0 +1,332 @@
+"""The attention hook (llm_attrib.patching) against every tiny architecture.
+
+With no path applied the hooked attention must reproduce the model's own eager attention exactly (float32,
+<= 1e-5), recording must return what `output_attentions=True` returns, replacement must really take effect,
+and every change to the model must be undone on exit, also on exceptions and KeyboardInterrupt.
+"""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+import llm_attrib.patching as patching
+from llm_attrib.errors import InvalidInputError, UnsupportedModelError
+from llm_attrib.patching import (
+    ATTENTION_NAME,
+    AttentionTap,
+    attention_hooked,
+    frozen,
+    prepared,
+    supports_attention_hook,
+    tapped,
+)
+from tiny_models import ARCHITECTURES, BYPASSING, is_encoder, tiny_model
+
+TOL = 1e-5
+SEQ_LEN = 11
+N_PAD = 4  # left padding of the second sequence (causal LMs); right padding for encoders
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Tiny matmuls are ~100x slower with two threads on a busy 2-core machine; restore for other modules.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _inputs(model, vocab: int, arch: str, pad: bool):
+    """Batch of 2 sequences of length 11; the second one padded (left for causal LMs) when `pad`."""
+    g = torch.Generator().manual_seed(1234)
+    ids = torch.randint(3, vocab, (2, SEQ_LEN), generator=g)
+    mask = torch.ones_like(ids)
+    if pad:
+        if is_encoder(arch):
+            mask[1, SEQ_LEN - N_PAD :] = 0
+        else:
+            mask[1, :N_PAD] = 0
+        pad_id = model.config.pad_token_id
+        ids[mask == 0] = pad_id if pad_id is not None else 0
+    kwargs = dict(input_ids=ids, attention_mask=mask)
+    if not is_encoder(arch):
+        kwargs["use_cache"] = False
+    return kwargs, mask.bool()
+
+
+def _max_diff(arch: str, a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor) -> float:
+    """Max |a - b| over logits; for causal LMs only at non-pad positions (encoders: sequence-level logits)."""
+    d = (a - b).abs()
+    if not is_encoder(arch):
+        d = d[valid]
+    return d.max().item()
+
+
+def _forward(model, kwargs, **extra):
+    with torch.no_grad():
+        return model(**kwargs, **extra)
+
+
+def _uniform_like(probs: torch.Tensor) -> torch.Tensor:
+    return torch.full_like(probs, 1.0 / probs.shape[-1])
+
+
+# --------------------------------------------------------------------------------------------- equality
+
+
+@pytest.mark.parametrize("pad", [False, True], ids=["nopad", "pad"])
+@pytest.mark.parametrize("tap", [None, "empty"])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_hooked_logits_equal_eager(arch, tap, pad):
+    model, vocab = tiny_model(arch)
+    assert supports_attention_hook(model)
+    kwargs, valid = _inputs(model, vocab, arch, pad)
+    reference = _forward(model, kwargs).logits
+    with attention_hooked(model):
+        assert model.config._attn_implementation == ATTENTION_NAME
+        if tap is None:
+            hooked = _forward(model, kwargs).logits
+        else:
+            with tapped(AttentionTap()) as t:
+                hooked = _forward(model, kwargs).logits
+            assert t.calls == model.config.num_hidden_layers
+            assert t.recorded == []
+    assert model.config._attn_implementation == "eager"
+    assert _max_diff(arch, reference, hooked, valid) <= TOL
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_record_equals_output_attentions(arch):
+    model, vocab = tiny_model(arch)
+    kwargs, _ = _inputs(model, vocab, arch, pad=True)
+    reference = _forward(model, kwargs, output_attentions=True).attentions
+    with attention_hooked(model), tapped(AttentionTap(record=True)) as tap:
+        _forward(model, kwargs)
+    n_layers = model.config.num_hidden_layers
+    n_heads = model.config.num_attention_heads
+    assert len(reference) == n_layers
+    assert len(tap.recorded) == n_layers
+    for ref, rec in zip(reference, tap.recorded):
+        assert rec.shape == (2, n_heads, SEQ_LEN, SEQ_LEN)  # grouped kv heads expanded to query heads
+        assert (ref - rec).abs().max().item() <= TOL
+        # Rows are distributions (GPT-OSS: the sink keeps a share), and far from uniform: otherwise the
+        # equality tests would prove little.
+        if getattr(model.config, "model_type", "") != "gpt_oss":
+            assert torch.allclose(rec.sum(-1), torch.ones(()), atol=1e-5)
+        else:
+            assert (rec.sum(-1) < 1).all()
+        allowed = (rec[0] > 0).float()
+        uniform = allowed / allowed.sum(-1, keepdim=True)
+        assert 0.5 * (rec[0] - uniform).abs().sum(-1).mean().item() > 0.1  # total variation from uniform
+
+
+@pytest.mark.parametrize(("arch", "window"), [("mistral_gqa", 4), ("gemma2", 4), ("gpt_oss", 4)])
+def test_sliding_window_reaches_the_hooked_function(arch, window):
+    model, vocab = tiny_model(arch)
+    kwargs, _ = _inputs(model, vocab, arch, pad=False)
+    with attention_hooked(model), tapped(AttentionTap(record=True)) as tap:
+        _forward(model, kwargs)
+    i = torch.arange(SEQ_LEN)
+    outside = (i[:, None] - i[None, :]) >= window  # keys too far back for a sliding layer
+    layer_types = getattr(model.config, "layer_types", None) or ["sliding_attention"] * len(tap.recorded)
+    for kind, probs in zip(layer_types, tap.recorded):
+        far = probs[..., outside]
+        if kind == "sliding_attention":
+            assert far.abs().max().item() == 0.0
+        else:
+            assert far.abs().min().item() > 0.0
+
+
+def _without_softcap(module, query, key, mask, scaling, softcap=None):
+    return ORIGINAL_PROBABILITIES(module, query, key, mask, scaling, None)
+
+
+def _without_sinks(module, query, key, mask, scaling, softcap=None):
+    return ORIGINAL_PROBABILITIES(types.SimpleNamespace(), query, key, mask, scaling, softcap)
+
+
+def _default_scaling(module, query, key, mask, scaling, softcap=None):
+    return ORIGINAL_PROBABILITIES(module, query, key, mask, None, softcap)
+
+
+ORIGINAL_PROBABILITIES = patching.attention_probabilities
+
+
+@pytest.mark.parametrize(
+    ("arch", "ablation"),
+    [
+        ("gemma2", _without_softcap),
+        ("gpt_oss", _without_sinks),
+        ("opt", _default_scaling),
+        ("gpt2_layerscaled", _default_scaling),
+        ("gemma2", _default_scaling),
+    ],
+    ids=["gemma2-softcap", "gpt_oss-sinks", "opt-scaling", "gpt2_layerscaled-scaling", "gemma2-scaling"],
+)
+def test_equality_tests_are_sensitive(arch, ablation, monkeypatch):
+    """Leaving out one model-specific detail (softcap, sinks, the passed scaling) must break equality."""
+    model, vocab = tiny_model(arch)
+    kwargs, valid = _inputs(model, vocab, arch, pad=True)
+    reference = _forward(model, kwargs).logits
+    monkeypatch.setattr(patching, "attention_probabilities", ablation)
+    with attention_hooked(model):
+        ablated = _forward(model, kwargs).logits
+    assert _max_diff(arch, reference, ablated, valid) > 1e-3
+
+
+# ------------------------------------------------------------------------------------------- replacement
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_replacement_takes_effect(arch):
+    model, vocab = tiny_model(arch)
+    kwargs, valid = _inputs(model, vocab, arch, pad=True)
+    n_layers = model.config.num_hidden_layers
+    with attention_hooked(model):
+        with tapped(AttentionTap(record=True)) as rec:
+            base = _forward(model, kwargs).logits
+        recorded = [p.clone() for p in rec.recorded]
+
+        # The recorded probabilities put back (each layer alone, then all together) change nothing.
+        for replace in [{layer: recorded[layer]} for layer in range(n_layers)] + [dict(enumerate(recorded))]:
+            with tapped(AttentionTap(replace=replace)):
+                same = _forward(model, kwargs).logits
+            assert _max_diff(arch, base, same, valid) <= TOL
+
+        # Anything else changes the logits, and lands in the chosen layer only.
+        for layer in range(n_layers):
+            other = _uniform_like(recorded[layer])
+            with tapped(AttentionTap(replace={layer: other}, record=True)) as tap:
+                changed = _forward(model, kwargs).logits
+            assert _max_diff(arch, base, changed, valid) > 1e-3
+            assert torch.equal(tap.recorded[layer], other)
+            for earlier in range(layer):
+                assert (tap.recorded[earlier] - recorded[earlier]).abs().max().item() <= TOL
+
+        # Gradients flow to a replaced probability tensor (the attention space's input), not to parameters.
+        point = recorded[0].clone().requires_grad_(True)
+        with frozen(model), tapped(AttentionTap(replace={0: point})):
+            out = model(**kwargs).logits
+            out[valid].sum().backward() if not is_encoder(arch) else out.sum().backward()
+        assert point.grad is not None and point.grad.abs().sum().item() > 0
+        assert all(p.grad is None for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------------- restoring
+
+
+def _model_from(arch: str, start: str):
+    try:
+        return tiny_model(arch, attn_implementation=start)
+    except ValueError as error:  # e.g. Gemma2, GPT-OSS: no SDPA in this transformers version
+        pytest.skip(f"{arch} cannot be built with {start}: {error}")
+
+
+@pytest.mark.parametrize("start", ["eager", "sdpa"])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_implementation_restored(arch, start):
+    model, vocab = _model_from(arch, start)
+    kwargs, valid = _inputs(model, vocab, arch, pad=True)
+    before = _forward(model, kwargs).logits
+
+    with attention_hooked(model):
+        assert model.config._attn_implementation == ATTENTION_NAME
+        with attention_hooked(model):  # nested: the inner exit puts back the outer hook
+            pass
+        assert model.config._attn_implementation == ATTENTION_NAME
+    assert model.config._attn_implementation == start
+
+    for error in (RuntimeError, KeyboardInterrupt):
+        with pytest.raises(error):
+            with attention_hooked(model), tapped(AttentionTap(record=True)):
+                _forward(model, kwargs)
+                raise error("inside the block")
+        assert model.config._attn_implementation == start
+
+    after = _forward(model, kwargs).logits
+    assert _max_diff(arch, before, after, valid) <= TOL
+    assert patching._TAP.get() is None
+
+
+def _mixed_flags(model) -> list[bool]:
+    params = list(model.parameters())
+    for i, p in enumerate(params):
+        p.requires_grad_(i % 3 != 0)
+    return [p.requires_grad for p in params]
+
+
+@pytest.mark.parametrize("arch", ["llama_gqa", "gpt2", "bert", "gemma2"])
+def test_frozen_and_prepared_restore_flags(arch):
+    model, _ = tiny_model(arch)
+    flags = _mixed_flags(model)
+
+    with frozen(model):
+        assert not any(p.requires_grad for p in model.parameters())
+    assert [p.requires_grad for p in model.parameters()] == flags
+
+    for hook in (True, False):
+        with prepared(model, hook_attention=hook):
+            assert not any(p.requires_grad for p in model.parameters())
+            assert model.config._attn_implementation == (ATTENTION_NAME if hook else "eager")
+        assert [p.requires_grad for p in model.parameters()] == flags
+        assert model.config._attn_implementation == "eager"
+
+    for error in (ValueError, KeyboardInterrupt):
+        with pytest.raises(error):
+            with prepared(model, hook_attention=True):
+                raise error("inside the block")
+        assert [p.requires_grad for p in model.parameters()] == flags
+        assert model.config._attn_implementation == "eager"
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "bert"])
+def test_frozen_rejects_training_mode(arch):
+    model, _ = tiny_model(arch)
+    model.train()
+    flags = _mixed_flags(model)
+    for context in (lambda: frozen(model), lambda: prepared(model, hook_attention=True)):
+        with pytest.raises(InvalidInputError, match=type(model).__name__):
+            with context():
+                pytest.fail("the block must not run")
+        assert model.training
+        assert [p.requires_grad for p in model.parameters()] == flags
+        assert model.config._attn_implementation == "eager"
+
+
+# ------------------------------------------------------------------------------------------- bypassing
+
+
+def test_architecture_lists_are_disjoint():
+    assert not set(ARCHITECTURES) & set(BYPASSING)
+
+
+@pytest.mark.parametrize("arch", BYPASSING)
+def test_bypassing_models_are_refused(arch):
+    model, vocab = tiny_model(arch)
+    assert not supports_attention_hook(model)
+    kwargs, valid = _inputs(model, vocab, arch, pad=False)
+    before = _forward(model, kwargs).logits
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = _mixed_flags(model)
+    name = type(model).__name__
+
+    with pytest.raises(UnsupportedModelError, match=name):
+        with attention_hooked(model):
+            pytest.fail("the block must not run")
+    with pytest.raises(UnsupportedModelError, match=name):
+        with prepared(model, hook_attention=True):
+            pytest.fail("the block must not run")
+
+    assert model.config._attn_implementation == "eager"
+    assert not model.training
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert _max_diff(arch, before, _forward(model, kwargs).logits, valid) == 0.0
+
+    # The embedding space needs no hook: preparing without it works.
+    with prepared(model, hook_attention=False):
+        assert not any(p.requires_grad for p in model.parameters())
+    assert [p.requires_grad for p in model.parameters()] == flags
