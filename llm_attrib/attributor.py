@@ -175,8 +175,10 @@ class Attributor:
         Returns:
             An `Explanation` with scores of shape (targets, inputs).
         """
-        the_space = make_space(space, layers)
         chosen = get_method(method, space)
+        if layers is None and space == "attention":
+            layers = getattr(chosen, "default_layers", None)
+        the_space = make_space(space, layers)
         if self.model.training:
             raise InvalidInputError(
                 f"{type(self.model).__name__} is in training mode (dropout is active, so attributions would be "

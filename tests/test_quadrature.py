@@ -16,6 +16,8 @@ def test_hand_computed_tables():
     assert nodes.tolist() == [0.25, 0.75]
     nodes, weights = quadrature("trapezoid", 3)
     assert nodes.tolist() == [0.0, 0.5, 1.0] and weights.tolist() == [0.25, 0.5, 0.25]
+    nodes, weights = quadrature("riemann-inclusive", 2)
+    assert nodes.tolist() == [0.0, 0.5, 1.0] and torch.allclose(weights, torch.full((3,), 1 / 3))
     nodes, weights = quadrature("gauss-legendre", 2)
     assert torch.allclose(nodes, torch.tensor([0.5 - 0.5 / math.sqrt(3), 0.5 + 0.5 / math.sqrt(3)]))
     assert torch.allclose(weights, torch.tensor([0.5, 0.5]))

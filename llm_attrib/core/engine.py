@@ -18,7 +18,7 @@ from ..errors import NumericalError
 from .paths import Paths
 
 Scores = Callable[[torch.Tensor], torch.Tensor]
-Reduce = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+Reduce = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor | None]]
 Contribution = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -84,7 +84,7 @@ def integrate(
         scores: points (B, *S) -> target scores (B, T); the model forward plus the target.
         paths: the paths; each point comes with the displacement it stands for.
         end: (*S) the explicand x, where every path ends.
-        reduce: contribution (T, *S) -> (tokens (T, L), detail (T, *D) or None), linear.
+        reduce: (contribution (*S), target index) -> (tokens (L,), detail (*D) or None); linear.
         internal_batch_size: path points per forward.
         contribution: (gradient, delta) -> contribution; gradient x delta for path methods.
         show_progress: show a progress bar when the work takes more than a second.
@@ -109,7 +109,7 @@ def integrate(
             n_backward += 1
             contrib = contribution(gradient.float(), deltas)
             for p in path_ids.unique().tolist():
-                token_part, detail_part = reduce(contrib[path_ids == p].sum(0))
+                token_part, detail_part = reduce(contrib[path_ids == p].sum(0), t)
                 if tokens is None:
                     tokens = token_part.new_zeros((paths.n_paths, n_targets) + token_part.shape)
                     if detail_part is not None:

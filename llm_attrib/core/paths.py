@@ -16,12 +16,17 @@ import torch
 
 @dataclass
 class StraightPaths:
-    """P straight lines from `baselines` (P, *S) to `x` (*S) with shared quadrature nodes and weights (K,)."""
+    """P straight lines from `baselines` (P, *S) to `x` (*S) with shared quadrature nodes and weights (K,).
+
+    `displacement` (P, *S) replaces x - baseline as what the averaged gradient is multiplied by (RPI's
+    reference code multiplies by x itself); the points stay on the straight line.
+    """
 
     x: torch.Tensor
     baselines: torch.Tensor
     nodes: torch.Tensor
     weights: torch.Tensor
+    displacement: torch.Tensor | None = None
 
     @property
     def n_paths(self) -> int:
@@ -39,7 +44,8 @@ class StraightPaths:
         start = self.baselines[self.path_of(index).to(self.x.device)]
         shape = (-1,) + (1,) * self.x.dim()
         direction = self.x.unsqueeze(0) - start
-        return start + self.nodes.to(self.x)[k].view(shape) * direction, self.weights.to(self.x)[k].view(shape) * direction
+        moved = direction if self.displacement is None else self.displacement[self.path_of(index).to(self.x.device)]
+        return start + self.nodes.to(self.x)[k].view(shape) * direction, self.weights.to(self.x)[k].view(shape) * moved
 
     def starts(self) -> torch.Tensor:
         return self.baselines

@@ -46,12 +46,18 @@ def trapezoid(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.linspace(0, 1, n), weights
 
 
+def riemann_inclusive(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain mean over n intervals' n + 1 equally spaced points, both ends included (RPI's reference code)."""
+    return torch.linspace(0, 1, n + 1), torch.full((n + 1,), 1.0 / (n + 1))
+
+
 QUADRATURES: dict[str, Rule] = {
     "gauss-legendre": gauss_legendre,
     "riemann-left": riemann_left,
     "riemann-right": riemann_right,
     "riemann-middle": riemann_middle,
     "trapezoid": trapezoid,
+    "riemann-inclusive": riemann_inclusive,
 }
 
 

@@ -8,6 +8,7 @@ over the space to one score per input token (a sum, so completeness is preserved
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -92,8 +93,8 @@ class EmbeddingSpace:
         dtype = model.get_input_embeddings().weight.dtype
         return model_logits(model, seq, inputs_embeds=points.to(dtype))
 
-    def reduce(self, contribution: torch.Tensor) -> tuple[torch.Tensor, None]:
-        """(..., L, D) -> per token (..., L)."""
+    def reduce(self, contribution: torch.Tensor, target: int = 0) -> tuple[torch.Tensor, None]:
+        """(..., L, D) -> per token (..., L), the same for every target."""
         return contribution.sum(-1), None
 
 
@@ -104,7 +105,7 @@ class AttentionSpace:
     All chosen layers move jointly along one path, so one integral serves every layer.
     """
 
-    layers: list[int] | int | None = None
+    layers: list[int] | int | Callable[[int], list[int]] | None = None
     name: str = "attention"
     uses_attention_hook: bool = True
     chosen: list[int] = field(default_factory=list)
@@ -124,7 +125,8 @@ class AttentionSpace:
     def _choose(self, n_layers: int) -> list[int]:
         if self.layers is None:
             return list(range(n_layers))
-        requested = [self.layers] if isinstance(self.layers, int) else list(self.layers)
+        layers = self.layers(n_layers) if callable(self.layers) else self.layers
+        requested = [layers] if isinstance(layers, int) else list(layers)
         if not requested:
             raise InvalidInputError("layers is empty; pass None for all layers, or layer indices.")
         chosen = []
@@ -155,8 +157,11 @@ class AttentionSpace:
         with tapped(tap):
             return model_logits(model, seq, input_ids=seq.input_ids.expand(points.shape[0], -1))
 
-    def reduce(self, contribution: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(..., layers, H, Lq, Lk) -> per key token (..., Lk), and per layer and head (..., layers, H, Lk)."""
+    def reduce(self, contribution: torch.Tensor, target: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(..., layers, H, Lq, Lk) -> per key token (..., Lk), and per layer and head (..., layers, H, Lk).
+
+        Summing over layers, heads and query rows preserves completeness, for every target alike.
+        """
         heads = contribution.sum(-2)
         return reduce(heads, "... layer head key -> ... key", "sum"), heads
 

@@ -10,7 +10,7 @@ import torch
 
 from ..core.engine import Integral
 from ..core.sequence import Sequence
-from ..core.spaces import AttentionSpace, EmbeddingSpace
+from ..core.spaces import SPACES, AttentionSpace, EmbeddingSpace
 from ..core.targets import Target
 from ..errors import InvalidInputError, UnknownNameError
 
@@ -94,6 +94,8 @@ def register_method(name: str) -> Callable[[type], type]:
 def get_method(name: str, space: str) -> Method:
     if name not in METHODS:
         raise UnknownNameError(f"unknown method {name!r}; choose one of {sorted(METHODS)}.")
+    if space not in SPACES:
+        raise UnknownNameError(f"unknown space {space!r}; choose one of {sorted(SPACES)}.")
     method = METHODS[name]
     if space not in method.spaces:
         raise InvalidInputError(f"method {name!r} works in space {sorted(method.spaces)}, not {space!r}.")
