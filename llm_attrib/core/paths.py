@@ -9,7 +9,7 @@ Points are built lazily per chunk, so memory is bounded by the chunk, not by the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -53,24 +53,38 @@ class StraightPaths:
 
 @dataclass
 class PolylinePaths:
-    """P polylines given by their vertices (P, J+1, *S), each starting at the explicand x = vertices[:, 0]."""
+    """P polylines given by their vertices (P, J+1, *S), each starting at the explicand x = vertices[:, 0].
+
+    Each segment gamma_j -> gamma_{j+1} is integrated with the quadrature `nodes`/`weights` (K,) on [0, 1];
+    the default, one node at the segment's start with weight 1, is IG2's left-point sum
+    (gamma_j - gamma_{j+1}) * grad F(gamma_j).
+    """
 
     vertices: torch.Tensor
+    nodes: torch.Tensor = field(default_factory=lambda: torch.zeros(1))
+    weights: torch.Tensor = field(default_factory=lambda: torch.ones(1))
 
     @property
     def n_paths(self) -> int:
         return self.vertices.shape[0]
 
+    @property
+    def points_per_path(self) -> int:
+        return (self.vertices.shape[1] - 1) * len(self.nodes)
+
     def __len__(self) -> int:
-        return self.n_paths * (self.vertices.shape[1] - 1)
+        return self.n_paths * self.points_per_path
 
     def path_of(self, index: torch.Tensor) -> torch.Tensor:
-        return index // (self.vertices.shape[1] - 1)
+        return index // self.points_per_path
 
     def points(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        p, j = self.path_of(index), index % (self.vertices.shape[1] - 1)
+        within = index % self.points_per_path
+        p, j, k = self.path_of(index), within // len(self.nodes), within % len(self.nodes)
         here, after = self.vertices[p, j], self.vertices[p, j + 1]
-        return here, here - after
+        shape = (-1,) + (1,) * (here.dim() - 1)
+        alpha, weight = self.nodes.to(here)[k].view(shape), self.weights.to(here)[k].view(shape)
+        return here + alpha * (after - here), weight * (here - after)
 
     def starts(self) -> torch.Tensor:
         return self.vertices[:, -1]

@@ -124,6 +124,7 @@ class RandomizedPathIntegration:
         multiply_by: str = "difference",
         aggregation: str = "completeness",
         psi: str | Psi = "aopc_sufficiency",
+        psi_options: dict[str, Any] | None = None,
         select: str = "per_target",
         seed: int = 0,
         **params: Any,
@@ -153,7 +154,7 @@ class RandomizedPathIntegration:
         )
         candidates = integral.tokens  # (R, T, L)
         n = problem.seq.n_inputs
-        psi_scores, higher_is_better = score_candidates(problem, candidates[..., :n], psi)
+        psi_scores, higher_is_better = score_candidates(problem, candidates[..., :n], psi, psi_options)
         best = psi_scores.argmax(0) if higher_is_better else psi_scores.argmin(0)  # (T,)
         if select == "per_example":
             mean = psi_scores.mean(1)
@@ -178,10 +179,23 @@ class RandomizedPathIntegration:
         )
 
 
-def score_candidates(problem: Problem, candidates: torch.Tensor, psi: str | Psi) -> tuple[torch.Tensor, bool]:
-    """psi of every candidate map (R, T, N) -> ((R, T), higher_is_better)."""
+def score_candidates(
+    problem: Problem, candidates: torch.Tensor, psi: str | Psi, psi_options: dict[str, Any] | None = None
+) -> tuple[torch.Tensor, bool]:
+    """psi of every candidate map (R, T, N) -> ((R, T), higher_is_better), in one batched perturbation pass.
+
+    psi is a metric name from `llm_attrib.metrics.METRICS` (a per-bin one as "comprehensiveness@20"), or a
+    callable (problem, candidates) -> (R, T) with a `higher_is_better` attribute (default True).
+    """
     if callable(psi):
         return psi(problem, candidates), bool(getattr(psi, "higher_is_better", True))
-    from ..metrics import score_maps
+    from ..metrics import METRICS, score_candidates as metric_values
 
-    return score_maps(problem, candidates, psi)
+    name = psi.split("@")[0]
+    if name not in METRICS:
+        raise UnknownNameError(f"unknown psi {psi!r}; choose a metric from {sorted(METRICS)} or pass a callable.")
+    options = {"batch_size": problem.internal_batch_size, **(psi_options or {})}
+    values = metric_values((problem.model, problem.tokenizer), problem.seq, candidates, [name], **options)
+    if psi not in values:
+        raise UnknownNameError(f"psi {psi!r} is not among the metric's values {sorted(values)}.")
+    return values[psi], METRICS[name].higher_is_better
