@@ -143,7 +143,7 @@ class Attributor:
         answer: str | list[int] | None = None,
         *,
         method: str = "ig",
-        space: str = "embeddings",
+        space: str | None = None,
         target: str | Target | None = None,
         foil: int | None = None,
         target_class: int | None = None,
@@ -160,7 +160,8 @@ class Attributor:
             prompt: text, or chat messages (the tokenizer's chat template is applied).
             answer: the continuation to explain (text or token ids); None generates greedily.
             method: "ig", "saliency", "input_x_gradient", "attention" (see `llm_attrib.METHODS`).
-            space: "embeddings" or "attention".
+            space: "embeddings" or "attention"; default: the method's own (attention for rpi and attention,
+                embeddings otherwise).
             target: "log_prob" (LM default), "prob", "logit" (classifier default), "contrastive", or a
                 callable (logits (B, T, V), target_ids (T,)) -> (B, T).
             foil: token id contrasted with each target (target="contrastive").
@@ -176,6 +177,7 @@ class Attributor:
             An `Explanation` with scores of shape (targets, inputs).
         """
         chosen = get_method(method, space)
+        space = space or chosen.default_space
         if layers is None and space == "attention":
             layers = getattr(chosen, "default_layers", None)
         the_space = make_space(space, layers)

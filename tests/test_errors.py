@@ -49,7 +49,7 @@ def assert_unchanged(model, before):
         (dict(prompt="w1 w2", target="contrastive", foil=10**6), InvalidInputError, "foil"),
         (dict(prompt="w1 w2", target="contrastive"), InvalidInputError, "foil"),
         (dict(prompt="w1 w2", target="entropy"), UnknownNameError, "target"),
-        (dict(prompt="w1 w2", method="attention"), InvalidInputError, "attention"),
+        (dict(prompt="w1 w2", method="attention", space="embeddings"), InvalidInputError, "attention"),
         (dict(prompt="w1 w2", quadrature="simpson"), UnknownNameError, "quadrature"),
         (dict(prompt="w1 w2", baseline="noise"), InvalidInputError, "baseline"),
         (dict(prompt="w1 w2", baseline=torch.zeros(3, 3)), InvalidInputError, "shape"),

@@ -146,11 +146,17 @@ class AttentionSpace:
         if spec in (None, "zeros"):
             return torch.zeros_like(x)
         if spec == "uniform":
-            allowed = (x > 0).any(dim=(0, 1), keepdim=True).expand_as(x).float()
+            allowed = self.allowed(x).float()
             return allowed / allowed.sum(-1, keepdim=True).clamp_min(1)
         raise InvalidInputError(
             f"unknown attention baseline {spec!r}; use 'zeros', 'uniform', or a tensor shaped {tuple(x.shape)}."
         )
+
+    @staticmethod
+    def allowed(x: torch.Tensor) -> torch.Tensor:
+        """(layers, H, L, L) bool: the keys each query may attend to in each layer (causality, padding,
+        sliding windows), read off the probabilities, which are exactly zero where the mask forbids."""
+        return (x > 0).any(dim=1, keepdim=True).expand_as(x)
 
     def logits(self, model, seq: Sequence, points: torch.Tensor) -> torch.Tensor:
         tap = AttentionTap(replace={layer: points[:, i] for i, layer in enumerate(self.chosen)})

@@ -16,6 +16,7 @@ from .base import MethodResult, Problem, register_method, reject_unknown
 @register_method("attention")
 class RawAttention:
     spaces = frozenset({"attention"})
+    default_space = "attention"
     has_completeness = False
     needs_references = False
 

@@ -69,6 +69,7 @@ class Method(Protocol):
 
     name: str
     spaces: frozenset[str]
+    default_space: str
     has_completeness: bool
     needs_references: bool
 
@@ -91,9 +92,11 @@ def register_method(name: str) -> Callable[[type], type]:
     return register
 
 
-def get_method(name: str, space: str) -> Method:
+def get_method(name: str, space: str | None = None) -> Method:
     if name not in METHODS:
         raise UnknownNameError(f"unknown method {name!r}; choose one of {sorted(METHODS)}.")
+    if space is None:
+        return METHODS[name]
     if space not in SPACES:
         raise UnknownNameError(f"unknown space {space!r}; choose one of {sorted(SPACES)}.")
     method = METHODS[name]

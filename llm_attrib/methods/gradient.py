@@ -29,6 +29,7 @@ class Saliency:
     """Sum of absolute gradients per token (Simonyan et al. 2014): sensitivity, not contribution."""
 
     spaces = frozenset({"embeddings", "attention"})
+    default_space = "embeddings"
     has_completeness = False
     needs_references = False
 
@@ -42,6 +43,7 @@ class InputXGradient:
     """Gradient times input (Shrikumar et al. 2016): IG's one-step approximation from a zero baseline."""
 
     spaces = frozenset({"embeddings", "attention"})
+    default_space = "embeddings"
     has_completeness = False
     needs_references = False
 

@@ -31,6 +31,7 @@ def integrated_gradients(problem: Problem, baseline: Any, n_steps: int, quadratu
 @register_method("ig")
 class IntegratedGradients:
     spaces = frozenset({"embeddings", "attention"})
+    default_space = "embeddings"
     has_completeness = True
     needs_references = False
 

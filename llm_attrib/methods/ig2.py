@@ -162,6 +162,7 @@ def choose_references(problem: Problem, references: Any, n_references: int) -> l
 @register_method("ig2")
 class IG2:
     spaces = frozenset({"embeddings"})
+    default_space = "embeddings"
     has_completeness = True
     needs_references = True
 

@@ -14,6 +14,10 @@ places, each available as an option here:
 - mean over heads and one query row (last token / CLS)                    (`aggregation="paper"`), where
   `aggregation="completeness"` sums over layers, heads and query rows, so that every candidate satisfies
   completeness against F(A) - F(b_r).
+
+Attention baselines are zero where the model's mask forbids attention (future tokens, padding, outside a
+sliding window). The reference code explains only the last position, where nothing is in the future; for
+token-wise generation, noise on future keys would let a target see the tokens after it.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ def diffusion_baselines(
     n_timesteps: int = 500,
     t: int | tuple[int, int] | None = None,
     noise_scale: str = "paper",
+    noise_multiplier: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw baselines b_r ~ N(sqrt(abar_t) x, s_t^2 I) around x (*S).
 
@@ -61,6 +66,7 @@ def diffusion_baselines(
         t: the diffusion time of every baseline (default T), or (t_min, t_max) to draw each baseline's t
             uniformly, for more diverse baselines.
         noise_scale: "paper" s_t = sqrt(1 - abar_t) (the diffusion process), "code" s_t = 1 - abar_t.
+        noise_multiplier: scales s_t; 0 is the ablation without noise (IG from sqrt(abar_t) x).
 
     Returns:
         baselines (R, *S) and the time step of each (R,).
@@ -80,7 +86,7 @@ def diffusion_baselines(
         raise UnknownNameError(f"unknown noise_scale {noise_scale!r}; choose 'paper' (sqrt(1 - abar_t)) or 'code' (1 - abar_t).")
     shape = (-1,) + (1,) * x.dim()
     a = abar[times]
-    scale = (1 - a).sqrt() if noise_scale == "paper" else 1 - a
+    scale = noise_multiplier * ((1 - a).sqrt() if noise_scale == "paper" else 1 - a)
     noise = torch.randn((n_baselines,) + tuple(x.shape), generator=generator, dtype=torch.float64)
     baselines = a.sqrt().view(shape) * x.detach().double().cpu() + scale.view(shape) * noise
     return baselines.to(x), times
@@ -103,6 +109,7 @@ def paper_reduce(problem: Problem) -> Callable[[torch.Tensor, int], tuple[torch.
 @register_method("rpi")
 class RandomizedPathIntegration:
     spaces = frozenset({"attention", "embeddings"})
+    default_space = "attention"
     has_completeness = True
     needs_references = False
 
@@ -121,6 +128,7 @@ class RandomizedPathIntegration:
         n_timesteps: int = 500,
         t: int | tuple[int, int] | None = None,
         noise_scale: str = "paper",
+        noise_multiplier: float = 1.0,
         multiply_by: str = "difference",
         aggregation: str = "completeness",
         psi: str | Psi = "aopc_sufficiency",
@@ -142,9 +150,13 @@ class RandomizedPathIntegration:
             raise UnknownNameError(f"unknown select {select!r}; choose 'per_target' or 'per_example'.")
         x = problem.space.point(problem.model, problem.seq)
         generator = torch.Generator().manual_seed(seed)
-        baselines, times = diffusion_baselines(x, n_baselines, generator, schedule, n_timesteps, t, noise_scale)
+        baselines, times = diffusion_baselines(
+            x, n_baselines, generator, schedule, n_timesteps, t, noise_scale, noise_multiplier
+        )
         if problem.space.name == "embeddings":
             baselines = torch.where(problem.seq.keep[None, :, None], x, baselines)
+        else:
+            baselines = baselines * problem.space.allowed(x)
         nodes, weights = quadrature_rule(quadrature, n_steps)
         displacement = x.expand_as(baselines) if multiply_by == "input" else None
         paths = StraightPaths(x=x, baselines=baselines, nodes=nodes, weights=weights, displacement=displacement)

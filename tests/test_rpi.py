@@ -1,0 +1,133 @@
+"""RPI: baselines follow the diffusion formula, seeding, selection is the arg-best of psi, and the noiseless
+single-baseline case is IG from the scaled baseline."""
+
+import math
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from llm_attrib import Attributor, UnknownNameError
+from llm_attrib.methods.rpi import alpha_bar, diffusion_baselines
+from tiny_tokenizer import tiny_tokenizer
+
+PROMPT, ANSWER = "w1 w7 w3 w9 w4 w12", "w5 w6"
+FAST = dict(n_baselines=4, n_steps=8)
+
+
+@pytest.fixture(scope="module")
+def attributor():
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.1,
+        pad_token_id=0, bos_token_id=2, eos_token_id=3,
+    )
+    return Attributor(LlamaForCausalLM(config).eval(), tiny_tokenizer(64), show_progress=False)
+
+
+def test_linear_schedule_by_hand():
+    abar = alpha_bar("linear", 3)
+    betas = [1e-4, (1e-4 + 0.02) / 2, 0.02]
+    expected = [1.0, 1 - betas[0], (1 - betas[0]) * (1 - betas[1]), math.prod(1 - b for b in betas)]
+    torch.testing.assert_close(abar, torch.tensor(expected, dtype=torch.float64))
+    assert abs(alpha_bar("linear", 500)[-1].item() - math.prod(1 - (1e-4 + i * (0.02 - 1e-4) / 499) for i in range(500))) < 1e-12
+
+
+def test_cosine_schedule_decreases_to_zero():
+    abar = alpha_bar("cosine", 500)
+    assert abar[0] == 1 and (abar[1:] <= abar[:-1]).all() and abar[-1] < 1e-3
+
+
+@pytest.mark.parametrize("noise_scale", ["paper", "code"])
+@pytest.mark.parametrize("t", [500, 50])
+def test_baseline_statistics_match_the_diffusion_formula(noise_scale, t):
+    x = torch.tensor([[0.9, 0.1], [0.3, 0.7]])
+    draws, times = diffusion_baselines(x, 20000, torch.Generator().manual_seed(0), t=t, noise_scale=noise_scale)
+    abar = alpha_bar("linear", 500)[t].item()
+    std = math.sqrt(1 - abar) if noise_scale == "paper" else 1 - abar
+    assert (times == t).all()
+    torch.testing.assert_close(draws.mean(0), math.sqrt(abar) * x, atol=4 * std / math.sqrt(20000), rtol=0)
+    torch.testing.assert_close(draws.std(0), torch.full_like(x, std), atol=0.02 * std, rtol=0)
+
+
+def test_a_range_of_t_draws_each_baselines_time():
+    _, times = diffusion_baselines(torch.zeros(3), 500, torch.Generator().manual_seed(1), t=(100, 200))
+    assert times.min() >= 100 and times.max() <= 200 and len(times.unique()) > 50
+
+
+def test_same_seed_same_result_other_seed_differs(attributor):
+    a = attributor.explain(PROMPT, answer=ANSWER, method="rpi", space="attention", seed=3, **FAST)
+    b = attributor.explain(PROMPT, answer=ANSWER, method="rpi", space="attention", seed=3, **FAST)
+    c = attributor.explain(PROMPT, answer=ANSWER, method="rpi", space="attention", seed=4, **FAST)
+    assert torch.equal(a.scores, b.scores) and torch.equal(a.extra["candidates"], b.extra["candidates"])
+    assert not torch.equal(a.extra["candidates"], c.extra["candidates"])
+
+
+@pytest.mark.parametrize("psi, better", [("aopc_sufficiency", "min"), ("aopc_comprehensiveness", "max")])
+def test_selection_is_the_arg_best_of_psi(attributor, psi, better):
+    exp = attributor.explain(PROMPT, answer=ANSWER, method="rpi", space="attention", psi=psi, **FAST)
+    psi_scores, candidates = exp.extra["psi"], exp.extra["candidates"]
+    expected = psi_scores.argmin(0) if better == "min" else psi_scores.argmax(0)
+    assert torch.equal(exp.extra["chosen"], expected)
+    for t in range(len(exp.target_ids)):
+        assert torch.equal(exp.scores[t], candidates[expected[t], t])
+
+
+def test_per_example_selection_and_a_callable_psi(attributor):
+    def prefers_last(problem, candidates):
+        return torch.arange(candidates.shape[0], dtype=torch.float).unsqueeze(1).expand(-1, candidates.shape[1])
+
+    prefers_last.higher_is_better = True
+    exp = attributor.explain(PROMPT, answer=ANSWER, method="rpi", psi=prefers_last, select="per_example", **FAST)
+    assert exp.extra["chosen"].tolist() == [3, 3]
+
+
+def test_noiseless_single_baseline_is_ig_from_the_scaled_attention(attributor):
+    rpi = attributor.explain(
+        PROMPT, answer=ANSWER, method="rpi", space="attention", layers=[0, 2], n_baselines=1, n_steps=16,
+        noise_multiplier=0.0, quadrature="gauss-legendre",
+    )
+    seq = attributor.sequence(PROMPT, answer=ANSWER)
+    from llm_attrib.core.spaces import AttentionSpace
+    from llm_attrib.patching import attention_hooked
+
+    space = AttentionSpace(layers=[0, 2])
+    with attention_hooked(attributor.model):
+        x = space.point(attributor.model, seq)
+    scaled = math.sqrt(alpha_bar("linear", 500)[-1].item()) * x
+    ig = attributor.explain(PROMPT, answer=ANSWER, method="ig", space="attention", layers=[0, 2], n_steps=16, baseline=scaled)
+    torch.testing.assert_close(rpi.scores, ig.scores, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(rpi.completeness_error, ig.completeness_error, atol=1e-5, rtol=1e-3)
+
+
+def test_defaults_use_the_third_layer_from_the_end(attributor):
+    exp = attributor.explain(PROMPT, answer=ANSWER, method="rpi", **FAST)
+    assert exp.space == "attention" and exp.params["layers"] == [0]
+    exp = attributor.explain(PROMPT, answer=ANSWER, method="rpi", space="attention", **FAST)
+    assert exp.params["layers"] == [0]
+
+
+@pytest.mark.parametrize("aggregation", ["completeness", "paper"])
+def test_targets_see_no_later_token_despite_noise(attributor, aggregation):
+    exp = attributor.explain(PROMPT, answer=ANSWER, method="rpi", space="attention", aggregation=aggregation, **FAST)
+    assert exp.scores[0, exp.n_prompt_tokens:].abs().max() == 0
+
+
+def test_paper_options_and_embedding_space(attributor):
+    paper = attributor.explain(
+        PROMPT, answer=ANSWER, method="rpi", space="attention", aggregation="paper", multiply_by="input",
+        noise_scale="code", quadrature="riemann-inclusive", **FAST,
+    )
+    assert torch.isnan(paper.completeness_error).all() and torch.isfinite(paper.scores).all()
+    embedded = attributor.explain(PROMPT, answer=ANSWER, method="rpi", space="embeddings", n_baselines=2, n_steps=32,
+                                  quadrature="gauss-legendre")
+    assert embedded.completeness_error.max() < 0.05
+    assert embedded.scores[:, 0].abs().max() == 0  # BOS keeps its embedding in every baseline
+
+
+def test_rpi_errors(attributor):
+    with pytest.raises(UnknownNameError, match="psi"):
+        attributor.explain(PROMPT, answer=ANSWER, method="rpi", psi="accuracy", **FAST)
+    with pytest.raises(UnknownNameError, match="schedule"):
+        attributor.explain(PROMPT, answer=ANSWER, method="rpi", schedule="sigmoid", **FAST)
