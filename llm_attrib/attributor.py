@@ -3,6 +3,7 @@ explanation, runs a method, and packages the result as an `Explanation`."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -17,6 +18,19 @@ from .methods import Problem, get_method
 from .patching import prepared
 
 Prompt = str | list[dict[str, str]]
+
+
+def describe(value: Any) -> Any:
+    """A JSON-friendly record of a parameter: tensors by shape, callables by name, collections by size."""
+    if isinstance(value, torch.Tensor):
+        return f"tensor{tuple(value.shape)}"
+    if callable(value):
+        return getattr(value, "__name__", type(value).__name__)
+    if isinstance(value, (list, tuple)) and not all(isinstance(v, (int, float, str)) for v in value):
+        return f"{type(value).__name__} of {len(value)}"
+    if hasattr(value, "num_rows"):
+        return f"dataset of {value.num_rows}"
+    return value
 
 
 def is_classifier(model) -> bool:
@@ -189,6 +203,7 @@ class Attributor:
         seq = self.sequence(prompt, answer, target_class, max_new_tokens, **(generation_kwargs or {}))
         n_vocab = self.model.config.num_labels if seq.is_classifier else self.vocab_size
         target_fn = resolve_target(target or ("logit" if seq.is_classifier else "log_prob"), foil, n_vocab)
+        started = time.perf_counter()
         with prepared(self.model, hook_attention=the_space.uses_attention_hook):
             problem = Problem(
                 self.model, self.tokenizer, seq, the_space, target_fn,
@@ -199,10 +214,13 @@ class Attributor:
                 logits = model_logits(self.model, seq, input_ids=seq.input_ids)
         probs = logits.float().softmax(-1)[0].gather(-1, seq.target_ids[:, None])[:, 0]
         n = seq.n_inputs
-        params = {k: (v if not isinstance(v, torch.Tensor) else "tensor") for k, v in method_params.items()}
-        params.update(target=target if isinstance(target, str) or target is None else getattr(target, "__name__", "callable"),
-                      foil=foil, layers=getattr(the_space, "chosen", None) or None)
-        params.update({k: v for k, v in result.extra.items() if not isinstance(v, torch.Tensor) and k == "n_steps"})
+        params = {
+            **{k: describe(v) for k, v in method_params.items()},
+            **result.settings,
+            "target": describe(target),
+            "foil": foil,
+            "layers": getattr(the_space, "chosen", None) or None,
+        }
         if seq.is_classifier:
             labels = getattr(self.model.config, "id2label", {}) or {}
             target_tokens = [str(labels.get(int(c), c)) for c in seq.target_ids.tolist()]
@@ -225,5 +243,7 @@ class Attributor:
             model_name=getattr(self.model.config, "_name_or_path", "") or type(self.model).__name__,
             library_version=__version__,
             head_scores=result.detail[..., :n].detach().cpu() if keep_head_scores and result.detail is not None else None,
-            extra={k: v for k, v in result.extra.items() if k != "n_steps"},
+            extra=result.extra,
+            cost={"n_forward": result.n_forward, "n_backward": result.n_backward,
+                  "seconds": time.perf_counter() - started},
         )

@@ -37,6 +37,7 @@ class Explanation:
         model_name, library_version: provenance.
         head_scores: (T, layers, heads, N) for attention-space methods, if kept.
         extra: method-specific results (e.g. RPI candidates).
+        cost: what the explanation took: "n_forward", "n_backward" passes and "seconds".
     """
 
     scores: torch.Tensor
@@ -56,6 +57,7 @@ class Explanation:
     library_version: str = ""
     head_scores: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    cost: dict[str, float] = field(default_factory=dict)
 
     @property
     def prompt_scores(self) -> torch.Tensor:
@@ -120,6 +122,7 @@ class Explanation:
             library_version=self.library_version,
             head_scores=head,
             extra=self.extra,
+            cost=self.cost,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,6 +142,7 @@ class Explanation:
         for key in ("scores", "completeness_error", "head_scores"):
             if data.get(key) is not None:
                 data[key] = torch.tensor(_none_to_nan(data[key]), dtype=torch.float32)
+        data["extra"] = {k: torch.tensor(_none_to_nan(v)) if _is_numeric_list(v) else v for k, v in data["extra"].items()}
         data["input_offsets"] = [tuple(o) for o in data["input_offsets"]]
         return cls(**data)
 
@@ -199,6 +203,12 @@ def _none_to_nan(value):
     if isinstance(value, list):
         return [_none_to_nan(v) for v in value]
     return float("nan") if value is None else value
+
+
+def _is_numeric_list(value) -> bool:
+    while isinstance(value, list) and value:
+        value = value[0]
+    return isinstance(value, (int, float)) and not isinstance(value, bool) or value is None
 
 
 def _jsonable(value):

@@ -101,11 +101,11 @@ def test_references_with_the_same_outcome_are_skipped(lm):
                 same.append(example)
     differ = [e for e in examples if e not in same]
     exp = lm.explain(PROMPT, answer=ANSWER, method="ig2", references=examples, n_references=100, n_steps=4)
-    assert exp.extra["n_references"] == len(differ)
+    assert exp.params["n_references"] == len(differ)
     exp = lm.explain(PROMPT, answer=ANSWER, method="ig2", references=examples, n_references=3, n_steps=4)
-    assert exp.extra["n_references"] == 3
+    assert exp.params["n_references"] == 3
     as_given = [e["prompt"] for e in examples[:2]]
-    assert lm.explain(PROMPT, answer=ANSWER, method="ig2", references=as_given, n_steps=4).extra["n_references"] == 2
+    assert lm.explain(PROMPT, answer=ANSWER, method="ig2", references=as_given, n_steps=4).params["n_references"] == 2
 
 
 def test_no_qualifying_reference_is_a_clear_error(lm):
@@ -119,7 +119,7 @@ def test_ablations(lm):
     straight = lm.explain(PROMPT, answer=ANSWER, method="ig2", references=references_for(lm, 4), path="straight")
     assert straight.completeness_error.max() < 0.01
     fixed = lm.explain(PROMPT, answer=ANSWER, method="ig2", toward="baseline")
-    assert fixed.extra["n_references"] == 1 and fixed.completeness_error.max() < 0.01
+    assert fixed.params["n_references"] == 1 and fixed.completeness_error.max() < 0.01
 
 
 def test_classifier_uses_the_head_features():

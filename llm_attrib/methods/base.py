@@ -41,6 +41,8 @@ class MethodResult:
         completeness_error: (T,), NaN for methods without a completeness property.
         detail: (T, layers, heads, L) for attention-space methods, else None.
         extra: method-specific results (e.g. RPI's candidate maps), JSON-friendly or tensors.
+        settings: settings the method decided itself (e.g. the steps an adaptive run used), recorded with
+            the explanation's parameters.
         n_forward / n_backward: passes run, for cost reports.
     """
 
@@ -48,17 +50,18 @@ class MethodResult:
     completeness_error: torch.Tensor
     detail: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
     n_forward: int = 0
     n_backward: int = 0
 
     @classmethod
-    def from_integral(cls, integral: Integral, **extra: Any) -> "MethodResult":
+    def from_integral(cls, integral: Integral, **settings: Any) -> "MethodResult":
         """A single-path integral as a result, with its completeness error."""
         return cls(
             scores=integral.tokens[0],
             completeness_error=integral.completeness_error()[0],
             detail=None if integral.detail is None else integral.detail[0],
-            extra=extra,
+            settings=settings,
             n_forward=integral.n_forward,
             n_backward=integral.n_backward,
         )

@@ -252,9 +252,8 @@ class IG2:
         return MethodResult(
             scores=scores,
             completeness_error=completeness,
+            settings={"n_references": n_refs, "step_size": step_size},
             extra={
-                "n_references": n_refs,
-                "step_size": step_size,
                 "f_gradcf": integral.f_start,
                 "initial_distance": distances[0],
                 "final_distance": distances[1],

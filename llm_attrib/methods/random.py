@@ -1,0 +1,25 @@
+"""Random attribution: the floor every method must beat in an evaluation (seeded, no model passes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .base import MethodResult, Problem, register_method, reject_unknown
+
+
+@register_method("random")
+class RandomAttribution:
+    spaces = frozenset({"embeddings", "attention"})
+    default_space = "embeddings"
+    has_completeness = False
+    needs_references = False
+
+    def attribute(self, problem: Problem, seed: int = 0, **params: Any) -> MethodResult:
+        reject_unknown(self.name, params)
+        seq = problem.seq
+        scores = torch.rand((seq.n_targets, seq.length), generator=torch.Generator().manual_seed(seed))
+        if not seq.is_classifier:  # like every real method, nothing from a target's own or later positions
+            scores = scores * (torch.arange(seq.length)[None] <= seq.target_positions.cpu()[:, None])
+        return MethodResult(scores=scores, completeness_error=torch.full((seq.n_targets,), float("nan")))
