@@ -36,8 +36,8 @@ class Integral:
         detail: (P, T, *D) the space's finer attribution (attention: layers x heads x keys), or None.
         f_end: (T,) target scores at the explicand.
         f_start: (P, T) target scores at each path's start (the baseline).
-        n_forward: forward passes run (one per chunk plus the endpoint pass).
-        n_backward: backward passes run.
+        n_forward: sequences run forward (path points and endpoints; a chunk of B points counts B).
+        n_backward: sequences run backward (B per target per chunk).
     """
 
     tokens: torch.Tensor
@@ -95,18 +95,18 @@ def integrate(
     n_targets = f_end.shape[0]
     tokens: torch.Tensor | None = None
     detail: torch.Tensor | None = None
-    n_forward, n_backward = -(-len(endpoints) // internal_batch_size), 0
+    n_forward, n_backward = len(endpoints), 0
     chunks = torch.arange(len(paths)).split(internal_batch_size)
     for index in tqdm(chunks, desc="attributing", delay=1.0, leave=False, disable=not show_progress):
         points, deltas = paths.points(index)
         points = points.detach().requires_grad_(True)
         out = scores(points)
         check_finite(out, "a path point")
-        n_forward += 1
+        n_forward += len(index)
         path_ids = paths.path_of(index)
         for t in range(n_targets):
             (gradient,) = torch.autograd.grad(out[:, t].sum(), points, retain_graph=t < n_targets - 1)
-            n_backward += 1
+            n_backward += len(index)
             contrib = contribution(gradient.float(), deltas)
             for p in path_ids.unique().tolist():
                 token_part, detail_part = reduce(contrib[path_ids == p].sum(0), t)

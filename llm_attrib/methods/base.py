@@ -43,7 +43,7 @@ class MethodResult:
         extra: method-specific results (e.g. RPI's candidate maps), JSON-friendly or tensors.
         settings: settings the method decided itself (e.g. the steps an adaptive run used), recorded with
             the explanation's parameters.
-        n_forward / n_backward: passes run, for cost reports.
+        n_forward / n_backward: sequences run forward / backward (a batch of B counts B), for cost reports.
     """
 
     scores: torch.Tensor

@@ -235,7 +235,7 @@ class IG2:
             grad_path(x, rep_at, chunk, n_steps, step_size, norm, eps, movable, bounds)
             for chunk in targets.split(problem.internal_batch_size)
         ])
-        n_search = n_steps * -(-n_refs // problem.internal_batch_size)
+        n_search = n_steps * n_refs
         if path == "gradpath":
             rule = quadrature_rule("riemann-left" if segment_steps == 1 else "gauss-legendre", segment_steps)
             paths = PolylinePaths(vertices, *rule)
