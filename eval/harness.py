@@ -1,0 +1,148 @@
+"""The project's evaluation harness: every method x zoo task x metric, with cost, into eval/results/.
+
+    python eval/harness.py                       # everything, 100 examples per task (resumes if interrupted)
+    python eval/harness.py --n 20 --tasks recall --methods ig_embeddings random
+
+Writes eval/results/README.md (all tables), eval/results/<task>.png (plots) and streams rows to
+eval/results/rows/<task>.jsonl (delete a file to recompute that task). Peers: Captum's
+LayerIntegratedGradients runs in this environment; inseq runs in its own virtual environment (transformers
+4.x) through eval/peers/inseq_attribute.py, and joins when its score files exist (see eval/peers/README.md).
+
+Selecting RPI's map on a metric and reporting the same metric is an oracle: such cells are marked and the
+held-out pairings (select on sufficiency, report comprehensiveness, and the reverse) lead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import llm_attrib  # noqa: E402
+from llm_attrib import Attributor  # noqa: E402
+from llm_attrib.evaluate import MethodSpec, evaluate, mean_cost  # noqa: E402
+from peers.captum_lig import captum_lig  # noqa: E402
+from peers.inseq_scores import inseq_method  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+TASKS = ("recall", "rag", "sentiment")
+SEED = 100
+REPORTED = {  # column -> (title, higher is better)
+    "aopc_comprehensiveness": ("AOPC-comp ↑", True),
+    "aopc_sufficiency": ("AOPC-suff ↓", False),
+    "log_odds@20": ("log-odds@20% ↓", False),
+    "hit@1": ("hit@1 ↑", True),
+    "auprc": ("AUPRC ↑", True),
+}
+ORACLE = {"rpi_sel_suff": "aopc_sufficiency", "rpi_sel_comp": "aopc_comprehensiveness"}
+
+
+def methods_for(task: str) -> dict[str, MethodSpec]:
+    references = [{"prompt": e["prompt"]} for e in llm_attrib.zoo.examples(task, n=60, seed=SEED + 1)]
+    specs = [
+        MethodSpec("ig_embeddings", "ig", {"space": "embeddings"}),
+        MethodSpec("ig_attention", "ig", {"space": "attention"}),
+        MethodSpec("saliency", "saliency"),
+        MethodSpec("input_x_gradient", "input_x_gradient"),
+        MethodSpec("attention", "attention"),
+        MethodSpec("random", "random"),
+        MethodSpec("captum_lig", captum_lig),
+        MethodSpec("rpi_sel_suff", "rpi", {"psi": "aopc_sufficiency"}),
+        MethodSpec("rpi_sel_comp", "rpi", {"psi": "aopc_comprehensiveness"}),
+        MethodSpec("ig2", "ig2", {"references": references}),
+        MethodSpec("ig2_fixed_baseline", "ig2", {"toward": "baseline"}),
+        MethodSpec("ig2_straight", "ig2", {"references": references, "path": "straight"}),
+    ]
+    for kind in ("integrated_gradients", "attention"):
+        external = inseq_method(task, kind)
+        if external is not None:
+            specs.append(MethodSpec(f"inseq_{kind}", external))
+    return {s.label: s for s in specs}
+
+
+def table(summary: pd.DataFrame, cost: pd.DataFrame) -> str:
+    header = "| method | " + " | ".join(t for t, _ in REPORTED.values()) + " | fwd/ex | bwd/ex | s/ex |"
+    lines = [header, "|" + "---|" * (len(REPORTED) + 4)]
+    for method in summary.index:
+        cells = []
+        for column in REPORTED:
+            if (column, "mean") not in summary.columns or pd.isna(summary.loc[method, (column, "mean")]):
+                cells.append("–")
+                continue
+            mean, ci = summary.loc[method, (column, "mean")], summary.loc[method, (column, "ci95")]
+            mark = " (oracle)" if ORACLE.get(method) == column else ""
+            cells.append(f"{mean:.3f} ± {ci:.3f}{mark}")
+        c = cost.loc[method]
+        cells += [f"{c.n_forward:.0f}", f"{c.n_backward:.0f}", f"{c.seconds:.2f}"]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(summary: pd.DataFrame, task: str, path: Path) -> None:
+    columns = [c for c in REPORTED if (c, "mean") in summary.columns]
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 0.35 * len(summary) + 1.5), sharey=True)
+    for ax, column in zip(axes, columns):
+        means, cis = summary[(column, "mean")], summary[(column, "ci95")]
+        ax.barh(range(len(means)), means, xerr=cis, color="#4a7ab5")
+        ax.set_title(REPORTED[column][0], fontsize=9)
+        ax.set_yticks(range(len(means)), summary.index, fontsize=8)
+        ax.invert_yaxis()
+    fig.suptitle(f"zoo task: {task}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=100, help="examples per task")
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--methods", nargs="+", default=None, help="labels to run (default: all)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    (RESULTS / "rows").mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    for task in args.tasks:
+        model, tokenizer = llm_attrib.zoo.load(task)
+        attributor = Attributor(model, tokenizer, show_progress=False)
+        specs = methods_for(task)
+        chosen = [specs[m] for m in (args.methods or specs) if m in specs]
+        examples = llm_attrib.zoo.examples(task, n=args.n, seed=SEED)
+        task_started = time.perf_counter()
+        result = evaluate(attributor, examples, chosen, output=RESULTS / "rows" / f"{task}.jsonl")
+        rows = result.rows[result.rows.example < args.n]
+        summary = result.summary.loc[[s.label for s in chosen]]
+        plot(summary, task, RESULTS / f"{task}.png")
+        (RESULTS / f"{task}.md").write_text(
+            f"## {task} ({type(model).__name__}, {args.n} examples, {len(rows)} targets; "
+            f"{time.perf_counter() - task_started:.0f} s this run)\n\n{table(summary, mean_cost(rows))}\n\n![{task}]({task}.png)\n"
+        )
+    intro = (
+        "# Evaluation results\n\n"
+        f"Regenerate with `python eval/harness.py --n {args.n}` (the last run took {time.perf_counter() - started:.0f} s "
+        "and may have resumed earlier rows; each task's own time is in its heading). Mean ± 95% interval (1.96 standard errors) over targets; "
+        "fwd/bwd/ex = single-sequence forward/backward passes per example (path points, not batches); "
+        "s/ex = seconds per example on 2 CPU cores. AOPC over ERASER's bins (1, 5, 10, 20, 50)%, sum / 6; "
+        "removal by deletion; log-odds replaces the top 20% with the mask/unk token. hit@1 and AUPRC exclude "
+        "the task's fixed template tokens (the prediction is made at the last template token, which every "
+        "prompt shares). RPI rows marked (oracle) were selected on the metric they report; read the other "
+        "column for a held-out comparison.\n\n"
+    )
+    sections = [(RESULTS / f"{task}.md").read_text() for task in TASKS if (RESULTS / f"{task}.md").exists()]
+    (RESULTS / "README.md").write_text(intro + "\n".join(sections))
+    print((RESULTS / "README.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
