@@ -200,6 +200,9 @@ class Attributor:
                 f"{type(self.model).__name__} is in training mode (dropout is active, so attributions would be "
                 "random). Call model.eval() before explaining."
             )
+        batch = internal_batch_size or self.internal_batch_size
+        if not isinstance(batch, int) or batch < 1:
+            raise InvalidInputError(f"internal_batch_size must be a positive integer, got {batch!r}.")
         seq = self.sequence(prompt, answer, target_class, max_new_tokens, **(generation_kwargs or {}))
         n_vocab = self.model.config.num_labels if seq.is_classifier else self.vocab_size
         target_fn = resolve_target(target or ("logit" if seq.is_classifier else "log_prob"), foil, n_vocab)
@@ -207,7 +210,7 @@ class Attributor:
         with prepared(self.model, hook_attention=the_space.uses_attention_hook):
             problem = Problem(
                 self.model, self.tokenizer, seq, the_space, target_fn,
-                internal_batch_size or self.internal_batch_size, self.show_progress,
+                batch, self.show_progress,
             )
             result = chosen.attribute(problem, **method_params)
             with torch.no_grad():

@@ -55,6 +55,7 @@ def assert_unchanged(model, before):
         (dict(prompt="w1 w2", baseline=torch.zeros(3, 3)), InvalidInputError, "shape"),
         (dict(prompt="w1 w2", n_steps=0), InvalidInputError, "n_steps"),
         (dict(prompt="w1 w2", steps=8), InvalidInputError, "unexpected parameters"),
+        (dict(prompt="w1 w2", internal_batch_size=0), InvalidInputError, "internal_batch_size"),
         (dict(prompt="w1 w2", target_class=1), InvalidInputError, "classifier"),
         (dict(prompt=[{"content": "hi"}]), InvalidInputError, "chat"),
     ],
