@@ -200,7 +200,7 @@ class Attributor:
                 f"{type(self.model).__name__} is in training mode (dropout is active, so attributions would be "
                 "random). Call model.eval() before explaining."
             )
-        batch = internal_batch_size or self.internal_batch_size
+        batch = self.internal_batch_size if internal_batch_size is None else internal_batch_size
         if not isinstance(batch, int) or batch < 1:
             raise InvalidInputError(f"internal_batch_size must be a positive integer, got {batch!r}.")
         seq = self.sequence(prompt, answer, target_class, max_new_tokens, **(generation_kwargs or {}))
