@@ -15,6 +15,9 @@ held-out pairings (select on sufficiency, report comprehensiveness, and the reve
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,7 +35,7 @@ import llm_attrib  # noqa: E402
 from llm_attrib import Attributor  # noqa: E402
 from llm_attrib.evaluate import MethodSpec, evaluate, mean_cost  # noqa: E402
 from peers.captum_lig import captum_lig  # noqa: E402
-from peers.inseq_scores import inseq_method  # noqa: E402
+from peers.inseq_scores import SCORES as INSEQ_SCORES, inseq_method  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 TASKS = ("recall", "rag", "sentiment")
@@ -68,6 +71,19 @@ def methods_for(task: str) -> dict[str, MethodSpec]:
         if external is not None:
             specs.append(MethodSpec(f"inseq_{kind}", external))
     return {s.label: s for s in specs}
+
+
+def run_inseq(task: str, examples: list[dict], python: str) -> None:
+    """Record inseq's attributions of the task's examples, in inseq's own environment (causal LMs only)."""
+    out = INSEQ_SCORES / f"inseq_{task}.json"
+    if out.exists() or task == "sentiment" or not Path(python).exists():
+        return
+    INSEQ_SCORES.mkdir(parents=True, exist_ok=True)
+    inputs = INSEQ_SCORES / f"inseq_{task}_inputs.jsonl"
+    inputs.write_text("".join(json.dumps({"prompt": e["prompt"], "answer": e["answer"]}) + "\n" for e in examples))
+    script = Path(__file__).parent / "peers" / "inseq_attribute.py"
+    subprocess.run([python, str(script), str(llm_attrib.zoo.path(task)), str(inputs), str(out)], check=True)
+    inputs.unlink()
 
 
 def table(summary: pd.DataFrame, cost: pd.DataFrame) -> str:
@@ -109,6 +125,10 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     parser.add_argument("--methods", nargs="+", default=None, help="labels to run (default: all)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--inseq-python", default=os.environ.get("LLM_ATTRIB_INSEQ_PYTHON", "/work/.venvs/inseq/bin/python"),
+        help="python of inseq's virtual environment (see eval/peers/inseq_attribute.py); skipped if absent",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     (RESULTS / "rows").mkdir(parents=True, exist_ok=True)
@@ -116,9 +136,10 @@ def main() -> None:
     for task in args.tasks:
         model, tokenizer = llm_attrib.zoo.load(task)
         attributor = Attributor(model, tokenizer, show_progress=False)
+        examples = llm_attrib.zoo.examples(task, n=args.n, seed=SEED)
+        run_inseq(task, examples, args.inseq_python)
         specs = methods_for(task)
         chosen = [specs[m] for m in (args.methods or specs) if m in specs]
-        examples = llm_attrib.zoo.examples(task, n=args.n, seed=SEED)
         task_started = time.perf_counter()
         result = evaluate(attributor, examples, chosen, output=RESULTS / "rows" / f"{task}.jsonl")
         rows = result.rows[result.rows.example < args.n]
