@@ -2,21 +2,15 @@
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from llm_attrib import Attributor, InvalidInputError, NumericalError, UnknownNameError, UnsupportedModelError
 from tiny_models import BYPASSING, tiny_model
-from tiny_tokenizer import tiny_tokenizer
+from tiny_tokenizer import tiny_llama, tiny_tokenizer
 
 
 @pytest.fixture()
 def lm():
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=32, pad_token_id=0, bos_token_id=2, eos_token_id=3,
-    )
-    return LlamaForCausalLM(config).eval(), tiny_tokenizer(64)
+    return tiny_llama(context=32), tiny_tokenizer(64)
 
 
 def state(model):

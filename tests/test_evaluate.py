@@ -4,21 +4,15 @@ import json
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from llm_attrib import Attributor, InvalidInputError
 from llm_attrib.evaluate import evaluate, load_rows, mean_cost
-from tiny_tokenizer import tiny_tokenizer
+from tiny_tokenizer import tiny_llama, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
 def attributor():
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=64, pad_token_id=0, bos_token_id=2, eos_token_id=3,
-    )
-    return Attributor(LlamaForCausalLM(config).eval(), tiny_tokenizer(64), show_progress=False)
+    return Attributor(tiny_llama(), tiny_tokenizer(64), show_progress=False)
 
 
 EXAMPLES = [

@@ -3,34 +3,22 @@ invariance, causality, agreement with Captum, and the attention space's per-head
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
 from llm_attrib import Attributor
 from llm_attrib.core.spaces import neutral_token_id
-from tiny_tokenizer import tiny_tokenizer
+from tiny_tokenizer import tiny_bert, tiny_llama, tiny_tokenizer
 
 PROMPT = "w1 w7 w3 w9 w4 w12"
 
 
 @pytest.fixture(scope="module")
 def lm():
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.1,
-        pad_token_id=0, bos_token_id=2, eos_token_id=3,
-    )
-    return LlamaForCausalLM(config).eval(), tiny_tokenizer(64)
+    return tiny_llama(), tiny_tokenizer(64)
 
 
 @pytest.fixture(scope="module")
 def classifier():
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=64, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )
-    return BertForSequenceClassification(config).eval(), tiny_tokenizer(64)
+    return tiny_bert(), tiny_tokenizer(64)
 
 
 def explain(model_and_tokenizer, **kwargs):

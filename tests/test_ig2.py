@@ -3,26 +3,19 @@ gradients, and the ablations."""
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
 from llm_attrib import Attributor, InvalidInputError
 from llm_attrib.core.engine import integrate
 from llm_attrib.core.paths import PolylinePaths
 from llm_attrib.methods.ig2 import grad_path
-from tiny_tokenizer import tiny_tokenizer
+from tiny_tokenizer import tiny_bert, tiny_llama, tiny_tokenizer
 
 PROMPT, ANSWER = "w1 w7 w3 w9 w4 w12", "w5 w6"
 
 
 @pytest.fixture(scope="module")
 def lm():
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.1,
-        pad_token_id=0, bos_token_id=2, eos_token_id=3,
-    )
-    return Attributor(LlamaForCausalLM(config).eval(), tiny_tokenizer(64), show_progress=False)
+    return Attributor(tiny_llama(), tiny_tokenizer(64), show_progress=False)
 
 
 def identity(points):
@@ -123,12 +116,7 @@ def test_ablations(lm):
 
 
 def test_classifier_uses_the_head_features():
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=64, num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )
-    attributor = Attributor(BertForSequenceClassification(config).eval(), tiny_tokenizer(64), show_progress=False)
+    attributor = Attributor(tiny_bert(n_labels=2), tiny_tokenizer(64), show_progress=False)
     exp = attributor.explain(PROMPT, method="ig2", references=["w20 w21 w22", "w30 w31"], target_class=1)
     assert exp.completeness_error.max() < 0.01
     layer = attributor.explain(PROMPT, method="ig2", references=["w20 w21 w22"], target_class=1, rep_layer=1, n_steps=8)

@@ -5,11 +5,10 @@ import math
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from llm_attrib import Attributor, UnknownNameError
 from llm_attrib.methods.rpi import alpha_bar, diffusion_baselines
-from tiny_tokenizer import tiny_tokenizer
+from tiny_tokenizer import tiny_llama, tiny_tokenizer
 
 PROMPT, ANSWER = "w1 w7 w3 w9 w4 w12", "w5 w6"
 FAST = dict(n_baselines=4, n_steps=8)
@@ -17,13 +16,7 @@ FAST = dict(n_baselines=4, n_steps=8)
 
 @pytest.fixture(scope="module")
 def attributor():
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.1,
-        pad_token_id=0, bos_token_id=2, eos_token_id=3,
-    )
-    return Attributor(LlamaForCausalLM(config).eval(), tiny_tokenizer(64), show_progress=False)
+    return Attributor(tiny_llama(n_layers=3), tiny_tokenizer(64), show_progress=False)
 
 
 def test_linear_schedule_by_hand():

@@ -69,12 +69,20 @@ def readable_tokens(tokenizer, ids: list[int]) -> list[str]:
     return [tokenizer.convert_tokens_to_string([t]) for t in tokenizer.convert_ids_to_tokens(ids)]
 
 
-def answer_offsets(tokenizer, ids: list[int], start: int) -> tuple[str, list[tuple[int, int]]]:
-    """Decode `ids` token by token, so each token's span in the decoded text is known."""
+def answer_offsets(tokenizer, prompt_ids: list[int], ids: list[int], start: int) -> tuple[str, list[tuple[int, int]]]:
+    """The answer's text as the tokenizer decodes it after the prompt, and each answer token's span in it.
+
+    Decoding in context keeps the separator a tokenizer puts between prompt and answer (a word-level
+    tokenizer joins words with spaces; a BPE one carries the space in the token).
+    """
+    prefix = tokenizer.decode(prompt_ids)
     text, offsets = "", []
     for i in range(len(ids)):
-        decoded = tokenizer.decode(ids[: i + 1])
-        offsets.append((start + len(text), start + len(decoded)))
+        decoded = tokenizer.decode(prompt_ids + ids[: i + 1])
+        decoded = decoded[len(prefix):] if decoded.startswith(prefix) else tokenizer.decode(ids[: i + 1])
+        piece = decoded[len(text):] if decoded.startswith(text) else decoded
+        piece_start = len(decoded) - len(piece.lstrip())  # a token's span leaves out the space before it
+        offsets.append((start + piece_start, start + len(decoded)))
         text = decoded
     return text, offsets
 
@@ -94,7 +102,7 @@ def build_sequence(
     bad = [i for i in answer_ids if not 0 <= i < vocab_size]
     if bad:
         raise InvalidInputError(f"answer token ids {bad} are outside the model's vocabulary [0, {vocab_size}).")
-    answer_text, offsets = answer_offsets(tokenizer, answer_ids, len(prompt))
+    answer_text, offsets = answer_offsets(tokenizer, prompt_ids, answer_ids, len(prompt))
     ids = prompt_ids + answer_ids
     return Sequence(
         input_ids=torch.tensor([ids], device=device),

@@ -1,0 +1,240 @@
+"""The `llm-attrib` command line.
+
+    llm-attrib explain --model PATH --prompt "..." --html out.html --json out.json
+    llm-attrib evaluate --zoo rag --n 100 --methods ig ig:attention rpi random --output rows.jsonl
+
+Subcommands live in `SUBCOMMANDS` (name -> (add_arguments, run)); add one there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import InvalidInputError, LlmAttribError
+
+
+def load_model(name_or_path: str):
+    """A model and its tokenizer from a local folder or hub id, in eval mode.
+
+    The class comes from the config's architecture: `...ForSequenceClassification` loads a sequence
+    classifier, anything else a causal LM.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        raise InvalidInputError(
+            f"cannot load a model config from {name_or_path!r} ({_first_line(err)}); "
+            "give a local model folder or a hub id that is available offline."
+        ) from err
+    architectures = getattr(config, "architectures", None) or []
+    is_classifier = any(a.endswith("ForSequenceClassification") for a in architectures)
+    auto = AutoModelForSequenceClassification if is_classifier else AutoModelForCausalLM
+    model = auto.from_pretrained(name_or_path, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    return model.eval(), tokenizer
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+# --- explain -----------------------------------------------------------------------------------------
+
+
+def _add_explain_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", metavar="PATH_OR_HUB_ID", help="local model folder or hub id (default: the zoo 'rag' model)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--prompt", metavar="TEXT", help="prompt text (default with no --model: a built-in rag example)")
+    source.add_argument("--prompt-file", type=Path, metavar="FILE", help="read the prompt from this file")
+    parser.add_argument("--answer", metavar="TEXT", help="continuation to explain (default: generate greedily)")
+    parser.add_argument("--method", default="ig", metavar="NAME", help="attribution method (default: ig)")
+    parser.add_argument("--space", default=None, metavar="NAME",
+                        help="embeddings or attention (default: the method's own: attention for rpi, embeddings for ig)")
+    parser.add_argument("--n-steps", type=int, default=None, metavar="N",
+                        help="path steps of path methods such as ig (default: the method's, 32 for ig)")
+    parser.add_argument("--max-new-tokens", type=int, default=16, metavar="N",
+                        help="tokens to generate when --answer is not given (default: 16)")
+    parser.add_argument("--layers", type=int, nargs="+", metavar="L", help="attention layers of the attention space (default: all)")
+    parser.add_argument("--target", type=int, default=None, metavar="T", help="show only this target index in the terminal")
+    parser.add_argument("--html", type=Path, metavar="FILE", help="write a self-contained HTML page here")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write the explanation as JSON here (Explanation.load reads it)")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="a method parameter, VALUE read as JSON if it parses (e.g. --param psi=aopc_sufficiency "
+                             "--param n_baselines=8); repeatable")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _method_params(pairs: list[str]) -> dict[str, Any]:
+    """--param KEY=VALUE pairs; VALUE as JSON where it parses (numbers, lists, booleans), else a string."""
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise InvalidInputError(f"--param takes KEY=VALUE, got {pair!r}.")
+        try:
+            params[key] = json.loads(value)
+        except json.JSONDecodeError:
+            params[key] = value
+    return params
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    from . import zoo
+    from .attributor import Attributor
+    from .methods import get_method
+    from .render.terminal import print_explanation
+
+    method = get_method(args.method, args.space)  # fail on a bad name before loading anything
+    if args.no_progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    prompt = _read_prompt(args)
+    if args.model:
+        model, tokenizer = load_model(args.model)
+        if prompt is None:
+            raise InvalidInputError("with --model, give --prompt TEXT or --prompt-file FILE.")
+    else:
+        try:
+            model, tokenizer = zoo.load("rag")
+        except OSError as err:
+            raise InvalidInputError(
+                f"the zoo model 'rag' could not be loaded ({_first_line(err)}); pass --model PATH_OR_HUB_ID."
+            ) from err
+        if prompt is None:
+            prompt = zoo.examples("rag", n=1, seed=0)[0]["prompt"]
+    params: dict[str, Any] = _method_params(args.param)
+    if args.n_steps is not None or _accepts(method, "n_steps"):
+        params.setdefault("n_steps", args.n_steps if args.n_steps is not None else 32)
+    attributor = Attributor(model, tokenizer, show_progress=not args.no_progress)
+    exp = attributor.explain(
+        prompt, args.answer, method=args.method, space=args.space, layers=args.layers,
+        max_new_tokens=args.max_new_tokens, **params,
+    )
+    print_explanation(exp, target=args.target)
+    if args.html:
+        _write(args.html, exp.to_html(target=args.target))
+        print(f"wrote {args.html}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        exp.save(args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _read_prompt(args: argparse.Namespace) -> str | None:
+    if args.prompt_file is None:
+        return args.prompt
+    try:
+        return args.prompt_file.read_text()
+    except OSError as err:
+        raise InvalidInputError(f"cannot read --prompt-file {str(args.prompt_file)!r}: {err.strerror or err}.") from err
+
+
+def _accepts(method: Any, name: str) -> bool:
+    try:
+        params = inspect.signature(method.attribute).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+# --- evaluate ----------------------------------------------------------------------------------------
+
+
+def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", metavar="PATH_OR_HUB_ID", help="local model folder or hub id (default: the zoo model of --zoo)")
+    parser.add_argument("--zoo", default="rag", metavar="NAME", help="zoo task for the model and/or examples (default: rag)")
+    parser.add_argument("--data", type=Path, metavar="FILE",
+                        help="examples as JSON lines or a JSON list of {prompt, answer?, evidence?, template_spans?} "
+                             "(default: fresh zoo examples)")
+    parser.add_argument("--n", type=int, default=100, help="number of zoo examples (default: 100)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the zoo examples (default: 0)")
+    parser.add_argument("--methods", nargs="+", default=["ig"], metavar="METHOD[:SPACE]",
+                        help="methods to compare, e.g. ig ig:attention rpi random (default: ig)")
+    parser.add_argument("--output", type=Path, metavar="FILE", help="JSON-lines file the rows stream to; an existing one is resumed")
+    parser.add_argument("--summary", type=Path, metavar="FILE", help="write the summary table here (CSV if it ends in .csv, else text)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _read_examples(path: Path) -> list[dict[str, Any]]:
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise InvalidInputError(f"cannot read --data {str(path)!r}: {err.strerror or err}.") from err
+    try:
+        data = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as err:
+        raise InvalidInputError(f"--data {str(path)!r} is neither JSON lines nor a JSON list: {err}.") from err
+    return data
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from . import zoo
+    from .attributor import Attributor
+    from .evaluate import evaluate
+
+    specs = []
+    for item in args.methods:
+        name, _, space = item.partition(":")
+        specs.append({"label": item, "method": name, **({"space": space} if space else {})})
+    model, tokenizer = load_model(args.model) if args.model else zoo.load(args.zoo)
+    examples = _read_examples(args.data) if args.data else zoo.examples(args.zoo, n=args.n, seed=args.seed)
+    attributor = Attributor(model, tokenizer, show_progress=False)
+    result = evaluate(attributor, examples, specs, output=args.output, show_progress=not args.no_progress)
+    summary = result.summary.xs("mean", axis=1, level=1)
+    print(summary.to_string(float_format=lambda v: f"{v:.4f}"))
+    if args.summary:
+        text = result.summary.to_csv() if args.summary.suffix == ".csv" else result.summary.to_string()
+        _write(args.summary, text)
+        print(f"wrote {args.summary}")
+    return 0
+
+
+# --- entry point -------------------------------------------------------------------------------------
+
+Command = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]
+
+# name -> (add its arguments, run it, one-line help).
+SUBCOMMANDS: dict[str, Command] = {
+    "explain": (_add_explain_arguments, _run_explain, "explain a model's answer token by token"),
+    "evaluate": (_add_evaluate_arguments, _run_evaluate, "compare methods' faithfulness and plausibility over examples"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm-attrib", description="Token-wise attributions for HuggingFace transformers.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (add_arguments, run, help_text) in SUBCOMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        add_arguments(sub)
+        sub.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (2 on a usage or llm-attrib error)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except LlmAttribError as err:
+        print(f"llm-attrib: error: {_first_line(err)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

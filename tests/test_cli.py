@@ -1,0 +1,126 @@
+"""The `llm-attrib` command line on a tiny model saved to disk."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from llm_attrib import Explanation, zoo
+from llm_attrib.cli import SUBCOMMANDS, main
+
+WORDS = ["<unk>", "<pad>", "<s>", "</s>"] + "the cat sat on a mat dog ran to park and is big red".split()
+PROMPT = "the cat sat on a"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny random Llama and a word-level fast tokenizer, saved with save_pretrained."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
+    config = LlamaConfig(
+        vocab_size=len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=1, bos_token_id=2, eos_token_id=3,
+        initializer_range=0.2,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_explain_writes_json_and_html(model_dir, tmp_path, capsys):
+    out_json, out_html = tmp_path / "exp.json", tmp_path / "exp.html"
+    code = main([
+        "explain", "--model", str(model_dir), "--prompt", PROMPT, "--max-new-tokens", "3", "--n-steps", "8",
+        "--json", str(out_json), "--html", str(out_html), "--no-progress",
+    ])
+    assert code == 0
+    exp = Explanation.load(out_json)
+    assert exp.scores.shape == (3, 5 + 2)
+    assert exp.input_tokens[:5] == PROMPT.split()
+    assert exp.method == "ig" and exp.params["n_steps"] == 8
+    assert json.loads(out_json.read_text())["format_version"] == 1
+    assert "<!DOCTYPE html>" in out_html.read_text()
+    printed = capsys.readouterr().out
+    assert "cat" in printed and "summary" in printed
+
+
+def test_explain_given_answer_and_prompt_file(model_dir, tmp_path):
+    prompt_file, out_json = tmp_path / "prompt.txt", tmp_path / "exp.json"
+    prompt_file.write_text(PROMPT)
+    code = main([
+        "explain", "--model", str(model_dir), "--prompt-file", str(prompt_file), "--answer", "mat and",
+        "--method", "saliency", "--json", str(out_json), "--no-progress",
+    ])
+    assert code == 0
+    exp = Explanation.load(out_json)
+    assert exp.target_tokens == ["mat", "and"] and exp.method == "saliency"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--method", "no-such-method"], "no-such-method"),
+    (["--space", "no-such-space"], "no-such-space"),
+    (["--max-new-tokens", "0"], "max_new_tokens"),
+])
+def test_package_errors_are_one_line_with_exit_code_2(model_dir, capsys, args, needle):
+    code = main(["explain", "--model", str(model_dir), "--prompt", PROMPT, "--no-progress", *args])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("llm-attrib: error:") and needle in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_missing_model_folder_is_a_clean_error(tmp_path, capsys):
+    code = main(["explain", "--model", str(tmp_path / "nothing"), "--prompt", PROMPT])
+    assert code == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_explain_is_a_registered_subcommand():
+    assert "explain" in SUBCOMMANDS
+    with pytest.raises(SystemExit):
+        main([])
+
+
+@pytest.mark.skipif(not (zoo.MODELS_DIR / "rag" / "config.json").exists(), reason="the zoo 'rag' model is not built")
+def test_explain_defaults_to_the_zoo_rag_model(tmp_path):
+    out_json = tmp_path / "exp.json"
+    code = main(["explain", "--max-new-tokens", "2", "--n-steps", "4", "--json", str(out_json), "--no-progress"])
+    assert code == 0
+    exp = Explanation.load(out_json)
+    assert exp.text.startswith(zoo.examples("rag", n=1, seed=0)[0]["prompt"])
+    assert len(exp.target_tokens) <= 2
+
+
+def test_evaluate_subcommand_streams_rows_and_writes_a_summary(model_dir, tmp_path, capsys):
+    from llm_attrib.evaluate import load_rows
+
+    data = tmp_path / "data.jsonl"
+    prompts = ["the cat sat on a", "a dog ran to the", "the red cat is"]
+    data.write_text("".join(json.dumps({"prompt": p, "answer": "mat"}) + "\n" for p in prompts))
+    rows, summary = tmp_path / "rows.jsonl", tmp_path / "summary.csv"
+    code = main(["evaluate", "--model", str(model_dir), "--data", str(data), "--methods", "random", "ig:attention",
+                 "--output", str(rows), "--summary", str(summary), "--no-progress"])
+    assert code == 0
+    frame = load_rows(rows)
+    assert len(frame) == 6 and set(frame.method) == {"random", "ig:attention"}
+    assert "aopc_comprehensiveness" in summary.read_text()
+    assert "ig:attention" in capsys.readouterr().out
+
+
+def test_method_parameters_pass_through(model_dir, tmp_path):
+    out = tmp_path / "e.json"
+    code = main(["explain", "--model", str(model_dir), "--prompt", PROMPT, "--answer", "mat", "--method", "rpi",
+                 "--param", "n_baselines=2", "--param", "psi=aopc_comprehensiveness", "--json", str(out), "--no-progress"])
+    assert code == 0
+    exp = Explanation.load(out)
+    assert exp.space == "attention" and exp.params["n_baselines"] == 2 and exp.params["psi"] == "aopc_comprehensiveness"
