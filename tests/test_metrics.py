@@ -15,6 +15,7 @@ from llm_attrib import Attributor, Explanation
 from llm_attrib.errors import InvalidInputError, UnknownNameError
 from llm_attrib.metrics import (
     ERASER_BINS,
+    FERRET,
     FERRET_BINS,
     METRICS,
     Perturbed,
@@ -388,3 +389,127 @@ def test_deleting_the_whole_prompt_of_a_language_model_without_bos_is_refused():
     with pytest.raises(InvalidInputError, match="deletes every prompt token"):
         faithfulness(attr, (seq, scores), ["comprehensiveness"], bins=(100,))
     assert faithfulness(attr, (seq, scores), ["comprehensiveness"], bins=(100,), removal="replace")
+
+
+# --- ferret's conventions: floor rounding, only positive tokens, AOPC over distinct non-empty bins ---------------
+
+
+def test_floor_rounding_counts_by_hand(case):
+    assert bin_counts((10, 20, 30, 45, 100), 7, "floor") == [0, 1, 2, 3, 7]
+    assert bin_counts((10, 20, 30, 45, 100), 7) == [1, 2, 3, 4, 7]
+    assert bin_counts((10, 20, 30), 30, "floor") == [3, 6, 9]  # exact, not 0.30000000000000004 * 30
+    assert bin_counts(FERRET_BINS, 9, "floor") == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+    attr, seq, scores = case
+    n = int((~seq.keep[: seq.n_prompt]).sum())  # 11 words
+    perturbed = perturb(attr, seq, scores[None], ("removed",), bins=FERRET_BINS, bin_rounding="floor")
+    assert perturbed.sizes.shape == (1, seq.n_targets, 10)
+    assert (perturbed.sizes == torch.tensor([int(k * n // 10) for k in range(1, 11)])).all()
+    ceil = perturb(attr, seq, scores[None], ("removed",), bins=FERRET_BINS)
+    assert (ceil.sizes == torch.tensor([math.ceil(k * n / 10) for k in range(1, 11)])).all()
+    with pytest.raises(UnknownNameError, match="bin_rounding"):
+        perturb(attr, seq, scores[None], ("removed",), bin_rounding="round")
+
+
+def test_distinct_normalisation_skips_empty_and_repeated_bins_by_hand():
+    p = torch.tensor([0.8, 0.5, 0.6])
+    removed = torch.tensor([[[0.8, 0.7, 0.7, 0.4, 0.4], [0.5, 0.5, 0.4, 0.3, 0.2], [0.6, 0.6, 0.6, 0.6, 0.6]]])
+    kept = torch.tensor([[[0.2, 0.3, 0.3, 0.6, 0.6], [0.1, 0.2, 0.3, 0.4, 0.5], [0.1, 0.1, 0.1, 0.1, 0.1]]])
+    sizes = torch.tensor([[[0, 1, 1, 3, 3], [1, 2, 3, 4, 5], [0, 0, 0, 0, 0]]])  # (1, T, 5)
+    perturbed = Perturbed(p=p, bins=FERRET_BINS[:5], n_removable=5, removed=removed, kept=kept, sizes=sizes)
+    comp = AopcComprehensiveness("distinct").values(perturbed)["aopc_comprehensiveness"][0]
+    suff = AopcSufficiency("distinct").values(perturbed)["aopc_sufficiency"][0]
+    # target 0: bins 1 and 3 only (bin 0 empty, 2 and 4 repeat); target 1: all five; target 2: none -> 0 / 1
+    torch.testing.assert_close(comp, torch.tensor([(0.1 + 0.4) / 2, (0 + 0 + 0.1 + 0.2 + 0.3) / 5, 0.0]))
+    torch.testing.assert_close(suff, torch.tensor([(0.5 + 0.2) / 2, (0.4 + 0.3 + 0.2 + 0.1 + 0.0) / 5, 1.0]))
+    mean = AopcComprehensiveness("mean").values(perturbed)["aopc_comprehensiveness"][0]
+    torch.testing.assert_close(mean, torch.tensor([1.0 / 5, 0.6 / 5, 0.0]))
+    # Without sizes, "distinct" reads the ceil counts of the bins: ERASER bins of 10 tokens are 1, 1, 1, 2, 5.
+    toy = toy_perturbed()
+    got = AopcComprehensiveness("distinct").values(toy)["aopc_comprehensiveness"][0]
+    torch.testing.assert_close(got, torch.tensor([(0.1 + 0.6 + 0.7) / 3, (0.0 + 0.1 + 0.2) / 3]))
+
+
+def brute_only_positive(attr, seq, scores, bins, removal):
+    """(T, K) removed / kept probabilities, with floor counts capped at the positive removable tokens."""
+    n_prompt = seq.n_prompt
+    removable = (~seq.keep[:n_prompt]).tolist()
+    n = sum(removable)
+    out = {"removed": [], "kept": []}
+    for t in range(seq.n_targets):
+        positive = [r and float(scores[t, j]) > 0 for j, r in enumerate(removable)]
+        removed, kept = [], []
+        for b in bins:
+            count = min(math.floor(b * n / 100 + 1e-9), sum(positive))
+            top = top_set(scores[t, :n_prompt], positive, count)
+            assert all(float(scores[t, j]) > 0 for j in top)
+            removed.append(brute_probability(attr, seq, t, [j not in top for j in range(n_prompt)], removal, None))
+            kept.append(brute_probability(attr, seq, t, [j in top or not removable[j] for j in range(n_prompt)], removal, None))
+        out["removed"].append(removed)
+        out["kept"].append(kept)
+    return {key: torch.tensor(value) for key, value in out.items()}
+
+
+@pytest.mark.parametrize("removal", ["delete", "mask"])
+def test_only_positive_matches_one_forward_per_perturbation(case, removal):
+    attr, seq, scores = case
+    got = perturb(attr, seq, scores[None], ("removed", "kept"), bins=FERRET_BINS, removal=removal,
+                  bin_rounding="floor", only_positive=True, batch_size=5)
+    want = brute_only_positive(attr, seq, scores, FERRET_BINS, removal)
+    for key in want:
+        torch.testing.assert_close(getattr(got, key)[0], want[key], atol=2e-5, rtol=1e-4)
+    n_positive = ((scores[:, : seq.n_prompt] > 0) & ~seq.keep[: seq.n_prompt]).sum(-1)
+    assert (got.sizes[0] <= n_positive[:, None]).all() and (got.sizes[0].amax(-1) == n_positive).all()
+
+
+def test_only_positive_never_removes_a_non_positive_token(case):
+    attr, seq, scores = case
+    row = scores[0].clone()  # the same map for every target, so each recorded row belongs to this map
+    row[1:4] = torch.tensor([0.0, -1.0, -0.5])
+    row[4:] = row[4:].abs() + 0.5  # the other words are positive
+    same = row.expand(seq.n_targets, -1)
+    recorder = Recorder(attr.model)
+    unk = attr.tokenizer.unk_token_id
+    perturb((recorder, attr.tokenizer), seq, same[None], ("removed", "replaced", "deletion"), bins=(50, 90, 100),
+            removal="replace", replacement=unk, only_positive=True)
+    positive = (row[: seq.n_prompt] > 0) & ~seq.keep[: seq.n_prompt]
+    replaced_any = torch.zeros(seq.n_prompt, dtype=torch.bool)
+    for ids, _ in recorder.calls[1:]:
+        replaced = ids[:, : seq.n_prompt] == unk  # (B, P)
+        assert not (replaced & ~positive).any()
+        replaced_any |= replaced.any(0)
+    assert (replaced_any == positive).all()  # 100% removes every positive token, and only those
+
+
+def test_no_positive_score_gives_ferrets_empty_values(case):
+    attr, seq, scores = case
+    negative = -scores.abs() - 1
+    negative[:, 0] = 100.0  # the special token's score does not count
+    values = faithfulness(attr, (seq, negative), ["comprehensiveness", "aopc_comprehensiveness", "aopc_sufficiency"],
+                          **FERRET)
+    assert (values["aopc_comprehensiveness"] == 0).all() and (values["aopc_sufficiency"] == 1).all()
+    assert (values["comprehensiveness@100"] == 0).all()  # nothing may be removed
+
+
+def test_options_with_candidates_equal_one_at_a_time(case):
+    attr, seq, scores = case
+    candidates = torch.stack([scores, -scores, torch.randn_like(scores), scores.clamp_max(0), scores])  # (R, T, N)
+    metrics = ["aopc_comprehensiveness", "aopc_sufficiency", "sufficiency", "deletion_auc"]
+    options = dict(FERRET, curve_bins=(10, 30, 60))
+    together = score_candidates(attr, seq, candidates, metrics, batch_size=16, **options)
+    assert together["aopc_sufficiency"].shape == (candidates.shape[0], seq.n_targets)
+    for r in range(candidates.shape[0]):
+        alone = faithfulness(attr, (seq, candidates[r]), metrics, **options)
+        for key, value in alone.items():
+            torch.testing.assert_close(together[key][r], value, atol=2e-6, rtol=1e-5)
+    # explicit options == the preset; defaults unchanged (ceil, every token, "eraser")
+    explicit = faithfulness(attr, (seq, scores), metrics, bins=FERRET_BINS, bin_rounding="floor", only_positive=True,
+                            normalisation="distinct", curve_bins=(10, 30, 60))
+    for key in explicit:
+        torch.testing.assert_close(explicit[key], together[key][0], atol=2e-6, rtol=1e-5)
+    default = faithfulness(attr, (seq, scores), metrics, bins=FERRET_BINS)
+    plain = faithfulness(attr, (seq, scores), metrics, bins=FERRET_BINS, bin_rounding="ceil", only_positive=False,
+                         normalisation="eraser")
+    for key in default:
+        torch.testing.assert_close(default[key], plain[key])
+    with pytest.raises(InvalidInputError, match="only_positive"):
+        faithfulness(attr, (seq, scores), metrics, only_positive="yes")

@@ -22,6 +22,7 @@ from ..core.spaces import model_logits
 from ..errors import InvalidInputError, NumericalError, UnknownNameError
 
 REMOVALS = ("delete", "replace", "mask")
+ROUNDINGS = ("ceil", "floor")
 ERASER_BINS = (1.0, 5.0, 10.0, 20.0, 50.0)
 FERRET_BINS = tuple(float(b) for b in range(10, 101, 10))
 
@@ -30,6 +31,12 @@ def check_removal(removal: str) -> str:
     if removal not in REMOVALS:
         raise UnknownNameError(f"unknown removal {removal!r}; choose one of {list(REMOVALS)}.")
     return removal
+
+
+def check_rounding(rounding: str) -> str:
+    if rounding not in ROUNDINGS:
+        raise UnknownNameError(f"unknown bin_rounding {rounding!r}; choose one of {list(ROUNDINGS)}.")
+    return rounding
 
 
 def check_bins(bins) -> tuple[float, ...]:
@@ -46,9 +53,11 @@ def check_bins(bins) -> tuple[float, ...]:
     return values
 
 
-def bin_counts(bins: tuple[float, ...], n_removable: int) -> list[int]:
-    """Tokens in each top-k% bin: ceil(k% of the removable prompt tokens), computed exactly (no float rounding)."""
-    return [math.ceil(Fraction(str(b)) * n_removable / 100) for b in bins]
+def bin_counts(bins: tuple[float, ...], n_removable: int, rounding: str = "ceil") -> list[int]:
+    """Tokens in each top-k% bin: ceil (default) or floor of k% of the removable prompt tokens, computed exactly
+    (no float rounding). "floor" can give 0 tokens (k% of n below 1)."""
+    round_ = math.ceil if check_rounding(rounding) == "ceil" else math.floor
+    return [round_(Fraction(str(b)) * n_removable / 100) for b in bins]
 
 
 def rank_tokens(scores: torch.Tensor, removable: torch.Tensor) -> torch.Tensor:
@@ -70,9 +79,9 @@ def rank_tokens(scores: torch.Tensor, removable: torch.Tensor) -> torch.Tensor:
     return rank
 
 
-def top_masks(rank: torch.Tensor, counts: list[int]) -> torch.Tensor:
-    """(..., P) ranks and K counts -> (..., K, P) bool, True for the top-`count` tokens."""
-    limits = torch.tensor(counts, device=rank.device).view(-1, 1)  # (K, 1)
+def top_masks(rank: torch.Tensor, counts) -> torch.Tensor:
+    """(..., P) ranks and counts, K ints or a tensor (..., K) -> (..., K, P) bool, True for the top-`count` tokens."""
+    limits = torch.as_tensor(counts, device=rank.device).unsqueeze(-1)  # (..., K, 1)
     return rank.unsqueeze(-2) < limits
 
 
@@ -149,7 +158,8 @@ def _forward_rows(
                 raise InvalidInputError(
                     "a perturbation deletes every prompt token before the first target, so there is no position to "
                     "predict it from (the prompt has no BOS or other special token). Use removal='replace' or "
-                    "'mask', or bins below 100%."
+                    "'mask', or bins below 100% (and, for sufficiency, bins that keep at least one token: "
+                    "bin_rounding='floor' and only_positive=True can make a bin empty)."
                 )
             width = int(read.max()) + 1  # later tokens cannot influence the read positions
             inputs = dict(input_ids=ids[:, :width], attention_mask=attention[:, :width].long(), use_cache=False)

@@ -8,24 +8,37 @@ the explained class. Every metric is computed per target, from the probabilities
 - sufficiency@k       = p - p(only top-k% kept)                                 (lower is better)
 - log_odds@k          = log p(top-k% replaced by a reference token) - log p     (lower is better)
 - aopc_comprehensiveness, aopc_sufficiency: the per-bin values aggregated over the bins by `normalisation`:
-    "eraser": sum over the |B| bins divided by |B| + 1. This is ERASER's formula
+    "eraser" (default): sum over the |B| bins divided by |B| + 1. This is ERASER's formula
         1/(|B|+1) * sum_{k=0..|B|} (...), whose extra k = 0 term is the empty bin (nothing removed, value 0);
         the RPI code does the same (sum of the 5 bins divided by 6). For sufficiency the empty bin would be
         "keep nothing", which is not 0, but ERASER and RPI still count it as 0, and so does this.
-    "mean": the mean over the bins (ferret).
+    "mean": the mean over all the bins.
+    "distinct" (ferret 0.4.2): the mean over the *distinct non-empty* bins only, per candidate and target: a
+        bin is skipped when it holds 0 tokens or as many tokens as an earlier bin (the same top-k tokens, so
+        the same perturbation). If no bin remains, the value is ferret's: comprehensiveness 0, sufficiency 1.
 - deletion_auc, insertion_auc: p after removing (deletion) or keeping only (insertion) the top-scored tokens,
   as a curve over the fraction x in [0, 1] of removable prompt tokens, and its trapezoid area over x
   (deletion: lower is better, insertion: higher is better). Points: every token count 0..n by default, or
   `curve_bins` percentages plus 0 and 100%.
 
-Top-k% means ceil(k% of the removable prompt tokens), ranked by descending score with ties broken by
-position. Removable = prompt tokens that are not special tokens: special tokens (BOS, CLS, SEP, ...) are never
-removed and never counted in k. Only the prompt is perturbed; earlier targets stay as they are. log_odds always
-replaces tokens (that is its definition); the other metrics use `removal`:
+Top-k% means ceil(k% of the removable prompt tokens) (`bin_rounding="ceil"`, default, ERASER; never empty),
+or floor(k% of them) (`bin_rounding="floor"`, ferret; can be 0 tokens), ranked by descending score with ties
+broken by position. Removable = prompt tokens that are not special tokens: special tokens (BOS, CLS, SEP, ...)
+are never removed and never counted in k. With `only_positive=True` (ferret's default `only_pos=True`) only
+tokens with a score > 0 may be removed, so a bin holds min(top-k%, #positive) tokens; #positive depends on the
+scores, so on each candidate and target (n, the base of k%, stays the number of removable tokens). The
+deletion/insertion curves use the same rounding and cap (their x is still the requested fraction of n).
+Only the prompt is perturbed; earlier targets stay as they are. log_odds always replaces tokens (that is its
+definition); the other metrics use `removal`:
     "delete" (default, as ERASER, ferret, RPI): the tokens are dropped, the sequence gets shorter;
     "replace": each removed token becomes `replacement` (default: the tokenizer's mask, else unk, else pad);
     "mask": the tokens are zeroed in the attention mask and keep their positions. In a causal LM the token at
         the read position still sees itself, so masking the last prompt token removes less than deleting it.
+
+ferret 0.4.2's AOPC conventions, all together, are the preset `FERRET`: `faithfulness(attr, exp, **FERRET)`
+(bins 10..100%, floor, only positive, "distinct"; removal "delete", ferret's default; add removal="replace"
+for its `remove_tokens=False`). ferret decodes perturbed ids to text and tokenises again, so it agrees with
+this id-level perturbation only where that round trip is exact (see tests/test_ferret_crosscheck.py).
 
 Metrics follow the torchmetrics split: `update(perturbed)` returns one example's values and accumulates
 them, `compute()` gives the mean over everything seen, and each metric declares `higher_is_better`.
@@ -35,6 +48,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import ClassVar
 
 import torch
@@ -43,10 +57,12 @@ from ..core.sequence import Sequence, special_token_mask
 from ..errors import InvalidInputError, UnknownNameError
 from ._perturb import (
     ERASER_BINS,
+    FERRET_BINS,
     PerturbedInputs,
     bin_counts,
     check_bins,
     check_removal,
+    check_rounding,
     padding_token,
     perturbed_probabilities,
     rank_tokens,
@@ -55,7 +71,7 @@ from ._perturb import (
     top_masks,
 )
 
-NORMALISATIONS = ("eraser", "mean")
+NORMALISATIONS = ("eraser", "mean", "distinct")
 TINY = 1e-12  # floor of probabilities under a log
 
 
@@ -72,6 +88,8 @@ class Perturbed:
         curve_x: (S,) fractions of removable prompt tokens of the curve points, 0 first and 1 last.
         deletion: (R, T, S) p after removing the top fraction x; insertion: (R, T, S) p keeping only it.
         n_removable: removable prompt tokens.
+        sizes: (R, T, K) tokens actually perturbed in each bin (after rounding and the `only_positive` cap);
+            None means ceil(k% of n_removable) for every candidate and target.
     """
 
     p: torch.Tensor
@@ -83,6 +101,13 @@ class Perturbed:
     curve_x: torch.Tensor | None = None
     deletion: torch.Tensor | None = None
     insertion: torch.Tensor | None = None
+    sizes: torch.Tensor | None = None
+
+    def bin_sizes(self) -> torch.Tensor:
+        """(..., K) tokens in each bin, broadcastable with the (R, T, K) columns."""
+        if self.sizes is not None:
+            return self.sizes
+        return torch.tensor(bin_counts(self.bins, self.n_removable), device=self.p.device)
 
 
 class Metric:
@@ -145,11 +170,27 @@ class LogOdds(Metric):
         return _per_bin(self.name, perturbed.bins, perturbed.replaced.clamp_min(TINY).log() - log_p)
 
 
-def aopc(per_bin: torch.Tensor, normalisation: str) -> torch.Tensor:
-    """(..., K) values per bin -> (...): sum / (K + 1) ("eraser") or mean ("mean")."""
+def distinct_bins(sizes: torch.Tensor) -> torch.Tensor:
+    """(..., K) tokens per bin -> (..., K) bool: the bin is non-empty and no earlier bin has its size."""
+    k = sizes.shape[-1]
+    earlier = torch.ones(k, k, dtype=torch.bool, device=sizes.device).tril(-1)  # [i, j]: j < i
+    repeated = ((sizes.unsqueeze(-1) == sizes.unsqueeze(-2)) & earlier).any(-1)
+    return (sizes > 0) & ~repeated
+
+
+def aopc(per_bin: torch.Tensor, normalisation: str, sizes: torch.Tensor | None = None, empty: float = 0.0) -> torch.Tensor:
+    """(..., K) values per bin -> (...): sum / (K + 1) ("eraser"), mean ("mean"), or mean over the distinct
+    non-empty bins by `sizes` (..., K) ("distinct"; `empty` where no bin remains)."""
     if normalisation == "eraser":
         return per_bin.sum(-1) / (per_bin.shape[-1] + 1)
-    return per_bin.mean(-1)
+    if normalisation == "mean":
+        return per_bin.mean(-1)
+    if sizes is None:
+        raise InvalidInputError("normalisation='distinct' needs the tokens per bin (sizes).")
+    used = distinct_bins(sizes).expand(per_bin.shape)
+    count = used.sum(-1)
+    total = torch.where(used, per_bin, torch.zeros_like(per_bin)).sum(-1)
+    return torch.where(count > 0, total / count.clamp_min(1), torch.full_like(total, empty))
 
 
 class _Aopc(Metric):
@@ -167,14 +208,16 @@ class AopcComprehensiveness(_Aopc):
     name, higher_is_better, needs = "aopc_comprehensiveness", True, frozenset({"removed"})
 
     def values(self, perturbed: Perturbed) -> dict[str, torch.Tensor]:
-        return {self.name: aopc(perturbed.p[:, None] - perturbed.removed, self.normalisation)}
+        per_bin = perturbed.p[:, None] - perturbed.removed
+        return {self.name: aopc(per_bin, self.normalisation, perturbed.bin_sizes(), empty=0.0)}
 
 
 class AopcSufficiency(_Aopc):
     name, higher_is_better, needs = "aopc_sufficiency", False, frozenset({"kept"})
 
     def values(self, perturbed: Perturbed) -> dict[str, torch.Tensor]:
-        return {self.name: aopc(perturbed.p[:, None] - perturbed.kept, self.normalisation)}
+        per_bin = perturbed.p[:, None] - perturbed.kept
+        return {self.name: aopc(per_bin, self.normalisation, perturbed.bin_sizes(), empty=1.0)}  # ferret's 1
 
 
 def curve_area(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -201,6 +244,14 @@ METRICS: dict[str, type[Metric]] = {
     for m in (Comprehensiveness, Sufficiency, LogOdds, AopcComprehensiveness, AopcSufficiency, DeletionAuc, InsertionAuc)
 }
 DEFAULT_METRICS = ("comprehensiveness", "sufficiency", "log_odds", "aopc_comprehensiveness", "aopc_sufficiency")
+
+FERRET = MappingProxyType(
+    {"bins": FERRET_BINS, "bin_rounding": "floor", "only_positive": True, "normalisation": "distinct"}
+)
+"""ferret 0.4.2's AOPC conventions, for `faithfulness(attr, exp, **FERRET)` or `score_candidates(..., **FERRET)`:
+thresholds 10, 20, ..., 100% of the non-special tokens rounded down, only positively scored tokens removed,
+AOPC = mean over the distinct non-empty bins. Removal stays the default "delete" (ferret's `remove_tokens=True`);
+pass removal="replace" as well for `remove_tokens=False` ([MASK])."""
 
 
 def make_metrics(metrics, normalisation: str = "eraser") -> list[Metric]:
@@ -275,11 +326,11 @@ def _prompt_scores(seq: Sequence, candidates: torch.Tensor) -> torch.Tensor:
     return scores
 
 
-def _curve_points(curve_bins, n: int) -> tuple[torch.Tensor, list[int]]:
+def _curve_points(curve_bins, n: int, rounding: str = "ceil") -> tuple[torch.Tensor, list[int]]:
     if curve_bins is None:
         return torch.arange(n + 1, dtype=torch.float64) / n, list(range(n + 1))
     fractions = sorted({0.0, 100.0, *check_bins(curve_bins)})
-    return torch.tensor(fractions, dtype=torch.float64) / 100, bin_counts(tuple(fractions), n)
+    return torch.tensor(fractions, dtype=torch.float64) / 100, bin_counts(tuple(fractions), n, rounding)
 
 
 def perturb(
@@ -293,6 +344,8 @@ def perturb(
     replacement: int | None = None,
     curve_bins=None,
     batch_size: int = 32,
+    bin_rounding: str = "ceil",
+    only_positive: bool = False,
 ) -> Perturbed:
     """Target probabilities of one example under the perturbations `needs` ranked by each candidate map.
 
@@ -306,12 +359,18 @@ def perturb(
         replacement: token id for "replace" and "replaced" (default mask, else unk, else pad).
         curve_bins: percentages of the deletion/insertion curve points; None: every token count.
         batch_size: distinct perturbed inputs per forward.
+        bin_rounding: "ceil" (default, ERASER) or "floor" (ferret) of k% of the removable tokens.
+        only_positive: only tokens scored > 0 by the candidate (for that target) may be removed, so each bin
+            holds at most #positive tokens (ferret's default `only_pos=True`); default False.
 
     Returns:
-        A `Perturbed`; all perturbed inputs of all candidates go through the model together.
+        A `Perturbed`; all perturbed inputs of all candidates go through the model together. `sizes` gives the
+        tokens in each (candidate, target, bin).
     """
     model, tokenizer = _model_and_tokenizer(attributor)
-    bins, removal = check_bins(bins), check_removal(removal)
+    bins, removal, bin_rounding = check_bins(bins), check_removal(removal), check_rounding(bin_rounding)
+    if not isinstance(only_positive, bool):
+        raise InvalidInputError(f"only_positive must be True or False, got {only_positive!r}.")
     unknown = set(needs) - {"removed", "kept", "replaced", "deletion", "insertion"}
     if unknown:
         raise UnknownNameError(f"unknown perturbations {sorted(unknown)}; use removed, kept, replaced, deletion, insertion.")
@@ -322,27 +381,36 @@ def perturb(
     if n == 0:
         raise InvalidInputError("the prompt has only special tokens, so there is nothing to remove.")
     rank = rank_tokens(scores, removable)  # (R, T, P)
-    counts = bin_counts(bins, n)
-    curve_x, curve_counts = _curve_points(curve_bins, n)
+    curve_x, curve_counts = _curve_points(curve_bins, n, bin_rounding)
+    # A cap per (candidate, target) on the tokens any bin may hold: n, or the removable tokens scored > 0.
+    cap = ((scores > 0) & removable).sum(-1) if only_positive else torch.full((n_cand, n_targets), n)
+
+    def sizes_of(count_list: list[int]) -> torch.Tensor:
+        """(R, T, K) tokens of each bin: the counts, capped."""
+        counts = torch.tensor(count_list, device=scores.device)
+        return torch.minimum(counts, cap.to(scores.device).unsqueeze(-1))
+
+    sizes = sizes_of(bin_counts(bins, n, bin_rounding))
+    curve_sizes = sizes_of(curve_counts)
     targets = torch.arange(n_targets, device=scores.device)
     p = target_probabilities(model, seq)  # (T,)
 
-    def rows(count_list: list[int], only: bool) -> tuple[PerturbedInputs, tuple[int, ...]]:
-        top = top_masks(rank, count_list)  # (R, T, K, P)
+    def rows(count_sizes: torch.Tensor, only: bool) -> tuple[PerturbedInputs, tuple[int, ...]]:
+        top = top_masks(rank, count_sizes)  # (R, T, K, P)
         keep = top | ~removable if only else ~top
         index = targets.view(1, -1, 1).expand(keep.shape[:-1])
         return PerturbedInputs(index.reshape(-1), keep.reshape(-1, n_prompt)), keep.shape[:-1]
 
     plans = {
-        "removed": (counts, False, removal),
-        "kept": (counts, True, removal),
-        "replaced": (counts, False, "replace"),
-        "deletion": (curve_counts, False, removal),
-        "insertion": (curve_counts, True, removal),
+        "removed": (sizes, False, removal),
+        "kept": (sizes, True, removal),
+        "replaced": (sizes, False, "replace"),
+        "deletion": (curve_sizes, False, removal),
+        "insertion": (curve_sizes, True, removal),
     }
     token = replacement_token(tokenizer, replacement, model.get_input_embeddings().num_embeddings)
     pad = padding_token(tokenizer)
-    result = Perturbed(p=p, bins=bins, n_removable=n)
+    result = Perturbed(p=p, bins=bins, n_removable=n, sizes=sizes)
     if "deletion" in needs or "insertion" in needs:
         result.curve_x = curve_x.to(p)
     # One call per removal mode: every row of that mode, deduplicated, in chunks of batch_size.
@@ -370,6 +438,8 @@ def score_candidates(
     normalisation: str = "eraser",
     curve_bins=None,
     batch_size: int = 32,
+    bin_rounding: str = "ceil",
+    only_positive: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Faithfulness of many candidate score maps of one sequence, in one batched pass (e.g. RPI's selection).
 
@@ -378,8 +448,10 @@ def score_candidates(
         seq: the explained `Sequence`.
         candidates: (R, T, N) or (R, T, n_prompt) candidate score maps.
         metrics: names from `METRICS` or `Metric` instances (their `update` is called, so they accumulate).
-        bins, removal, replacement, curve_bins, batch_size: see `perturb`.
-        normalisation: AOPC normalisation, "eraser" (sum / (bins + 1)) or "mean".
+        bins, removal, replacement, curve_bins, batch_size, bin_rounding, only_positive: see `perturb`.
+        normalisation: AOPC normalisation, "eraser" (sum / (bins + 1)), "mean" or "distinct" (mean over the
+            distinct non-empty bins of each candidate and target, ferret).
+        `**FERRET` sets bins, bin_rounding, only_positive and normalisation as ferret 0.4.2.
 
     Returns:
         {key: (R, T)}; per-bin metrics give one key per bin, e.g. "comprehensiveness@20".
@@ -392,7 +464,7 @@ def score_candidates(
     needs = tuple(dict.fromkeys(need for metric in made for need in sorted(metric.needs)))
     perturbed = perturb(
         attributor, seq, candidates, needs, bins=bins, removal=removal, replacement=replacement,
-        curve_bins=curve_bins, batch_size=batch_size,
+        curve_bins=curve_bins, batch_size=batch_size, bin_rounding=bin_rounding, only_positive=only_positive,
     )
     values: dict[str, torch.Tensor] = {}
     for metric in made:
@@ -411,6 +483,8 @@ def faithfulness(
     normalisation: str = "eraser",
     curve_bins=None,
     batch_size: int = 32,
+    bin_rounding: str = "ceil",
+    only_positive: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Faithfulness metrics of one explanation, per target.
 
@@ -422,9 +496,15 @@ def faithfulness(
         bins: top-k percentages in (0, 100], default ERASER's (1, 5, 10, 20, 50); `FERRET_BINS` = 10..100.
         removal: "delete" (default), "replace" or "mask".
         replacement: token id replacing removed tokens (default: mask, else unk, else pad).
-        normalisation: AOPC normalisation, "eraser" (default: sum over bins / (bins + 1)) or "mean".
+        normalisation: AOPC normalisation, "eraser" (default: sum over bins / (bins + 1)), "mean", or
+            "distinct" (ferret: mean over the bins that are non-empty and differ in size from the earlier ones;
+            0 comprehensiveness / 1 sufficiency if none).
         curve_bins: percentages of the deletion/insertion curve points (default every token count).
         batch_size: perturbed inputs per forward.
+        bin_rounding: "ceil" (default, ERASER: a bin is never empty) or "floor" (ferret) of k% of the tokens.
+        only_positive: only tokens with a score > 0 may be removed, at most #positive per bin (ferret's
+            default); default False (every removable token is ranked).
+        `**FERRET` sets bins, bin_rounding, only_positive and normalisation as ferret 0.4.2 does.
 
     Returns:
         {key: (T,)}, e.g. "comprehensiveness@20", "aopc_sufficiency".
@@ -432,6 +512,7 @@ def faithfulness(
     Example:
         >>> exp = attr.explain("k1 = v3 v8 , k2 = v5 v1 . k2 =>", max_new_tokens=2)
         >>> faithfulness(attr, exp)["aopc_comprehensiveness"]  # tensor of shape (2,)
+        >>> faithfulness(attr, exp, **FERRET)["aopc_sufficiency"]  # ferret 0.4.2's conventions
     """
     model, tokenizer = _model_and_tokenizer(attributor)
     if isinstance(explanation, tuple) and len(explanation) == 2:
@@ -445,6 +526,7 @@ def faithfulness(
         raise InvalidInputError(f"scores must have shape (T, N) = ({seq.n_targets}, {seq.n_inputs}), got {tuple(scores.shape)}.")
     values = score_candidates(
         (model, tokenizer), seq, scores[None], metrics, bins=bins, removal=removal, replacement=replacement,
-        normalisation=normalisation, curve_bins=curve_bins, batch_size=batch_size,
+        normalisation=normalisation, curve_bins=curve_bins, batch_size=batch_size, bin_rounding=bin_rounding,
+        only_positive=only_positive,
     )
     return {key: value[0] for key, value in values.items()}
