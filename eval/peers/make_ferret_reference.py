@@ -43,11 +43,10 @@ Configs recorded (all with ferret's default thresholds):
   * "delete_all_tokens": default args on the shifted (all-positive) scores: every token ranked, deletion.
   * "mask_all_tokens": `removal_args={"remove_tokens": False}` on the shifted scores: replacement by [MASK].
 
-Matching settings in llm_attrib.metrics: `normalisation="mean"`, `removal="delete"` (or "replace", whose
-default replacement is the mask token) and, per example, one bin per distinct non-empty ferret rationale
-size k (bins = (k - 0.5) * 100 / n percent, which our ceil rule maps to exactly k). `FERRET_BINS` alone does
-not reproduce ferret: ceil vs floor, and ferret skips empty and repeated bins; the JSON's "comparison"
-records by how much that differs.
+Matching settings in llm_attrib.metrics: the `FERRET` preset (bins 10..100%, floor rounding, only positive
+scores removable, AOPC as the mean over distinct non-empty bins) with `removal="delete"` (or "replace", whose
+default replacement is the mask token). The JSON's "comparison" also records how far plain `FERRET_BINS` with
+ERASER's ceil rule and `normalisation="mean"` is from ferret.
 """
 
 from __future__ import annotations
@@ -65,7 +64,7 @@ import numpy as np
 import torch
 
 from llm_attrib import Attributor, zoo
-from llm_attrib.metrics import FERRET_BINS, faithfulness
+from llm_attrib.metrics import FERRET, FERRET_BINS, faithfulness
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTPUT = ROOT / "eval" / "results" / "ferret_reference.json"
@@ -96,15 +95,12 @@ def ferret_sizes(scores: list[float], only_pos: bool = True, thresholds=THRESHOL
     return sizes
 
 
-def bins_for(sizes: list[int], n: int) -> list[float]:
-    """Percent bins whose ceil(b% of n) is exactly each size."""
-    return [(k - 0.5) * 100 / n for k in sizes]
-
-
-def ours(model, tok, seq, scores, sizes, removal, bins=None):
+def ours(model, tok, seq, scores, removal, preset=True):
+    """Our AOPC comprehensiveness and sufficiency: with the FERRET preset, or plain FERRET_BINS and the mean."""
+    options = {**FERRET} if preset else {"bins": FERRET_BINS, "normalisation": "mean"}
     values = faithfulness(
         (model, tok), (seq, torch.tensor([scores])), ["aopc_comprehensiveness", "aopc_sufficiency"],
-        bins=bins if bins is not None else bins_for(sizes, len(scores) - 2), normalisation="mean", removal=removal,
+        removal=removal, **options,
     )
     return float(values["aopc_comprehensiveness"][0]), float(values["aopc_sufficiency"][0])
 
@@ -150,7 +146,7 @@ def main() -> None:
         ferret_seconds = time.perf_counter() - started
         out = json.loads((Path(tmp) / "out.json").read_text())
 
-    # Our values: ferret-matched bins, and plainly FERRET_BINS, to record how much the bin rule matters.
+    # Our values: the FERRET preset, and plainly FERRET_BINS, to record how much ferret's conventions matter.
     comparison = {}
     for config in CONFIGS:
         name, removal = config["name"], config["removal"]
@@ -166,17 +162,17 @@ def main() -> None:
             if not sizes:
                 skipped.append(i)
                 continue
-            c, s = ours(model, tok, seq, scores, sizes, removal)
+            c, s = ours(model, tok, seq, scores, removal)
             matched.append((i, ref["roundtrip_ok"], abs(c - ref_values[0]), abs(s - ref_values[1])))
-            c2, s2 = ours(model, tok, seq, scores, sizes, removal, bins=FERRET_BINS)
+            c2, s2 = ours(model, tok, seq, scores, removal, preset=False)
             plain.append((abs(c2 - ref_values[0]), abs(s2 - ref_values[1])))
         exact = [m for m in matched if m[1]]
         broken = [m for m in matched if not m[1]]
         comparison[name] = {
-            "matched_bins_max_abs_diff_roundtrip_ok": {
+            "ferret_preset_max_abs_diff_roundtrip_ok": {
                 "comprehensiveness": max(m[2] for m in exact), "sufficiency": max(m[3] for m in exact),
                 "n_examples": len(exact)},
-            "matched_bins_max_abs_diff_roundtrip_broken": {
+            "ferret_preset_max_abs_diff_roundtrip_broken": {
                 "comprehensiveness": max((m[2] for m in broken), default=None),
                 "sufficiency": max((m[3] for m in broken), default=None),
                 "examples": [m[0] for m in broken]},
@@ -196,7 +192,7 @@ def main() -> None:
         "ferret_seconds": ferret_seconds,
         "configs": CONFIGS,
         "matching_llm_attrib_settings": {
-            "normalisation": "mean", "bins": "per example (k - 0.5) * 100 / n for each ferret rationale size k",
+            "preset": "llm_attrib.metrics.FERRET",
             "removal": {c["name"]: c["removal"] for c in CONFIGS}, "replacement": "default (mask token)"},
         "comparison": comparison,
         "examples": [
