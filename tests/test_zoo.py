@@ -1,0 +1,143 @@
+"""The zoo's shipped models load offline, solve their tasks, and their examples carry true evidence."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from llm_attrib import zoo
+from llm_attrib.errors import UnknownNameError
+from llm_attrib.zoo import tasks
+
+LM_TARGETS = {"recall": 0.95, "rag": 0.90}
+# The shipped LMs were stopped by a time budget below target (see their model cards); strict xfail
+# turns into a failure once a retrained model passes, so the marks cannot outlive the problem.
+UNDER_TARGET = {"recall", "rag"}
+
+
+@pytest.fixture(scope="module", params=zoo.NAMES)
+def loaded(request):
+    return request.param, *zoo.load(request.param)
+
+
+@torch.no_grad()
+def _generate(model, tokenizer, prompts):
+    tokenizer.padding_side = "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True)
+    out = model.generate(**enc, max_new_tokens=8, do_sample=False,
+                         pad_token_id=tokenizer.pad_token_id)
+    return out[:, enc["input_ids"].shape[1]:]
+
+
+def test_loaded_models_are_float32_eval(loaded):
+    _, model, _ = loaded
+    assert not model.training
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_held_out_accuracy(loaded, request):
+    name, model, tokenizer = loaded
+    if name in UNDER_TARGET:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=f"{name} is under target"))
+    exs = zoo.examples(name, n=100, seed=12345)
+    if name == "sentiment":
+        with torch.no_grad():
+            enc = tokenizer([e["prompt"] for e in exs], return_tensors="pt", padding=True)
+            pred = model(**enc).logits.argmax(-1).tolist()
+        acc = sum(p == e["label"] for p, e in zip(pred, exs)) / len(exs)
+        assert model.config.id2label == {0: "negative", 1: "positive"}
+        assert acc >= 0.95
+    else:
+        texts = tokenizer.batch_decode(_generate(model, tokenizer, [e["prompt"] for e in exs]),
+                                       skip_special_tokens=True)
+        acc = sum(t == e["answer"] for t, e in zip(texts, exs)) / len(exs)
+        assert acc >= LM_TARGETS[name]
+
+
+@pytest.mark.parametrize("name", ["recall", "rag"])
+def test_generation_stops_at_eos_and_round_trips(name):
+    model, tokenizer = zoo.load(name)
+    exs = zoo.examples(name, n=20, seed=7)
+    for ex, new in zip(exs, _generate(model, tokenizer, [e["prompt"] for e in exs]).tolist()):
+        assert tokenizer.eos_token_id in new
+        p = tokenizer(ex["prompt"])["input_ids"]
+        full = tokenizer(ex["prompt"] + " " + ex["answer"])["input_ids"]
+        assert full[:len(p)] == p and p[0] == tokenizer.bos_token_id
+        answer_ids = full[len(p):] + [tokenizer.eos_token_id]
+        assert tokenizer.decode(answer_ids, skip_special_tokens=True) == ex["answer"]
+
+
+@pytest.mark.parametrize("name", ["recall", "rag"])
+def test_folder_loads_with_auto_classes(name):
+    model = AutoModelForCausalLM.from_pretrained(zoo.path(name))
+    assert type(model).__name__ == {"recall": "LlamaForCausalLM", "rag": "Qwen2ForCausalLM"}[name]
+    assert AutoTokenizer.from_pretrained(zoo.path(name)).eos_token == "<eos>"
+
+
+@pytest.mark.parametrize("name", ["recall", pytest.param("rag", marks=pytest.mark.xfail(
+    strict=True, reason="transformers 5 AutoTokenizer forces Qwen2Tokenizer on qwen2 folders"))])
+def test_auto_tokenizer_matches_load(name):
+    _, tokenizer = zoo.load(name)
+    prompt = zoo.examples(name, n=1)[0]["prompt"]
+    auto = AutoTokenizer.from_pretrained(zoo.path(name))
+    assert auto(prompt)["input_ids"] == tokenizer(prompt)["input_ids"]
+
+
+def test_shipped_folders_are_small():
+    for name in zoo.NAMES:
+        folder = zoo.MODELS_DIR / name
+        assert (folder / "README.md").exists()
+        assert sum(f.stat().st_size for f in folder.iterdir()) < 8 * 2**20
+
+
+def test_examples_deterministic_and_seeded():
+    for name in zoo.NAMES:
+        assert zoo.examples(name, n=20, seed=3) == zoo.examples(name, n=20, seed=3)
+        assert zoo.examples(name, n=20, seed=3) != zoo.examples(name, n=20, seed=4)
+        assert len(zoo.examples(name, n=5)) == 5
+
+
+def test_recall_evidence():
+    for ex in zoo.examples("recall", n=50, seed=1):
+        (start, end), = ex["evidence"]
+        span, prompt = ex["prompt"][start:end], ex["prompt"]
+        query_key = prompt.split()[-2]
+        assert span == f"{query_key} = {ex['answer']}"
+        assert prompt[slice(*ex["answer_span"])] == ex["answer"]
+        assert [prompt[a:b] for a, b in ex["template_spans"]] == ["=>"]
+
+
+def test_rag_evidence():
+    for ex in zoo.examples("rag", n=50, seed=1):
+        prompt = ex["prompt"]
+        (ds, de), (as_, ae) = ex["evidence"]
+        assert [ds, de] == ex["documents"][ex["relevant_document"]]
+        assert ds <= as_ < ae <= de and prompt[as_:ae] == ex["answer"]
+        assert prompt.count(ex["answer"]) == 1
+        assert 2 <= len(ex["answer"].split()) <= 3
+        name = prompt.split()[-5]  # "... does <name> live|like ? answer :"
+        assert prompt[ds:de].split()[2] == name
+        assert [prompt[a:b] for a, b in ex["template_spans"]] == ["question :", "? answer :"]
+
+
+def test_sentiment_evidence():
+    labels = set()
+    for ex in zoo.examples("sentiment", n=100, seed=1):
+        words = [ex["prompt"][a:b] for a, b in ex["evidence"]]
+        sentiment = words[-1]
+        assert sentiment in tasks.POSITIVE + tasks.NEGATIVE
+        assert all(w in tasks.NEGATIONS for w in words[:-1])
+        positive = sentiment in tasks.POSITIVE
+        assert ex["label"] == int(positive != (len(words) == 2))
+        assert ex["label_name"] == ("negative", "positive")[ex["label"]]
+        labels.add(ex["label"])
+    assert labels == {0, 1}
+
+
+def test_unknown_name():
+    for call in (zoo.load, zoo.path, zoo.examples):
+        with pytest.raises(UnknownNameError, match="recall, rag, sentiment"):
+            call("nope")
