@@ -25,7 +25,7 @@ def load_model(name_or_path: str):
     classifier, anything else a causal LM.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     try:
         config = AutoConfig.from_pretrained(name_or_path)
@@ -38,8 +38,19 @@ def load_model(name_or_path: str):
     is_classifier = any(a.endswith("ForSequenceClassification") for a in architectures)
     auto = AutoModelForSequenceClassification if is_classifier else AutoModelForCausalLM
     model = auto.from_pretrained(name_or_path, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    return model.eval(), tokenizer
+    return model.eval(), load_tokenizer(name_or_path)
+
+
+def load_tokenizer(name_or_path: str):
+    """The folder's tokenizer. A folder that names the generic `PreTrainedTokenizerFast` gets exactly that:
+    transformers 5 maps some model types (qwen2, phi3, ...) to their own tokenizer class regardless, which
+    would silently re-tokenise a custom vocabulary."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config = Path(name_or_path) / "tokenizer_config.json"
+    if config.is_file() and json.loads(config.read_text()).get("tokenizer_class") == "PreTrainedTokenizerFast":
+        return PreTrainedTokenizerFast.from_pretrained(name_or_path)
+    return AutoTokenizer.from_pretrained(name_or_path)
 
 
 def _first_line(err: BaseException) -> str:

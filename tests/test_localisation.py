@@ -1,7 +1,13 @@
-"""Ground-truth localisation on the zoo: IG's top prompt token lies inside the evidence.
+"""Ground-truth localisation on the zoo: for every answer token, the prompt token IG credits most lies in the
+evidence.
 
-The fixed query template (e.g. the trailing "=>") is excluded: the prediction is made at its position, so
-it often carries the largest attribution under IG over embeddings, and it is the same in every prompt.
+The format tokens every prompt shares (the query template such as the trailing "=>", separators) are
+excluded: the prediction is made at the template's position, so it often carries the largest attribution
+under IG over embeddings, and it is the same in every prompt.
+
+The target is the answer token's logit. Its log-probability (the default target) also credits the
+distractors that raise competing logits through the softmax normaliser: on the recall model 84% of top
+tokens are evidence under log-probability, 95% under the logit (40 examples, IG over embeddings).
 """
 
 import pytest
@@ -23,7 +29,7 @@ def top_token_hits(name: str, space: str) -> list[bool]:
     attributor = Attributor(model, tokenizer, show_progress=False, internal_batch_size=32)
     hits = []
     for example in llm_attrib.zoo.examples(name, n=N_EXAMPLES, seed=2024):
-        exp = attributor.explain(example["prompt"], answer=example["answer"], space=space, n_steps=16)
+        exp = attributor.explain(example["prompt"], answer=example["answer"], space=space, n_steps=16, target="logit")
         template = example["template_spans"]
         candidates = torch.tensor([
             not inside(offset, template) and offset[1] > offset[0]

@@ -86,7 +86,9 @@ def _materialise_sentiment() -> Path:
 
 
 def path(name: str) -> Path:
-    """A folder that ``AutoModelFor...from_pretrained`` and ``AutoTokenizer.from_pretrained`` load."""
+    """A folder that ``AutoModelFor...from_pretrained`` loads; its tokenizer loads with
+    ``PreTrainedTokenizerFast.from_pretrained`` (recall, rag) or ``AutoTokenizer`` (sentiment, recall).
+    ``AutoTokenizer`` on rag gives transformers' Qwen2Tokenizer, which does not know the zoo's vocabulary."""
     _check(name)
     if name == "sentiment":
         return _materialise_sentiment()

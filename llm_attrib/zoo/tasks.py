@@ -23,7 +23,7 @@ RAG_PLACE = ("north south east west old new upper lower".split(),
 RAG_FOOD = ("green black hot sweet cold red fresh dark".split(),
             "tea coffee soup apples bread rice cake fish".split())
 RAG_WORDS = (RAG_NAMES + RAG_PLACE[0] + RAG_PLACE[1] + RAG_FOOD[0] + RAG_FOOD[1]
-             + "doc : lives in likes . question what where does live like ? answer".split())
+             + "doc : lives in likes . question what about ? answer".split())
 
 # sentiment: one sentiment word, optionally negated, among neutral filler.
 POSITIVE = ("good great excellent wonderful amazing delightful fantastic brilliant lovely superb "
@@ -59,59 +59,62 @@ class _Builder:
 
 
 def recall(rng: random.Random) -> dict:
-    """'k3 = v12 v5 , k9 = v3 v8 . k9 =>' -> 'v3 v8'; value tokens are distinct within a prompt."""
+    """'k3 = v12 v5 , k9 = v3 v8 . k9 =>' -> 'v3 v8'; value tokens are distinct within a prompt.
+
+    Evidence: the queried pair, and the query key that selects it (both decide the answer).
+    """
     n = rng.randint(3, 6)
     keys = rng.sample(RECALL_KEYS, n)
     values = rng.sample(RECALL_VALUES, 2 * n)
     q = rng.randrange(n)
     b = _Builder()
-    pair_spans = []
+    pair_spans, shared = [], []  # shared: format tokens every prompt has ("=", ",", ".", "=>")
     for i, key in enumerate(keys):
-        pair_spans.append(b.add(f"{key} = {values[2 * i]} {values[2 * i + 1]}"))
-        b.add("," if i < n - 1 else ".")
-    b.add(keys[q])
-    template = b.add("=>")
+        start = b.add(key)[0]
+        shared.append(b.add("="))
+        pair_spans.append([start, b.add(f"{values[2 * i]} {values[2 * i + 1]}")[1]])
+        shared.append(b.add("," if i < n - 1 else "."))
+    query = b.add(keys[q])
+    shared.append(b.add("=>"))
     answer = f"{values[2 * q]} {values[2 * q + 1]}"
     end = pair_spans[q][1]
-    return {"prompt": b.text, "answer": answer, "evidence": [pair_spans[q]],
+    return {"prompt": b.text, "answer": answer, "evidence": [pair_spans[q], query],
             "answer_span": [end - len(answer), end], "pairs": pair_spans, "query_index": q,
-            "template_spans": [template]}
+            "template_spans": shared}
 
 
 def rag(rng: random.Random) -> dict:
-    """Documents 'doc : alice lives in north harbor . alice likes green tea .', a question on one.
+    """Documents 'doc : alice lives in north harbor .' or 'doc : bob likes green tea .', then
+    'question : what about bob ? answer :' -> 'green tea'.
 
-Each sentence names its person, so the answer is one lookup of "<name> <verb>" away.
-"""
+    Every document states one fact about one person, in a vocabulary all documents share; the answer is
+    the two-word span copied from the relevant document. Evidence: the relevant document, the answer span
+    in it, and the name asked about in the question (which selects the document).
+    """
     n = rng.randint(3, 6)
     names = rng.sample(RAG_NAMES, n)
     places = rng.sample([f"{a} {b}" for a in RAG_PLACE[0] for b in RAG_PLACE[1]], n)
     foods = rng.sample([f"{a} {b}" for a in RAG_FOOD[0] for b in RAG_FOOD[1]], n)
     rel = rng.randrange(n)
-    asks_place = rng.random() < 0.5
     b = _Builder()
-    docs, answer_span = [], None
+    docs, answer_span, answer, shared = [], None, None, []  # shared: format words every prompt has
     for i in range(n):
-        start = b.add("doc :")[0]
-        clauses = [("lives in", places[i], asks_place), ("likes", foods[i], not asks_place)]
-        if rng.random() < 0.5:
-            clauses.reverse()
-        for verb, value, asked in clauses:
-            b.add(f"{names[i]} {verb}")
-            span = b.add(value)
-            if i == rel and asked:
-                answer_span = span
-            end = b.add(".")[1]
-        docs.append([start, end])
-    t1 = b.add("question :")
-    b.add("where does" if asks_place else "what does")
-    b.add(names[rel])
-    b.add("live" if asks_place else "like")
-    t2 = b.add("? answer :")
-    answer = places[rel] if asks_place else foods[rel]
-    return {"prompt": b.text, "answer": answer, "evidence": [docs[rel], answer_span],
+        opening = b.add("doc :")
+        shared.append(opening)
+        verb, value = ("lives in", places[i]) if rng.random() < 0.5 else ("likes", foods[i])
+        b.add(f"{names[i]} {verb}")
+        span = b.add(value)
+        if i == rel:
+            answer_span, answer = span, value
+        closing = b.add(".")
+        shared.append(closing)
+        docs.append([opening[0], closing[1]])
+    shared.append(b.add("question : what about"))
+    asked = b.add(names[rel])
+    shared.append(b.add("? answer :"))
+    return {"prompt": b.text, "answer": answer, "evidence": [docs[rel], answer_span, asked],
             "documents": docs, "relevant_document": rel, "answer_span": answer_span,
-            "template_spans": [t1, t2]}
+            "template_spans": shared}
 
 
 def sentiment(rng: random.Random) -> dict:

@@ -28,14 +28,15 @@ VALIDATION_SEED = "validation"
 # Per-model recipe: architecture, sizes, optimisation, stopping rule.
 LM_RECIPES = {
     "recall": dict(config_cls=LlamaConfig, model_cls=LlamaForCausalLM, words=tasks.RECALL_WORDS,
-                   hidden=128, layers=2, heads=4, kv_heads=4, lr=3e-3, batch=64, max_steps=6000, follow_ups=5,
+                   hidden=128, layers=3, heads=4, kv_heads=4, lr=2e-3, batch=64, max_steps=6000, follow_ups=4,
                    target=0.97, task="key-value recall: a list of 3-6 'key = value1 value2' pairs, "
                    "then a query key; the model completes the queried two-token value."),
     "rag": dict(config_cls=Qwen2Config, model_cls=Qwen2ForCausalLM, words=tasks.RAG_WORDS,
-                hidden=128, layers=2, heads=4, kv_heads=2, lr=2e-3, batch=32, max_steps=6000, follow_ups=5,
+                hidden=128, layers=4, heads=4, kv_heads=2, lr=2e-3, batch=32, max_steps=6000, follow_ups=5,
                 target=0.97, task="retrieval-augmented QA: 3-6 short documents about distinct "
-                "people sharing one vocabulary, then a question about one person's home or food; "
-                "the model copies the two-word answer from the relevant document and emits <eos>."),
+                "people (one fact each: where they live or what they like) sharing one vocabulary, then "
+                "'question : what about <name> ? answer :'; the model copies the two-word answer from "
+                "the relevant document and emits <eos>."),
 }
 
 
@@ -51,14 +52,10 @@ def follow_up_queries(name: str, ex: dict) -> list[tuple[str, str]]:
         pairs = [prompt[a:b].split() for i, (a, b) in enumerate(ex["pairs"]) if i != ex["query_index"]]
         return [(f"{key} =>", f"{v1} {v2}") for key, _, v1, v2 in pairs]
     queries = []
-    for a, b in ex["documents"]:
-        for sentence in prompt[a:b].removeprefix("doc : ").removesuffix(" .").split(" . "):
-            who, verb, *rest = sentence.split()
-            q = f"question : where does {who} live ? answer :" if verb == "lives" else \
-                f"question : what does {who} like ? answer :"
-            answer = " ".join(rest[1:] if verb == "lives" else rest)
-            if answer != ex["answer"]:
-                queries.append((q, answer))
+    for i, (a, b) in enumerate(ex["documents"]):
+        who, verb, *rest = prompt[a:b].removeprefix("doc : ").removesuffix(" .").split()
+        if i != ex["relevant_document"]:
+            queries.append((f"question : what about {who} ? answer :", " ".join(rest[1:] if verb == "lives" else rest)))
     return queries
 
 
