@@ -41,7 +41,7 @@ def test_explain_writes_json_and_html(model_dir, tmp_path, capsys):
     out_json, out_html = tmp_path / "exp.json", tmp_path / "exp.html"
     code = main([
         "explain", "--model", str(model_dir), "--prompt", PROMPT, "--max-new-tokens", "3", "--n-steps", "8",
-        "--json", str(out_json), "--html", str(out_html), "--no-progress",
+        "--param", "tolerance=null", "--json", str(out_json), "--html", str(out_html), "--no-progress",
     ])
     assert code == 0
     exp = Explanation.load(out_json)

@@ -37,16 +37,26 @@ def test_completeness_with_gauss_legendre(lm, space):
 
 def test_completeness_improves_with_steps(lm):
     errors = [
-        explain(lm, answer="w5 w6", quadrature="riemann-left", n_steps=n).completeness_error.mean().item()
+        explain(lm, answer="w5 w6", quadrature="riemann-left", n_steps=n, tolerance=None).completeness_error.mean().item()
         for n in (4, 16, 64)
     ]
     assert errors[0] > errors[1] > errors[2]
 
 
-def test_adaptive_steps_reach_tolerance(lm):
-    exp = explain(lm, answer="w5 w6", quadrature="riemann-middle", n_steps=2, tolerance=1e-3)
+def test_adaptive_steps_reach_tolerance_refining_only_what_needs_it(lm):
+    exp = explain(lm, answer="w5 w6 w8", quadrature="riemann-middle", n_steps=2, tolerance=1e-3)
     assert exp.completeness_error.max() <= 1e-3
-    assert exp.params["n_steps"] > 2
+    steps = exp.params["n_steps"]
+    steps = steps if isinstance(steps, list) else [steps] * 3
+    assert min(steps) > 2
+    for t, n in enumerate(steps):  # each target's scores are exactly a fixed-step run at its own count
+        fixed = explain(lm, answer="w5 w6 w8", quadrature="riemann-middle", n_steps=n, tolerance=None)
+        torch.testing.assert_close(exp.scores[t], fixed.scores[t])
+
+
+def test_fixed_steps_without_tolerance(lm):
+    exp = explain(lm, answer="w5 w6", n_steps=4, tolerance=None)
+    assert exp.params["n_steps"] == 4 and exp.cost["n_forward"] == 4 + 2  # path points and both ends
 
 
 def test_input_equal_to_baseline_gives_zero(lm):
@@ -90,7 +100,7 @@ def test_special_tokens_keep_their_embedding_in_the_baseline(lm):
 def test_matches_captum_layer_integrated_gradients(lm):
     captum = pytest.importorskip("captum.attr")
     model, tokenizer = lm
-    exp = explain(lm, answer="w5 w6", n_steps=24)
+    exp = explain(lm, answer="w5 w6", n_steps=24, tolerance=None)
     attributor = Attributor(model, tokenizer, show_progress=False)
     seq = attributor.sequence(PROMPT, answer="w5 w6")
     ids = seq.input_ids

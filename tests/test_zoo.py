@@ -15,7 +15,7 @@ from llm_attrib.zoo import tasks
 LM_TARGETS = {"recall": 0.95, "rag": 0.90}
 # The shipped LMs were stopped by a time budget below target (see their model cards); strict xfail
 # turns into a failure once a retrained model passes, so the marks cannot outlive the problem.
-UNDER_TARGET = {"recall", "rag"}
+UNDER_TARGET = {"rag"}
 
 
 @pytest.fixture(scope="module", params=zoo.NAMES)
@@ -104,25 +104,29 @@ def test_examples_deterministic_and_seeded():
 
 def test_recall_evidence():
     for ex in zoo.examples("recall", n=50, seed=1):
-        (start, end), = ex["evidence"]
-        span, prompt = ex["prompt"][start:end], ex["prompt"]
+        prompt = ex["prompt"]
+        (start, end), (qs, qe) = ex["evidence"]
         query_key = prompt.split()[-2]
-        assert span == f"{query_key} = {ex['answer']}"
+        assert prompt[start:end] == f"{query_key} = {ex['answer']}"
+        assert prompt[qs:qe] == query_key and qe == len(prompt) - len(" =>")
         assert prompt[slice(*ex["answer_span"])] == ex["answer"]
-        assert [prompt[a:b] for a, b in ex["template_spans"]] == ["=>"]
+        template = [prompt[a:b] for a, b in ex["template_spans"]]
+        assert template[-1] == "=>" and set(template) == {"=", ",", ".", "=>"}
 
 
 def test_rag_evidence():
     for ex in zoo.examples("rag", n=50, seed=1):
         prompt = ex["prompt"]
-        (ds, de), (as_, ae) = ex["evidence"]
+        (ds, de), (as_, ae), (ns, ne) = ex["evidence"]
         assert [ds, de] == ex["documents"][ex["relevant_document"]]
         assert ds <= as_ < ae <= de and prompt[as_:ae] == ex["answer"]
         assert prompt.count(ex["answer"]) == 1
-        assert 2 <= len(ex["answer"].split()) <= 3
-        name = prompt.split()[-5]  # "... does <name> live|like ? answer :"
-        assert prompt[ds:de].split()[2] == name
-        assert [prompt[a:b] for a, b in ex["template_spans"]] == ["question :", "? answer :"]
+        assert len(ex["answer"].split()) == 2
+        name = prompt.split()[-4]  # "... what about <name> ? answer :"
+        assert prompt[ns:ne] == name and prompt[ds:de].split()[2] == name
+        template = [prompt[a:b] for a, b in ex["template_spans"]]
+        assert template[-2:] == ["question : what about", "? answer :"]
+        assert set(template[:-2]) == {"doc :", "."}
 
 
 def test_sentiment_evidence():
