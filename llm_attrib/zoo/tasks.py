@@ -93,8 +93,9 @@ def rag(rng: random.Random) -> dict:
     """
     n = rng.randint(3, 6)
     names = rng.sample(RAG_NAMES, n)
-    places = rng.sample([f"{a} {b}" for a in RAG_PLACE[0] for b in RAG_PLACE[1]], n)
-    foods = rng.sample([f"{a} {b}" for a in RAG_FOOD[0] for b in RAG_FOOD[1]], n)
+    # no word repeats within a prompt, so every answer word points at one document
+    places = [f"{a} {b}" for a, b in zip(rng.sample(RAG_PLACE[0], n), rng.sample(RAG_PLACE[1], n))]
+    foods = [f"{a} {b}" for a, b in zip(rng.sample(RAG_FOOD[0], n), rng.sample(RAG_FOOD[1], n))]
     rel = rng.randrange(n)
     b = _Builder()
     docs, answer_span, answer, shared = [], None, None, []  # shared: format words every prompt has
