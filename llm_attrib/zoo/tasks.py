@@ -23,7 +23,7 @@ RAG_PLACE = ("north south east west old new upper lower".split(),
 RAG_FOOD = ("green black hot sweet cold red fresh dark".split(),
             "tea coffee soup apples bread rice cake fish".split())
 RAG_WORDS = (RAG_NAMES + RAG_PLACE[0] + RAG_PLACE[1] + RAG_FOOD[0] + RAG_FOOD[1]
-             + "doc : lives in likes . question what about ? answer".split())
+             + "doc : visits likes . question what about ?".split())
 
 # sentiment: one sentiment word, optionally negated, among neutral filler.
 POSITIVE = ("good great excellent wonderful amazing delightful fantastic brilliant lovely superb "
@@ -84,8 +84,8 @@ def recall(rng: random.Random) -> dict:
 
 
 def rag(rng: random.Random) -> dict:
-    """Documents 'doc : alice lives in north harbor .' or 'doc : bob likes green tea .', then
-    'question : what about bob ? answer :' -> 'green tea'.
+    """Documents 'doc : alice visits north harbor .' or 'doc : bob likes green tea .', then
+    'question : what about bob ?' -> 'green tea'.
 
     Every document states one fact about one person, in a vocabulary all documents share; the answer is
     the two-word span copied from the relevant document. Evidence: the relevant document, the answer span
@@ -102,7 +102,7 @@ def rag(rng: random.Random) -> dict:
     for i in range(n):
         opening = b.add("doc :")
         shared.append(opening)
-        verb, value = ("lives in", places[i]) if rng.random() < 0.5 else ("likes", foods[i])
+        verb, value = ("visits", places[i]) if rng.random() < 0.5 else ("likes", foods[i])
         b.add(f"{names[i]} {verb}")
         span = b.add(value)
         if i == rel:
@@ -112,7 +112,7 @@ def rag(rng: random.Random) -> dict:
         docs.append([opening[0], closing[1]])
     shared.append(b.add("question : what about"))
     asked = b.add(names[rel])
-    shared.append(b.add("? answer :"))
+    shared.append(b.add("?"))
     return {"prompt": b.text, "answer": answer, "evidence": [docs[rel], answer_span, asked],
             "documents": docs, "relevant_document": rel, "answer_span": answer_span,
             "template_spans": shared}

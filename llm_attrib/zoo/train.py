@@ -32,10 +32,10 @@ LM_RECIPES = {
                    target=0.97, task="key-value recall: a list of 3-6 'key = value1 value2' pairs, "
                    "then a query key; the model completes the queried two-token value."),
     "rag": dict(config_cls=Qwen2Config, model_cls=Qwen2ForCausalLM, words=tasks.RAG_WORDS,
-                hidden=128, layers=4, heads=4, kv_heads=2, lr=2e-3, batch=32, max_steps=6000, follow_ups=5,
-                target=0.97, task="retrieval-augmented QA: 3-6 short documents about distinct "
-                "people (one fact each: where they live or what they like) sharing one vocabulary, then "
-                "'question : what about <name> ? answer :'; the model copies the two-word answer from "
+                hidden=128, layers=3, heads=4, kv_heads=2, lr=2e-3, batch=64, max_steps=6000, follow_ups=5,
+                target=0.95, task="retrieval-augmented QA: 3-6 short documents about distinct "
+                "people (one fact each: the place they visit or what they like) sharing one vocabulary, then "
+                "'question : what about <name> ?'; the model copies the two-word answer from "
                 "the relevant document and emits <eos>."),
 }
 
@@ -55,7 +55,7 @@ def follow_up_queries(name: str, ex: dict) -> list[tuple[str, str]]:
     for i, (a, b) in enumerate(ex["documents"]):
         who, verb, *rest = prompt[a:b].removeprefix("doc : ").removesuffix(" .").split()
         if i != ex["relevant_document"]:
-            queries.append((f"question : what about {who} ? answer :", " ".join(rest[1:] if verb == "lives" else rest)))
+            queries.append((f"question : what about {who} ?", " ".join(rest)))
     return queries
 
 
