@@ -32,7 +32,7 @@ LM_RECIPES = {
                    target=0.97, task="key-value recall: a list of 3-6 'key = value1 value2' pairs, "
                    "then a query key; the model completes the queried two-token value."),
     "rag": dict(config_cls=Qwen2Config, model_cls=Qwen2ForCausalLM, words=tasks.RAG_WORDS,
-                hidden=128, layers=3, heads=4, kv_heads=2, lr=2e-3, batch=64, max_steps=6000, follow_ups=5,
+                hidden=128, layers=3, heads=4, kv_heads=4, lr=2e-3, batch=64, max_steps=6000, follow_ups=5,
                 target=0.95, task="retrieval-augmented QA: 3-6 short documents about distinct "
                 "people (one fact each: the place they visit or what they like) sharing one vocabulary, then "
                 "'question : what about <name> ?'; the model copies the two-word answer from "
