@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from ..core.engine import integrate
 from ..core.paths import StraightPaths
 from ..core.quadrature import quadrature as quadrature_rule
@@ -18,11 +20,10 @@ from .base import MethodResult, Problem, register_method, reject_unknown
 
 
 def integrated_gradients(
-    problem: Problem, baseline: Any, n_steps: int, quadrature: str, targets: list[int] | None = None
+    problem: Problem, x: torch.Tensor, start: torch.Tensor, n_steps: int, quadrature: str,
+    targets: list[int] | None = None,
 ) -> MethodResult:
-    """IG of every target (or of `targets` only), from one baseline, in the problem's space."""
-    x = problem.space.point(problem.model, problem.seq)
-    start = problem.space.baseline(baseline, problem.model, problem.tokenizer, problem.seq, x)
+    """IG of every target (or of `targets` only) from `start` to `x`, points of the problem's space."""
     nodes, weights = quadrature_rule(quadrature, n_steps)
     paths = StraightPaths(x=x, baselines=start.unsqueeze(0), nodes=nodes, weights=weights)
     integral = integrate(
@@ -52,14 +53,16 @@ class IntegratedGradients:
         reject_unknown(self.name, params)
         if tolerance is not None and not tolerance > 0:
             raise InvalidInputError(f"tolerance must be positive (or None for a fixed n_steps), got {tolerance}.")
-        result = integrated_gradients(problem, baseline, n_steps, quadrature)
+        x = problem.space.point(problem.model, problem.seq)
+        start = problem.space.baseline(baseline, problem.model, problem.tokenizer, problem.seq, x)
+        result = integrated_gradients(problem, x, start, n_steps, quadrature)
         steps = [n_steps] * len(result.completeness_error)
         while tolerance is not None and n_steps * 2 <= max_steps:
             todo = [t for t, error in enumerate(result.completeness_error.tolist()) if error > tolerance]
             if not todo:
                 break
             n_steps *= 2
-            finer = integrated_gradients(problem, baseline, n_steps, quadrature, targets=todo)
+            finer = integrated_gradients(problem, x, start, n_steps, quadrature, targets=todo)
             for t in todo:
                 result.scores[t] = finer.scores[t]
                 result.completeness_error[t] = finer.completeness_error[t]
