@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import (AutoTokenizer, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM,
-                          PreTrainedModel, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM)
+from transformers import (AutoModelForCausalLM, AutoTokenizer, BertForSequenceClassification, LlamaConfig,
+                          LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast,
+                          Qwen2Config, Qwen2ForCausalLM)
 
 from . import MODELS_DIR, TOKENIZER_FILES, TUNED_FILE, encoder_path, load, path
 from . import _tokenizer, tasks
@@ -103,9 +104,16 @@ def _schedule(step: int, warmup: int = 200) -> float:
     return min(1.0, (step + 1) / warmup)
 
 
-def train_lm(name: str, max_steps: int | None = None, max_minutes: float | None = None) -> dict:
-    """Train until validation exact match reaches the recipe's target, max_steps or max_minutes."""
+def train_lm(name: str, max_steps: int | None = None, max_minutes: float | None = None, seed: int = 0,
+             output: Path | None = None) -> dict:
+    """Train until validation exact match reaches the recipe's target, max_steps or max_minutes.
+
+    ``seed`` sets the initialisation and, when non-zero, its own training stream: whether the copying
+    circuit forms in a few hundred steps depends on both, so a seed sweep is the cheap way to a model.
+    """
     r = LM_RECIPES[name]
+    torch.manual_seed(seed)
+    stream = "train" if seed == 0 else f"train-seed{seed}"
     max_steps = max_steps or r["max_steps"]
     tok = _tokenizer.build(r["words"])
     tok.model_max_length = 256
@@ -119,11 +127,11 @@ def train_lm(name: str, max_steps: int | None = None, max_minutes: float | None 
     opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule)
     val = tasks.generate(name, 256, VALIDATION_SEED)
-    rng = random.Random(f"{name}:follow-ups")
+    rng = random.Random(f"{name}:follow-ups" if seed == 0 else f"{name}:follow-ups:{seed}")
     start, step, val_acc = time.time(), 0, 0.0
     for step in range(1, max_steps + 1):
         model.train()
-        input_ids, mask, labels = lm_batch(name, tok, tasks.generate(name, r["batch"], f"train-{step}"),
+        input_ids, mask, labels = lm_batch(name, tok, tasks.generate(name, r["batch"], f"{stream}-{step}"),
                                            rng, r["follow_ups"])
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad()
@@ -139,18 +147,19 @@ def train_lm(name: str, max_steps: int | None = None, max_minutes: float | None 
             if val_acc >= r["target"] or (max_minutes and time.time() - start > 60 * max_minutes):
                 break
     minutes = (time.time() - start) / 60
-    folder = MODELS_DIR / name
+    folder = output or MODELS_DIR / name
     shutil.rmtree(folder, ignore_errors=True)
     model.eval()
     model.save_pretrained(folder)
     _tokenizer.save(tok, folder)
-    model, tok = load(name)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    tok = PreTrainedTokenizerFast.from_pretrained(folder)
     acc = lm_exact_match(model, tok, tasks.generate(name, 1000, HELD_OUT_SEED))
     n_params = sum(p.numel() for p in model.parameters())
     _write_card(folder, name, f"`{type(model).__name__}` ({r['config_cls'].__name__}): hidden "
                 f"{r['hidden']}, {r['layers']} layers, {r['heads']} heads ({r['kv_heads']} key-value "
                 f"heads), vocabulary {len(tok)} words, tied embeddings",
-                r["task"], n_params, step, minutes, "greedy exact match (generation until <eos>)", acc)
+                r["task"], n_params, step, minutes, "greedy exact match (generation until <eos>)", acc, seed)
     return {"steps": step, "minutes": minutes, "held_out": acc, "params": n_params}
 
 
@@ -225,11 +234,11 @@ def classify_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
 
 
 def _write_card(folder: Path, name: str, arch: str, task: str, n_params: int, steps: int,
-                minutes: float, metric: str, acc: float) -> None:
+                minutes: float, metric: str, acc: float, seed: int = 0) -> None:
     size = sum(f.stat().st_size for f in folder.iterdir()) / 2**20
     threads = "" if torch.get_num_threads() == 2 else f" --threads {torch.get_num_threads()}"
     if name != "sentiment":
-        threads += f" --max-steps {steps}"
+        threads += f" --max-steps {steps}" + (f" --seed {seed}" if seed else "")
     ex = tasks.generate(name, 1, "card")[0]
     (folder / "README.md").write_text(f"""# llm-attrib zoo: `{name}`
 
@@ -260,12 +269,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--max-steps", type=int, help="LMs: stop after this many steps")
     parser.add_argument("--max-minutes", type=float, help="LMs: stop at the first check after this")
+    parser.add_argument("--seed", type=int, default=0, help="LMs: initialisation and training stream")
+    parser.add_argument("--output", type=Path, help="LMs: write here instead of the package (for sweeps)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     result = (train_sentiment() if args.name == "sentiment"
-              else train_lm(args.name, args.max_steps, args.max_minutes))
-    print(json.dumps({"model": args.name, "folder": str(path(args.name)), **result}))
+              else train_lm(args.name, args.max_steps, args.max_minutes, args.seed, args.output))
+    folder = args.output or path(args.name)
+    print(json.dumps({"model": args.name, "folder": str(folder), **result}))
 
 
 if __name__ == "__main__":
