@@ -166,7 +166,8 @@ def main() -> None:
         summary = result.summary.loc[[s.label for s in chosen]]
         plot(summary, task, RESULTS / f"{task}.png")
         (RESULTS / f"{task}.md").write_text(
-            f"## {task} ({type(model).__name__}, {args.n} examples, {len(rows)} targets; "
+            f"## {task} ({type(model).__name__}, {args.n} examples, "
+            f"{len(rows[['example', 'target_index']].drop_duplicates())} targets; "
             f"{time.perf_counter() - task_started:.0f} s this run)\n\n{table(summary, mean_cost(rows))}\n\n![{task}]({task}.png)\n"
         )
     write_index(args.n, args.threads, time.perf_counter() - started)
