@@ -97,14 +97,19 @@ def path(name: str) -> Path:
 
 def load(name: str, device: str | torch.device = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The trained model (float32, eval mode) and its tokenizer, loaded offline."""
-    folder = path(name)
-    if name == "sentiment":
+    return load_folder(path(name), classifier=name == "sentiment", device=device)
+
+
+def load_folder(folder: Path, classifier: bool = False, device: str | torch.device = "cpu",
+                ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A zoo-format folder (also one written by ``train --output``), float32 and in eval mode."""
+    if classifier:
         model = BertForSequenceClassification.from_pretrained(folder, dtype=torch.float32)
     else:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     # transformers 5 AutoTokenizer swaps in Qwen2Tokenizer for any qwen2 folder, which mangles a
     # WordLevel vocabulary; the fast class reads tokenizer.json as saved.
-    tok_cls = AutoTokenizer if name == "sentiment" else PreTrainedTokenizerFast
+    tok_cls = AutoTokenizer if classifier else PreTrainedTokenizerFast
     tokenizer = tok_cls.from_pretrained(folder)
     return model.to(device).eval(), tokenizer
 
@@ -122,4 +127,4 @@ def examples(name: str, n: int = 100, seed: int = 0) -> list[dict]:
     return tasks.generate(name, n, seed)
 
 
-__all__ = ["NAMES", "examples", "load", "path"]
+__all__ = ["NAMES", "examples", "load", "load_folder", "path"]

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from transformers import (AutoModelForCausalLM, AutoTokenizer, BertForSequenceClassification, LlamaConfig,
-                          LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast,
-                          Qwen2Config, Qwen2ForCausalLM)
+from transformers import (AutoTokenizer, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM,
+                          PreTrainedModel, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM)
 
-from . import MODELS_DIR, TOKENIZER_FILES, TUNED_FILE, encoder_path, load, path
+from . import MODELS_DIR, TOKENIZER_FILES, TUNED_FILE, encoder_path, load, load_folder, path
 from . import _tokenizer, tasks
 
 HELD_OUT_SEED = "held-out"
@@ -152,8 +151,7 @@ def train_lm(name: str, max_steps: int | None = None, max_minutes: float | None 
     model.eval()
     model.save_pretrained(folder)
     _tokenizer.save(tok, folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    tok = PreTrainedTokenizerFast.from_pretrained(folder)
+    model, tok = load_folder(folder)
     acc = lm_exact_match(model, tok, tasks.generate(name, 1000, HELD_OUT_SEED))
     n_params = sum(p.numel() for p in model.parameters())
     _write_card(folder, name, f"`{type(model).__name__}` ({r['config_cls'].__name__}): hidden "
