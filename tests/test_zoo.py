@@ -13,9 +13,6 @@ from llm_attrib.errors import UnknownNameError
 from llm_attrib.zoo import tasks
 
 LM_TARGETS = {"recall": 0.95, "rag": 0.90}
-# The shipped LMs were stopped by a time budget below target (see their model cards); strict xfail
-# turns into a failure once a retrained model passes, so the marks cannot outlive the problem.
-UNDER_TARGET = {"rag"}
 
 
 @pytest.fixture(scope="module", params=zoo.NAMES)
@@ -38,10 +35,8 @@ def test_loaded_models_are_float32_eval(loaded):
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
-def test_held_out_accuracy(loaded, request):
+def test_held_out_accuracy(loaded):
     name, model, tokenizer = loaded
-    if name in UNDER_TARGET:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=f"{name} is under target"))
     exs = zoo.examples(name, n=100, seed=12345)
     if name == "sentiment":
         with torch.no_grad():

@@ -29,11 +29,11 @@ VALIDATION_SEED = "validation"
 LM_RECIPES = {
     "recall": dict(config_cls=LlamaConfig, model_cls=LlamaForCausalLM, words=tasks.RECALL_WORDS,
                    hidden=128, layers=3, heads=4, kv_heads=4, lr=2e-3, batch=64, max_steps=6000, follow_ups=4,
-                   target=0.97, task="key-value recall: a list of 3-6 'key = value1 value2' pairs, "
+                   copy_share=0.0, target=0.97, task="key-value recall: a list of 3-6 'key = value1 value2' pairs, "
                    "then a query key; the model completes the queried two-token value."),
     "rag": dict(config_cls=Qwen2Config, model_cls=Qwen2ForCausalLM, words=tasks.RAG_WORDS,
                 hidden=128, layers=3, heads=4, kv_heads=4, lr=2e-3, batch=64, max_steps=6000, follow_ups=5,
-                target=0.95, task="retrieval-augmented QA: 3-6 short documents about distinct "
+                copy_share=0.5, target=0.98, task="retrieval-augmented QA: 3-6 short documents about distinct "
                 "people (one fact each: the place they visit or what they like) sharing one vocabulary, then "
                 "'question : what about <name> ?'; the model copies the two-word answer from "
                 "the relevant document and emits <eos>."),
@@ -59,9 +59,23 @@ def follow_up_queries(name: str, ex: dict) -> list[tuple[str, str]]:
     return queries
 
 
+def copy_sequence(tokenizer: PreTrainedTokenizerBase, rng: random.Random) -> tuple[list[int], list[int]]:
+    """<bos> x x for a random word sequence x of 8-24 tokens, with loss on the repeat (after its first word).
+
+    Every repeated token is a reliable in-context bigram, the data on which induction heads (find the
+    earlier occurrence, copy what followed) form within a few hundred steps. On rag text alone, where each
+    fact repeats once, they had not formed after 2000 steps in any of about fifteen CPU runs; with half of
+    every batch made of these sequences the rag model passes its target in about 500 steps.
+    """
+    words = [rng.randrange(len(_tokenizer.SPECIALS), len(tokenizer)) for _ in range(rng.randint(8, 24))]
+    ids = [tokenizer.bos_token_id] + words + words
+    return ids, [-100] * (len(words) + 2) + words[1:]
+
+
 def lm_batch(name: str, tokenizer: PreTrainedTokenizerBase, exs: list[dict], rng: random.Random,
-             follow_ups: int) -> tuple[torch.Tensor, ...]:
-    """Right-padded prompt + answer + <eos> (+ follow-up queries), loss only on answers and <eos>."""
+             follow_ups: int, copies: int = 0) -> tuple[torch.Tensor, ...]:
+    """Right-padded prompt + answer + <eos> (+ follow-up queries), loss only on answers and <eos>;
+    then ``copies`` copy sequences."""
     eos, ids, labels = tokenizer.eos_token_id, [], []
     for ex in exs:
         p = tokenizer(ex["prompt"])["input_ids"]
@@ -73,6 +87,10 @@ def lm_batch(name: str, tokenizer: PreTrainedTokenizerBase, exs: list[dict], rng
             a = tokenizer(answer, add_special_tokens=False)["input_ids"] + [eos]
             full += q + a
             lab += [-100] * len(q) + a
+        ids.append(full)
+        labels.append(lab)
+    for _ in range(copies):
+        full, lab = copy_sequence(tokenizer, rng)
         ids.append(full)
         labels.append(lab)
     width = max(map(len, ids))
@@ -130,8 +148,9 @@ def train_lm(name: str, max_steps: int | None = None, max_minutes: float | None 
     start, step, val_acc = time.time(), 0, 0.0
     for step in range(1, max_steps + 1):
         model.train()
-        input_ids, mask, labels = lm_batch(name, tok, tasks.generate(name, r["batch"], f"{stream}-{step}"),
-                                           rng, r["follow_ups"])
+        copies = round(r["batch"] * r["copy_share"])
+        input_ids, mask, labels = lm_batch(name, tok, tasks.generate(name, r["batch"] - copies, f"{stream}-{step}"),
+                                           rng, r["follow_ups"], copies)
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad()
         loss.backward()
