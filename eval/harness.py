@@ -144,14 +144,14 @@ def held_out_table(n: int) -> str:
     return "\n".join(lines)
 
 
-def write_index(n: int, threads: int, seconds: float) -> None:
+def write_index(n: int, seconds: float) -> None:
     """eval/results/README.md: the reading guide, then every task's section as last written."""
     intro = (
         "# Evaluation results\n\n"
         f"Regenerate with `python eval/harness.py --n {n}` (the last run took {seconds:.0f} s "
         "and may have resumed earlier rows; each task's own time is in its heading). Mean ± 95% interval (1.96 standard errors) over targets; "
         "fwd/bwd/ex = single-sequence forward/backward passes per example (path points, not batches); "
-        f"s/ex = seconds per example on {threads} CPU thread(s). AOPC over ERASER's bins (1, 5, 10, 20, 50)%, sum / 6; "
+        "s/ex = seconds per example on the CPU threads the task's heading states. AOPC over ERASER's bins (1, 5, 10, 20, 50)%, sum / 6; "
         "removal by deletion; log-odds replaces the top 20% with the mask/unk token. hit@1 and AUPRC exclude "
         "the task's fixed template tokens (the prediction is made at the last template token, which every "
         "prompt shares). RPI rows marked (oracle) were selected on the metric they report; read the other "
@@ -194,9 +194,9 @@ def main() -> None:
         (RESULTS / f"{task}.md").write_text(
             f"## {task} ({type(model).__name__}, {args.n} examples, "
             f"{len(rows[['example', 'target_index']].drop_duplicates())} targets; "
-            f"{time.perf_counter() - task_started:.0f} s this run)\n\n{table(summary, mean_cost(rows))}\n\n![{task}]({task}.png)\n"
+            f"{time.perf_counter() - task_started:.0f} s this run on {args.threads} CPU thread(s))\n\n{table(summary, mean_cost(rows))}\n\n![{task}]({task}.png)\n"
         )
-    write_index(args.n, args.threads, time.perf_counter() - started)
+    write_index(args.n, time.perf_counter() - started)
     print((RESULTS / "README.md").read_text())
 
 
