@@ -25,15 +25,18 @@ from . import _tokenizer, tasks
 HELD_OUT_SEED = "held-out"
 VALIDATION_SEED = "validation"
 
+# Share of every LM batch that is a copy sequence (see `copy_sequence`).
+COPY_SHARE = 0.5
+
 # Per-model recipe: architecture, sizes, optimisation, stopping rule.
 LM_RECIPES = {
     "recall": dict(config_cls=LlamaConfig, model_cls=LlamaForCausalLM, words=tasks.RECALL_WORDS,
                    hidden=128, layers=3, heads=4, kv_heads=4, lr=2e-3, batch=64, max_steps=6000, follow_ups=4,
-                   copy_share=0.0, target=0.97, task="key-value recall: a list of 3-6 'key = value1 value2' pairs, "
+                   target=0.97, task="key-value recall: a list of 3-6 'key = value1 value2' pairs, "
                    "then a query key; the model completes the queried two-token value."),
     "rag": dict(config_cls=Qwen2Config, model_cls=Qwen2ForCausalLM, words=tasks.RAG_WORDS,
                 hidden=128, layers=3, heads=4, kv_heads=4, lr=2e-3, batch=64, max_steps=6000, follow_ups=5,
-                copy_share=0.5, target=0.98, task="retrieval-augmented QA: 3-6 short documents about distinct "
+                target=0.98, task="retrieval-augmented QA: 3-6 short documents about distinct "
                 "people (one fact each: the place they visit or what they like) sharing one vocabulary, then "
                 "'question : what about <name> ?'; the model copies the two-word answer from "
                 "the relevant document and emits <eos>."),
@@ -64,8 +67,9 @@ def copy_sequence(tokenizer: PreTrainedTokenizerBase, rng: random.Random) -> tup
 
     Every repeated token is a reliable in-context bigram, the data on which induction heads (find the
     earlier occurrence, copy what followed) form within a few hundred steps. On rag text alone, where each
-    fact repeats once, they had not formed after 2000 steps in any of about fifteen CPU runs; with half of
-    every batch made of these sequences the rag model passes its target in about 500 steps.
+    fact repeats once, they had not formed after 2000 steps in any of about fifteen CPU runs, and on recall
+    only with a lucky data stream; with half of every batch made of these sequences both LMs pass their
+    targets in 300-500 steps, whatever the seed.
     """
     words = [rng.randrange(len(_tokenizer.SPECIALS), len(tokenizer)) for _ in range(rng.randint(8, 24))]
     ids = [tokenizer.bos_token_id] + words + words
@@ -148,7 +152,7 @@ def train_lm(name: str, max_steps: int | None = None, max_minutes: float | None 
     start, step, val_acc = time.time(), 0, 0.0
     for step in range(1, max_steps + 1):
         model.train()
-        copies = round(r["batch"] * r["copy_share"])
+        copies = round(r["batch"] * COPY_SHARE)
         input_ids, mask, labels = lm_batch(name, tok, tasks.generate(name, r["batch"] - copies, f"{stream}-{step}"),
                                            rng, r["follow_ups"], copies)
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
