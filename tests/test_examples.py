@@ -1,0 +1,54 @@
+"""The runnable scripts in examples/ work offline and say what they claim."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def run(script: str, *args: str, cwd: Path) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(EXAMPLES / script), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_every_example_is_tested():
+    tested = {"explain_generation.py", "rag_documents.py", "compare_methods.py", "explain_classifier.py"}
+    assert {p.name for p in EXAMPLES.glob("*.py")} == tested
+
+
+def test_explain_generation_writes_html(tmp_path):
+    out = run("explain_generation.py", "--space", "attention", "--html", "e.html", cwd=tmp_path)
+    errors = [float(e) for e in re.findall(r"completeness error ([0-9.]+)%", out)]
+    assert len(errors) == 3 and max(errors) <= 1.0  # "green", "tea", "<eos>"
+    assert (tmp_path / "e.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_rag_documents_finds_the_relevant_document(tmp_path):
+    out = run("rag_documents.py", "--n", "3", cwd=tmp_path)
+    right, total = map(int, re.search(r"relevant one for (\d+) of (\d+) answer words", out).groups())
+    assert total == 6 and right == total
+
+
+def test_compare_methods_prints_a_summary(tmp_path):
+    out = run("compare_methods.py", "--n", "2", "--output", "rows.jsonl", cwd=tmp_path)
+    rows = {line.split()[0]: [float(x) for x in line.split()[1:]] for line in out.splitlines()[3:]}
+    assert set(rows) == {"ig", "ig_attention", "saliency", "random"}
+    assert rows["ig_attention"][2] == 1.0  # hit@1 on the evidence
+    assert rows["random"][0] < rows["ig_attention"][0]  # comprehensiveness
+    assert (tmp_path / "rows.jsonl").exists()
+
+
+@pytest.mark.parametrize("sentence, label, deciding", [
+    ("the movie was not good .", "negative", "not"), ("the film was great .", "positive", "great")])
+def test_explain_classifier_credits_the_deciding_word(tmp_path, sentence, label, deciding):
+    out = run("explain_classifier.py", sentence, cwd=tmp_path)
+    assert f"-> {label}" in out
+    assert out.splitlines()[1].split()[0] == deciding  # words are printed by |score|, largest first
