@@ -1,6 +1,7 @@
 """The zoo's shipped models load offline, solve their tasks, and their examples carry true evidence."""
 
 import os
+import random
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -10,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llm_attrib import zoo
 from llm_attrib.errors import UnknownNameError
-from llm_attrib.zoo import tasks
+from llm_attrib.zoo import _tokenizer, tasks, train
 
 LM_TARGETS = {"recall": 0.95, "rag": 0.90}
 
@@ -142,3 +143,23 @@ def test_unknown_name():
     for call in (zoo.load, zoo.path, zoo.examples):
         with pytest.raises(UnknownNameError, match="recall, rag, sentiment"):
             call("nope")
+
+
+@pytest.mark.parametrize("name", ["recall", "rag"])
+def test_training_batches_teach_copying_only(name):
+    """Loss falls only on tokens the context determines: answers copied from the prompt, <eos>, and the
+    repeat of a copy sequence (each labelled token equals the input there, as transformers shifts labels)."""
+    tok = _tokenizer.build(train.LM_RECIPES[name]["words"])
+    ids, mask, labels = train.lm_batch(name, tok, tasks.generate(name, 6, "test"), random.Random(0), 5, 4)
+    assert ids.shape[0] == 10
+    for row in range(10):
+        length = int(mask[row].sum())
+        positions = (labels[row] != -100).nonzero().flatten().tolist()
+        assert positions and max(positions) < length
+        for i in positions:
+            token = int(labels[row, i])
+            assert token == int(ids[row, i])
+            if row >= 6:  # copy sequence <bos> x x: the label repeats the token len(x) positions back
+                assert token == int(ids[row, i - (length - 1) // 2])
+            elif token != tok.eos_token_id:
+                assert token in ids[row, :i].tolist()
