@@ -9,6 +9,7 @@ import argparse
 
 import llm_attrib
 from llm_attrib import Attributor
+from llm_attrib.cli import load_model
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--model", help="local folder or hub id (default: the zoo rag model)")
@@ -17,18 +18,14 @@ parser.add_argument("--space", default="embeddings", choices=("embeddings", "att
 parser.add_argument("--html", help="also write the self-contained HTML heatmap here")
 args = parser.parse_args()
 
-if args.model:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model, tokenizer = AutoModelForCausalLM.from_pretrained(args.model), AutoTokenizer.from_pretrained(args.model)
-else:
-    model, tokenizer = llm_attrib.zoo.load("rag")
+model, tokenizer = load_model(args.model) if args.model else llm_attrib.zoo.load("rag")
 prompt = args.prompt or llm_attrib.zoo.examples("rag", n=1, seed=0)[0]["prompt"]
 
 explanation = Attributor(model, tokenizer).explain(prompt, method="ig", space=args.space, max_new_tokens=8)
 explanation.print()
+words = explanation.words()
 for t, token in enumerate(explanation.target_tokens):
-    top = ", ".join(f"{word!r} {score:+.2f}" for word, score in explanation.words().top_tokens(t, k=3))
+    top = ", ".join(f"{word!r} {score:+.2f}" for word, score in words.top_tokens(t, k=3))
     print(f"{token!r:>10} <- {top}   (completeness error {explanation.completeness_error[t]:.2%})")
 if args.html:
     with open(args.html, "w") as f:
