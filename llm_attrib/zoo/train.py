@@ -150,9 +150,9 @@ def train_lm(name: str, max_steps: int | None = None, max_minutes: float | None 
     val = tasks.generate(name, 256, VALIDATION_SEED)
     rng = random.Random(f"{name}:follow-ups" if seed == 0 else f"{name}:follow-ups:{seed}")
     start, step, val_acc = time.time(), 0, 0.0
+    copies = round(r["batch"] * COPY_SHARE)
     for step in range(1, max_steps + 1):
         model.train()
-        copies = round(r["batch"] * COPY_SHARE)
         input_ids, mask, labels = lm_batch(name, tok, tasks.generate(name, r["batch"] - copies, f"{stream}-{step}"),
                                            rng, r["follow_ups"], copies)
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
