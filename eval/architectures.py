@@ -31,7 +31,7 @@ def _inputs(model, vocab: int, arch: str, pad: bool):
             mask[1, -4:] = 0
         else:
             mask[1, :4] = 0
-        ids[mask == 0] = model.config.pad_token_id or 0
+        ids[mask == 0] = getattr(model.config, "pad_token_id", None) or 0
     kwargs = dict(input_ids=ids, attention_mask=mask)
     if not is_encoder(arch):
         kwargs["use_cache"] = False

@@ -4,7 +4,8 @@ __version__ = "0.1.0"
 
 from . import zoo  # noqa: E402
 from .attributor import Attributor  # noqa: E402
-from .errors import InvalidInputError, LlmAttribError, NumericalError, UnknownNameError, UnsupportedModelError  # noqa: E402
+from .errors import (ConvergenceWarning, InvalidInputError, LlmAttribError, MissingPackageError,  # noqa: E402
+                     NumericalError, UnknownNameError, UnsupportedModelError)
 from .explanation import Explanation  # noqa: E402
 from .methods import METHODS  # noqa: E402
 
@@ -17,5 +18,7 @@ __all__ = [
     "UnknownNameError",
     "UnsupportedModelError",
     "NumericalError",
+    "MissingPackageError",
+    "ConvergenceWarning",
     "zoo",
 ]

@@ -4,15 +4,17 @@ explanation, runs a method, and packages the result as an `Explanation`."""
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Any
 
 import torch
 
 from . import __version__
+from .core.chat import outside_spans, render_chat
 from .core.sequence import Sequence, build_sequence, readable_tokens, special_token_mask
 from .core.spaces import make_space, model_logits
 from .core.targets import Target, resolve_target
-from .errors import InvalidInputError
+from .errors import ConvergenceWarning, InvalidInputError
 from .explanation import Explanation
 from .methods import Problem, get_method
 from .patching import prepared
@@ -75,22 +77,24 @@ class Attributor:
     def vocab_size(self) -> int:
         return self.model.get_input_embeddings().num_embeddings
 
-    def _encode_prompt(self, prompt: Prompt) -> tuple[str, list[int], list[tuple[int, int]]]:
+    def _encode_prompt(self, prompt: Prompt) -> tuple[str, list[int], list[tuple[int, int]], list[bool]]:
+        """Text, token ids, character offsets, and which tokens are markup (special or chat-template) rather
+        than the user's content."""
         if isinstance(prompt, list):
-            if not prompt or not all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
-                raise InvalidInputError("chat messages must be a non-empty list of {'role': ..., 'content': ...} dicts.")
-            if not getattr(self.tokenizer, "chat_template", None):
-                raise InvalidInputError("this tokenizer has no chat template; pass the prompt as a string.")
-            text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+            text, spans = render_chat(self.tokenizer, prompt)
             encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         elif isinstance(prompt, str):
             text = prompt
             encoding = self.tokenizer(text, return_offsets_mapping=True)
+            spans = [(0, len(text))]
         else:
             raise InvalidInputError(f"prompt must be a string or a list of chat messages, got {type(prompt).__name__}.")
         if not text.strip() or not encoding["input_ids"]:
             raise InvalidInputError("the prompt is empty; give some text to explain.")
-        return text, list(encoding["input_ids"]), [tuple(o) for o in encoding["offset_mapping"]]
+        ids, offsets = list(encoding["input_ids"]), [tuple(o) for o in encoding["offset_mapping"]]
+        special = special_token_mask(self.tokenizer, ids).tolist()
+        markup = [s or m for s, m in zip(special, outside_spans(offsets, spans))]
+        return text, ids, offsets, markup
 
     def _check_length(self, n_tokens: int) -> None:
         limit = context_length(self.model, self.tokenizer)
@@ -118,7 +122,7 @@ class Attributor:
         **generation_kwargs: Any,
     ) -> Sequence:
         """Tokenise the prompt and fix the targets: the given answer, the generated one, or the class."""
-        text, ids, offsets = self._encode_prompt(prompt)
+        text, ids, offsets, markup = self._encode_prompt(prompt)
         if is_classifier(self.model):
             self._check_length(len(ids))
             n_classes = self.model.config.num_labels
@@ -134,7 +138,7 @@ class Attributor:
                 text=text,
                 offsets=offsets,
                 tokens=readable_tokens(self.tokenizer, ids),
-                keep=special_token_mask(self.tokenizer, ids).to(self.device),
+                keep=torch.tensor(markup, device=self.device),
                 is_classifier=True,
             )
         if target_class is not None:
@@ -149,7 +153,7 @@ class Attributor:
         else:
             answer_ids = [int(i) for i in answer]
         self._check_length(len(ids) + len(answer_ids))
-        return build_sequence(self.tokenizer, text, ids, offsets, answer_ids, self.device, self.vocab_size)
+        return build_sequence(self.tokenizer, text, ids, offsets, answer_ids, self.device, self.vocab_size, markup)
 
     def explain(
         self,
@@ -216,6 +220,7 @@ class Attributor:
             with torch.no_grad():
                 logits = model_logits(self.model, seq, input_ids=seq.input_ids)
         probs = logits.float().softmax(-1)[0].gather(-1, seq.target_ids[:, None])[:, 0]
+        converged = convergence(result.completeness_error, result.settings.get("tolerance"), method)
         n = seq.n_inputs
         params = {
             **{k: describe(v) for k, v in method_params.items()},
@@ -249,4 +254,28 @@ class Attributor:
             extra=result.extra,
             cost={"n_forward": result.n_forward, "n_backward": result.n_backward,
                   "seconds": time.perf_counter() - started},
+            input_markup=seq.keep[:n].tolist(),
+            converged=converged,
         )
+
+
+DEFAULT_TOLERANCE = 0.01
+
+
+def convergence(errors: torch.Tensor, tolerance: float | None, method: str) -> bool | None:
+    """Whether every target's completeness error is within tolerance (1% when the run had none); None for
+    methods without completeness. A miss is warned about, so unconverged scores never pass as final."""
+    finite = errors[~errors.isnan()]
+    if not len(finite):
+        return None
+    tolerance = DEFAULT_TOLERANCE if tolerance is None else tolerance
+    missed = (errors > tolerance).nonzero()[:, 0].tolist()
+    if missed:
+        warnings.warn(
+            f"{method}: completeness error above {tolerance:.2%} for targets {missed} (worst "
+            f"{float(finite.max()):.1%}); these scores are not a converged integral. Raise n_steps / max_steps, "
+            "or see Explanation.completeness_error.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    return not missed

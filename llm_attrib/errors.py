@@ -25,3 +25,11 @@ class UnsupportedModelError(LlmAttribError, TypeError):
 
 class NumericalError(LlmAttribError, FloatingPointError):
     """The model produced NaN or inf, so no attribution can be trusted."""
+
+
+class MissingPackageError(LlmAttribError, ImportError):
+    """An optional package that a feature needs (e.g. the one shipping a real model's weights) is absent."""
+
+
+class ConvergenceWarning(UserWarning):
+    """A path method's completeness error is above tolerance: its scores are not a converged integral."""

@@ -38,6 +38,11 @@ class Explanation:
         head_scores: (T, layers, heads, N) for attention-space methods, if kept.
         extra: method-specific results (e.g. RPI candidates).
         cost: what the explanation took: "n_forward", "n_backward" passes and "seconds".
+        input_markup: for each input, True when it is markup rather than content: a special token or a chat
+            template's role marker. Baselines keep markup, so its scores are what the template itself carried;
+            `top_tokens` and `markup_share` report it apart from the user's words.
+        converged: whether every completeness error is within the run's tolerance (1% for fixed-step runs);
+            False means the scores are not a converged integral; None for methods without completeness.
     """
 
     scores: torch.Tensor
@@ -58,15 +63,31 @@ class Explanation:
     head_scores: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     cost: dict[str, float] = field(default_factory=dict)
+    input_markup: list[bool] = field(default_factory=list)
+    converged: bool | None = None
+
+    def _markup(self) -> torch.Tensor:
+        return torch.tensor(self.input_markup or [False] * len(self.input_tokens), dtype=torch.bool)
+
+    @property
+    def markup_share(self) -> torch.Tensor:
+        """(T,) the part of each target's total |attribution| that went to markup rather than content."""
+        magnitude = self.scores.abs()
+        return magnitude[:, self._markup()].sum(1) / magnitude.sum(1).clamp_min(1e-30)
 
     @property
     def prompt_scores(self) -> torch.Tensor:
         """(T, n_prompt_tokens): attributions to the prompt only."""
         return self.scores[:, : self.n_prompt_tokens]
 
-    def top_tokens(self, target: int = 0, k: int = 5) -> list[tuple[str, float]]:
-        """The k prompt tokens with the largest attribution for one target."""
-        values, index = self.prompt_scores[target].topk(min(k, self.n_prompt_tokens))
+    def top_tokens(self, target: int = 0, k: int = 5, include_markup: bool = False) -> list[tuple[str, float]]:
+        """The k prompt tokens with the largest attribution for one target (content only, by default)."""
+        if not 0 <= target < len(self.target_tokens) and not -len(self.target_tokens) <= target < 0:
+            raise InvalidInputError(f"target {target} does not exist: the explanation has {len(self.target_tokens)} targets.")
+        scores = self.prompt_scores[target].clone()
+        eligible = torch.ones_like(scores, dtype=torch.bool) if include_markup else ~self._markup()[: self.n_prompt_tokens]
+        scores[~eligible] = -float("inf")
+        values, index = scores.topk(min(k, int(eligible.sum())))
         return [(self.input_tokens[i], v) for i, v in zip(index.tolist(), values.tolist())]
 
     def aggregate(self, spans: list[tuple[int, int]], labels: list[str] | None = None) -> "Explanation":
@@ -123,6 +144,8 @@ class Explanation:
             head_scores=head,
             extra=self.extra,
             cost=self.cost,
+            input_markup=[bool(g) and all(self._markup()[j] for j in g) for g in groups],
+            converged=self.converged,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,6 +190,7 @@ class Explanation:
                 "input_start": self.input_offsets[j][0],
                 "input_end": self.input_offsets[j][1],
                 "is_prompt": j < self.n_prompt_tokens,
+                "is_markup": bool(self._markup()[j]),
                 "score": float(self.scores[t, j]),
             }
             for t in range(len(self.target_tokens))

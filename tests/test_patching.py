@@ -49,7 +49,7 @@ def _inputs(model, vocab: int, arch: str, pad: bool):
             mask[1, SEQ_LEN - N_PAD :] = 0
         else:
             mask[1, :N_PAD] = 0
-        pad_id = model.config.pad_token_id
+        pad_id = getattr(model.config, "pad_token_id", None)
         ids[mask == 0] = pad_id if pad_id is not None else 0
     kwargs = dict(input_ids=ids, attention_mask=mask)
     if not is_encoder(arch):

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import transformers
+from packaging.version import Version
 import transformers as tf
 
 VOCAB = 96
@@ -177,7 +179,10 @@ if "gpt_oss" in _SPECS:
     ARCHITECTURES.append("gpt_oss")
 
 # Architectures computing attention in their own code (no AttentionInterface) in this transformers version.
-BYPASSING = ["falcon", "gptj", "gpt_neo", "bloom", "mpt", "codegen", "deberta", "deberta_v2"]
+BYPASSING = ["falcon", "gpt_neo", "bloom", "mpt", "deberta", "deberta_v2"]
+
+# GPT-J and CodeGen moved onto the AttentionInterface in transformers 5.24.
+(ARCHITECTURES if Version(transformers.__version__) >= Version("5.24") else BYPASSING).extend(["gptj", "codegen"])
 
 
 def is_encoder(arch: str) -> bool:

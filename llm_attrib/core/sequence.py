@@ -25,7 +25,9 @@ class Sequence:
         text: prompt text followed by the answer text; offsets index into it.
         offsets: (start, end) character span of each of the L tokens in `text`.
         tokens: readable text of each of the L tokens.
-        keep: (L,) bool, tokens every built-in baseline keeps (special tokens such as BOS, CLS, SEP).
+        keep: (L,) bool, markup rather than content: special tokens (BOS, CLS, SEP, end of turn) and a chat
+            template's role markers. Every built-in baseline keeps them, metrics never remove them, and
+            explanations report them apart from the user's words.
         is_classifier: whether targets are classes of a sequence classifier.
     """
 
@@ -95,8 +97,13 @@ def build_sequence(
     answer_ids: list[int],
     device: torch.device,
     vocab_size: int,
+    prompt_markup: list[bool] | None = None,
 ) -> Sequence:
-    """Assemble prompt and answer tokens into a teacher-forced `Sequence` for a causal LM."""
+    """Assemble prompt and answer tokens into a teacher-forced `Sequence` for a causal LM.
+
+    `prompt_markup` marks prompt tokens that are not the user's content (chat-template markup); with the
+    special tokens anywhere in the sequence they form `keep`.
+    """
     if not answer_ids:
         raise InvalidInputError("there is nothing to explain: the answer is empty (no token was generated or given).")
     bad = [i for i in answer_ids if not 0 <= i < vocab_size]
@@ -111,5 +118,10 @@ def build_sequence(
         text=prompt + answer_text,
         offsets=list(prompt_offsets) + offsets,
         tokens=readable_tokens(tokenizer, ids),
-        keep=special_token_mask(tokenizer, ids).to(device),
+        keep=(special_token_mask(tokenizer, ids) | _padded(prompt_markup, len(ids))).to(device),
     )
+
+
+def _padded(mask: list[bool] | None, length: int) -> torch.Tensor:
+    values = list(mask or [])
+    return torch.tensor(values + [False] * (length - len(values)), dtype=torch.bool)

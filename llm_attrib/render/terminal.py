@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+
+import torch
 from typing import TYPE_CHECKING
 
 from rich.console import Console, Group
@@ -74,7 +76,23 @@ def _renderable(exp: "Explanation", target: int | None, top_k: int) -> Group:
             top.append(f" {fmt_score(score)}", style="dim")
         parts.append(Panel(Group(_coloured_text(exp, norm[t].tolist(), t), top), title=title, title_align="left"))
     parts.append(_table(exp, chosen, errors, top_k))
+    parts.append(_status(exp))
     return Group(*parts)
+
+
+def _status(exp: "Explanation") -> Text:
+    """Whether the integral converged, and what it cost."""
+    status = Text()
+    if exp.converged is False:
+        status.append("NOT CONVERGED: some completeness errors are above tolerance; scores are not final.  ",
+                      style="bold red")
+    elif exp.converged:
+        status.append("converged  ", style="green")
+    if exp.cost:
+        status.append(
+            f"cost: {exp.cost.get('n_forward', 0)} forward, {exp.cost.get('n_backward', 0)} backward sequence passes, "
+            f"{exp.cost.get('seconds', 0.0):.1f} s", style="dim")
+    return status
 
 
 def _errors(exp: "Explanation") -> list[float]:
@@ -93,8 +111,12 @@ def _visible_inputs(exp: "Explanation", t: int) -> int:
 
 
 def _top(exp: "Explanation", t: int, k: int) -> list[tuple[str, float]]:
+    """The top content tokens (markup such as chat-template role markers is reported apart)."""
     n = _visible_inputs(exp, t)
     row = exp.scores[t, :n].detach().float().nan_to_num(float("-inf"))
+    if exp.input_markup:
+        row[torch.tensor(exp.input_markup[:n], dtype=torch.bool)] = float("-inf")
+        k = min(k, int(torch.isfinite(row).sum()))
     values, index = row.topk(min(k, n))
     return [(exp.input_tokens[j], float(exp.scores[t, j])) for j in index.tolist()]
 
@@ -140,6 +162,9 @@ def _table(exp: "Explanation", chosen, errors: list[float], top_k: int) -> Table
     table.add_column("p", justify="right")
     table.add_column("compl. err", justify="right")
     table.add_column(f"top {top_k} tokens")
+    markup = exp.markup_share if any(exp.input_markup) else None
+    if markup is not None:
+        table.add_column("markup", justify="right")
     for t in chosen:
         peak = _peak(exp, t)
         top = Text()
@@ -147,5 +172,6 @@ def _table(exp: "Explanation", chosen, errors: list[float], top_k: int) -> Table
             if i:
                 top.append(" ")
             top.append(visible(tok), style=_style(score / peak))
-        table.add_row(str(t), visible(exp.target_tokens[t]), f"{exp.target_probs[t]:.3f}", fmt_error(errors[t]), top)
+        row = [str(t), visible(exp.target_tokens[t]), f"{exp.target_probs[t]:.3f}", fmt_error(errors[t]), top]
+        table.add_row(*row, *([] if markup is None else [f"{float(markup[t]):.0%}"]))
     return table

