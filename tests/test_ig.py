@@ -55,8 +55,12 @@ def test_adaptive_steps_reach_tolerance_refining_only_what_needs_it(lm):
 
 
 def test_fixed_steps_without_tolerance(lm):
-    exp = explain(lm, answer="w5 w6", n_steps=4, tolerance=None)
+    exp = explain(lm, answer="w5 w6", n_steps=4, tolerance=None, quadrature="gauss-legendre")
     assert exp.params["n_steps"] == 4 and exp.cost["n_forward"] == 4 + 2  # path points and both ends
+    guided = explain(lm, answer="w5 w6", n_steps=4, tolerance=None, n_probes=8)
+    # probes, then 4 nodes per target (one segment each) with both ends; one backward per node
+    assert guided.params["n_steps"] == 4 and guided.cost["n_forward"] == 9 + (2 * 4 + 2)
+    assert guided.cost["n_backward"] == 2 * 4
 
 
 def test_input_equal_to_baseline_gives_zero(lm):

@@ -91,14 +91,32 @@ def integrate(
         show_progress: show a progress bar when the work takes more than a second.
         targets: the targets whose gradients to integrate (default all); the others' rows stay zero. One
             forward still serves them all, so refining a few targets costs only their backward passes.
+
+    Paths whose points each serve one target (`TargetedNodes`, with `target_of`) take one backward per chunk
+    instead of one per target, and their integral has a single column: tokens (P, 1, L).
     """
     endpoints = torch.cat([end.unsqueeze(0), paths.starts()])
     f_all = evaluate(scores, endpoints, internal_batch_size)
     f_end, f_start = f_all[0], f_all[1:]
     n_targets = f_end.shape[0]
+    target_of = getattr(paths, "target_of", None)
+    columns = 1 if target_of is not None else n_targets
     tokens: torch.Tensor | None = None
     detail: torch.Tensor | None = None
     n_forward, n_backward = len(endpoints), 0
+
+    def accumulate(contrib: torch.Tensor, path_ids: torch.Tensor, column: int, target: int) -> None:
+        nonlocal tokens, detail
+        for p in path_ids.unique().tolist():
+            token_part, detail_part = reduce(contrib[path_ids == p].sum(0), target)
+            if tokens is None:
+                tokens = token_part.new_zeros((paths.n_paths, columns) + token_part.shape)
+                if detail_part is not None:
+                    detail = detail_part.new_zeros((paths.n_paths, columns) + detail_part.shape)
+            tokens[p, column] += token_part
+            if detail is not None:
+                detail[p, column] += detail_part
+
     chunks = torch.arange(len(paths)).split(internal_batch_size)
     for index in tqdm(chunks, desc="attributing", delay=1.0, leave=False, disable=not show_progress):
         points, deltas = paths.points(index)
@@ -107,18 +125,17 @@ def integrate(
         check_finite(out, "a path point")
         n_forward += len(index)
         path_ids = paths.path_of(index)
+        if target_of is not None:
+            own = target_of(index).to(out.device)
+            (gradient,) = torch.autograd.grad(out.gather(1, own[:, None]).sum(), points)
+            n_backward += len(index)
+            contrib = contribution(gradient.float(), deltas)
+            for t in own.unique().tolist():
+                accumulate(contrib[own == t], path_ids[own.cpu() == t], 0, t)
+            continue
         chosen = list(range(n_targets)) if targets is None else targets
         for t in chosen:
             (gradient,) = torch.autograd.grad(out[:, t].sum(), points, retain_graph=t != chosen[-1])
             n_backward += len(index)
-            contrib = contribution(gradient.float(), deltas)
-            for p in path_ids.unique().tolist():
-                token_part, detail_part = reduce(contrib[path_ids == p].sum(0), t)
-                if tokens is None:
-                    tokens = token_part.new_zeros((paths.n_paths, n_targets) + token_part.shape)
-                    if detail_part is not None:
-                        detail = detail_part.new_zeros((paths.n_paths, n_targets) + detail_part.shape)
-                tokens[p, t] += token_part
-                if detail is not None:
-                    detail[p, t] += detail_part
+            accumulate(contribution(gradient.float(), deltas), path_ids, t, t)
     return Integral(tokens, detail, f_end, f_start, n_forward, n_backward)

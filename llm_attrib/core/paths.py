@@ -90,4 +90,45 @@ class PolylinePaths:
         return self.vertices[:, -1]
 
 
-Paths = StraightPaths | PolylinePaths
+@dataclass
+class TargetedNodes:
+    """One straight line from `baseline` to `x` whose nodes each serve a single target.
+
+    Node k sits at `alpha[k]` with weight `weight[k]` (the part of [0, 1] it stands for), serves target
+    `target[k]` only, and its contribution is summed into `bucket[k]` (one segment of one target's composite
+    rule). Per-target nodes let every target put its nodes where its own score moves, and a chunk holding
+    nodes of several targets needs one backward pass: each point's gradient is that of its own target.
+    """
+
+    x: torch.Tensor
+    baseline: torch.Tensor
+    alpha: torch.Tensor
+    weight: torch.Tensor
+    target: torch.Tensor
+    bucket: torch.Tensor
+    n_buckets: int
+
+    @property
+    def n_paths(self) -> int:
+        return self.n_buckets
+
+    def __len__(self) -> int:
+        return len(self.alpha)
+
+    def path_of(self, index: torch.Tensor) -> torch.Tensor:
+        return self.bucket[index]
+
+    def target_of(self, index: torch.Tensor) -> torch.Tensor:
+        return self.target[index]
+
+    def points(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (-1,) + (1,) * self.x.dim()
+        direction = (self.x - self.baseline).unsqueeze(0)
+        alpha, weight = self.alpha[index].to(self.x).view(shape), self.weight[index].to(self.x).view(shape)
+        return self.baseline.unsqueeze(0) + alpha * direction, weight * direction
+
+    def starts(self) -> torch.Tensor:
+        return self.baseline.unsqueeze(0)
+
+
+Paths = StraightPaths | PolylinePaths | TargetedNodes

@@ -51,6 +51,23 @@ def riemann_inclusive(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.linspace(0, 1, n + 1), torch.full((n + 1,), 1.0 / (n + 1))
 
 
+def variation_edges(scores: torch.Tensor, n_segments: int, floor: float = 0.2) -> torch.Tensor:
+    """Segment edges for one target, as indices into the probe grid where `scores` (M+1,) was read.
+
+    The edges sit at equal quantiles of the score's variation |dF| along the path, mixed with a uniform
+    share `floor` (so flat stretches still get some nodes): where the score jumps, segments are short.
+    """
+    steps = scores.diff().abs().double()
+    total = float(steps.sum())
+    share = steps / total if total > 0 else torch.full_like(steps, 1.0 / len(steps))
+    density = (1 - floor) * share + floor / len(steps)
+    cumulative = torch.cat([density.new_zeros(1), density.cumsum(0)])
+    wanted = torch.linspace(0, float(cumulative[-1]), n_segments + 1, dtype=torch.float64)
+    edges = torch.searchsorted(cumulative, wanted).clamp(0, len(steps))
+    edges[0], edges[-1] = 0, len(steps)
+    return edges.unique()
+
+
 QUADRATURES: dict[str, Rule] = {
     "gauss-legendre": gauss_legendre,
     "riemann-left": riemann_left,
