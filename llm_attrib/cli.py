@@ -19,13 +19,19 @@ from .errors import InvalidInputError, LlmAttribError
 
 
 def load_model(name_or_path: str):
-    """A model and its tokenizer from a local folder or hub id, in eval mode.
+    """A model and its tokenizer from a zoo name (e.g. `smollm2`, `rag`), a local folder or a hub id, in eval
+    mode.
 
     The class comes from the config's architecture: `...ForSequenceClassification` loads a sequence
     classifier, anything else a causal LM.
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from . import zoo
+
+    if name_or_path in zoo.NAMES + tuple(zoo.PRETRAINED) and not Path(name_or_path).exists():
+        return zoo.load(name_or_path)
 
     try:
         config = AutoConfig.from_pretrained(name_or_path)
@@ -62,11 +68,15 @@ def _first_line(err: BaseException) -> str:
 
 
 def _add_explain_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", metavar="PATH_OR_HUB_ID", help="local model folder or hub id (default: the zoo 'rag' model)")
+    parser.add_argument("--model", metavar="NAME_OR_PATH",
+                        help="zoo name (rag, recall, sentiment, or the real LLM smollm2), local model folder or hub id "
+                             "(default: the zoo 'rag' model)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--prompt", metavar="TEXT", help="prompt text (default with no --model: a built-in rag example)")
     source.add_argument("--prompt-file", type=Path, metavar="FILE", help="read the prompt from this file")
     parser.add_argument("--answer", metavar="TEXT", help="continuation to explain (default: generate greedily)")
+    parser.add_argument("--chat", action="store_true",
+                        help="send the prompt as one user message through the tokenizer's chat template (instruct models)")
     parser.add_argument("--method", default="ig", metavar="NAME", help="attribution method (default: ig)")
     parser.add_argument("--space", default=None, metavar="NAME",
                         help="embeddings or attention (default: the method's own: attention for rpi, embeddings for ig)")
@@ -123,6 +133,8 @@ def _run_explain(args: argparse.Namespace) -> int:
             ) from err
         if prompt is None:
             prompt = zoo.examples("rag", n=1, seed=0)[0]["prompt"]
+    if args.chat:
+        prompt = [{"role": "user", "content": prompt}]
     params: dict[str, Any] = _method_params(args.param)
     if args.n_steps is not None or _accepts(method, "n_steps"):
         params.setdefault("n_steps", args.n_steps if args.n_steps is not None else 32)
@@ -168,7 +180,8 @@ def _write(path: Path, text: str) -> None:
 
 
 def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", metavar="PATH_OR_HUB_ID", help="local model folder or hub id (default: the zoo model of --zoo)")
+    parser.add_argument("--model", metavar="NAME_OR_PATH",
+                        help="zoo name (e.g. smollm2), local model folder or hub id (default: the zoo model of --zoo)")
     parser.add_argument("--zoo", default="rag", metavar="NAME", help="zoo task for the model and/or examples (default: rag)")
     parser.add_argument("--data", type=Path, metavar="FILE",
                         help="examples as JSON lines or a JSON list of {prompt, answer?, evidence?, template_spans?} "

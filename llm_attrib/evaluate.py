@@ -76,8 +76,9 @@ def example_rows(
     metric_options: dict[str, Any],
 ) -> list[dict[str, Any]]:
     """All rows (one per target) of one example under one method."""
-    if not isinstance(example.get("prompt"), str):
-        raise InvalidInputError(f"example {index} has no 'prompt' string; every example needs one.")
+    prompt = example.get("prompt")
+    if not isinstance(prompt, str) and not (isinstance(prompt, list) and prompt):
+        raise InvalidInputError(f"example {index} has no 'prompt' (a string or chat messages); every example needs one.")
     exp = spec.explain(attributor, example)
     values = faithfulness(attributor, exp, **metric_options)
     if example.get("evidence"):
@@ -159,7 +160,8 @@ def evaluate(
 
     Args:
         attributor: wraps the model and tokenizer.
-        examples: a `datasets.Dataset` or a list of dicts with "prompt" and optionally "answer" (explained
+        examples: a `datasets.Dataset` or a list of dicts with "prompt" (text or chat messages) and optionally
+            "answer" (explained
             teacher-forced; otherwise the model's greedy generation), "evidence" and "template_spans"
             (character spans, for hit@1 and AUPRC).
         methods: names, dicts with "method", "label" and parameters, or `MethodSpec`s.

@@ -90,7 +90,7 @@ def test_noiseless_single_baseline_is_ig_from_the_scaled_attention(attributor):
         x = space.point(attributor.model, seq)
     scaled = math.sqrt(alpha_bar("linear", 500)[-1].item()) * x
     ig = attributor.explain(PROMPT, answer=ANSWER, method="ig", space="attention", layers=[0, 2], n_steps=16, baseline=scaled,
-                            tolerance=None)
+                            quadrature="gauss-legendre", tolerance=None)
     torch.testing.assert_close(rpi.scores, ig.scores, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(rpi.completeness_error, ig.completeness_error, atol=1e-5, rtol=1e-3)
 

@@ -78,7 +78,8 @@ def plausibility(explanation, evidence_spans, template_spans=None, k: int = 1) -
     Args:
         explanation: an `Explanation` (scores (T, N), input_offsets, n_prompt_tokens, text).
         evidence_spans: (start, end) character spans of the evidence in `explanation.text`.
-        template_spans: spans of the task's shared template (e.g. the final "=>"), excluded from ranking.
+        template_spans: spans of the task's shared template (e.g. the final "=>"), excluded from ranking, as
+            are special tokens and the explanation's chat markup.
         k: how many top tokens hit@k looks at.
 
     Returns:
@@ -93,7 +94,9 @@ def plausibility(explanation, evidence_spans, template_spans=None, k: int = 1) -
     evidence = overlap_mask(offsets, _check_spans(evidence_spans, length, "an evidence span"))
     template = overlap_mask(offsets, _check_spans(template_spans, length, "a template span"))
     special = torch.tensor([s >= e for s, e in offsets], dtype=torch.bool)
-    eligible = ~special & ~template  # (P,)
+    markup = torch.tensor((list(getattr(explanation, "input_markup", None) or []) + [False] * n_prompt)[:n_prompt],
+                          dtype=torch.bool)
+    eligible = ~special & ~template & ~markup  # (P,)
     if not eligible.any():
         raise InvalidInputError("no prompt token is left once special tokens and the template are excluded.")
     scores = explanation.scores[:, :n_prompt][:, eligible].float()  # (T, E)
