@@ -11,6 +11,7 @@ import torch
 
 from . import __version__
 from .core.chat import outside_spans, render_chat
+from .core.memory import fit_chunk
 from .core.sequence import Sequence, build_sequence, readable_tokens, special_token_mask
 from .core.spaces import make_space, model_logits
 from .core.targets import Target, resolve_target
@@ -208,6 +209,7 @@ class Attributor:
         if not isinstance(batch, int) or batch < 1:
             raise InvalidInputError(f"internal_batch_size must be a positive integer, got {batch!r}.")
         seq = self.sequence(prompt, answer, target_class, max_new_tokens, **(generation_kwargs or {}))
+        batch = fit_chunk(self.model, seq.length, batch, eager_attention=the_space.uses_attention_hook)
         n_vocab = self.model.config.num_labels if seq.is_classifier else self.vocab_size
         target_fn = resolve_target(target or ("logit" if seq.is_classifier else "log_prob"), foil, n_vocab)
         started = time.perf_counter()

