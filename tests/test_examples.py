@@ -20,7 +20,8 @@ def run(script: str, *args: str, cwd: Path) -> str:
 
 
 def test_every_example_is_tested():
-    tested = {"explain_generation.py", "rag_documents.py", "compare_methods.py", "explain_classifier.py"}
+    tested = {"explain_generation.py", "rag_documents.py", "compare_methods.py", "explain_classifier.py",
+              "explain_real_llm.py"}
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -52,3 +53,13 @@ def test_explain_classifier_credits_the_deciding_word(tmp_path, sentence, label,
     out = run("explain_classifier.py", sentence, cwd=tmp_path)
     assert f"-> {label}" in out
     assert out.splitlines()[1].split()[0] == deciding  # words are printed by |score|, largest first
+
+
+def test_explain_real_llm_reports_documents_and_convergence(tmp_path):
+    """A small budget keeps this to about a minute; the output must say whether the integral converged."""
+    out = run("explain_real_llm.py", "--max-new-tokens", "3", "--max-steps", "16", "--html", "e.html", cwd=tmp_path)
+    assert re.search(r"^answer: 'The highest mountain'", out, re.M)
+    assert re.search(r"^converged: (True|False) \(worst completeness error [0-9.]+%\)", out, re.M)
+    assert len(re.findall(r"doc 1 .* doc 2 .* doc 3 .* markup \d+%", out)) == 3
+    assert re.search(r"-> top document: doc [123]", out)
+    assert (tmp_path / "e.html").read_text().startswith("<!DOCTYPE html>")

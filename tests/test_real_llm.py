@@ -140,3 +140,13 @@ def test_bfloat16_model_attributes_in_float32_with_the_same_ranking(smollm2, exp
     assert exp.scores.dtype == torch.float32 and torch.isfinite(exp.scores).all()
     content = ~torch.tensor(exp.input_markup)
     assert _spearman(exp.scores[0, content], explained["embeddings"].scores[0, content]) >= 0.95
+
+
+def test_cli_explains_the_real_model_by_name(smollm2, capsys):
+    from llm_attrib.cli import main
+
+    code = main(["explain", "--model", "smollm2", "--chat", "--prompt", "What is the capital of France?",
+                 "--answer", "Paris", "--n-steps", "8", "--param", "tolerance=null", "--param", "n_probes=4",
+                 "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0 and "'Paris'" in out and "cost:" in out and "backward" in out
