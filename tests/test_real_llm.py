@@ -132,9 +132,10 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
 
 
-def test_bfloat16_model_attributes_in_float32_with_the_same_ranking(smollm2, explained):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_model_attributes_in_float32_with_the_same_ranking(smollm2, explained, dtype):
     model, tokenizer = smollm2
-    half = type(model)(model.config).to(torch.bfloat16).eval()
+    half = type(model)(model.config).to(dtype).eval()
     half.load_state_dict(model.state_dict())
     exp = Attributor(half, tokenizer, show_progress=False).explain(CHAT, answer=ANSWER, tolerance=0.05)
     assert exp.scores.dtype == torch.float32 and torch.isfinite(exp.scores).all()

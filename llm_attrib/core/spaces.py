@@ -140,17 +140,25 @@ class AttentionSpace:
         return sorted(set(chosen))
 
     def baseline(self, spec, model, tokenizer, seq: Sequence, x: torch.Tensor) -> torch.Tensor:
-        """zeros (default, as Hao et al.); uniform over the keys each query may attend to; a tensor."""
+        """zeros (default, as Hao et al.); uniform over the keys each query may attend to; a tensor.
+
+        The built-in baselines keep the attention paid to markup keys (special tokens, chat-template role
+        markers) at its value, as the embedding baselines keep markup itself: the first token is usually the
+        model's attention sink, and removing the sink in every layer at once takes the path far out of
+        distribution.
+        """
         if isinstance(spec, torch.Tensor):
             return _custom_baseline(spec, x, self.name)
         if spec in (None, "zeros"):
-            return torch.zeros_like(x)
-        if spec == "uniform":
+            start = torch.zeros_like(x)
+        elif spec == "uniform":
             allowed = self.allowed(x).float()
-            return allowed / allowed.sum(-1, keepdim=True).clamp_min(1)
-        raise InvalidInputError(
-            f"unknown attention baseline {spec!r}; use 'zeros', 'uniform', or a tensor shaped {tuple(x.shape)}."
-        )
+            start = allowed / allowed.sum(-1, keepdim=True).clamp_min(1)
+        else:
+            raise InvalidInputError(
+                f"unknown attention baseline {spec!r}; use 'zeros', 'uniform', or a tensor shaped {tuple(x.shape)}."
+            )
+        return torch.where(seq.keep.to(x.device), x, start)
 
     @staticmethod
     def allowed(x: torch.Tensor) -> torch.Tensor:
