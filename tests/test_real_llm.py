@@ -38,10 +38,7 @@ PLAIN, PLAIN_ANSWER = "The capital of France is", " Paris"
 
 @pytest.fixture(scope="module")
 def explained(attributor):
-    """The chat prompt over embeddings, the plain one over attention: the short prompts on which each space
-    converges to 1% within the default budget (see the README for the combinations that do not)."""
-    return {"embeddings": attributor.explain(CHAT, answer=ANSWER, space="embeddings"),
-            "attention": attributor.explain(PLAIN, answer=PLAIN_ANSWER, space="attention")}
+    return {space: attributor.explain(CHAT, answer=ANSWER, space=space) for space in ("embeddings", "attention")}
 
 
 def test_loads_from_the_cache(smollm2):
@@ -75,22 +72,25 @@ def test_explanation_converges_in_both_spaces(explained, space):
     exp = explained[space]
     assert exp.converged and exp.completeness_error.max() <= 0.01
     assert exp.params["quadrature"] == "score-guided"
+    markup = torch.tensor(exp.input_markup)
+    assert markup.sum() > 10 and all(tok.strip() not in ("<|im_start|>", "<|im_end|>", "system", "user")
+                                     for tok, _ in exp.top_tokens(0))
     if space == "embeddings":
-        markup = torch.tensor(exp.input_markup)
-        assert markup.sum() > 10 and exp.scores[:, markup].abs().max() == 0  # kept in the baseline
-        assert all(tok.strip() not in ("<|im_start|>", "<|im_end|>", "system", "user") for tok, _ in exp.top_tokens(0))
+        assert exp.scores[:, markup].abs().max() == 0  # markup keeps its value in the baseline
 
 
 def test_unconverged_real_explanation_says_so(attributor):
+    """Without a chat template every token is replaced by the pad token (<|im_end|>), the attention sink
+    included: that path is rough, and 32 gradient evaluations do not reach 1%."""
     with pytest.warns(llm_attrib.ConvergenceWarning):
-        exp = attributor.explain(CHAT, answer=ANSWER, space="attention", max_steps=32)
+        exp = attributor.explain(PLAIN, answer=PLAIN_ANSWER, space="embeddings", max_steps=32)
     assert exp.converged is False and exp.completeness_error.max() > 0.01
 
 
-def test_faithfulness_metrics_match_a_brute_force_deletion(attributor, explained):
+def test_faithfulness_metrics_match_a_brute_force_deletion(attributor):
     """comprehensiveness@20 on the real model equals p minus p after deleting the top 20% of the prompt,
     computed here by hand; the other metrics are finite and within their definitions."""
-    exp = explained["attention"]
+    exp = attributor.explain(PLAIN, answer=PLAIN_ANSWER, method="saliency")
     values = faithfulness(attributor, exp)
     model, tokenizer = attributor.model, attributor.tokenizer
     prompt_ids = exp.input_ids[: exp.n_prompt_tokens]
