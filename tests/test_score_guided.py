@@ -91,3 +91,12 @@ def test_unconverged_result_is_flagged_and_warned(lm):
         exp = attributor.explain(PROMPT, answer="w5 w6", quadrature="riemann-left", n_steps=2, tolerance=None)
     assert exp.converged is False
     assert exp.completeness_error.max() > 0.01
+
+
+def test_budget_is_never_exceeded(lm):
+    model, tokenizer = lm
+    attributor = Attributor(model, tokenizer, show_progress=False)
+    guided = attributor.explain(PROMPT, answer="w5 w6 w8", n_steps=32, max_steps=16, tolerance=1e-9)
+    steps = guided.params["n_steps"]
+    assert max(steps if isinstance(steps, list) else [steps]) <= 16
+    assert guided.cost["n_backward"] <= 3 * 16 and guided.converged is False

@@ -95,7 +95,7 @@ def score_guided_ig(
     """IG with per-target composite Gauss-Legendre nodes placed by forward-only probes (see module doc)."""
     if not isinstance(n_probes, int) or n_probes < 2:
         raise InvalidInputError(f"n_probes must be an integer >= 2, got {n_probes!r}.")
-    n_segments = max(1, n_steps // NODES_PER_SEGMENT)
+    n_segments = max(1, min(n_steps, max_steps) // NODES_PER_SEGMENT)
     grid = torch.linspace(0, 1, n_probes + 1)
     line = StraightPaths(x=x, baselines=start.unsqueeze(0), nodes=grid, weights=grid)
     probe_points, _ = line.points(torch.arange(len(grid)))
@@ -176,7 +176,7 @@ def _segments_to_split(segments: list[Segment], gap: torch.Tensor, tolerance: fl
         allowed = tolerance * max(abs(g), 1e-12)
         if abs(sum(s.error for s in own)) <= allowed:
             continue
-        budget = (max_steps - used[t]) // (2 * NODES_PER_SEGMENT)
+        budget = max(0, (max_steps - used[t]) // (2 * NODES_PER_SEGMENT))
         remaining = sum(abs(s.error) for s in own)
         for segment in own[:budget]:
             chosen.append(segment)

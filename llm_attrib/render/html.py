@@ -274,6 +274,12 @@ def _header(exp: "Explanation", n_inputs: int, n_targets: int) -> str:
     chips = "".join(
         f'<span class="chip">{_e(k)}={_e(v)}</span>' for k, v in exp.params.items() if v is not None
     )
+    if exp.converged is False:
+        chips += ('<span class="chip" style="color:#b00;border-color:#b00"><b>not converged</b>: completeness '
+                  "errors above tolerance, scores are not final</span>")
+    if exp.cost:
+        chips += (f'<span class="chip">cost: {exp.cost.get("n_forward", 0)} forward, {exp.cost.get("n_backward", 0)} '
+                  f'backward, {exp.cost.get("seconds", 0.0):.1f} s</span>')
     return meta + (f"<div>{chips}</div>" if chips else "")
 
 
