@@ -274,7 +274,7 @@ def convergence(errors: torch.Tensor, tolerance: float | None, method: str) -> b
     missed = (errors > tolerance).nonzero()[:, 0].tolist()
     if missed:
         warnings.warn(
-            f"{method}: completeness error above {tolerance:.2%} for targets {missed} (worst "
+            f"{method}: completeness error above {tolerance * 100:.3g}% for targets {missed} (worst "
             f"{float(finite.max()):.1%}); these scores are not a converged integral. Raise n_steps / max_steps, "
             "or see Explanation.completeness_error.",
             ConvergenceWarning,
