@@ -98,14 +98,15 @@ def knows(attributor: Attributor, item: dict) -> bool:
     return item["expected"].lower() in generated.lower()
 
 
-def run(kinds: list[str], n: int, max_steps: int, methods: list[str], stream: Path | None = None) -> pd.DataFrame:
+def run(kinds: list[str], n: int, max_steps: int, methods: list[str], stream: Path | None = None,
+        start: int = 0) -> pd.DataFrame:
     """Explain and score; each row is also appended to `stream` (JSON lines) as soon as it exists."""
     model, tokenizer = llm_attrib.zoo.load("smollm2")
     attributor = Attributor(model, tokenizer, show_progress=False)
     data = load_dataset("json", data_files=str(DATA), split="train")
     rows = []
     for kind in kinds:
-        chosen = [e for e in data if e["kind"] == kind][:n]
+        chosen = [e for e in data if e["kind"] == kind][start:start + n]
         for example in chosen:
             item = prepare(example, tokenizer)
             if not knows(attributor, item):
@@ -144,14 +145,16 @@ def run(kinds: list[str], n: int, max_steps: int, methods: list[str], stream: Pa
 
 
 def combined(folder: Path, name: str) -> pd.DataFrame:
-    """The rows of every stream of these kinds: a run of some methods replaces those methods' earlier rows."""
+    """The rows of every stream of these kinds; a later run's (example, method) rows replace earlier ones
+    (streams in order of name length: the full run, then runs of some methods or from a later start)."""
     frame = pd.DataFrame()
-    for stream in sorted(folder.glob(f"rows_{name}*.jsonl"), key=lambda p: len(p.name)):
+    for stream in sorted(folder.glob(f"rows_{name}*.jsonl"), key=lambda p: (len(p.name), p.name)):
         rows = pd.DataFrame([json.loads(line) for line in stream.read_text().splitlines() if line.strip()])
         if not frame.empty and "method" in rows:
-            frame = frame[~frame["method"].isin(rows["method"].dropna().unique())]
+            new = set(zip(rows["id"], rows["method"]))
+            frame = frame[[(i, m) not in new for i, m in zip(frame["id"], frame["method"])]]
         frame = pd.concat([frame, rows], ignore_index=True)
-    return frame
+    return frame.drop_duplicates(subset=["id", "method"], keep="last")
 
 
 def _append(stream: Path | None, row: dict) -> None:
@@ -175,6 +178,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kinds", nargs="+", default=["completion", "sentiment", "rag"])
     parser.add_argument("--n", type=int, default=12, help="examples per kind (the first n of the set)")
+    parser.add_argument("--start", type=int, default=0, help="skip this many examples of each kind first")
     parser.add_argument("--max-steps", type=int, default=128, help="IG gradient evaluations per target at most")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--threads", type=int, default=1)
@@ -186,10 +190,11 @@ def main() -> None:
     args.output.mkdir(parents=True, exist_ok=True)
     name = "_".join(args.kinds)
     part = "" if set(args.methods) == set(METHODS) else "_" + "_".join(args.methods)
+    part += f"_from{args.start}" if args.start else ""
     stream = args.output / f"rows_{name}{part}.jsonl"
     if not args.summarise:
         stream.unlink(missing_ok=True)
-        run(args.kinds, args.n, args.max_steps, args.methods, stream)
+        run(args.kinds, args.n, args.max_steps, args.methods, stream, args.start)
     frame = combined(args.output, name)
     Dataset.from_pandas(frame, preserve_index=False).to_parquet(str(args.output / f"rows_{name}.parquet"))
     text = summary(frame)
