@@ -198,11 +198,11 @@ def main() -> None:
     frame = combined(args.output, name)
     Dataset.from_pandas(frame, preserve_index=False).to_parquet(str(args.output / f"rows_{name}.parquet"))
     text = summary(frame)
-    examples = frame["id"].nunique()
+    streams = ", ".join(f"`{p.name}`" for p in sorted(args.output.glob(f"rows_{name}*.jsonl")))
     (args.output / f"summary_{name}.md").write_text(
         f"# Real-text evaluation on SmolLM2-135M-Instruct ({', '.join(args.kinds)})\n\n"
-        f"`python eval/real_text.py --kinds {' '.join(args.kinds)} --n {args.n} --max-steps {args.max_steps} "
-        f"--threads {args.threads}` ({examples} examples in these rows)\n\n{text}\n")
+        f"{frame['id'].nunique()} examples, from the row streams {streams} (each written by one "
+        "`python eval/real_text.py` run; see the README for the commands)\n\n" + text + "\n")
     print(text)
 
 
