@@ -161,9 +161,8 @@ def evaluate(
     Args:
         attributor: wraps the model and tokenizer.
         examples: a `datasets.Dataset` or a list of dicts with "prompt" (text or chat messages) and optionally
-            "answer" (explained
-            teacher-forced; otherwise the model's greedy generation), "evidence" and "template_spans"
-            (character spans, for hit@1 and AUPRC).
+            "answer" (explained teacher-forced; otherwise the model's greedy generation), "evidence" and
+            "template_spans" (character spans, for hit@1 and AUPRC).
         methods: names, dicts with "method", "label" and parameters, or `MethodSpec`s.
         output: JSON-lines file the rows stream to; an existing file is resumed.
         metrics, bins, removal, normalisation, batch_size: passed to `llm_attrib.metrics.faithfulness`.

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from .core.sequence import padded_mask
 from .errors import InvalidInputError
 
 FORMAT_VERSION = 1
@@ -67,7 +68,7 @@ class Explanation:
     converged: bool | None = None
 
     def _markup(self) -> torch.Tensor:
-        return torch.tensor(self.input_markup or [False] * len(self.input_tokens), dtype=torch.bool)
+        return padded_mask(self.input_markup, len(self.input_tokens))
 
     @property
     def markup_share(self) -> torch.Tensor:
@@ -82,7 +83,7 @@ class Explanation:
 
     def top_tokens(self, target: int = 0, k: int = 5, include_markup: bool = False) -> list[tuple[str, float]]:
         """The k prompt tokens with the largest attribution for one target (content only, by default)."""
-        if not 0 <= target < len(self.target_tokens) and not -len(self.target_tokens) <= target < 0:
+        if not -len(self.target_tokens) <= target < len(self.target_tokens):
             raise InvalidInputError(f"target {target} does not exist: the explanation has {len(self.target_tokens)} targets.")
         scores = self.prompt_scores[target].clone()
         eligible = torch.ones_like(scores, dtype=torch.bool) if include_markup else ~self._markup()[: self.n_prompt_tokens]

@@ -118,10 +118,11 @@ def build_sequence(
         text=prompt + answer_text,
         offsets=list(prompt_offsets) + offsets,
         tokens=readable_tokens(tokenizer, ids),
-        keep=(special_token_mask(tokenizer, ids) | _padded(prompt_markup, len(ids))).to(device),
+        keep=(special_token_mask(tokenizer, ids) | padded_mask(prompt_markup, len(ids))).to(device),
     )
 
 
-def _padded(mask: list[bool] | None, length: int) -> torch.Tensor:
-    values = list(mask or [])
+def padded_mask(mask: list[bool] | None, length: int) -> torch.Tensor:
+    """(length,) bool: `mask` (or nothing) cut or padded with False, e.g. markup of an older explanation."""
+    values = list(mask or [])[:length]
     return torch.tensor(values + [False] * (length - len(values)), dtype=torch.bool)

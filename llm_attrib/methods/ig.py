@@ -97,10 +97,7 @@ def score_guided_ig(
         raise InvalidInputError(f"n_probes must be an integer >= 2, got {n_probes!r}.")
     n_segments = max(1, min(n_steps, max_steps) // NODES_PER_SEGMENT)
     grid = torch.linspace(0, 1, n_probes + 1)
-    line = StraightPaths(x=x, baselines=start.unsqueeze(0), nodes=grid, weights=grid)
-    probe_points, _ = line.points(torch.arange(len(grid)))
-    f_grid = evaluate(problem.scores, probe_points, problem.internal_batch_size)  # (M+1, T)
-    del probe_points
+    f_grid = _scores_on_line(problem, x, start, grid)  # (M+1, T)
     n_targets = f_grid.shape[1]
     gap = f_grid[-1] - f_grid[0]
     segments: list[Segment] = []
@@ -125,9 +122,7 @@ def score_guided_ig(
         if not splits:
             break
         middles = torch.tensor([(s.a + s.b) / 2 for s in splits])
-        points, _ = StraightPaths(x=x, baselines=start.unsqueeze(0), nodes=middles, weights=middles).points(
-            torch.arange(len(middles)))
-        f_middle = evaluate(problem.scores, points, problem.internal_batch_size)
+        f_middle = _scores_on_line(problem, x, start, middles)
         n_forward += len(middles)
         todo = []
         for segment, m, f_m in zip(splits, middles.tolist(), f_middle):
@@ -147,6 +142,16 @@ def score_guided_ig(
                   "tolerance": tolerance, "n_probes": n_probes},
         n_forward=n_forward, n_backward=n_backward,
     )
+
+
+def _scores_on_line(problem: Problem, x: torch.Tensor, start: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+    """Target scores (A, T) at start + alpha (x - start), forward only, one chunk of points at a time."""
+    direction = x - start
+    return torch.cat([
+        evaluate(problem.scores, start + chunk.to(x).view((-1,) + (1,) * x.dim()) * direction,
+                 problem.internal_batch_size)
+        for chunk in alphas.split(problem.internal_batch_size)
+    ])
 
 
 def _integrate_segments(problem: Problem, x: torch.Tensor, start: torch.Tensor, segments: list[Segment]):

@@ -53,7 +53,7 @@ from typing import ClassVar
 
 import torch
 
-from ..core.sequence import Sequence, special_token_mask
+from ..core.sequence import Sequence, padded_mask, special_token_mask
 from ..errors import InvalidInputError, UnknownNameError
 from ._perturb import (
     ERASER_BINS,
@@ -304,15 +304,9 @@ def sequence_of(explanation, model, tokenizer) -> Sequence:
         text=explanation.text,
         offsets=list(explanation.input_offsets) + [(len(explanation.text),) * 2] * (len(ids) - len(explanation.input_ids)),
         tokens=list(explanation.input_tokens) + ["?"] * (len(ids) - len(explanation.input_ids)),
-        keep=(special_token_mask(tokenizer, ids) | _markup(explanation, len(ids))).to(device),
+        keep=(special_token_mask(tokenizer, ids) | padded_mask(explanation.input_markup, len(ids))).to(device),
         is_classifier=classifier,
     )
-
-
-def _markup(explanation, length: int) -> torch.Tensor:
-    """The explanation's markup (chat-template tokens are never removed, like special tokens)."""
-    values = list(getattr(explanation, "input_markup", None) or [])
-    return torch.tensor(values + [False] * (length - len(values)), dtype=torch.bool)
 
 
 def _prompt_scores(seq: Sequence, candidates: torch.Tensor) -> torch.Tensor:

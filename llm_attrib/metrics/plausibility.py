@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from ..core.sequence import padded_mask
 from ..errors import InvalidInputError
 
 
@@ -94,8 +95,7 @@ def plausibility(explanation, evidence_spans, template_spans=None, k: int = 1) -
     evidence = overlap_mask(offsets, _check_spans(evidence_spans, length, "an evidence span"))
     template = overlap_mask(offsets, _check_spans(template_spans, length, "a template span"))
     special = torch.tensor([s >= e for s, e in offsets], dtype=torch.bool)
-    markup = torch.tensor((list(getattr(explanation, "input_markup", None) or []) + [False] * n_prompt)[:n_prompt],
-                          dtype=torch.bool)
+    markup = padded_mask(getattr(explanation, "input_markup", None), n_prompt)
     eligible = ~special & ~template & ~markup  # (P,)
     if not eligible.any():
         raise InvalidInputError("no prompt token is left once special tokens and the template are excluded.")

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import math
-
-import torch
 from typing import TYPE_CHECKING
 
+import torch
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table
