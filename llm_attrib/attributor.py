@@ -11,11 +11,12 @@ import torch
 
 from . import __version__
 from .core.chat import outside_spans, render_chat
+from .core.engine import check_finite
 from .core.memory import fit_chunk
 from .core.sequence import Sequence, build_sequence, readable_tokens, special_token_mask
 from .core.spaces import make_space, model_logits
 from .core.targets import Target, resolve_target
-from .errors import ConvergenceWarning, InvalidInputError
+from .errors import ConvergenceWarning, InvalidInputError, UnsupportedModelError
 from .explanation import Explanation
 from .methods import Problem, get_method
 from .patching import prepared
@@ -39,6 +40,28 @@ def describe(value: Any) -> Any:
 def is_classifier(model) -> bool:
     """Sequence classifiers explain a class; everything else is treated as a causal LM."""
     return type(model).__name__.endswith("ForSequenceClassification")
+
+
+def check_causal(model, ids: list[int]) -> None:
+    """Refuse models that see their own targets: with bidirectional attention (BERT's masked LM, or a decoder class
+    configured as an encoder) the output at a position depends on later tokens, so 'which inputs carried this
+    token' has no causal answer. Checked, not assumed: changing the last token must leave earlier logits alone."""
+    name = type(model).__name__
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise UnsupportedModelError(
+            f"{name} is an encoder-decoder model; llm-attrib explains decoder-only causal LMs and sequence classifiers."
+        )
+    probe = torch.tensor([ids[:8] + [ids[0]]], device=model.get_input_embeddings().weight.device)
+    changed = probe.clone()
+    changed[0, -1] = (probe[0, -1] + 1) % model.get_input_embeddings().num_embeddings
+    with torch.no_grad():
+        logits = [model(input_ids=x).logits[0, :-1].float() for x in (probe, changed)]
+    if not torch.allclose(logits[0], logits[1], atol=1e-4, rtol=1e-3, equal_nan=True):  # NaN: NumericalError later
+        raise UnsupportedModelError(
+            f"{name} is not a causal language model: its output at a position changes when a later token changes, "
+            "so it sees the tokens it would predict and there is no generation to explain. Use a decoder-only LM "
+            "(AutoModelForCausalLM), or for classification a *ForSequenceClassification model with target_class=."
+        )
 
 
 def context_length(model, tokenizer) -> int:
@@ -69,6 +92,7 @@ class Attributor:
         self.tokenizer = tokenizer
         self.internal_batch_size = internal_batch_size
         self.show_progress = show_progress
+        self._causal_checked = False
 
     @property
     def device(self) -> torch.device:
@@ -83,13 +107,18 @@ class Attributor:
         than the user's content."""
         if isinstance(prompt, list):
             text, spans = render_chat(self.tokenizer, prompt)
-            encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         elif isinstance(prompt, str):
-            text = prompt
-            encoding = self.tokenizer(text, return_offsets_mapping=True)
-            spans = [(0, len(text))]
+            text, spans = prompt, [(0, len(prompt))]
         else:
             raise InvalidInputError(f"prompt must be a string or a list of chat messages, got {type(prompt).__name__}.")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise InvalidInputError(
+                f"the prompt is not valid Unicode: {error.reason} at character {error.start} ({text[error.start]!r}); "
+                "decode the source text with errors='replace' or remove the stray surrogate."
+            ) from None
+        encoding = self.tokenizer(text, add_special_tokens=not isinstance(prompt, list), return_offsets_mapping=True)
         if not text.strip() or not encoding["input_ids"]:
             raise InvalidInputError("the prompt is empty; give some text to explain.")
         ids, offsets = list(encoding["input_ids"]), [tuple(o) for o in encoding["offset_mapping"]]
@@ -125,12 +154,17 @@ class Attributor:
         """Tokenise the prompt and fix the targets: the given answer, the generated one, or the class."""
         text, ids, offsets, markup = self._encode_prompt(prompt)
         if is_classifier(self.model):
+            if answer is not None:
+                raise InvalidInputError(
+                    f"{type(self.model).__name__} is a classifier: it explains a class, not an answer; pass "
+                    "target_class=<class index> (or nothing, for the predicted class) instead of answer=."
+                )
             self._check_length(len(ids))
             n_classes = self.model.config.num_labels
             if target_class is None:
                 with torch.no_grad():
                     target_class = int(self.model(input_ids=torch.tensor([ids], device=self.device)).logits.argmax())
-            if not isinstance(target_class, int) or not 0 <= target_class < n_classes:
+            if isinstance(target_class, bool) or not isinstance(target_class, int) or not 0 <= target_class < n_classes:
                 raise InvalidInputError(f"target_class must be a class index in [0, {n_classes}), got {target_class!r}.")
             return Sequence(
                 input_ids=torch.tensor([ids], device=self.device),
@@ -138,14 +172,23 @@ class Attributor:
                 target_ids=torch.tensor([target_class], device=self.device),
                 text=text,
                 offsets=offsets,
-                tokens=readable_tokens(self.tokenizer, ids),
+                tokens=readable_tokens(self.tokenizer, ids, text, offsets),
                 keep=torch.tensor(markup, device=self.device),
                 is_classifier=True,
             )
         if target_class is not None:
             raise InvalidInputError("target_class is for sequence classifiers; for a language model pass answer=.")
+        if not self._causal_checked:
+            check_causal(self.model, ids)
+            self._causal_checked = True
         if isinstance(answer, str):
             answer_ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+            unknown = self.tokenizer.unk_token_id
+            if unknown is not None and unknown in answer_ids:
+                raise InvalidInputError(
+                    f"the answer {answer!r} holds text the tokenizer does not know (it becomes {self.tokenizer.unk_token!r}), "
+                    "so the model could never produce it; give an answer in the model's vocabulary."
+                )
         elif answer is None:
             if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
                 raise InvalidInputError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
@@ -154,7 +197,24 @@ class Attributor:
         else:
             answer_ids = [int(i) for i in answer]
         self._check_length(len(ids) + len(answer_ids))
-        return build_sequence(self.tokenizer, text, ids, offsets, answer_ids, self.device, self.vocab_size, markup)
+        seq = build_sequence(self.tokenizer, text, ids, offsets, answer_ids, self.device, self.vocab_size, markup)
+        if isinstance(answer, str):
+            self._check_answer_boundary(seq, answer, chat=isinstance(prompt, list))
+        return seq
+
+    def _check_answer_boundary(self, seq: Sequence, answer: str, chat: bool) -> None:
+        """An answer tokenised on its own must be what the tokenizer makes of prompt + answer; otherwise the
+        explained tokens are a split the model would never see (e.g. "Paris" after "is Par")."""
+        together = self.tokenizer(seq.text, add_special_tokens=not chat)["input_ids"]
+        if together != seq.input_ids[0].tolist():
+            alone = seq.tokens[seq.n_prompt:]
+            joined = readable_tokens(self.tokenizer, together[seq.n_prompt - 1:])
+            raise InvalidInputError(
+                f"the answer {answer!r} tokenises as {alone} on its own, but after the prompt the text is tokenised "
+                f"differently (... {joined}), so the model would not see these tokens. Move the boundary (e.g. end "
+                "the prompt at a word boundary and start the answer with its space), or pass the answer as token "
+                "ids to explain exactly those tokens."
+            )
 
     def explain(
         self,
@@ -213,7 +273,7 @@ class Attributor:
         n_vocab = self.model.config.num_labels if seq.is_classifier else self.vocab_size
         target_fn = resolve_target(target or ("logit" if seq.is_classifier else "log_prob"), foil, n_vocab)
         started = time.perf_counter()
-        with prepared(self.model, hook_attention=the_space.uses_attention_hook):
+        with prepared(self.model, hook_attention=the_space.uses_attention_hook), torch.enable_grad():
             problem = Problem(
                 self.model, self.tokenizer, seq, the_space, target_fn,
                 batch, self.show_progress,
@@ -222,6 +282,8 @@ class Attributor:
             with torch.no_grad():
                 logits = model_logits(self.model, seq, input_ids=seq.input_ids)
         probs = logits.float().softmax(-1)[0].gather(-1, seq.target_ids[:, None])[:, 0]
+        check_finite(probs, "target probabilities")
+        check_finite(result.scores, f"attribution scores ({method})")
         converged = convergence(result.completeness_error, result.settings.get("tolerance"), method)
         n = seq.n_inputs
         params = {

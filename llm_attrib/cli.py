@@ -43,8 +43,21 @@ def load_model(name_or_path: str):
     architectures = getattr(config, "architectures", None) or []
     is_classifier = any(a.endswith("ForSequenceClassification") for a in architectures)
     auto = AutoModelForSequenceClassification if is_classifier else AutoModelForCausalLM
-    model = auto.from_pretrained(name_or_path, dtype=torch.float32)
-    return model.eval(), load_tokenizer(name_or_path)
+    try:
+        model = auto.from_pretrained(name_or_path, dtype=torch.float32)
+    except OSError as err:
+        raise InvalidInputError(
+            f"{name_or_path!r} has a config but its weights cannot be loaded ({_first_line(err)}); the folder needs "
+            "model.safetensors (or pytorch_model.bin), as save_pretrained writes them."
+        ) from err
+    try:
+        tokenizer = load_tokenizer(name_or_path)
+    except (OSError, ValueError, TypeError) as err:
+        raise InvalidInputError(
+            f"{name_or_path!r} has no usable tokenizer ({_first_line(err)}); save it beside the model with "
+            "tokenizer.save_pretrained(folder)."
+        ) from err
+    return model.eval(), tokenizer
 
 
 def load_tokenizer(name_or_path: str):
@@ -80,9 +93,9 @@ def _add_explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="ig", metavar="NAME", help="attribution method (default: ig)")
     parser.add_argument("--space", default=None, metavar="NAME",
                         help="embeddings or attention (default: the method's own: attention for rpi, embeddings for ig)")
-    parser.add_argument("--n-steps", type=int, default=None, metavar="N",
+    parser.add_argument("--n-steps", type=_positive, default=None, metavar="N",
                         help="path steps of path methods such as ig (default: the method's, 32 for ig)")
-    parser.add_argument("--max-new-tokens", type=int, default=16, metavar="N",
+    parser.add_argument("--max-new-tokens", type=_positive, default=16, metavar="N",
                         help="tokens to generate when --answer is not given (default: 16)")
     parser.add_argument("--layers", type=int, nargs="+", metavar="L", help="attention layers of the attention space (default: all)")
     parser.add_argument("--target", type=int, default=None, metavar="T", help="show only this target index in the terminal")
@@ -92,6 +105,28 @@ def _add_explain_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a method parameter, VALUE read as JSON if it parses (e.g. --param psi=aopc_sufficiency "
                              "--param n_baselines=8); repeatable")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _positive(text: str) -> int:
+    """argparse type of counts: a usage error names the flag, where a 0 would fail deep inside the run."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _check_output(path: Path | None) -> None:
+    """Refuse an output path that cannot be written before any work is done, not after it."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise InvalidInputError(f"{str(path)!r} is a directory; give a file path to write to.")
+    parent = next((p for p in path.absolute().parents if p.exists()), None)
+    if parent is None or not parent.is_dir():
+        raise InvalidInputError(f"cannot create {str(path)!r}: {parent} is not a directory.")
 
 
 def _method_params(pairs: list[str]) -> dict[str, Any]:
@@ -114,7 +149,9 @@ def _run_explain(args: argparse.Namespace) -> int:
     from .methods import get_method
     from .render.terminal import print_explanation
 
-    method = get_method(args.method, args.space)  # fail on a bad name before loading anything
+    method = get_method(args.method, args.space)  # fail on a bad name or path before loading anything
+    _check_output(args.html)
+    _check_output(args.json)
     if args.no_progress:
         from transformers.utils import logging as hf_logging
 
@@ -186,7 +223,7 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, metavar="FILE",
                         help="examples as JSON lines or a JSON list of {prompt, answer?, evidence?, template_spans?} "
                              "(default: fresh zoo examples)")
-    parser.add_argument("--n", type=int, default=100, help="number of zoo examples (default: 100)")
+    parser.add_argument("--n", type=_positive, default=100, help="number of zoo examples (default: 100)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the zoo examples (default: 0)")
     parser.add_argument("--methods", nargs="+", default=["ig"], metavar="METHOD[:SPACE]",
                         help="methods to compare, e.g. ig ig:attention rpi random (default: ig)")
@@ -212,6 +249,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from .attributor import Attributor
     from .evaluate import evaluate
 
+    _check_output(args.output)
+    _check_output(args.summary)
     specs = []
     for item in args.methods:
         name, _, space = item.partition(":")

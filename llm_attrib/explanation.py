@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -151,31 +151,40 @@ class Explanation:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (tensors as nested lists, NaN as null)."""
-        data = asdict(self)
-        for key, value in data.items():
-            if isinstance(value, torch.Tensor):
-                data[key] = _nan_to_none(value.tolist())
-        data["extra"] = _jsonable(self.extra)
+        data = {key: _jsonable(value) for key, value in asdict(self).items()}
         data["format_version"] = FORMAT_VERSION
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Explanation":
+        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+        missing = sorted(required - set(data)) if isinstance(data, dict) else sorted(required)
+        if missing:
+            raise InvalidInputError(
+                f"this is not an llm-attrib explanation: it lacks {missing}; load files written by Explanation.save()."
+            )
         data = dict(data)
         data.pop("format_version", None)
+        data["target_probs"] = _none_to_nan(data["target_probs"])
         for key in ("scores", "completeness_error", "head_scores"):
             if data.get(key) is not None:
                 data[key] = torch.tensor(_none_to_nan(data[key]), dtype=torch.float32)
-        data["extra"] = {k: torch.tensor(_none_to_nan(v)) if _is_numeric_list(v) else v for k, v in data["extra"].items()}
+        data["extra"] = {k: torch.tensor(_none_to_nan(v)) if _is_numeric_list(v) else v
+                         for k, v in data.get("extra", {}).items()}
         data["input_offsets"] = [tuple(o) for o in data["input_offsets"]]
         return cls(**data)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict()))
+        """Strict JSON (NaN written as null), so any JSON parser reads it."""
+        Path(path).write_text(json.dumps(self.to_dict(), allow_nan=False))
 
     @classmethod
     def load(cls, path: str | Path) -> "Explanation":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        try:
+            data = json.loads(Path(path).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise InvalidInputError(f"{path} is not JSON ({error}); load files written by Explanation.save().") from None
+        return cls.from_dict(data)
 
     def to_dataframe(self):
         """Long pandas DataFrame: one row per (target, input token)."""
@@ -237,6 +246,8 @@ def _is_numeric_list(value) -> bool:
 
 
 def _jsonable(value):
+    if isinstance(value, float) and value != value:
+        return None
     if isinstance(value, torch.Tensor):
         return _nan_to_none(value.tolist())
     if isinstance(value, dict):

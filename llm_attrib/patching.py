@@ -6,13 +6,20 @@ for the duration of an attribution, and put the previous implementation back aft
 function does in a given forward is decided by an `AttentionTap` held in a context variable: record the
 post-softmax probabilities of every layer, or replace chosen layers' probabilities with given tensors
 (a path point of the attention space).
+
+Changes to a model are shared by overlapping calls (threads, or an explanation started from inside a target
+callable): the first caller applies a change and saves what it replaces, later callers only join, and the last
+one to leave restores the saved state. Per-call save/restore would let one call undo another's change and leave
+the model frozen or hooked for good.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator
+import threading
+import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -120,22 +127,56 @@ def supports_attention_hook(model: PreTrainedModel) -> bool:
     return bool(model._can_set_attn_implementation())
 
 
+@dataclass
+class _Change:
+    """One change applied to a model, how many calls hold it, and how to undo it."""
+
+    users: int
+    undo: Callable[[], None]
+
+
+_LOCK = threading.RLock()
+_CHANGES: weakref.WeakKeyDictionary[nn.Module, dict[str, _Change]] = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def _shared_change(model: nn.Module, kind: str, apply: Callable[[], Callable[[], None]]) -> Iterator[None]:
+    """Hold the change `kind` of `model` for the block: applied by the first holder (`apply` returns its undo),
+    undone when the last holder leaves, whatever the interleaving of holders."""
+    with _LOCK:
+        changes = _CHANGES.setdefault(model, {})
+        if kind not in changes:
+            changes[kind] = _Change(0, apply())
+        changes[kind].users += 1
+    try:
+        yield
+    finally:
+        with _LOCK:
+            change = changes[kind]
+            change.users -= 1
+            if change.users == 0:
+                del changes[kind]
+                change.undo()
+
+
 @contextlib.contextmanager
 def attention_hooked(model: PreTrainedModel) -> Iterator[None]:
-    """Select llm-attrib's attention function for `model`, restoring the previous one on exit."""
+    """Select llm-attrib's attention function for `model`; the previous one is back when the last caller leaves."""
     if not supports_attention_hook(model):
         raise UnsupportedModelError(
             f"{type(model).__name__} computes attention in its own code instead of transformers' "
             "AttentionInterface, so its attention probabilities cannot be hooked. Use space='embeddings' "
             "(methods ig, ig2, rpi, saliency, input_x_gradient all support it) for this model."
         )
-    _register()
-    previous = model.config._attn_implementation
-    model.set_attn_implementation(ATTENTION_NAME)
-    try:
+
+    def apply() -> Callable[[], None]:
+        _register()
+        previous = model.config._attn_implementation
+        model.set_attn_implementation(ATTENTION_NAME)
+        return lambda: model.set_attn_implementation(previous)
+
+    with _shared_change(model, "attention", apply):
         yield
-    finally:
-        model.set_attn_implementation(previous)
 
 
 @contextlib.contextmanager
@@ -150,20 +191,27 @@ def tapped(tap: AttentionTap) -> Iterator[AttentionTap]:
 
 @contextlib.contextmanager
 def frozen(model: PreTrainedModel) -> Iterator[None]:
-    """Run with parameters that need no gradient (gradients are taken w.r.t. inputs only); restore the flags."""
+    """Run with parameters that need no gradient (gradients are taken w.r.t. inputs only, and a frozen graph keeps
+    fewer activations); the flags are back when the last caller leaves."""
     if model.training:
         raise InvalidInputError(
             f"{type(model).__name__} is in training mode (dropout is active, so attributions would be random). "
             "Call model.eval() before explaining."
         )
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
+
+    def apply() -> Callable[[], None]:
+        flags = [(p, p.requires_grad) for p in model.parameters()]
         for p, _ in flags:
             p.requires_grad_(False)
+
+        def undo() -> None:
+            for p, flag in flags:
+                p.requires_grad_(flag)
+
+        return undo
+
+    with _shared_change(model, "frozen", apply):
         yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 @contextlib.contextmanager

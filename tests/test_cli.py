@@ -69,7 +69,8 @@ def test_explain_given_answer_and_prompt_file(model_dir, tmp_path):
 @pytest.mark.parametrize("args, needle", [
     (["--method", "no-such-method"], "no-such-method"),
     (["--space", "no-such-space"], "no-such-space"),
-    (["--max-new-tokens", "0"], "max_new_tokens"),
+    (["--json", "."], "directory"),
+    (["--answer", "cat zebra"], "does not know"),
 ])
 def test_package_errors_are_one_line_with_exit_code_2(model_dir, capsys, args, needle):
     code = main(["explain", "--model", str(model_dir), "--prompt", PROMPT, "--no-progress", *args])
@@ -77,6 +78,44 @@ def test_package_errors_are_one_line_with_exit_code_2(model_dir, capsys, args, n
     err = capsys.readouterr().err
     assert err.startswith("llm-attrib: error:") and needle in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [
+    ["explain", "--max-new-tokens", "0"], ["explain", "--n-steps", "-3"], ["evaluate", "--n", "0"],
+])
+def test_counts_below_one_are_usage_errors_naming_the_flag(argv, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    assert argv[1] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("missing, needle", [("tokenizer", "tokenizer"), ("weights", "weights")])
+def test_incomplete_model_folder_is_a_clean_error(model_dir, tmp_path, capsys, missing, needle):
+    for file in model_dir.iterdir():
+        is_tokenizer = file.name.startswith("tokenizer") or file.name == "special_tokens_map.json"
+        is_weights = file.suffix in (".safetensors", ".bin")
+        if not (missing == "tokenizer" and is_tokenizer or missing == "weights" and is_weights):
+            (tmp_path / file.name).write_bytes(file.read_bytes())
+    code = main(["explain", "--model", str(tmp_path), "--prompt", PROMPT, "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1
+
+
+def test_bidirectional_model_is_refused_for_generation(tmp_path, capsys):
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(WORDS), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, max_position_embeddings=32)
+    BertForMaskedLM(config).eval().save_pretrained(tmp_path)
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>").save_pretrained(tmp_path)
+    code = main(["explain", "--model", str(tmp_path), "--prompt", PROMPT, "--answer", "mat", "--no-progress"])
+    assert code == 2
+    assert "not a causal language model" in capsys.readouterr().err
 
 
 def test_missing_model_folder_is_a_clean_error(tmp_path, capsys):

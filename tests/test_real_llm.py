@@ -92,7 +92,7 @@ def test_faithfulness_metrics_match_a_brute_force_deletion(attributor):
     computed here by hand; the other metrics are finite and within their definitions."""
     exp = attributor.explain(PLAIN, answer=PLAIN_ANSWER, method="saliency")
     values = faithfulness(attributor, exp)
-    model, tokenizer = attributor.model, attributor.tokenizer
+    model = attributor.model
     prompt_ids = exp.input_ids[: exp.n_prompt_tokens]
     k = -(-len(prompt_ids) * 20 // 100)  # ERASER rounds k% of the tokens up
     top = set(exp.prompt_scores[0].topk(k).indices.tolist())
@@ -151,3 +151,12 @@ def test_cli_explains_the_real_model_by_name(smollm2, capsys):
                  "--no-progress"])
     out = capsys.readouterr().out
     assert code == 0 and "'Paris'" in out and "cost:" in out and "backward" in out
+
+
+def test_byte_fragments_show_the_text_they_cover_and_split_answers_are_refused(attributor):
+    """SmolLM2's byte-level BPE splits a flamingo emoji into three fragments that decode to U+FFFD one by one."""
+    exp = attributor.explain("I saw a \U0001F9A9 at the zoo, so I", answer=" smiled", method="attention")
+    assert not any("\ufffd" in token for token in exp.input_tokens)
+    assert sum("\U0001F9A9" in token for token in exp.input_tokens) == 3
+    with pytest.raises(llm_attrib.InvalidInputError, match="token ids"):
+        attributor.explain("The capital of France is Par", answer="is", method="attention")

@@ -68,6 +68,22 @@ def variation_edges(scores: torch.Tensor, n_segments: int, floor: float = 0.2) -
     return edges.unique()
 
 
+MAX_STEPS = 2048
+
+
+def checked_steps(value: object, name: str = "n_steps", cap: int | None = MAX_STEPS) -> int:
+    """A step count as given by a user: a positive integer, and (for nodes on one path) at most `cap`. Beyond
+    it a fixed rule only costs time (Gauss-Legendre's nodes alone take seconds at 4096, memory at 10**5)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInputError(f"{name} must be a positive integer, got {value!r}.")
+    if cap is not None and value > cap:
+        raise InvalidInputError(
+            f"{name}={value} is above {cap} nodes per path, where a fixed rule no longer pays for its cost; use the "
+            "default score-guided quadrature with a tolerance, which puts nodes where the target's score changes."
+        )
+    return value
+
+
 QUADRATURES: dict[str, Rule] = {
     "gauss-legendre": gauss_legendre,
     "riemann-left": riemann_left,
@@ -82,6 +98,4 @@ def quadrature(name: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Nodes (n,) and weights (n,) of the named rule on [0, 1]."""
     if name not in QUADRATURES:
         raise UnknownNameError(f"unknown quadrature {name!r}; choose one of {sorted(QUADRATURES)}.")
-    if not isinstance(n, int) or n < 1:
-        raise InvalidInputError(f"n_steps must be a positive integer, got {n!r}.")
-    return QUADRATURES[name](n)
+    return QUADRATURES[name](checked_steps(n))

@@ -67,8 +67,15 @@ def special_token_mask(tokenizer, ids: list[int]) -> torch.Tensor:
     return torch.tensor([i in special for i in ids], dtype=torch.bool)
 
 
-def readable_tokens(tokenizer, ids: list[int]) -> list[str]:
-    return [tokenizer.convert_tokens_to_string([t]) for t in tokenizer.convert_ids_to_tokens(ids)]
+def readable_tokens(tokenizer, ids: list[int], text: str | None = None,
+                    offsets: list[tuple[int, int]] | None = None) -> list[str]:
+    """Each token as text. A byte-level BPE fragment of a character decodes to U+FFFD on its own; it is shown as
+    the text its offsets cover instead (the whole character)."""
+    tokens = [tokenizer.convert_tokens_to_string([t]) for t in tokenizer.convert_ids_to_tokens(ids)]
+    if text is None or offsets is None:
+        return tokens
+    return [text[start:end] if "\ufffd" in token and end > start else token
+            for token, (start, end) in zip(tokens, offsets)]
 
 
 def answer_offsets(tokenizer, prompt_ids: list[int], ids: list[int], start: int) -> tuple[str, list[tuple[int, int]]]:
@@ -117,7 +124,7 @@ def build_sequence(
         target_ids=torch.tensor(answer_ids, device=device),
         text=prompt + answer_text,
         offsets=list(prompt_offsets) + offsets,
-        tokens=readable_tokens(tokenizer, ids),
+        tokens=readable_tokens(tokenizer, ids, prompt + answer_text, list(prompt_offsets) + offsets),
         keep=(special_token_mask(tokenizer, ids) | padded_mask(prompt_markup, len(ids))).to(device),
     )
 

@@ -46,6 +46,30 @@ def contrastive(foil: int | torch.Tensor) -> Target:
     return target
 
 
+def checked(target: Target) -> Target:
+    """A user's target callable, with its output checked on every call: a wrong shape or a value that does not
+    depend on the logits would otherwise surface as a silent wrong answer or an error deep inside autograd."""
+    name = getattr(target, "__name__", type(target).__name__)
+
+    def checked_target(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        scores = target(logits, ids)
+        expected = (logits.shape[0], ids.shape[0])
+        if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != expected:
+            got = f"shape {tuple(scores.shape)}" if isinstance(scores, torch.Tensor) else type(scores).__name__
+            raise InvalidInputError(
+                f"the target callable {name} returned {got}; it must return one score per path point and target, "
+                f"a tensor of shape (batch, targets) = {expected}, from logits (batch, targets, vocab) and ids (targets,)."
+            )
+        if logits.requires_grad and not scores.requires_grad:
+            raise InvalidInputError(
+                f"the target callable {name} returned scores that do not depend on the logits (a constant or a "
+                "detached tensor), so there is nothing to attribute; compute the scores from the logits it receives."
+            )
+        return scores
+
+    return checked_target
+
+
 TARGETS: dict[str, Target] = {"log_prob": log_probability, "prob": probability, "logit": logit}
 
 
@@ -60,7 +84,7 @@ def resolve_target(target: str | Target, foil: int | None, vocab_size: int) -> T
     if target == "contrastive":
         raise InvalidInputError("target='contrastive' needs foil=<token id> (the alternative token to contrast with).")
     if callable(target):
-        return target
+        return checked(target)
     if target not in TARGETS:
         raise UnknownNameError(
             f"unknown target {target!r}; choose one of {sorted(TARGETS) + ['contrastive']} or pass a callable "

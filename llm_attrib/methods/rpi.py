@@ -30,6 +30,7 @@ import torch
 
 from ..core.engine import integrate
 from ..core.paths import StraightPaths
+from ..core.quadrature import checked_steps
 from ..core.quadrature import quadrature as quadrature_rule
 from ..errors import InvalidInputError, UnknownNameError
 from .base import MethodResult, Problem, register_method, reject_unknown
@@ -138,8 +139,7 @@ class RandomizedPathIntegration:
         **params: Any,
     ) -> MethodResult:
         reject_unknown(self.name, params)
-        if not isinstance(n_baselines, int) or n_baselines < 1:
-            raise InvalidInputError(f"n_baselines must be a positive integer, got {n_baselines!r}.")
+        checked_steps(n_baselines, "n_baselines", cap=None)
         if multiply_by not in ("difference", "input"):
             raise UnknownNameError(f"unknown multiply_by {multiply_by!r}; choose 'difference' (A - b) or 'input' (A).")
         if aggregation not in ("completeness", "paper"):

@@ -53,7 +53,7 @@ from typing import ClassVar
 
 import torch
 
-from ..core.sequence import Sequence, padded_mask, special_token_mask
+from ..core.sequence import Sequence, padded_mask, readable_tokens, special_token_mask
 from ..errors import InvalidInputError, UnknownNameError
 from ._perturb import (
     ERASER_BINS,
@@ -290,6 +290,23 @@ def sequence_of(explanation, model, tokenizer) -> Sequence:
     targets = list(explanation.target_ids)
     device = model.get_input_embeddings().weight.device
     classifier = is_classifier(model)
+    n_inputs = len(explanation.input_ids)
+    vocabulary = model.get_input_embeddings().num_embeddings
+    if explanation.params.get("aggregated"):
+        raise InvalidInputError(
+            "this explanation was aggregated into words or spans, which are not model inputs; evaluate the token-level "
+            "explanation and aggregate afterwards."
+        )
+    here = readable_tokens(tokenizer, ids, explanation.text, list(explanation.input_offsets)) if min(ids) >= 0 else []
+    same = len(here) == n_inputs and all(
+        a == b or "\ufffd" in b for a, b in zip(here, explanation.input_tokens)  # b: saved before fragments were shown as text
+    )
+    n_outputs = model.config.num_labels if classifier else vocabulary
+    if max(ids) >= vocabulary or max(targets) >= n_outputs or not same:
+        raise InvalidInputError(
+            f"this explanation was made with another model or tokenizer ({explanation.model_name or 'unknown'}): its "
+            "token ids do not read back as its tokens here. Evaluate it with the Attributor that explained it."
+        )
     if not classifier:
         if ids[n_prompt:] != targets[:-1]:
             raise InvalidInputError(
@@ -302,8 +319,8 @@ def sequence_of(explanation, model, tokenizer) -> Sequence:
         n_prompt=n_prompt,
         target_ids=torch.tensor(targets, device=device),
         text=explanation.text,
-        offsets=list(explanation.input_offsets) + [(len(explanation.text),) * 2] * (len(ids) - len(explanation.input_ids)),
-        tokens=list(explanation.input_tokens) + ["?"] * (len(ids) - len(explanation.input_ids)),
+        offsets=list(explanation.input_offsets) + [(len(explanation.text),) * 2] * (len(ids) - n_inputs),
+        tokens=list(explanation.input_tokens) + ["?"] * (len(ids) - n_inputs),
         keep=(special_token_mask(tokenizer, ids) | padded_mask(explanation.input_markup, len(ids))).to(device),
         is_classifier=classifier,
     )
