@@ -53,11 +53,12 @@ class Integral:
         return (self.tokens.sum(-1) - gap).abs() / gap.abs().clamp_min(1e-12)
 
 
-def check_finite(scores: torch.Tensor, where: str) -> None:
-    if not torch.isfinite(scores).all():
+def check_finite(values: torch.Tensor, what: str) -> None:
+    """Stop at the first NaN or inf, naming where it appeared, instead of letting it spread into the result."""
+    if not torch.isfinite(values).all():
         raise NumericalError(
-            f"the model produced NaN or inf target scores at {where}; check the model's weights and dtype "
-            "(half precision overflows are common) before attributing."
+            f"the model produced NaN or inf {what}; check the model's weights and dtype (half precision "
+            "overflows are common, and huge weights overflow gradients) before attributing."
         )
 
 
@@ -65,7 +66,7 @@ def evaluate(scores: Scores, points: torch.Tensor, internal_batch_size: int) -> 
     """Target scores (N, T) at points (N, *S) without gradients, in chunks."""
     with torch.no_grad():
         out = torch.cat([scores(chunk).float() for chunk in points.split(internal_batch_size)])
-    check_finite(out, "the path's endpoints")
+    check_finite(out, "target scores at the path's endpoints")
     return out
 
 
@@ -92,14 +93,14 @@ def integrate(
         targets: the targets whose gradients to integrate (default all); the others' rows stay zero. One
             forward still serves them all, so refining a few targets costs only their backward passes.
 
-    Paths whose points each serve one target (`TargetedNodes`, with `target_of`) take one backward per chunk
+    Paths whose points each serve one target (`one_target_per_point`, e.g. `RoutedNodes`) take one backward per chunk
     instead of one per target, and their integral has a single column: tokens (P, 1, L).
     """
     endpoints = torch.cat([end.unsqueeze(0), paths.starts()])
     f_all = evaluate(scores, endpoints, internal_batch_size)
     f_end, f_start = f_all[0], f_all[1:]
     n_targets = f_end.shape[0]
-    target_of = getattr(paths, "target_of", None)
+    target_of = paths.target_of if getattr(paths, "one_target_per_point", False) else None
     columns = 1 if target_of is not None else n_targets
     tokens: torch.Tensor | None = None
     detail: torch.Tensor | None = None
@@ -122,13 +123,14 @@ def integrate(
         points, deltas = paths.points(index)
         points = points.detach().requires_grad_(True)
         out = scores(points)
-        check_finite(out, "a path point")
+        check_finite(out, "target scores at a path point")
         n_forward += len(index)
         path_ids = paths.path_of(index)
         if target_of is not None:
             own = target_of(index).to(out.device)
             (gradient,) = torch.autograd.grad(out.gather(1, own[:, None]).sum(), points)
             n_backward += len(index)
+            check_finite(gradient, "gradients at a path point")
             contrib = contribution(gradient.float(), deltas)
             for t in own.unique().tolist():
                 accumulate(contrib[own == t], path_ids[own.cpu() == t], 0, t)
@@ -137,5 +139,6 @@ def integrate(
         for t in chosen:
             (gradient,) = torch.autograd.grad(out[:, t].sum(), points, retain_graph=t != chosen[-1])
             n_backward += len(index)
+            check_finite(gradient, "gradients at a path point")
             accumulate(contribution(gradient.float(), deltas), path_ids, t, t)
     return Integral(tokens, detail, f_end, f_start, n_forward, n_backward)

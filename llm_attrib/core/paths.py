@@ -63,10 +63,20 @@ class PolylinePaths:
     vertices: torch.Tensor
     nodes: torch.Tensor = field(default_factory=lambda: torch.zeros(1))
     weights: torch.Tensor = field(default_factory=lambda: torch.ones(1))
+    targets: torch.Tensor | None = None
 
     @property
     def n_paths(self) -> int:
         return self.vertices.shape[0]
+
+    @property
+    def one_target_per_point(self) -> bool:
+        """With `targets` (P,), path p serves target targets[p] only (one backward per chunk); without, every
+        target is integrated along every path."""
+        return self.targets is not None
+
+    def target_of(self, index: torch.Tensor) -> torch.Tensor:
+        return self.targets[self.path_of(index)]
 
     @property
     def points_per_path(self) -> int:
@@ -91,29 +101,69 @@ class PolylinePaths:
 
 
 @dataclass
-class TargetedNodes:
-    """One straight line from `baseline` to `x` whose nodes each serve a single target.
+class Routes:
+    """R routes, each a polyline from its start (s = 0) to the explicand (s = 1), parametrised by s in [0, 1]
+    with its J pieces at equal shares of s: vertices (R, J+1, *S). A straight line is the case J = 1.
 
-    Node k sits at `alpha[k]` with weight `weight[k]` (the part of [0, 1] it stands for), serves target
-    `target[k]` only, and its contribution is summed into `bucket[k]` (one segment of one target's composite
-    rule). Per-target nodes let every target put its nodes where its own score moves, and a chunk holding
-    nodes of several targets needs one backward pass: each point's gradient is that of its own target.
+    Score-guided quadrature places nodes by s, whatever the route's shape: IG's line from the baseline, RPI's
+    lines from random baselines, IG2's GradPaths from their counterfactuals.
     """
 
-    x: torch.Tensor
-    baseline: torch.Tensor
-    alpha: torch.Tensor
+    vertices: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.vertices.shape[0]
+
+    @property
+    def n_pieces(self) -> int:
+        return self.vertices.shape[1] - 1
+
+    def _piece(self, route: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        scaled = s.double() * self.n_pieces
+        j = scaled.floor().long().clamp(0, self.n_pieces - 1)
+        local = (scaled - j).to(self.vertices.dtype).view((-1,) + (1,) * (self.vertices.dim() - 2))
+        here = self.vertices[route, j.to(route.device)]
+        return here, self.vertices[route, j.to(route.device) + 1], local
+
+    def at(self, route: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """Points (A, *S) of routes `route` (A,) at positions `s` (A,)."""
+        here, after, local = self._piece(route, s)
+        return here + local * (after - here)
+
+    def velocity(self, route: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """d point / ds (A, *S): the displacement a node of unit weight stands for."""
+        here, after, _ = self._piece(route, s)
+        return self.n_pieces * (after - here)
+
+    def starts(self) -> torch.Tensor:
+        return self.vertices[:, 0]
+
+
+@dataclass
+class RoutedNodes:
+    """Nodes on `routes`, each serving a single target: node k sits at `s[k]` of route `route[k]` with weight
+    `weight[k]` (the part of [0, 1] it stands for), serves target `target[k]` only, and its contribution is
+    summed into `bucket[k]` (one segment of one target's composite rule). Per-target nodes let every target put
+    its nodes where its own score moves, and a chunk holding nodes of several targets needs one backward pass:
+    each point's gradient is that of its own target.
+    """
+
+    routes: Routes
+    route: torch.Tensor
+    s: torch.Tensor
     weight: torch.Tensor
     target: torch.Tensor
     bucket: torch.Tensor
     n_buckets: int
+
+    one_target_per_point = True
 
     @property
     def n_paths(self) -> int:
         return self.n_buckets
 
     def __len__(self) -> int:
-        return len(self.alpha)
+        return len(self.s)
 
     def path_of(self, index: torch.Tensor) -> torch.Tensor:
         return self.bucket[index]
@@ -122,13 +172,12 @@ class TargetedNodes:
         return self.target[index]
 
     def points(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = (-1,) + (1,) * self.x.dim()
-        direction = (self.x - self.baseline).unsqueeze(0)
-        alpha, weight = self.alpha[index].to(self.x).view(shape), self.weight[index].to(self.x).view(shape)
-        return self.baseline.unsqueeze(0) + alpha * direction, weight * direction
+        route, s = self.route[index], self.s[index]
+        weight = self.weight[index].to(self.routes.vertices).view((-1,) + (1,) * (self.routes.vertices.dim() - 2))
+        return self.routes.at(route, s), weight * self.routes.velocity(route, s)
 
     def starts(self) -> torch.Tensor:
-        return self.baseline.unsqueeze(0)
+        return self.routes.starts()
 
 
-Paths = StraightPaths | PolylinePaths | TargetedNodes
+Paths = StraightPaths | PolylinePaths | RoutedNodes

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import torch
 
 from ..core.engine import Integral
+from ..core.guided import Run
 from ..core.sequence import Sequence
 from ..core.spaces import SPACES, AttentionSpace, EmbeddingSpace
 from ..core.targets import Target
@@ -30,6 +31,11 @@ class Problem:
     def scores(self, points: torch.Tensor) -> torch.Tensor:
         """Target scores (B, T) at a batch of points of the space."""
         return self.target(self.space.logits(self.model, self.seq, points), self.seq.target_ids)
+
+    @property
+    def run(self) -> Run:
+        """How the engine evaluates this problem (for score-guided integrals)."""
+        return Run(self.scores, self.space.reduce, self.internal_batch_size, self.show_progress)
 
 
 @dataclass

@@ -3,25 +3,29 @@
 GradPath starts at the explicand x (input embeddings) and takes `n_steps` normalised gradient-descent steps
 on the representation distance D = ||rep(gamma_j) - rep(x_ref)||^2 towards each counterfactual reference:
 gamma_{j+1} = gamma_j - eta * grad D / max(||grad D||, eps). Its last point is GradCF, the counterfactual
-baseline. The attribution is the mean over references of sum_j (gamma_j - gamma_{j+1}) * dF/dx(gamma_j), a
+baseline. The attribution is the mean over references of the path integral of dF/dx along the GradPath, a
 path method whose completeness holds against F(x) - F(GradCF).
 
-For generation the path is computed once, on the whole teacher-forced sequence, towards the reference's
-representation at the prediction position (the last prompt token), and every target shares it: one
-GradPath per reference, then one forward per chunk of path points and one backward per target, as for IG.
-Because a causal model's representation at the last prompt token does not depend on the generated tokens,
-they do not move along the path and receive zero attribution.
+For generation every target gets its own GradPaths: the representation is read where that target is
+predicted, every input it sees moves (earlier generated tokens included), and only references whose outcome
+differs from that target's token are its counterfactuals. Each path serves its own target only, so a chunk of
+path points needs one backward pass. The integral along a GradPath is score-guided by default: the target's
+score at every vertex is probed, so each stretch's exact integral is known and refined to the tolerance;
+the paper's left-point sum stays available as `quadrature="riemann-left", segment_steps=1`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..core.engine import integrate
-from ..core.paths import PolylinePaths, StraightPaths
+from ..core.engine import Integral, integrate
+from ..core.guided import SCORE_GUIDED, guided_integral
+from ..core.paths import PolylinePaths, Routes
+from ..core.quadrature import checked_steps
 from ..core.quadrature import quadrature as quadrature_rule
 from ..errors import InvalidInputError, UnknownNameError
 from .base import MethodResult, Problem, register_method, reject_unknown
@@ -128,9 +132,19 @@ def outcome(model, tokenizer, prompt: str, device, is_classifier: bool) -> tuple
     return ids, int(logits[0].argmax() if is_classifier else logits[0, -1].argmax())
 
 
-def choose_references(problem: Problem, references: Any, n_references: int) -> list[list[int]]:
-    """Token ids of the references: strings are used as given; examples (dicts with "prompt", or a
-    `datasets.Dataset`) only where the model's outcome differs from the explicand's."""
+@dataclass
+class Reference:
+    """A counterfactual reference: its token ids, its representation, and the model's outcome on it."""
+
+    ids: list[int]
+    representation: torch.Tensor
+    outcome: int
+
+
+def read_references(problem: Problem, references: Any, represent: Callable[[torch.Tensor, int], torch.Tensor],
+                    limit: int) -> list[Reference]:
+    """The references (prompt strings, dicts with a "prompt", or a `datasets.Dataset`) with their outcomes,
+    read until `limit` of them differ in outcome from every target (or the references run out)."""
     if references is None:
         raise InvalidInputError(
             "IG2 needs counterfactual references: pass references=[...] (prompts, or examples with a 'prompt' "
@@ -139,22 +153,31 @@ def choose_references(problem: Problem, references: Any, n_references: int) -> l
     if isinstance(references, str):
         references = [references]
     seq, device = problem.seq, problem.seq.input_ids.device
-    explained = int(seq.target_ids[0])
-    chosen = []
+    embed = problem.model.get_input_embeddings()
+    read, enough = [], 0
     for item in references:
-        given = isinstance(item, str)
-        prompt = item if given else item.get("prompt") if isinstance(item, dict) else None
+        prompt = item if isinstance(item, str) else item.get("prompt") if isinstance(item, dict) else None
         if not isinstance(prompt, str):
             raise InvalidInputError(f"a reference must be a prompt string or a dict with a 'prompt', got {item!r}.")
         ids, result = outcome(problem.model, problem.tokenizer, prompt, device, seq.is_classifier)
-        if given or result != explained:
-            chosen.append(ids)
-        if len(chosen) == n_references:
+        with torch.no_grad():
+            representation = represent(embed(torch.tensor([ids], device=device)), 0 if seq.is_classifier else len(ids) - 1)
+        read.append(Reference(ids, representation[0], result))
+        enough += result not in seq.target_ids.tolist()
+        if enough == limit:
             break
+    return read
+
+
+def counterfactuals_of(target: int, target_id: int, references: list[Reference], limit: int) -> list[Reference]:
+    """The references whose outcome differs from this target's token (class): only they are counterfactuals
+    for it. None is a clear error: a reference with the target's own outcome gives no counterfactual baseline
+    (the explicand itself gives a path of length zero and all-zero attributions)."""
+    chosen = [r for r in references if r.outcome != target_id][:limit]
     if not chosen:
         raise InvalidInputError(
-            "no reference qualifies: on every given example the model's outcome equals the explicand's "
-            f"({explained}); give examples with a different outcome, or prompts to use as they are."
+            f"no reference qualifies for target {target} (token id {target_id}): on every reference the model's "
+            "outcome is that same token, so none is a counterfactual for it. Give references whose outcome differs."
         )
     return chosen
 
@@ -176,88 +199,132 @@ class IG2:
         norm: str = "l2",
         eps: float = 1e-12,
         rep_layer: int | str | None = None,
-        clip: bool = False,
+        clip: bool = True,
         toward: str = "references",
         path: str = "gradpath",
-        quadrature: str = "gauss-legendre",
+        quadrature: str = SCORE_GUIDED,
         segment_steps: int = 2,
+        tolerance: float | None = 0.01,
+        max_steps: int = 512,
+        n_probes: int = 32,
         baseline: Any = None,
         **params: Any,
     ) -> MethodResult:
         """
         Args:
-            references: counterfactual prompts, or examples to draw them from (see `choose_references`).
-            n_steps: GradPath steps (also the quadrature steps of path="straight").
+            references: counterfactual prompts, or examples to draw them from; each target uses the first
+                `n_references` whose outcome differs from its own token.
+            n_steps: GradPath steps (reference code: 201 on images, 501 on TREC; 50 here, because every
+                target of a generation gets its own GradPath per reference).
             step_size: eta; default 2 ||x - neutral baseline|| / n_steps, so the path can travel twice the
-                distance to the neutral baseline.
+                distance to the neutral baseline (the reference code's 256 is in pixel units).
             rep_layer: representation layer (None: final hidden state / classifier features; int; module name).
-            clip: keep the path inside the embedding matrix's value range.
+            clip: keep the path inside the embedding matrix's value range (the reference code always clips).
             toward: "references" (GradCF, the paper) or "baseline" (ablation: GradPath towards the neutral
                 baseline's representation instead of counterfactuals).
             path: "gradpath" (the paper) or "straight" (ablation: IG on the straight line from GradCF to x).
-            segment_steps: Gauss-Legendre nodes per GradPath segment (default 2). 1 is the paper's left-point
-                sum (gamma_j - gamma_{j+1}) * grad F(gamma_j), whose completeness error is large at practical
-                step counts (measured in the README); the path itself is the paper's either way.
+            quadrature: "score-guided" (default: nodes along the GradPath where the target's score moves, refined
+                to `tolerance`), or a fixed rule with `segment_steps` nodes per GradPath segment
+                ("riemann-left" with segment_steps=1 is the paper's Eq. 3, sum (gamma_j - gamma_{j+1}) *
+                grad F(gamma_j), whose completeness error is large: see the README).
+            tolerance, max_steps, n_probes: as for IG's score-guided quadrature, per (reference, target).
         """
         reject_unknown(self.name, params)
         if toward not in ("references", "baseline"):
             raise UnknownNameError(f"unknown toward {toward!r}; choose 'references' or 'baseline'.")
         if path not in ("gradpath", "straight"):
             raise UnknownNameError(f"unknown path {path!r}; choose 'gradpath' or 'straight'.")
-        if not isinstance(n_steps, int) or n_steps < 1:
-            raise InvalidInputError(f"n_steps must be a positive integer, got {n_steps!r}.")
+        checked_steps(n_steps)
+        checked_steps(n_references, "n_references", cap=None)
         model, seq, space = problem.model, problem.seq, problem.space
         x = space.point(model, seq)
         neutral = space.baseline(baseline, model, problem.tokenizer, seq, x)
-        position = 0 if seq.is_classifier else seq.n_prompt - 1
         represent = representation_fn(model, seq, rep_layer)
         dtype = model.get_input_embeddings().weight.dtype
 
-        def rep_at(embeddings: torch.Tensor, at: int = position) -> torch.Tensor:
+        def rep(embeddings: torch.Tensor, at: int) -> torch.Tensor:
             return represent(embeddings.to(dtype), at).float()
 
-        with torch.no_grad():
-            if toward == "baseline":
-                targets = rep_at(neutral.unsqueeze(0))
-            else:
-                embed = model.get_input_embeddings()
-                targets = torch.cat([
-                    rep_at(embed(torch.tensor([ids], device=x.device)).float(), 0 if seq.is_classifier else len(ids) - 1)
-                    for ids in choose_references(problem, references, n_references)
-                ])
+        def rep_at(at: int) -> Representation:
+            return lambda embeddings: rep(embeddings, at)
+
+        target_ids = seq.target_ids.tolist()
+        positions = [0] * len(target_ids) if seq.is_classifier else seq.target_positions.tolist()
+        if toward == "baseline":
+            with torch.no_grad():
+                goals = [rep_at(p)(neutral.unsqueeze(0)) for p in positions]
+            n_refs = [1] * len(target_ids)
+        else:
+            read = read_references(problem, references, rep, n_references)
+            chosen = [counterfactuals_of(t, target_ids[t], read, n_references) for t in range(len(target_ids))]
+            goals = [torch.stack([r.representation for r in refs]) for refs in chosen]
+            n_refs = [len(refs) for refs in chosen]
         if step_size is None:
             step_size = 2 * float((x - neutral).norm()) / n_steps
         weight = model.get_input_embeddings().weight
         bounds = (float(weight.min()), float(weight.max())) if clip else None
-        movable = (~seq.keep)[:, None].to(x)
-        n_refs = targets.shape[0]
-        vertices = torch.cat([
-            grad_path(x, rep_at, chunk, n_steps, step_size, norm, eps, movable, bounds)
-            for chunk in targets.split(problem.internal_batch_size)
-        ])
-        n_search = n_steps * n_refs
-        if path == "gradpath":
-            rule = quadrature_rule("riemann-left" if segment_steps == 1 else "gauss-legendre", segment_steps)
-            paths = PolylinePaths(vertices, *rule)
-        else:
-            nodes, weights = quadrature_rule(quadrature, n_steps)
-            paths = StraightPaths(x=x, baselines=vertices[:, -1], nodes=nodes, weights=weights)
-        integral = integrate(problem.scores, paths, x, space.reduce, problem.internal_batch_size,
-                             show_progress=problem.show_progress)
-        scores = integral.tokens.mean(0)
-        gap = (integral.f_end.unsqueeze(0) - integral.f_start).mean(0)
+        vertices, owner = [], []
+        for t, (position, goal) in enumerate(zip(positions, goals)):
+            # Every input the target sees moves, earlier generated tokens included; markup stays put.
+            sees = torch.arange(seq.length, device=x.device) <= (seq.length if seq.is_classifier else position)
+            movable = (sees & ~seq.keep)[:, None].to(x)
+            vertices += [grad_path(x, rep_at(position), chunk, n_steps, step_size, norm, eps, movable, bounds)
+                         for chunk in goal.split(problem.internal_batch_size)]
+            owner += [t] * len(goal)
+        vertices = torch.cat(vertices)  # (P, n_steps + 1, *S), from x to each GradCF
+        owner = torch.tensor(owner)
+        n_search = n_steps * len(owner)
+        integral, steps = self._integrate(problem, x, vertices, owner, path, quadrature, segment_steps, n_steps,
+                                          tolerance, max_steps, n_probes)
+        columns = owner if integral.tokens.shape[1] > 1 else torch.zeros_like(owner)
+        mine = torch.arange(len(owner))
+        per_path = integral.tokens[mine, columns]  # (P, L): each path's attribution to its own target
+        f_start = integral.f_start[mine, owner]
+        scores = torch.stack([per_path[owner == t].mean(0) for t in range(len(target_ids))])
+        gap = torch.stack([(integral.f_end[t] - f_start[owner == t]).mean() for t in range(len(target_ids))])
         completeness = (scores.sum(-1) - gap).abs() / gap.abs().clamp_min(1e-12)
-        with torch.no_grad():
-            distances = [(rep_at(points) - targets).pow(2).sum(-1).sqrt() for points in (x.unsqueeze(0), vertices[:, -1])]
+        goal_rows = torch.cat(goals)
+
+        def distance(points: torch.Tensor) -> torch.Tensor:
+            """Each path's representation distance to its goal at `points` (P, *S)."""
+            with torch.no_grad():
+                return torch.stack([(rep(point[None], positions[t])[0] - goal).norm()
+                                    for point, t, goal in zip(points, owner.tolist(), goal_rows)])
+
         return MethodResult(
             scores=scores,
             completeness_error=completeness,
-            settings={"n_references": n_refs, "step_size": step_size},
-            extra={
-                "f_gradcf": integral.f_start,
-                "initial_distance": distances[0],
-                "final_distance": distances[1],
-            },
-            n_forward=integral.n_forward + n_search + n_refs,
+            settings={"n_references": n_refs if len(set(n_refs)) > 1 else n_refs[0], "step_size": step_size,
+                      "quadrature": quadrature, "tolerance": tolerance, "n_steps": n_steps, **steps},
+            extra={"f_gradcf": f_start, "reference_target": owner, "initial_distance": distance(vertices[:, 0]),
+                   "final_distance": distance(vertices[:, -1])},
+            n_forward=integral.n_forward + n_search + sum(n_refs),
             n_backward=integral.n_backward + n_search,
         )
+
+    @staticmethod
+    def _integrate(problem: Problem, x: torch.Tensor, vertices: torch.Tensor, owner: torch.Tensor, path: str,
+                   quadrature: str, segment_steps: int, n_steps: int, tolerance: float | None, max_steps: int,
+                   n_probes: int) -> tuple[Integral, dict[str, Any]]:
+        """Each path's integral for its own target: along the GradPath (or the straight line to its GradCF),
+        score-guided or with a fixed rule."""
+        if path == "straight":
+            vertices = torch.stack([vertices[:, -1], x.expand_as(vertices[:, 0])], 1)
+        else:
+            vertices = vertices.flip(1)  # routes run from the counterfactual (s = 0) to the explicand (s = 1)
+        if quadrature == SCORE_GUIDED:
+            def mean_gap(gap: torch.Tensor) -> torch.Tensor:
+                """IG2 averages a target's paths, so each path's error counts against their mean gap."""
+                own = gap[torch.arange(len(owner)), owner]
+                means = torch.stack([own[owner == t].mean() for t in range(gap.shape[1])])
+                return means[owner].abs()[:, None].expand_as(gap)
+
+            integral, used = guided_integral(problem.run, Routes(vertices), lambda route: [int(owner[route])],
+                                             len(problem.seq.target_ids), n_steps, tolerance, max_steps, n_probes,
+                                             error_scale=mean_gap)
+            return integral, {"gradient_evaluations": int(used.sum())}
+        count = segment_steps if path == "gradpath" else n_steps
+        paths = PolylinePaths(vertices.flip(1), *quadrature_rule(quadrature, count), targets=owner)
+        integral = integrate(problem.scores, paths, x, problem.space.reduce, problem.internal_batch_size,
+                             show_progress=problem.show_progress)
+        return integral, {"segment_steps": segment_steps} if path == "gradpath" else {}
