@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 from . import zoo  # noqa: E402
 from .attributor import Attributor  # noqa: E402
 from .errors import (ConvergenceWarning, InvalidInputError, LlmAttribError, MissingPackageError,  # noqa: E402
-                     NumericalError, UnknownNameError, UnsupportedModelError)
+                     NumericalError, SelectionLeakWarning, UnknownNameError, UnsupportedModelError)
 from .explanation import Explanation  # noqa: E402
 from .methods import METHODS  # noqa: E402
 
@@ -20,5 +20,6 @@ __all__ = [
     "NumericalError",
     "MissingPackageError",
     "ConvergenceWarning",
+    "SelectionLeakWarning",
     "zoo",
 ]

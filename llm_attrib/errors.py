@@ -33,3 +33,8 @@ class MissingPackageError(LlmAttribError, ImportError):
 
 class ConvergenceWarning(UserWarning):
     """A path method's completeness error is above tolerance: its scores are not a converged integral."""
+
+
+class SelectionLeakWarning(UserWarning):
+    """A method chose its map by the very metric (and perturbation) it is evaluated on: the value is an in-sample
+    best of its candidates, not an honest measurement."""

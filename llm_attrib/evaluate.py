@@ -23,7 +23,7 @@ from .attributor import Attributor
 from .errors import InvalidInputError
 from .explanation import Explanation
 from .metrics import ERASER_BINS, faithfulness, plausibility
-from .metrics.faithfulness import DEFAULT_METRICS
+from .metrics.faithfulness import DEFAULT_METRICS, selection_leak
 
 External = Callable[[Attributor, dict[str, Any]], Explanation]
 
@@ -80,6 +80,7 @@ def example_rows(
     if not isinstance(prompt, str) and not (isinstance(prompt, list) and prompt):
         raise InvalidInputError(f"example {index} has no 'prompt' (a string or chat messages); every example needs one.")
     exp = spec.explain(attributor, example)
+    leaked = selection_leak(exp, metric_options["metrics"], metric_options["bins"], metric_options["removal"])
     values = faithfulness(attributor, exp, **metric_options)
     if example.get("evidence"):
         values.update(plausibility(exp, example["evidence"], example.get("template_spans"), k=1))
@@ -92,6 +93,7 @@ def example_rows(
             "target_token": token,
             "target_prob": exp.target_probs[t],
             "completeness_error": _number(exp.completeness_error[t]),
+            "selected_on_reported_metric": bool(leaked),
             **{key: _number(value[t]) for key, value in values.items()},
             "n_forward": exp.cost.get("n_forward"),
             "n_backward": exp.cost.get("n_backward"),
@@ -176,6 +178,10 @@ def evaluate(
         >>> result = evaluate(Attributor(model, tokenizer), llm_attrib.zoo.examples("recall", n=20), ["ig", "random"])
         >>> result.summary
     """
+    if getattr(attributor, "shard_points", False) and parallel.n_processes() > 1:
+        raise InvalidInputError(
+            "evaluate() already gives each process its own examples; use an Attributor without shard_points=True."
+        )
     specs = method_specs(methods)
     data = list(examples)
     options = dict(metrics=metrics, bins=bins, removal=removal, normalisation=normalisation, batch_size=batch_size)

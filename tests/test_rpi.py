@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from llm_attrib import Attributor, UnknownNameError
+from llm_attrib import Attributor, SelectionLeakWarning, UnknownNameError
 from llm_attrib.methods.rpi import alpha_bar, diffusion_baselines
 from tiny_tokenizer import tiny_llama, tiny_tokenizer
 
@@ -79,7 +79,7 @@ def test_per_example_selection_and_a_callable_psi(attributor):
 def test_noiseless_single_baseline_is_ig_from_the_scaled_attention(attributor):
     rpi = attributor.explain(
         PROMPT, answer=ANSWER, method="rpi", space="attention", layers=[0, 2], n_baselines=1, n_steps=16,
-        noise_multiplier=0.0, quadrature="gauss-legendre",
+        noise_multiplier=0.0, quadrature="gauss-legendre", aggregation="completeness",
     )
     seq = attributor.sequence(PROMPT, answer=ANSWER)
     from llm_attrib.core.spaces import AttentionSpace
@@ -93,6 +93,44 @@ def test_noiseless_single_baseline_is_ig_from_the_scaled_attention(attributor):
                             quadrature="gauss-legendre", tolerance=None)
     torch.testing.assert_close(rpi.scores, ig.scores, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(rpi.completeness_error, ig.completeness_error, atol=1e-5, rtol=1e-3)
+
+
+def test_paper_aggregation_is_the_target_row_of_the_same_integral(attributor):
+    """Default in the attention space: the target's own query row, mean over heads; the completeness error is
+    the integral's (every row and head), the same as with aggregation="completeness"."""
+    runs = {aggregation: attributor.explain(PROMPT, answer=ANSWER, method="rpi", aggregation=aggregation, n_baselines=1,
+                                            noise_multiplier=0.0, seed=0)
+            for aggregation in (None, "completeness")}
+    paper, complete = runs[None], runs["completeness"]
+    assert paper.params["aggregation"] == "paper" and paper.converged and complete.converged
+    torch.testing.assert_close(paper.completeness_error, complete.completeness_error)
+    n_layers, n_heads = paper.head_scores.shape[1:3]
+    torch.testing.assert_close(paper.scores, paper.head_scores.mean((1, 2)))
+    assert not torch.allclose(paper.scores, complete.scores)
+
+
+def test_score_guided_candidates_converge_at_the_defaults(attributor):
+    exp = attributor.explain(PROMPT, answer=ANSWER, method="rpi", n_baselines=4)
+    assert exp.params["quadrature"] == "score-guided" and exp.converged
+    assert exp.completeness_error.max() <= 0.01
+
+
+def test_selection_uses_a_perturbation_the_evaluation_does_not(attributor):
+    """RPI picks its map on replacement at other bins; evaluating it on the default deletion metrics is honest,
+    while evaluating it on the selection's own perturbation warns that the number is an in-sample best."""
+    import warnings
+
+    from llm_attrib.metrics import faithfulness
+    from llm_attrib.methods.rpi import SELECTION
+
+    exp = attributor.explain(PROMPT, answer=ANSWER, method="rpi", **FAST)
+    assert exp.extra["selected_on"] == {"metric": "aopc_sufficiency", "removal": "replace",
+                                        "bins": list(SELECTION["bins"])}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        faithfulness(attributor, exp)
+    with pytest.warns(SelectionLeakWarning, match="aopc_sufficiency"):
+        faithfulness(attributor, exp, removal="replace", bins=SELECTION["bins"])
 
 
 def test_defaults_use_the_third_layer_from_the_end(attributor):
@@ -114,9 +152,8 @@ def test_paper_options_and_embedding_space(attributor):
         noise_scale="code", quadrature="riemann-inclusive", **FAST,
     )
     assert torch.isnan(paper.completeness_error).all() and torch.isfinite(paper.scores).all()
-    embedded = attributor.explain(PROMPT, answer=ANSWER, method="rpi", space="embeddings", n_baselines=2, n_steps=32,
-                                  quadrature="gauss-legendre")
-    assert embedded.completeness_error.max() < 0.05
+    embedded = attributor.explain(PROMPT, answer=ANSWER, method="rpi", space="embeddings", n_baselines=2)
+    assert embedded.completeness_error.max() <= 0.01 and embedded.params["aggregation"] == "completeness"
     assert embedded.scores[:, 0].abs().max() == 0  # BOS keeps its embedding in every baseline
 
 
@@ -125,3 +162,20 @@ def test_rpi_errors(attributor):
         attributor.explain(PROMPT, answer=ANSWER, method="rpi", psi="accuracy", **FAST)
     with pytest.raises(UnknownNameError, match="schedule"):
         attributor.explain(PROMPT, answer=ANSWER, method="rpi", schedule="sigmoid", **FAST)
+
+
+def test_the_harness_marks_a_method_selected_on_the_metric_it_reports(attributor):
+    """The authors' setting (select on the evaluation's own metric) is allowed, warned about, and marked."""
+    from llm_attrib.evaluate import evaluate
+    from llm_attrib.metrics import ERASER_BINS
+
+    examples = [{"prompt": PROMPT, "answer": ANSWER}]
+    in_sample = {"method": "rpi", "label": "rpi-in-sample", "psi_options": {"removal": "delete", "bins": ERASER_BINS}, **FAST}
+    with pytest.warns(SelectionLeakWarning):
+        result = evaluate(attributor, examples, [in_sample, {"method": "rpi", **FAST}], show_progress=False)
+    marked = result.rows.groupby("method")["selected_on_reported_metric"].all()
+    assert marked["rpi-in-sample"] and not marked["rpi"]
+    rows = result.rows.set_index(["method", "target_index"])
+    for t in range(2):  # in-sample, the reported value is the best of the candidates: the leak the mark warns of
+        chosen = rows.loc[("rpi-in-sample", t), "aopc_sufficiency"]
+        assert chosen <= rows.loc[("rpi", t), "aopc_sufficiency"] + 1e-6

@@ -47,6 +47,7 @@ them, `compute()` gives the mean over everything seen, and each metric declares 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import ClassVar
@@ -54,7 +55,7 @@ from typing import ClassVar
 import torch
 
 from ..core.sequence import Sequence, padded_mask, readable_tokens, special_token_mask
-from ..errors import InvalidInputError, UnknownNameError
+from ..errors import InvalidInputError, SelectionLeakWarning, UnknownNameError
 from ._perturb import (
     ERASER_BINS,
     FERRET_BINS,
@@ -280,6 +281,19 @@ def _model_and_tokenizer(attributor):
     if hasattr(attributor, "model") and hasattr(attributor, "tokenizer"):
         return attributor.model, attributor.tokenizer
     raise InvalidInputError(f"expected an Attributor or a (model, tokenizer) pair, got {type(attributor).__name__}.")
+
+
+def selection_leak(explanation, metrics, bins, removal: str) -> str | None:
+    """The metric among `metrics` that the explanation's method selected its map on with this same perturbation
+    (RPI records it in `extra["selected_on"]`), or None."""
+    chosen = (getattr(explanation, "extra", None) or {}).get("selected_on")
+    if not chosen:
+        return None
+    metric = str(chosen.get("metric", "")).split("@")[0]
+    names = [m if isinstance(m, str) else getattr(m, "name", "") for m in metrics]
+    same_bins = [float(b) for b in chosen.get("bins", ERASER_BINS)] == [float(b) for b in bins]
+    same_removal = chosen.get("removal", "delete") == removal
+    return chosen["metric"] if metric in names and same_bins and same_removal else None
 
 
 def sequence_of(explanation, model, tokenizer) -> Sequence:
@@ -541,6 +555,15 @@ def faithfulness(
     scores = torch.as_tensor(scores)
     if scores.dim() != 2:
         raise InvalidInputError(f"scores must have shape (T, N) = ({seq.n_targets}, {seq.n_inputs}), got {tuple(scores.shape)}.")
+    leaked = selection_leak(explanation, metrics, bins, removal)
+    if leaked:
+        warnings.warn(
+            f"{getattr(explanation, 'method', 'this method')} chose its map by {leaked} with this same perturbation "
+            f"(removal={removal!r}, bins={list(bins)}), so the value is the best of its candidates on this very example, "
+            "not an honest measurement; evaluate with another perturbation or bins, or select on other data.",
+            SelectionLeakWarning,
+            stacklevel=2,
+        )
     values = score_candidates(
         (model, tokenizer), seq, scores[None], metrics, bins=bins, removal=removal, replacement=replacement,
         normalisation=normalisation, curve_bins=curve_bins, batch_size=batch_size, bin_rounding=bin_rounding,
