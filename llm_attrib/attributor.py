@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from . import __version__
+from . import __version__, parallel
 from .core.chat import outside_spans, render_chat
 from .core.engine import check_finite
 from .core.memory import fit_chunk
@@ -77,6 +77,9 @@ class Attributor:
         tokenizer: its tokenizer (a fast tokenizer, for character offsets).
         internal_batch_size: path points per forward pass (memory is bounded by it).
         show_progress: show a progress bar on work longer than about a second.
+        shard_points: under `accelerate launch` (or torchrun) with several processes, split the gradient
+            evaluations of each explanation across them and add the sums (every process must explain the same
+            input, e.g. one long prompt); equal to one process up to float rounding.
 
     Example:
         >>> import llm_attrib
@@ -85,13 +88,15 @@ class Attributor:
         >>> exp = attr.explain("k1 = v3 v8 , k2 = v5 v1 . k2 =>", max_new_tokens=3)
     """
 
-    def __init__(self, model, tokenizer, internal_batch_size: int = 16, show_progress: bool = True) -> None:
+    def __init__(self, model, tokenizer, internal_batch_size: int = 16, show_progress: bool = True,
+                 shard_points: bool = False) -> None:
         if not getattr(tokenizer, "is_fast", False):
             raise InvalidInputError("llm-attrib needs a fast tokenizer (for character offsets); load it with use_fast=True.")
         self.model = model
         self.tokenizer = tokenizer
         self.internal_batch_size = internal_batch_size
         self.show_progress = show_progress
+        self.shard_points = shard_points
         self._causal_checked = False
 
     @property
@@ -273,7 +278,8 @@ class Attributor:
         n_vocab = self.model.config.num_labels if seq.is_classifier else self.vocab_size
         target_fn = resolve_target(target or ("logit" if seq.is_classifier else "log_prob"), foil, n_vocab)
         started = time.perf_counter()
-        with prepared(self.model, hook_attention=the_space.uses_attention_hook), torch.enable_grad():
+        with (prepared(self.model, hook_attention=the_space.uses_attention_hook), torch.enable_grad(),
+              parallel.sharding(self.shard_points)):
             problem = Problem(
                 self.model, self.tokenizer, seq, the_space, target_fn,
                 batch, self.show_progress,

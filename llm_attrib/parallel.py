@@ -1,21 +1,30 @@
-"""Process facts for data-parallel runs, from Accelerate (the only module that imports it).
+"""Process facts for parallel runs, from Accelerate (the only module that imports it).
 
-With one process every function is a pass-through, so single- and multi-process code is the same code.
-Launch several with `accelerate launch -m llm_attrib.cli evaluate ...`.
+Two kinds of parallelism: over examples (`evaluate` gives each process its share of the examples), and over
+the path points of one explanation (`Attributor(..., shard_points=True)`: every process explains the same
+input, takes every n-th chunk of gradient evaluations, and the sums are added across processes). With one
+process every function is a pass-through, so single- and multi-process code is the same code. Launch several
+with `accelerate launch` (or `torchrun`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
+import torch
 from accelerate import PartialState
+from accelerate.utils import reduce
 
 Item = TypeVar("Item")
 
 
 def state() -> PartialState:
-    return PartialState()
+    """Accelerate's process state. Without an accelerator, processes launched by torchrun meet over gloo on the
+    CPU (Accelerate would otherwise treat each as a lone process)."""
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def my_share(items: Sequence[Item]) -> list[Item]:
@@ -41,3 +50,31 @@ def is_main() -> bool:
 
 def wait_for_everyone() -> None:
     state().wait_for_everyone()
+
+
+_SHARDING: contextvars.ContextVar[bool] = contextvars.ContextVar("llm_attrib_sharding", default=False)
+
+
+@contextlib.contextmanager
+def sharding(enabled: bool) -> Iterator[None]:
+    """Split the gradient work of the explanations run inside the block across the processes (if several)."""
+    token = _SHARDING.set(enabled and n_processes() > 1)
+    try:
+        yield
+    finally:
+        _SHARDING.reset(token)
+
+
+def is_sharding() -> bool:
+    return _SHARDING.get()
+
+
+def my_chunks(chunks: Sequence[Item]) -> list[Item]:
+    """The chunks of one explanation's path points this process evaluates: every n-th, so that refinement
+    rounds with few chunks still spread them."""
+    return list(chunks[rank()::n_processes()]) if is_sharding() else list(chunks)
+
+
+def sum_across(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of `tensor` over the processes sharing an explanation (itself when not sharding)."""
+    return reduce(tensor, reduction="sum") if is_sharding() else tensor

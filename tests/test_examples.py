@@ -21,7 +21,7 @@ def run(script: str, *args: str, cwd: Path) -> str:
 
 def test_every_example_is_tested():
     tested = {"explain_generation.py", "rag_documents.py", "compare_methods.py", "explain_classifier.py",
-              "explain_real_llm.py"}
+              "explain_real_llm.py", "sharded_explanation.py"}  # the last by tests/test_sharding.py
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
 
 

@@ -3,7 +3,9 @@
 It evaluates every target's gradient at every point of a set of paths, in chunks of `internal_batch_size`
 points. One forward per chunk serves all targets of the sequence (a causal model's target t depends only
 on positions <= t), followed by one backward per target on the shared graph. Contributions
-(gradient x displacement) are reduced to tokens per chunk, so memory is bounded by the chunk.
+(gradient x displacement) are reduced to tokens per chunk, so memory is bounded by the chunk. Under
+`parallel.sharding` each process takes every n-th chunk and the sums are added across processes; the
+forward-only evaluations (endpoints, probes) are cheap and run on every process.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from .. import parallel
 from ..errors import NumericalError
 from .paths import Paths
 
@@ -118,7 +121,7 @@ def integrate(
             if detail is not None:
                 detail[p, column] += detail_part
 
-    chunks = torch.arange(len(paths)).split(internal_batch_size)
+    chunks = parallel.my_chunks(torch.arange(len(paths)).split(internal_batch_size))
     for index in tqdm(chunks, desc="attributing", delay=1.0, leave=False, disable=not show_progress):
         points, deltas = paths.points(index)
         points = points.detach().requires_grad_(True)
@@ -141,4 +144,13 @@ def integrate(
             n_backward += len(index)
             check_finite(gradient, "gradients at a path point")
             accumulate(contribution(gradient.float(), deltas), path_ids, t, t)
+    if parallel.is_sharding():
+        if tokens is None:  # this process had no chunk: add zeros of the right shape
+            token_part, detail_part = reduce(torch.zeros_like(end).float(), 0)
+            tokens = token_part.new_zeros((paths.n_paths, columns) + token_part.shape)
+            detail = None if detail_part is None else detail_part.new_zeros((paths.n_paths, columns) + detail_part.shape)
+        tokens = parallel.sum_across(tokens)
+        detail = None if detail is None else parallel.sum_across(detail)
+        work = parallel.sum_across(torch.tensor([n_forward - len(endpoints), n_backward], device=tokens.device))
+        n_forward, n_backward = len(endpoints) + int(work[0]), int(work[1])
     return Integral(tokens, detail, f_end, f_start, n_forward, n_backward)
