@@ -246,8 +246,9 @@ class Attributor:
             method: "ig", "saliency", "input_x_gradient", "attention" (see `llm_attrib.METHODS`).
             space: "embeddings" or "attention"; default: the method's own (attention for rpi and attention,
                 embeddings otherwise).
-            target: "log_prob" (LM default), "prob", "logit" (classifier default), "contrastive", or a
-                callable (logits (B, T, V), target_ids (T,)) -> (B, T).
+            target: "log_prob" (LM default), "prob", "logit" (classifier default), "contrastive", "answer"
+                (one output: log p(answer | prompt), the whole answer at the cost of one target), or a callable
+                (logits (B, T, V), target_ids (T,)) -> (B, T).
             foil: token id contrasted with each target (target="contrastive").
             target_class: the class to explain for classifiers (default: the predicted one).
             layers: attention layers of the attention space (default all; an int or a list).
@@ -277,6 +278,10 @@ class Attributor:
         batch = fit_chunk(self.model, seq.length, batch, eager_attention=the_space.uses_attention_hook)
         n_vocab = self.model.config.num_labels if seq.is_classifier else self.vocab_size
         target_fn = resolve_target(target or ("logit" if seq.is_classifier else "log_prob"), foil, n_vocab)
+        if getattr(target_fn, "answer_level", False):
+            if seq.is_classifier:
+                raise InvalidInputError("target='answer' explains a generated answer; a classifier explains a class.")
+            seq.answer_level = True
         started = time.perf_counter()
         with (prepared(self.model, hook_attention=the_space.uses_attention_hook), torch.enable_grad(),
               parallel.sharding(self.shard_points)):
@@ -288,6 +293,8 @@ class Attributor:
             with torch.no_grad():
                 logits = model_logits(self.model, seq, input_ids=seq.input_ids)
         probs = logits.float().softmax(-1)[0].gather(-1, seq.target_ids[:, None])[:, 0]
+        if seq.answer_level:
+            probs = probs.log().sum().exp()[None]  # p(answer | prompt)
         check_finite(probs, "target probabilities")
         check_finite(result.scores, f"attribution scores ({method})")
         converged = convergence(result.completeness_error, result.settings.get("tolerance"), method)
@@ -302,6 +309,8 @@ class Attributor:
         if seq.is_classifier:
             labels = getattr(self.model.config, "id2label", {}) or {}
             target_tokens = [str(labels.get(int(c), c)) for c in seq.target_ids.tolist()]
+        elif seq.answer_level:
+            target_tokens = [seq.text[seq.offsets[seq.n_prompt][0]:]]
         else:
             target_tokens = seq.tokens[seq.n_prompt:]
         return Explanation(
@@ -326,6 +335,7 @@ class Attributor:
                   "seconds": time.perf_counter() - started},
             input_markup=seq.keep[:n].tolist(),
             converged=converged,
+            answer_level=seq.answer_level,
         )
 
 

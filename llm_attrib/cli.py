@@ -98,6 +98,8 @@ def _add_explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=_positive, default=16, metavar="N",
                         help="tokens to generate when --answer is not given (default: 16)")
     parser.add_argument("--layers", type=int, nargs="+", metavar="L", help="attention layers of the attention space (default: all)")
+    parser.add_argument("--whole-answer", action="store_true",
+                        help="explain the whole answer, log p(answer | prompt), as one target (one gradient per path point)")
     parser.add_argument("--target", type=int, default=None, metavar="T", help="show only this target index in the terminal")
     parser.add_argument("--html", type=Path, metavar="FILE", help="write a self-contained HTML page here")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the explanation as JSON here (Explanation.load reads it)")
@@ -176,6 +178,8 @@ def _run_explain(args: argparse.Namespace) -> int:
     if args.n_steps is not None or _accepts(method, "n_steps"):
         params.setdefault("n_steps", args.n_steps if args.n_steps is not None else 32)
     attributor = Attributor(model, tokenizer, show_progress=not args.no_progress)
+    if args.whole_answer:
+        params["target"] = "answer"
     exp = attributor.explain(
         prompt, args.answer, method=args.method, space=args.space, layers=args.layers,
         max_new_tokens=args.max_new_tokens, **params,

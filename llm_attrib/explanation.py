@@ -44,6 +44,8 @@ class Explanation:
             `top_tokens` and `markup_share` report it apart from the user's words.
         converged: whether every completeness error is within the run's tolerance (1% for fixed-step runs);
             False means the scores are not a converged integral; None for methods without completeness.
+        answer_level: one row for the whole answer (target="answer": log p(answer | prompt)); `target_tokens`
+            is then the answer's text and `target_ids` all its token ids.
     """
 
     scores: torch.Tensor
@@ -66,6 +68,7 @@ class Explanation:
     cost: dict[str, float] = field(default_factory=dict)
     input_markup: list[bool] = field(default_factory=list)
     converged: bool | None = None
+    answer_level: bool = False
 
     def _markup(self) -> torch.Tensor:
         return padded_mask(self.input_markup, len(self.input_tokens))
@@ -120,7 +123,7 @@ class Explanation:
         return self._grouped(groups, offsets, None)
 
     def _grouped(self, groups: list[list[int]], offsets, labels: list[str] | None) -> "Explanation":
-        scores = torch.stack([self.scores[:, g].sum(1) if g else self.scores.new_zeros(len(self.target_ids)) for g in groups], 1)
+        scores = torch.stack([self.scores[:, g].sum(1) if g else self.scores.new_zeros(len(self.scores)) for g in groups], 1)
         tokens = labels or ["".join(self.input_tokens[j] for j in g).strip() or self.text[s:e] for g, (s, e) in zip(groups, offsets)]
         n_prompt = sum(1 for g in groups if g and g[0] < self.n_prompt_tokens)
         head = None
@@ -147,6 +150,7 @@ class Explanation:
             cost=self.cost,
             input_markup=[bool(g) and all(self._markup()[j] for j in g) for g in groups],
             converged=self.converged,
+            answer_level=self.answer_level,
         )
 
     def to_dict(self) -> dict[str, Any]:

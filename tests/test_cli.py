@@ -54,6 +54,15 @@ def test_explain_writes_json_and_html(model_dir, tmp_path, capsys):
     assert "cat" in printed and "summary" in printed
 
 
+def test_explain_the_whole_answer(model_dir, tmp_path):
+    out_json = tmp_path / "whole.json"
+    code = main(["explain", "--model", str(model_dir), "--prompt", PROMPT, "--answer", "mat and", "--whole-answer",
+                 "--json", str(out_json), "--no-progress"])
+    assert code == 0
+    exp = Explanation.load(out_json)
+    assert exp.answer_level and exp.target_tokens == ["mat and"] and exp.scores.shape[0] == 1
+
+
 def test_explain_given_answer_and_prompt_file(model_dir, tmp_path):
     prompt_file, out_json = tmp_path / "prompt.txt", tmp_path / "exp.json"
     prompt_file.write_text(PROMPT)

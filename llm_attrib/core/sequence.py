@@ -29,6 +29,8 @@ class Sequence:
             template's role markers. Every built-in baseline keeps them, metrics never remove them, and
             explanations report them apart from the user's words.
         is_classifier: whether targets are classes of a sequence classifier.
+        answer_level: one output for the whole answer, log p(answer | prompt) = sum of the targets' log-probabilities,
+            instead of one per target token (a document ranking then costs one gradient per path point).
     """
 
     input_ids: torch.Tensor
@@ -39,6 +41,7 @@ class Sequence:
     tokens: list[str]
     keep: torch.Tensor
     is_classifier: bool = False
+    answer_level: bool = False
 
     @property
     def length(self) -> int:
@@ -47,6 +50,11 @@ class Sequence:
     @property
     def n_targets(self) -> int:
         return self.target_ids.shape[0]
+
+    @property
+    def n_outputs(self) -> int:
+        """Rows of the explanation: one per target, or one for the whole answer."""
+        return 1 if self.answer_level else self.n_targets
 
     @property
     def target_positions(self) -> torch.Tensor:

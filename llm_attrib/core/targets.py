@@ -36,6 +36,14 @@ def logit(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return _pick(logits.float(), ids)
 
 
+def answer_log_probability(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log p(answer | prompt), the sum of the targets' log-probabilities: one output (B, 1) for the whole answer."""
+    return log_probability(logits, ids).sum(-1, keepdim=True)
+
+
+answer_log_probability.answer_level = True
+
+
 def contrastive(foil: int | torch.Tensor) -> Target:
     """Logit of the target minus the logit of a foil token: why this token rather than that one."""
 
@@ -53,7 +61,7 @@ def checked(target: Target) -> Target:
 
     def checked_target(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         scores = target(logits, ids)
-        expected = (logits.shape[0], ids.shape[0])
+        expected = (logits.shape[0], 1 if getattr(target, "answer_level", False) else ids.shape[0])
         if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != expected:
             got = f"shape {tuple(scores.shape)}" if isinstance(scores, torch.Tensor) else type(scores).__name__
             raise InvalidInputError(
@@ -67,10 +75,12 @@ def checked(target: Target) -> Target:
             )
         return scores
 
+    checked_target.answer_level = getattr(target, "answer_level", False)
     return checked_target
 
 
-TARGETS: dict[str, Target] = {"log_prob": log_probability, "prob": probability, "logit": logit}
+TARGETS: dict[str, Target] = {"log_prob": log_probability, "prob": probability, "logit": logit,
+                              "answer": answer_log_probability}
 
 
 def resolve_target(target: str | Target, foil: int | None, vocab_size: int) -> Target:

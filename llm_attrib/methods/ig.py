@@ -67,7 +67,7 @@ def score_guided_ig(
     max_steps: int, n_probes: int,
 ) -> MethodResult:
     """IG with per-target composite Gauss-Legendre nodes placed by forward-only probes (`core.guided`)."""
-    n_targets = len(problem.seq.target_ids)
+    n_targets = problem.seq.n_outputs
     routes = Routes(torch.stack([start, x]).unsqueeze(0))
     integral, used = guided_integral(problem.run, routes, lambda route: list(range(n_targets)), n_targets,
                                      n_steps, tolerance, max_steps, n_probes)

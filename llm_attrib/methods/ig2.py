@@ -236,6 +236,11 @@ class IG2:
             raise UnknownNameError(f"unknown path {path!r}; choose 'gradpath' or 'straight'.")
         checked_steps(n_steps)
         checked_steps(n_references, "n_references", cap=None)
+        if problem.seq.answer_level:
+            raise InvalidInputError(
+                "IG2 reads a representation where each target is predicted and finds counterfactuals per target; "
+                "the whole answer (target='answer') has neither. Use a per-token target, or method='ig'."
+            )
         model, seq, space = problem.model, problem.seq, problem.space
         x = space.point(model, seq)
         neutral = space.baseline(baseline, model, problem.tokenizer, seq, x)

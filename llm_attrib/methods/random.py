@@ -19,7 +19,8 @@ class RandomAttribution:
     def attribute(self, problem: Problem, seed: int = 0, **params: Any) -> MethodResult:
         reject_unknown(self.name, params)
         seq = problem.seq
-        scores = torch.rand((seq.n_targets, seq.length), generator=torch.Generator().manual_seed(seed))
+        scores = torch.rand((seq.n_outputs, seq.length), generator=torch.Generator().manual_seed(seed))
         if not seq.is_classifier:  # like every real method, nothing from a target's own or later positions
-            scores = scores * (torch.arange(seq.length)[None] <= seq.target_positions.cpu()[:, None])
-        return MethodResult(scores=scores, completeness_error=torch.full((seq.n_targets,), float("nan")))
+            sees = seq.target_positions.cpu()[-1:] if seq.answer_level else seq.target_positions.cpu()
+            scores = scores * (torch.arange(seq.length)[None] <= sees[:, None])
+        return MethodResult(scores=scores, completeness_error=torch.full((seq.n_outputs,), float("nan")))

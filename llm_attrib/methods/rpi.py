@@ -164,11 +164,15 @@ class RandomizedPathIntegration:
                 "multiply_by='input' (the reference code's A x mean gradient) is not a path integral, so its nodes "
                 "cannot be placed by the score; use it with a fixed rule, e.g. quadrature='riemann-inclusive'."
             )
-        aggregation = aggregation or ("paper" if problem.space.name == "attention" else "completeness")
+        paper_possible = problem.space.name == "attention" and not problem.seq.answer_level
+        aggregation = aggregation or ("paper" if paper_possible else "completeness")
         if aggregation not in ("completeness", "paper"):
             raise UnknownNameError(f"unknown aggregation {aggregation!r}; choose 'completeness' or 'paper'.")
-        if aggregation == "paper" and problem.space.name != "attention":
-            raise InvalidInputError("aggregation='paper' reads attention rows; use it with space='attention'.")
+        if aggregation == "paper" and not paper_possible:
+            raise InvalidInputError(
+                "aggregation='paper' reads one target's attention row; use it with space='attention' and a "
+                "per-token target (the whole answer has no single row)."
+            )
         if select not in ("per_target", "per_example"):
             raise UnknownNameError(f"unknown select {select!r}; choose 'per_target' or 'per_example'.")
         x = problem.space.point(problem.model, problem.seq)
@@ -182,7 +186,7 @@ class RandomizedPathIntegration:
             baselines = baselines * problem.space.allowed(x)
         reduce = row_reduce(problem) if aggregation == "paper" else problem.space.reduce
         run = Run(problem.scores, reduce, problem.internal_batch_size, problem.show_progress)
-        n_targets = problem.seq.n_targets
+        n_targets = problem.seq.n_outputs
         if quadrature == SCORE_GUIDED:
             routes = Routes(torch.stack([baselines, x.expand_as(baselines)], 1))
             integral, used = guided_integral(run, routes, lambda route: list(range(n_targets)), n_targets, n_steps,

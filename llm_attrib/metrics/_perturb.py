@@ -120,39 +120,45 @@ def padding_token(tokenizer) -> int:
 
 
 def target_probabilities(model, seq: Sequence) -> torch.Tensor:
-    """(T,) probability of each target (token given its prefix, or class) on the unperturbed input."""
+    """(T,) probability of each target (token given its prefix, or class) on the unperturbed input; (1,) the
+    answer's probability, their product, for a whole-answer explanation."""
     with torch.no_grad():
         logits = model_logits(model, seq, input_ids=seq.input_ids)  # (1, T, V)
-    return logits.float().softmax(-1)[0].gather(-1, seq.target_ids[:, None])[:, 0]
+    probs = logits.float().softmax(-1)[0].gather(-1, seq.target_ids[:, None])[:, 0]
+    return probs.log().sum().exp()[None] if seq.answer_level else probs
 
 
 def _forward_rows(
     model, seq: Sequence, target_index: torch.Tensor, keep: torch.Tensor, removal: str, replacement: int, pad: int
 ) -> torch.Tensor:
-    """One batched forward over B rows: target index (B,), prompt keep mask (B, P) -> probabilities (B,)."""
+    """One batched forward over B rows: target index (B,), prompt keep mask (B, P) -> probabilities (B,).
+
+    A row reads its target's position; a whole-answer row reads every target's position and multiplies."""
     n_rows, n_prompt = keep.shape
     length = seq.length
     ids = seq.input_ids[0].expand(n_rows, -1)  # (B, L)
     full_keep = torch.cat([keep, keep.new_ones(n_rows, length - n_prompt)], dim=1)  # (B, L)
     columns = torch.arange(length, device=ids.device)
+    # (B, K): the targets each row reads, K = 1 (its own) or T (the whole answer).
+    reads = torch.arange(seq.n_targets, device=ids.device).expand(n_rows, -1) if seq.answer_level else target_index[:, None]
     if removal == "delete":
         packed = (~full_keep).to(torch.uint8).argsort(dim=1, stable=True)  # kept positions first, in order
         n_kept = full_keep.sum(1, keepdim=True)  # (B, 1)
         attention = columns < n_kept  # right padding: earlier positions never see it
         ids = torch.where(attention, ids.gather(1, packed), torch.full_like(ids, pad))
-        read = keep.sum(1) + target_index - 1  # (B,)
+        read = keep.sum(1, keepdim=True) + reads - 1  # (B, K)
     elif removal == "replace":
         ids = torch.where(full_keep, ids, torch.full_like(ids, replacement))
         attention = torch.ones_like(full_keep)
-        read = n_prompt + target_index - 1
+        read = n_prompt + reads - 1
     else:  # mask
         attention = full_keep
-        read = n_prompt + target_index - 1
-    classes = seq.target_ids[target_index]  # (B,)
+        read = n_prompt + reads - 1
+    classes = seq.target_ids[reads]  # (B, K)
     with torch.no_grad():
         if seq.is_classifier:
             width = int(attention.sum(1).max()) if removal == "delete" else length
-            logits = model(input_ids=ids[:, :width], attention_mask=attention[:, :width].long()).logits  # (B, C)
+            logits = model(input_ids=ids[:, :width], attention_mask=attention[:, :width].long()).logits[:, None]  # (B, 1, C)
         else:
             if int(read.min()) < 0:
                 raise InvalidInputError(
@@ -168,8 +174,8 @@ def _forward_rows(
                 out = model(**inputs, logits_to_keep=positions).logits  # (B, len(positions), V)
             else:
                 out = model(**inputs).logits[:, positions]
-            logits = out[torch.arange(n_rows, device=out.device), torch.searchsorted(positions, read)]  # (B, V)
-    probs = logits.float().softmax(-1).gather(-1, classes[:, None])[:, 0]
+            logits = out.gather(1, torch.searchsorted(positions, read)[..., None].expand(-1, -1, out.shape[-1]))  # (B, K, V)
+    probs = logits.float().log_softmax(-1).gather(-1, classes[..., None])[..., 0].sum(-1).exp()
     if not torch.isfinite(probs).all():
         raise NumericalError(f"the model produced NaN or inf on perturbed inputs (removal={removal!r}).")
     return probs

@@ -337,6 +337,7 @@ def sequence_of(explanation, model, tokenizer) -> Sequence:
         tokens=list(explanation.input_tokens) + ["?"] * (len(ids) - n_inputs),
         keep=(special_token_mask(tokenizer, ids) | padded_mask(explanation.input_markup, len(ids))).to(device),
         is_classifier=classifier,
+        answer_level=getattr(explanation, "answer_level", False),
     )
 
 
@@ -346,10 +347,10 @@ def _prompt_scores(seq: Sequence, candidates: torch.Tensor) -> torch.Tensor:
         candidates = torch.as_tensor(candidates)
     shape = tuple(candidates.shape)
     allowed = {seq.n_inputs, seq.n_prompt}
-    if candidates.dim() != 3 or shape[1] != seq.n_targets or shape[2] not in allowed:
+    if candidates.dim() != 3 or shape[1] != seq.n_outputs or shape[2] not in allowed:
         raise InvalidInputError(
-            f"candidate scores must have shape (R, {seq.n_targets}, N) with N = {seq.n_inputs} inputs or "
-            f"{seq.n_prompt} prompt tokens (one row per target), got {shape}."
+            f"candidate scores must have shape (R, {seq.n_outputs}, N) with N = {seq.n_inputs} inputs or "
+            f"{seq.n_prompt} prompt tokens (one row per target, or one for the whole answer), got {shape}."
         )
     scores = candidates[..., : seq.n_prompt].to(seq.input_ids.device).float()
     if torch.isnan(scores).any():
@@ -424,7 +425,7 @@ def perturb(
     sizes = sizes_of(bin_counts(bins, n, bin_rounding))
     curve_sizes = sizes_of(curve_counts)
     targets = torch.arange(n_targets, device=scores.device)
-    p = target_probabilities(model, seq)  # (T,)
+    p = target_probabilities(model, seq)  # (T,), or (1,) for the whole answer
 
     def rows(count_sizes: torch.Tensor, only: bool) -> tuple[PerturbedInputs, tuple[int, ...]]:
         top = top_masks(rank, count_sizes)  # (R, T, K, P)
@@ -554,7 +555,7 @@ def faithfulness(
         raise InvalidInputError(f"expected an Explanation or a (Sequence, scores) pair, got {type(explanation).__name__}.")
     scores = torch.as_tensor(scores)
     if scores.dim() != 2:
-        raise InvalidInputError(f"scores must have shape (T, N) = ({seq.n_targets}, {seq.n_inputs}), got {tuple(scores.shape)}.")
+        raise InvalidInputError(f"scores must have shape (T, N) = ({seq.n_outputs}, {seq.n_inputs}), got {tuple(scores.shape)}.")
     leaked = selection_leak(explanation, metrics, bins, removal)
     if leaked:
         warnings.warn(
