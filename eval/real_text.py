@@ -15,6 +15,14 @@ example: comprehensiveness, sufficiency, log-odds and AOPC (ERASER bins, deletio
 top-1 document accuracy (rag; the whole answer's scores summed per document span), completeness error,
 convergence, and cost. Rows go to `eval/results/real_text/rows.parquet` (a `datasets.Dataset`), the summary
 to `eval/results/real_text/README.md`. Nothing is selected or tuned on these examples.
+
+Methods: IG in both spaces, raw attention, a random draw, and RPI and IG2 over embeddings with the package's
+defaults; --max-steps is the budget of gradient evaluations per target (IG), per baseline and target (RPI)
+and per reference and target (IG2). IG2 needs counterfactual references; as tests/test_real_llm.py gives it
+prompts of the same form with another answer ("The capital of Italy is"), each example gets every other
+example of its kind as a candidate (chat kinds as rendered chat text), in the set's order, and IG2 keeps, for
+each target, those on which the model's own next token differs from that target's token, up to its default
+of 20.
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ METHODS = {
     "ig_attention": {"method": "ig", "space": "attention"},
     "attention": {"method": "attention"},
     "random": {"method": "random", "space": "embeddings"},
+    "rpi": {"method": "rpi", "space": "embeddings"},
+    "ig2": {"method": "ig2", "space": "embeddings"},
 }
 
 
@@ -98,6 +108,13 @@ def knows(attributor: Attributor, item: dict) -> bool:
     return item["expected"].lower() in generated.lower()
 
 
+def counterfactuals(items: dict[str, dict], tokenizer, example_id: str) -> list[dict]:
+    """IG2's candidate references for one example: the other examples of its kind as prompt text (IG2 keeps
+    those on which the model's own outcome differs from the explained one)."""
+    return [{"prompt": item["prompt"] if isinstance(item["prompt"], str) else render_chat(tokenizer, item["prompt"])[0]}
+            for other, item in items.items() if other != example_id]
+
+
 def run(kinds: list[str], n: int, max_steps: int, methods: list[str], stream: Path | None = None,
         start: int = 0) -> pd.DataFrame:
     """Explain and score; each row is also appended to `stream` (JSON lines) as soon as it exists."""
@@ -106,17 +123,20 @@ def run(kinds: list[str], n: int, max_steps: int, methods: list[str], stream: Pa
     data = load_dataset("json", data_files=str(DATA), split="train")
     rows = []
     for kind in kinds:
-        chosen = [e for e in data if e["kind"] == kind][start:start + n]
-        for example in chosen:
-            item = prepare(example, tokenizer)
+        examples = [e for e in data if e["kind"] == kind]
+        items = {e["id"]: prepare(e, tokenizer) for e in examples}  # all of the kind: IG2's reference pool
+        for example in examples[start:start + n]:
+            item = items[example["id"]]
             if not knows(attributor, item):
                 rows.append({"id": example["id"], "kind": kind, "known": False})
                 _append(stream, rows[-1])
                 continue
             for label in methods:
                 params = dict(METHODS[label])
-                if params["method"] == "ig":
+                if params["method"] in ("ig", "rpi", "ig2"):
                     params["max_steps"] = max_steps
+                if params["method"] == "ig2":
+                    params["references"] = counterfactuals(items, tokenizer, example["id"])
                 if params["method"] == "random":
                     params["seed"] = zlib.crc32(example["id"].encode())  # a fresh draw per example
                 started = time.perf_counter()
@@ -179,7 +199,7 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=["completion", "sentiment", "rag"])
     parser.add_argument("--n", type=int, default=12, help="examples per kind (the first n of the set)")
     parser.add_argument("--start", type=int, default=0, help="skip this many examples of each kind first")
-    parser.add_argument("--max-steps", type=int, default=128, help="IG gradient evaluations per target at most")
+    parser.add_argument("--max-steps", type=int, default=128, help="gradient evaluations per target (per baseline/reference and target for RPI/IG2) at most")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=RESULTS)
