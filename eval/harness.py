@@ -69,6 +69,7 @@ def methods_for(task: str) -> dict[str, MethodSpec]:
         MethodSpec("rpi", "rpi"),
         MethodSpec("rpi_in_sample", "rpi", {"psi_options": {"removal": "delete", "bins": ERASER_BINS}}),
         MethodSpec("rpi_t_uniform", "rpi", {"t": (1, 500)}),
+        MethodSpec("rpi_completeness", "rpi", {"aggregation": "completeness"}),
         MethodSpec("ig2", "ig2", {"references": references, "n_references": IG2_REFERENCES}),
         MethodSpec("ig2_fixed_baseline", "ig2", {"toward": "baseline"}),
         MethodSpec("ig2_straight", "ig2", {"references": references, "n_references": IG2_REFERENCES,
@@ -95,9 +96,12 @@ def run_inseq(task: str, examples: list[dict], python: str) -> None:
 
 
 def with_completeness(rows: pd.DataFrame) -> pd.DataFrame:
-    """Rows with `complete`: whether the target's completeness error is within 1% (empty for methods without)."""
+    """Rows with `complete`: whether the target's completeness error is within 1% (empty for methods without),
+    and the selection mark as a number, so that both are summarised."""
     rows = rows.copy()
     rows["complete"] = (rows["completeness_error"] <= 0.01).astype(float).where(rows["completeness_error"].notna())
+    if "selected_on_reported_metric" in rows:  # rows of older runs lack it: those methods select nothing
+        rows["selected_on_reported_metric"] = rows["selected_on_reported_metric"].astype(float).fillna(0.0)
     return rows
 
 
@@ -170,7 +174,8 @@ def write_index(n: int, seconds: float) -> None:
         "prompt shares). `rpi` selects its map by aopc_sufficiency under replacement at bins 2/15/30/40% (a "
         "perturbation these tables do not use); `rpi_in_sample` selects on the reported deletion metric itself, as "
         "the paper does, and its cell is marked (in-sample): it is the best of 24 candidates on that very number. "
-        f"`rpi_t_uniform` draws each baseline's diffusion time uniformly in 1..500. IG2 uses {IG2_REFERENCES} "
+        f"`rpi_t_uniform` draws each baseline's diffusion time uniformly in 1..500; `rpi_completeness` sums over "
+        "layers, heads and query rows instead of the paper's target row. IG2 uses {IG2_REFERENCES} "
         "references per example here (the paper uses about 20; cost grows linearly with the number of references).\n\n"
         "## RPI, honest and in-sample, against IG\n\n"
         f"{rpi_table(n)}\n\n"
