@@ -89,7 +89,8 @@ def captum(workload: Workload, n_steps: int) -> tuple[float, float]:
     skip = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     attribution = LLMGradientAttribution(LayerIntegratedGradients(model, model.get_input_embeddings()), tokenizer)
     inp = TextTokenInput(workload.prompt, tokenizer, skip_tokens=skip)
-    result = attribution.attribute(inp, target=torch.tensor(workload.answer), n_steps=n_steps, method="gausslegendre")
+    result = attribution.attribute(inp, target=torch.tensor(workload.answer), n_steps=n_steps, method="gausslegendre",
+                                   internal_batch_size=16)  # llm-attrib's chunk; all steps at once exhaust memory
     totals = result.token_attr.float().sum(1)  # (T,)
     prompt_ids = tokenizer(workload.prompt)["input_ids"]
     baseline_ids = [i if i in skip else 0 for i in prompt_ids]
