@@ -58,8 +58,8 @@ def test_fixed_steps_without_tolerance(lm):
     exp = explain(lm, answer="w5 w6", n_steps=4, tolerance=None, quadrature="gauss-legendre")
     assert exp.params["n_steps"] == 4 and exp.cost["n_forward"] == 4 + 2  # path points and both ends
     guided = explain(lm, answer="w5 w6", n_steps=4, tolerance=None, n_probes=8)
-    # probes, then 4 nodes per target (one segment each) with both ends; one backward per node
-    assert guided.params["n_steps"] == 4 and guided.cost["n_forward"] == 9 + (2 * 4 + 2)
+    # probes (both ends among them), then 4 nodes per target (one segment each); one backward per node
+    assert guided.params["n_steps"] == 4 and guided.cost["n_forward"] == 9 + 2 * 4
     assert guided.cost["n_backward"] == 2 * 4
 
 

@@ -82,6 +82,7 @@ def integrate(
     contribution: Contribution = gradient_times_delta,
     show_progress: bool = True,
     targets: list[int] | None = None,
+    known_ends: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Integral:
     """Integrate the gradients of all targets along all paths.
 
@@ -95,19 +96,24 @@ def integrate(
         show_progress: show a progress bar when the work takes more than a second.
         targets: the targets whose gradients to integrate (default all); the others' rows stay zero. One
             forward still serves them all, so refining a few targets costs only their backward passes.
+        known_ends: the target scores at the explicand (T,) and at each path's start (P, T) when the caller
+            has them already (score-guided refinement rounds), so they are not run forward again.
 
     Paths whose points each serve one target (`one_target_per_point`, e.g. `RoutedNodes`) take one backward per chunk
     instead of one per target, and their integral has a single column: tokens (P, 1, L).
     """
-    endpoints = torch.cat([end.unsqueeze(0), paths.starts()])
-    f_all = evaluate(scores, endpoints, internal_batch_size)
-    f_end, f_start = f_all[0], f_all[1:]
+    if known_ends is None:
+        f_all = evaluate(scores, torch.cat([end.unsqueeze(0), paths.starts()]), internal_batch_size)
+        f_end, f_start = f_all[0], f_all[1:]
+    else:
+        f_end, f_start = known_ends
+    n_ends = 0 if known_ends is not None else 1 + len(f_start)
     n_targets = f_end.shape[0]
     target_of = paths.target_of if getattr(paths, "one_target_per_point", False) else None
     columns = 1 if target_of is not None else n_targets
     tokens: torch.Tensor | None = None
     detail: torch.Tensor | None = None
-    n_forward, n_backward = len(endpoints), 0
+    n_forward, n_backward = n_ends, 0
 
     def accumulate(contrib: torch.Tensor, path_ids: torch.Tensor, column: int, target: int) -> None:
         nonlocal tokens, detail
@@ -151,6 +157,6 @@ def integrate(
             detail = None if detail_part is None else detail_part.new_zeros((paths.n_paths, columns) + detail_part.shape)
         tokens = parallel.sum_across(tokens)
         detail = None if detail is None else parallel.sum_across(detail)
-        work = parallel.sum_across(torch.tensor([n_forward - len(endpoints), n_backward], device=tokens.device))
-        n_forward, n_backward = len(endpoints) + int(work[0]), int(work[1])
+        work = parallel.sum_across(torch.tensor([n_forward - n_ends, n_backward], device=tokens.device))
+        n_forward, n_backward = n_ends + int(work[0]), int(work[1])
     return Integral(tokens, detail, f_end, f_start, n_forward, n_backward)

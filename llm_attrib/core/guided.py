@@ -103,7 +103,7 @@ def guided_integral(
     n_forward, n_backward = len(routes) * len(grid), 0
     todo = segments
     while todo:
-        integral = _integrate_segments(run, routes, todo)
+        integral = _integrate_segments(run, routes, todo, (f_grid[0, -1], f_grid[:, 0]))
         n_forward += integral.n_forward
         n_backward += integral.n_backward
         for i, segment in enumerate(todo):
@@ -151,8 +151,10 @@ def _scores_at(run: Run, routes: Routes, route: torch.Tensor, s: torch.Tensor) -
     ])
 
 
-def _integrate_segments(run: Run, routes: Routes, segments: list[Segment]) -> Integral:
-    """Gauss-Legendre nodes in each segment, each node serving its segment's target, in one integral."""
+def _integrate_segments(run: Run, routes: Routes, segments: list[Segment],
+                        known_ends: tuple[torch.Tensor, torch.Tensor]) -> Integral:
+    """Gauss-Legendre nodes in each segment, each node serving its segment's target, in one integral (the
+    route ends' scores are known from the probes)."""
     nodes, weights = gauss_legendre(NODES_PER_SEGMENT)
     a = torch.tensor([s.a for s in segments], dtype=torch.float64)[:, None]
     length = torch.tensor([s.b - s.a for s in segments], dtype=torch.float64)[:, None]
@@ -167,7 +169,7 @@ def _integrate_segments(run: Run, routes: Routes, segments: list[Segment]) -> In
         n_buckets=len(segments),
     )
     return integrate(run.scores, paths, routes.vertices[0, -1], run.reduce, run.internal_batch_size,
-                     show_progress=run.show_progress)
+                     show_progress=run.show_progress, known_ends=known_ends)
 
 
 def _segments_to_split(segments: list[Segment], scale: torch.Tensor, tolerance: float, used: torch.Tensor,
