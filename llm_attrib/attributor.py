@@ -14,11 +14,12 @@ from .core.chat import outside_spans, render_chat
 from .core.engine import check_finite
 from .core.memory import fit_chunk
 from .core.sequence import Sequence, build_sequence, readable_tokens, special_token_mask
-from .core.spaces import make_space, model_logits
+from .core.spaces import make_space
 from .core.targets import Target, resolve_target
 from .errors import ConvergenceWarning, InvalidInputError, UnsupportedModelError
 from .explanation import Explanation
 from .methods import Problem, get_method
+from .metrics._perturb import target_probabilities
 from .patching import prepared
 
 Prompt = str | list[dict[str, str]]
@@ -290,11 +291,7 @@ class Attributor:
                 batch, self.show_progress,
             )
             result = chosen.attribute(problem, **method_params)
-            with torch.no_grad():
-                logits = model_logits(self.model, seq, input_ids=seq.input_ids)
-        probs = logits.float().softmax(-1)[0].gather(-1, seq.target_ids[:, None])[:, 0]
-        if seq.answer_level:
-            probs = probs.log().sum().exp()[None]  # p(answer | prompt)
+            probs = target_probabilities(self.model, seq)  # per target, or the whole answer's
         check_finite(probs, "target probabilities")
         check_finite(result.scores, f"attribution scores ({method})")
         converged = convergence(result.completeness_error, result.settings.get("tolerance"), method)
