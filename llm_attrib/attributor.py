@@ -13,7 +13,7 @@ from . import __version__, parallel
 from .core.chat import outside_spans, render_chat
 from .core.engine import check_finite
 from .core.memory import fit_chunk
-from .core.sequence import Sequence, build_sequence, readable_tokens, special_token_mask
+from .core.sequence import Sequence, build_sequence, check_segments, readable_tokens, special_token_mask
 from .core.spaces import make_space
 from .core.targets import Target, resolve_target
 from .errors import ConvergenceWarning, InvalidInputError, UnsupportedModelError
@@ -231,6 +231,7 @@ class Attributor:
         space: str | None = None,
         target: str | Target | None = None,
         foil: int | None = None,
+        answer_segments: list[tuple[int, int]] | None = None,
         target_class: int | None = None,
         layers: list[int] | int | None = None,
         max_new_tokens: int = 16,
@@ -251,6 +252,8 @@ class Attributor:
                 (one output: log p(answer | prompt), the whole answer at the cost of one target), or a callable
                 (logits (B, T, V), target_ids (T,)) -> (B, T).
             foil: token id contrasted with each target (target="contrastive").
+            answer_segments: with target="answer", runs of answer tokens [start, end) explained as one row each
+                (e.g. the answer's sentences); default one row for the whole answer.
             target_class: the class to explain for classifiers (default: the predicted one).
             layers: attention layers of the attention space (default all; an int or a list).
             max_new_tokens: generation length when `answer` is None.
@@ -282,7 +285,10 @@ class Attributor:
         if getattr(target_fn, "answer_level", False):
             if seq.is_classifier:
                 raise InvalidInputError("target='answer' explains a generated answer; a classifier explains a class.")
-            seq.answer_level = True
+            seq.answer_segments = check_segments(answer_segments, seq.n_targets)
+        elif answer_segments is not None:
+            raise InvalidInputError("answer_segments groups the answer's tokens into rows of target='answer'; pass "
+                                    "target='answer' with it.")
         started = time.perf_counter()
         with (prepared(self.model, hook_attention=the_space.uses_attention_hook), torch.enable_grad(),
               parallel.sharding(self.shard_points)):
@@ -307,7 +313,8 @@ class Attributor:
             labels = getattr(self.model.config, "id2label", {}) or {}
             target_tokens = [str(labels.get(int(c), c)) for c in seq.target_ids.tolist()]
         elif seq.answer_level:
-            target_tokens = [seq.text[seq.offsets[seq.n_prompt][0]:]]
+            starts = [seq.offsets[seq.n_prompt + a][0] for a, _ in seq.answer_segments]
+            target_tokens = [seq.text[start:end] for start, end in zip(starts, starts[1:] + [len(seq.text)])]
         else:
             target_tokens = seq.tokens[seq.n_prompt:]
         return Explanation(
@@ -333,6 +340,7 @@ class Attributor:
             input_markup=seq.keep[:n].tolist(),
             converged=converged,
             answer_level=seq.answer_level,
+            answer_segments=seq.answer_segments if seq.answer_level else None,
         )
 
 

@@ -44,8 +44,11 @@ class Explanation:
             `top_tokens` and `markup_share` report it apart from the user's words.
         converged: whether every completeness error is within the run's tolerance (1% for fixed-step runs);
             False means the scores are not a converged integral; None for methods without completeness.
-        answer_level: one row for the whole answer (target="answer": log p(answer | prompt)); `target_tokens`
-            is then the answer's text and `target_ids` all its token ids.
+        answer_level: rows are parts of the answer (target="answer": log p(answer | prompt), one row for the whole
+            answer or one per `answer_segments`); `target_tokens` is then each part's text and `target_ids` all the
+            answer's token ids.
+        answer_segments: the target-index runs [start, end) of the rows of an answer-level explanation (None:
+            the whole answer, or per-token rows).
     """
 
     scores: torch.Tensor
@@ -69,6 +72,13 @@ class Explanation:
     input_markup: list[bool] = field(default_factory=list)
     converged: bool | None = None
     answer_level: bool = False
+    answer_segments: list[tuple[int, int]] | None = None
+
+    def segments(self) -> list[tuple[int, int]] | None:
+        """The answer runs behind the rows: None for per-token rows, [(0, T)] for the whole answer."""
+        if not self.answer_level:
+            return None
+        return [tuple(s) for s in self.answer_segments] if self.answer_segments else [(0, len(self.target_ids))]
 
     def _markup(self) -> torch.Tensor:
         return padded_mask(self.input_markup, len(self.input_tokens))
@@ -151,6 +161,7 @@ class Explanation:
             input_markup=[bool(g) and all(self._markup()[j] for j in g) for g in groups],
             converged=self.converged,
             answer_level=self.answer_level,
+            answer_segments=self.answer_segments,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -176,6 +187,8 @@ class Explanation:
         data["extra"] = {k: torch.tensor(_none_to_nan(v)) if _is_numeric_list(v) else v
                          for k, v in data.get("extra", {}).items()}
         data["input_offsets"] = [tuple(o) for o in data["input_offsets"]]
+        if data.get("answer_segments") is not None:
+            data["answer_segments"] = [tuple(s) for s in data["answer_segments"]]
         return cls(**data)
 
     def save(self, path: str | Path) -> None:

@@ -30,6 +30,36 @@ def test_the_answer_is_the_sum_of_its_tokens_at_a_fraction_of_the_cost(attributo
     assert whole.cost["n_backward"] * 3 == tokens.cost["n_backward"]
 
 
+@pytest.mark.parametrize("space", ["embeddings", "attention"])
+def test_answer_segments_are_the_sums_of_their_tokens(attributor, space, tmp_path):
+    """Rows per answer segment (e.g. per sentence): each is its tokens' rows summed, at one backward per segment;
+    probabilities, faithfulness and raw attention read each segment's own tokens."""
+    parts = attributor.explain(PROMPT, answer=ANSWER, space=space, target="answer", answer_segments=[(0, 1), (1, 3)],
+                               **FIXED)
+    tokens = attributor.explain(PROMPT, answer=ANSWER, space=space, **FIXED)
+    assert parts.target_tokens == ["w5 ", "w6 w8"] and parts.segments() == [(0, 1), (1, 3)]
+    torch.testing.assert_close(parts.scores[0], tokens.scores[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(parts.scores[1], tokens.scores[1:].sum(0), atol=1e-5, rtol=1e-4)
+    assert parts.target_probs[1] == pytest.approx(tokens.target_probs[1] * tokens.target_probs[2], rel=1e-5)
+    assert parts.cost["n_backward"] * 3 == tokens.cost["n_backward"] * 2
+    parts.save(tmp_path / "parts.json")
+    assert Explanation.load(tmp_path / "parts.json").segments() == [(0, 1), (1, 3)]
+    # the whole prompt removed: a segment's probability is the product of its tokens' perturbed probabilities
+    full = faithfulness(attributor, parts, ["comprehensiveness"], bins=(100,), removal="replace")["comprehensiveness@100"]
+    each = faithfulness(attributor, tokens, ["comprehensiveness"], bins=(100,), removal="replace")["comprehensiveness@100"]
+    p = torch.tensor(tokens.target_probs)
+    assert float(full[0]) == pytest.approx(float(each[0]), rel=1e-4)
+    assert float(full[1]) == pytest.approx(float(p[1] * p[2] - (p[1] - each[1]) * (p[2] - each[2])), rel=1e-4, abs=1e-7)
+    raw = attributor.explain(PROMPT, answer=ANSWER, method="attention", target="answer", answer_segments=[(0, 1), (1, 3)])
+    raw_tokens = attributor.explain(PROMPT, answer=ANSWER, method="attention")
+    torch.testing.assert_close(raw.scores[1], raw_tokens.scores[1:].mean(0))
+    for bad in ([(0, 2)], [(0, 2), (1, 3)], [(0, 0), (0, 3)], "x"):
+        with pytest.raises(InvalidInputError, match="answer_segments"):
+            attributor.explain(PROMPT, answer=ANSWER, target="answer", answer_segments=bad, method="saliency")
+    with pytest.raises(InvalidInputError, match="target='answer'"):
+        attributor.explain(PROMPT, answer=ANSWER, answer_segments=[(0, 3)], method="saliency")
+
+
 def test_the_answer_converges_by_default_on_the_rag_model():
     model, tokenizer = llm_attrib.zoo.load("rag")
     example = llm_attrib.zoo.examples("rag", n=1, seed=123)[0]

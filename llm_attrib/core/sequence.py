@@ -29,8 +29,10 @@ class Sequence:
             template's role markers. Every built-in baseline keeps them, metrics never remove them, and
             explanations report them apart from the user's words.
         is_classifier: whether targets are classes of a sequence classifier.
-        answer_level: one output for the whole answer, log p(answer | prompt) = sum of the targets' log-probabilities,
-            instead of one per target token (a document ranking then costs one gradient per path point).
+        answer_segments: one output per contiguous run of targets [start, end), the log-probability of that part of
+            the answer (the sum of its targets' log-probabilities), instead of one per target token; [(0, T)] is the
+            whole answer, one segment per sentence gives sentence-level rows. A document ranking then costs one
+            gradient per segment and path point. None: one output per target.
     """
 
     input_ids: torch.Tensor
@@ -41,7 +43,28 @@ class Sequence:
     tokens: list[str]
     keep: torch.Tensor
     is_classifier: bool = False
-    answer_level: bool = False
+    answer_segments: list[tuple[int, int]] | None = None
+
+    @property
+    def answer_level(self) -> bool:
+        return self.answer_segments is not None
+
+    def segment_matrix(self) -> torch.Tensor:
+        """(T, S) float: 1 where target t belongs to output row s (the identity for per-token rows)."""
+        if self.answer_segments is None:
+            return torch.eye(self.n_targets, device=self.input_ids.device)
+        member = torch.zeros(self.n_targets, len(self.answer_segments), device=self.input_ids.device)
+        for s, (start, end) in enumerate(self.answer_segments):
+            member[start:end, s] = 1
+        return member
+
+    @property
+    def output_positions(self) -> torch.Tensor:
+        """(S,) the last position each output row depends on (a segment's last target's prediction)."""
+        if self.answer_segments is None:
+            return self.target_positions
+        ends = torch.tensor([end - 1 for _, end in self.answer_segments], device=self.input_ids.device)
+        return self.target_positions[ends]
 
     @property
     def length(self) -> int:
@@ -53,8 +76,8 @@ class Sequence:
 
     @property
     def n_outputs(self) -> int:
-        """Rows of the explanation: one per target, or one for the whole answer."""
-        return 1 if self.answer_level else self.n_targets
+        """Rows of the explanation: one per target, or one per answer segment."""
+        return self.n_targets if self.answer_segments is None else len(self.answer_segments)
 
     @property
     def target_positions(self) -> torch.Tensor:
@@ -141,3 +164,20 @@ def padded_mask(mask: list[bool] | None, length: int) -> torch.Tensor:
     """(length,) bool: `mask` (or nothing) cut or padded with False, e.g. markup of an older explanation."""
     values = list(mask or [])[:length]
     return torch.tensor(values + [False] * (length - len(values)), dtype=torch.bool)
+
+
+def check_segments(segments: list[tuple[int, int]] | None, n_targets: int) -> list[tuple[int, int]]:
+    """Answer segments as contiguous, non-empty, in-order runs that cover the answer's targets; None = the whole."""
+    if segments is None:
+        return [(0, n_targets)]
+    try:
+        runs = [(int(a), int(b)) for a, b in segments]
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"answer_segments must be (start, end) pairs of target indices, got {segments!r}.") from None
+    bounds = [0] + [b for _, b in runs]
+    if not runs or [a for a, _ in runs] != bounds[:-1] or bounds[-1] != n_targets or any(b <= a for a, b in runs):
+        raise InvalidInputError(
+            f"answer_segments {runs} must split the answer's {n_targets} tokens into consecutive non-empty runs "
+            f"(start, end) from 0 to {n_targets}, e.g. [(0, 4), (4, {n_targets})]."
+        )
+    return runs

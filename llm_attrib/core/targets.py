@@ -37,8 +37,9 @@ def logit(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 def answer_log_probability(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """log p(answer | prompt), the sum of the targets' log-probabilities: one output (B, 1) for the whole answer."""
-    return log_probability(logits, ids).sum(-1, keepdim=True)
+    """log p(answer | prompt): the targets' log-probabilities, summed by the problem over the answer's segments
+    (the whole answer, or each sentence) into one output per segment."""
+    return log_probability(logits, ids)
 
 
 answer_log_probability.answer_level = True
@@ -61,7 +62,7 @@ def checked(target: Target) -> Target:
 
     def checked_target(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         scores = target(logits, ids)
-        expected = (logits.shape[0], 1 if getattr(target, "answer_level", False) else ids.shape[0])
+        expected = (logits.shape[0], ids.shape[0])
         if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != expected:
             got = f"shape {tuple(scores.shape)}" if isinstance(scores, torch.Tensor) else type(scores).__name__
             raise InvalidInputError(

@@ -1,7 +1,7 @@
 """Raw attention: the probabilities the model put on each input token, no gradients.
 
 For target t the row of the position that predicts it (decoders), or the first token's row (encoders,
-the CLS position), averaged over heads and chosen layers; for the whole answer, the mean of its targets' rows.
+the CLS position), averaged over heads and chosen layers; for an answer segment, the mean of its targets' rows.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ class RawAttention:
         seq = problem.seq
         rows = torch.zeros(seq.n_targets, dtype=torch.long) if seq.is_classifier else seq.target_positions.cpu()
         detail = x[:, :, rows.to(x.device)].permute(2, 0, 1, 3)  # (T, layers, H, L)
-        if seq.answer_level:  # the whole answer: the mean over the rows that predict its tokens
-            detail = detail.mean(0, keepdim=True)
+        if seq.answer_level:  # an answer segment: the mean over the rows that predict its tokens
+            member = seq.segment_matrix().to(detail)
+            detail = torch.einsum("ts,tlhn->slhn", member / member.sum(0), detail)
         scores = detail.mean(dim=(1, 2))
         return MethodResult(
             scores=scores,

@@ -29,8 +29,9 @@ class Problem:
     show_progress: bool = True
 
     def scores(self, points: torch.Tensor) -> torch.Tensor:
-        """Target scores (B, T) at a batch of points of the space."""
-        return self.target(self.space.logits(self.model, self.seq, points), self.seq.target_ids)
+        """Target scores (B, T) at a batch of points of the space; (B, S) summed over answer segments."""
+        scores = self.target(self.space.logits(self.model, self.seq, points), self.seq.target_ids)
+        return scores @ self.seq.segment_matrix() if self.seq.answer_level else scores
 
     @property
     def run(self) -> Run:

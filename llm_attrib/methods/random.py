@@ -21,6 +21,6 @@ class RandomAttribution:
         seq = problem.seq
         scores = torch.rand((seq.n_outputs, seq.length), generator=torch.Generator().manual_seed(seed))
         if not seq.is_classifier:  # like every real method, nothing from a target's own or later positions
-            sees = seq.target_positions.cpu()[-1:] if seq.answer_level else seq.target_positions.cpu()
+            sees = seq.output_positions.cpu()
             scores = scores * (torch.arange(seq.length)[None] <= sees[:, None])
         return MethodResult(scores=scores, completeness_error=torch.full((seq.n_outputs,), float("nan")))

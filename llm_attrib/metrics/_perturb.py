@@ -120,12 +120,12 @@ def padding_token(tokenizer) -> int:
 
 
 def target_probabilities(model, seq: Sequence) -> torch.Tensor:
-    """(T,) probability of each target (token given its prefix, or class) on the unperturbed input; (1,) the
-    answer's probability, their product, for a whole-answer explanation."""
+    """(T,) probability of each target (token given its prefix, or class) on the unperturbed input; (S,) each
+    answer segment's probability, the product over its tokens, for a segment-level explanation."""
     with torch.no_grad():
         logits = model_logits(model, seq, input_ids=seq.input_ids)  # (1, T, V)
     probs = logits.float().softmax(-1)[0].gather(-1, seq.target_ids[:, None])[:, 0]
-    return probs.log().sum().exp()[None] if seq.answer_level else probs
+    return (probs.log() @ seq.segment_matrix()).exp() if seq.answer_level else probs
 
 
 def _forward_rows(
@@ -133,14 +133,18 @@ def _forward_rows(
 ) -> torch.Tensor:
     """One batched forward over B rows: target index (B,), prompt keep mask (B, P) -> probabilities (B,).
 
-    A row reads its target's position; a whole-answer row reads every target's position and multiplies."""
+    A row reads its target's position; a segment row reads every target's position and multiplies its segment's."""
     n_rows, n_prompt = keep.shape
     length = seq.length
     ids = seq.input_ids[0].expand(n_rows, -1)  # (B, L)
     full_keep = torch.cat([keep, keep.new_ones(n_rows, length - n_prompt)], dim=1)  # (B, L)
     columns = torch.arange(length, device=ids.device)
-    # (B, K): the targets each row reads, K = 1 (its own) or T (the whole answer).
-    reads = torch.arange(seq.n_targets, device=ids.device).expand(n_rows, -1) if seq.answer_level else target_index[:, None]
+    # (B, K): the targets each row reads, K = 1 (its own) or T (an answer segment, weighted by membership).
+    if seq.answer_level:
+        reads = torch.arange(seq.n_targets, device=ids.device).expand(n_rows, -1)
+        member = seq.segment_matrix().T[target_index]  # (B, T)
+    else:
+        reads, member = target_index[:, None], torch.ones(n_rows, 1, device=ids.device)
     if removal == "delete":
         packed = (~full_keep).to(torch.uint8).argsort(dim=1, stable=True)  # kept positions first, in order
         n_kept = full_keep.sum(1, keepdim=True)  # (B, 1)
@@ -175,7 +179,8 @@ def _forward_rows(
             else:
                 out = model(**inputs).logits[:, positions]
             logits = out.gather(1, torch.searchsorted(positions, read)[..., None].expand(-1, -1, out.shape[-1]))  # (B, K, V)
-    probs = logits.float().log_softmax(-1).gather(-1, classes[..., None])[..., 0].sum(-1).exp()
+    log_probs = logits.float().log_softmax(-1).gather(-1, classes[..., None])[..., 0]
+    probs = (log_probs * member).sum(-1).exp()
     if not torch.isfinite(probs).all():
         raise NumericalError(f"the model produced NaN or inf on perturbed inputs (removal={removal!r}).")
     return probs

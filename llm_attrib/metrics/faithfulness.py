@@ -337,7 +337,7 @@ def sequence_of(explanation, model, tokenizer) -> Sequence:
         tokens=list(explanation.input_tokens) + ["?"] * (len(ids) - n_inputs),
         keep=(special_token_mask(tokenizer, ids) | padded_mask(explanation.input_markup, len(ids))).to(device),
         is_classifier=classifier,
-        answer_level=getattr(explanation, "answer_level", False),
+        answer_segments=explanation.segments(),
     )
 
 
