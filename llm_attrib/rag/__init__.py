@@ -1,0 +1,15 @@
+"""RAG debugging: which retrieved documents (and sentences) carried each part of an answer, whether the documents
+support it, and why the retriever ranked them.
+
+    >>> from llm_attrib import rag
+    >>> result = rag.explain(model, tokenizer, "What is the capital of Australia?", documents)
+    >>> result.top_document, result.citations, result.to_html()
+"""
+
+from .explain import GRANULARITIES, explain
+from .explanation import Citation, RagExplanation, Verdict
+from .prompt import TEMPLATES, Document, Template
+from .verdicts import THRESHOLDS
+
+__all__ = ["explain", "RagExplanation", "Citation", "Verdict", "Template", "Document", "TEMPLATES", "THRESHOLDS",
+           "GRANULARITIES"]

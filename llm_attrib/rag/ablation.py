@@ -1,0 +1,36 @@
+"""Leave-documents-out: the answer's log-probability, per answer segment, with documents removed from the prompt.
+
+The brute-force reference for a document ranking (one forward per removal), and the check behind a verdict:
+an answer sentence a document supports loses probability when that document is removed, more than when any
+other one is. Removal re-renders the prompt without the documents (same template, the others unchanged, their
+labels keeping their numbers), so nothing else moves.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..attributor import Attributor
+from .prompt import Document, Template, build_prompt
+
+
+def segment_log_probs(attributor: Attributor, prompt, answer_ids: list[int],
+                      segments: list[tuple[int, int]]) -> torch.Tensor:
+    """(S,) log p(segment | prompt, earlier answer) of each answer segment, teacher-forced in one forward."""
+    seq = attributor.sequence(prompt, answer=answer_ids)
+    with torch.no_grad():
+        logits = attributor.model(input_ids=seq.input_ids).logits[0, seq.target_positions]
+    token = logits.float().log_softmax(-1).gather(-1, seq.target_ids[:, None])[:, 0]
+    return torch.stack([token[a:b].sum() for a, b in segments]).cpu()
+
+
+def without(attributor: Attributor, question: str, documents: list[Document], template: Template,
+            removed: list[list[int]], answer_ids: list[int], segments: list[tuple[int, int]],
+            system: str | None = None) -> torch.Tensor:
+    """(len(removed), S) segment log-probabilities with each set of documents removed."""
+    rows = []
+    for drop in removed:
+        kept = [i for i in range(len(documents)) if i not in set(drop)]
+        prompt = build_prompt(attributor.tokenizer, question, documents, template, kept, system).prompt
+        rows.append(segment_log_probs(attributor, prompt, answer_ids, segments))
+    return torch.stack(rows) if rows else torch.zeros(0, len(segments))

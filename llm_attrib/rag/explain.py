@@ -1,0 +1,186 @@
+"""`rag.explain`: which retrieved documents (and sentences) carried an answer, checked by removing them.
+
+The prompt is built here from the question and the documents, so their spans are known exactly. The answer is
+explained at the granularity the question needs: one row per answer sentence by default (log p(sentence | ...),
+one gradient per sentence and path point), the whole answer (cheapest), or every token (for token-level views).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from ..attributor import Attributor, context_length
+from ..errors import InvalidInputError, UnknownNameError
+from .ablation import segment_log_probs, without
+from .explanation import RagExplanation, cited_documents
+from .prompt import TEMPLATES, Template, as_documents, build_prompt
+from .sentences import split_sentences
+from .verdicts import THRESHOLDS, judge
+
+GRANULARITIES = ("sentence", "answer", "token")
+
+
+def explain(
+    model,
+    tokenizer,
+    question: str,
+    documents: list[str] | list[dict[str, str]],
+    answer: str | list[int] | None = None,
+    *,
+    template: Template | str | None = None,
+    system: str | None = None,
+    method: str = "ig",
+    space: str | None = None,
+    granularity: str = "sentence",
+    verify: bool = True,
+    thresholds: tuple[float, float] = THRESHOLDS,
+    retriever: tuple[Any, Any] | None = None,
+    max_new_tokens: int = 64,
+    internal_batch_size: int = 16,
+    show_progress: bool = True,
+    **method_params: Any,
+) -> RagExplanation:
+    """Explain which documents carried `answer` (generated greedily when None) to `question`.
+
+    Args:
+        model, tokenizer: any HF causal LM and its fast tokenizer.
+        question: the user's question.
+        documents: retrieved documents: strings, or dicts with "text" and optional "title" and "id".
+        answer: the answer to explain (text or token ids); None generates it (end-of-turn tokens dropped).
+        template: a `Template`, a name in `rag.TEMPLATES` ("default", "plain", "zoo"), or a prompt string with
+            {documents} and {question}. Default: one user message through the tokenizer's chat template when it
+            has one, else the plain layout.
+        system: a system message (chat templates only).
+        method, space, **method_params: the attribution method (`Attributor.explain`'s).
+        granularity: "sentence" (a row per answer sentence), "answer" (one row) or "token" (a row per token).
+        verify: remove each document (and each sentence's cited documents) and measure the answer's
+            log-probability: the leave-one-out check and a verdict per answer sentence (1 + documents forwards).
+        thresholds: (low, high) margins in nats for the verdicts (see `rag.verdicts`).
+        retriever: (encoder, tokenizer) of a bi-encoder; explains each document's similarity to the question.
+        max_new_tokens: generation length when `answer` is None.
+    """
+    if granularity not in GRANULARITIES:
+        raise UnknownNameError(f"unknown granularity {granularity!r}; choose one of {list(GRANULARITIES)}.")
+    started = time.perf_counter()
+    docs = as_documents(documents)
+    layout = resolve_template(template)
+    built = build_prompt(tokenizer, question, docs, layout, system=system)
+    attributor = Attributor(model, tokenizer, internal_batch_size=internal_batch_size, show_progress=show_progress)
+    check_fits(attributor, built, docs, 0 if answer is not None else max_new_tokens)
+    seq = attributor.sequence(built.prompt, answer=answer, max_new_tokens=max_new_tokens)
+    answer_ids = seq.target_ids.tolist()
+    if answer is None:
+        answer_ids = until_end(tokenizer, answer_ids)
+    if not answer_ids:
+        raise InvalidInputError("the model answered nothing (it ended its turn at once); pass answer= to explain one.")
+    seq = attributor.sequence(built.prompt, answer=answer_ids)
+    runs, spans = answer_sentences(seq)
+    params: dict[str, Any] = dict(method=method, space=space, **method_params)
+    if granularity != "token":
+        params.update(target="answer", answer_segments=runs if granularity == "sentence" else None)
+    explanation = attributor.explain(built.prompt, answer_ids, **params)
+    result = RagExplanation(
+        question=question, documents=docs, answer=seq.text[len(built.text):], explanation=explanation,
+        granularity=granularity, document_spans=built.document_spans, sentence_spans=built.sentence_spans,
+        question_span=built.question_span, answer_sentences=runs, answer_sentence_spans=spans,
+    )
+    if verify:
+        result.verdicts, result.leave_one_out = check(attributor, question, docs, layout, system, answer_ids, result,
+                                                     thresholds)
+    if retriever is not None:
+        from .retriever import rank_and_explain
+
+        encoder, encoder_tokenizer = retriever
+        result.retrieval = [r.to_dict() for r in rank_and_explain(encoder, encoder_tokenizer, question,
+                                                                   [d.text for d in docs])]
+    result.cost = {**explanation.cost, "seconds": time.perf_counter() - started}
+    return result
+
+
+def resolve_template(template: Template | str | None) -> Template:
+    if template is None or isinstance(template, Template):
+        return template or Template()
+    if isinstance(template, str):
+        return TEMPLATES[template] if template in TEMPLATES else Template(prompt=template)
+    raise InvalidInputError(f"template must be a Template, a name in {sorted(TEMPLATES)} or a string, "
+                            f"got {type(template).__name__}.")
+
+
+def check_fits(attributor: Attributor, built, documents, n_answer: int) -> None:
+    """Refuse prompts beyond the model's context before any work, naming the documents that take the room."""
+    limit = context_length(attributor.model, attributor.tokenizer)
+    tokenizer = attributor.tokenizer
+    n_prompt = len(tokenizer(built.text, add_special_tokens=isinstance(built.prompt, str))["input_ids"])
+    if n_prompt + n_answer > limit:
+        sizes = sorted(((len(tokenizer(d.text, add_special_tokens=False)["input_ids"]), i) for i, d in enumerate(documents)),
+                       reverse=True)
+        listed = ", ".join(f"document {i}: {n} tokens" for n, i in sizes[:5])
+        raise InvalidInputError(
+            f"the prompt needs {n_prompt} tokens{f' plus {n_answer} for the answer' if n_answer else ''}, "
+            f"{n_prompt + n_answer - limit} more than the model's context of {limit} ({listed}); drop or shorten "
+            "documents, or lower max_new_tokens."
+        )
+
+
+def until_end(tokenizer, ids: list[int]) -> list[int]:
+    """A generated answer up to its first special token (end of turn, end of text): those end the answer, they are
+    not part of what the documents carried."""
+    special = set(tokenizer.all_special_ids)
+    for i, token in enumerate(ids):
+        if token in special:
+            return ids[:i]
+    return ids
+
+
+def answer_sentences(seq) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """The answer's sentences as token runs [start, end) covering every answer token, and their character spans.
+
+    A token belongs to the sentence its first character falls in (a token of spaces between two sentences goes
+    with the next); sentences no token starts in are merged away."""
+    first = seq.offsets[seq.n_prompt][0]
+    answer = seq.text[first:]
+    sentences = [(first + a, first + b) for a, b in split_sentences(answer)] or [(first, len(seq.text))]
+    owner = []
+    for start, _ in seq.offsets[seq.n_prompt:]:
+        owner.append(next((k for k, (_, b) in enumerate(sentences) if start < b), len(sentences) - 1))
+    runs, spans = [], []
+    for t, k in enumerate(owner):
+        if runs and owner[t - 1] == k:
+            runs[-1] = (runs[-1][0], t + 1)
+        else:
+            runs.append((t, t + 1))
+            spans.append(sentences[k])
+    return runs, spans
+
+
+def check(attributor: Attributor, question: str, documents, template: Template, system: str | None,
+          answer_ids: list[int], result: RagExplanation, thresholds: tuple[float, float]):
+    """Verdicts per answer sentence and the leave-one-out table (documents, sentences), from ablations."""
+    segments = result.answer_sentences
+    full = segment_log_probs(attributor, result_prompt(attributor, question, documents, template, system), answer_ids,
+                             segments)
+    alone = without(attributor, question, documents, template, [[d] for d in range(len(documents))], answer_ids,
+                    segments, system)
+    leave_one_out = full[None] - alone  # (D, S)
+    by_doc = result.sentence_document_scores()
+    verdicts = []
+    for s in range(len(segments)):
+        cited = [d for d, _ in cited_documents(by_doc[min(s, len(by_doc) - 1)])]
+        if not cited:
+            drop_cited = 0.0
+        elif len(cited) == 1:
+            drop_cited = float(leave_one_out[cited[0], s])
+        else:
+            removed = without(attributor, question, documents, template, [cited], answer_ids, segments, system)
+            drop_cited = float(full[s] - removed[0, s])
+        others = [d for d in range(len(documents)) if d not in cited]
+        drop_other = float(leave_one_out[others, s].clamp_min(0).mean()) if others else 0.0
+        verdicts.append(judge(drop_cited, drop_other, thresholds, cited=bool(cited)))
+    return verdicts, leave_one_out
+
+
+def result_prompt(attributor, question, documents, template, system):
+    return build_prompt(attributor.tokenizer, question, documents, template, system=system).prompt

@@ -1,0 +1,232 @@
+"""`RagExplanation`: a token-level `Explanation` read through the prompt's structure (documents, their sentences,
+the answer's sentences), with citations, verdicts and the leave-one-out check.
+
+Everything is derived from the token scores and the spans the prompt was built with, so a saved explanation
+reloads to the same document and sentence scores.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import InvalidInputError
+from ..explanation import Explanation, _jsonable, _none_to_nan
+from .prompt import Document
+
+Span = tuple[int, int]
+
+
+@dataclass
+class Verdict:
+    """Whether the documents support one answer sentence, decided by ablation of the cited documents.
+
+    Attributes:
+        label: "supported", "unsupported" or "uncertain".
+        drop_cited: nats the sentence's log-probability loses when the cited documents are removed.
+        drop_other: the same when one other document is removed, averaged over the others (a gain counts as 0;
+            0 with no other document).
+        margin: drop_cited - drop_other, the statistic compared with the thresholds.
+        thresholds: (low, high): unsupported below low, supported at or above high.
+    """
+
+    label: str
+    drop_cited: float
+    drop_other: float
+    margin: float
+    thresholds: tuple[float, float]
+
+
+@dataclass
+class Citation:
+    """What carried one answer sentence: documents and their sentences, with scores (the sentence's row sums).
+
+    Attributes:
+        sentence: the answer sentence; span: its characters in the explanation's text.
+        documents: (document index, score), highest first: every document with at least half the top score.
+        sentences: (document index, sentence index, score), the top sentences within the cited documents.
+        verdict: the ablation check, when it was run.
+    """
+
+    sentence: str
+    span: Span
+    documents: list[tuple[int, float]]
+    sentences: list[tuple[int, int, float]]
+    verdict: Verdict | None = None
+
+
+@dataclass
+class RagExplanation:
+    """Attribution of an answer to retrieved documents.
+
+    Attributes:
+        question: the question; documents: the retrieved documents, in prompt order.
+        answer: the explained answer text.
+        explanation: the token-level explanation underneath; its rows are the answer's tokens
+            (granularity "token"), its sentences ("sentence") or the whole answer ("answer").
+        granularity: what a row of the scores is.
+        document_spans, sentence_spans, question_span: where documents, their sentences and the question sit in
+            `explanation.text`.
+        answer_sentences: (start, end) token runs of the answer's sentences, and `answer_sentence_spans` their
+            characters in `explanation.text`.
+        verdicts: one `Verdict` per answer sentence, when `verify=True`.
+        leave_one_out: (documents, answer sentences) nats each sentence loses when that document alone is removed
+            (computed with the verdicts).
+        retrieval: the retriever's explanation of each document's similarity to the question, when given.
+    """
+
+    question: str
+    documents: list[Document]
+    answer: str
+    explanation: Explanation
+    granularity: str
+    document_spans: list[Span]
+    sentence_spans: list[list[Span]]
+    question_span: Span
+    answer_sentences: list[tuple[int, int]]
+    answer_sentence_spans: list[Span]
+    verdicts: list[Verdict] | None = None
+    leave_one_out: torch.Tensor | None = None
+    retrieval: list[dict[str, Any]] | None = None
+    cost: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def document_scores(self) -> torch.Tensor:
+        """(rows, documents): each row's attribution summed over each document (label included)."""
+        return self.explanation.aggregate(self.document_spans).scores
+
+    @property
+    def answer_document_scores(self) -> torch.Tensor:
+        """(documents,): the whole answer's attribution to each document (the rows' sum: IG is linear in the target)."""
+        return self.document_scores.sum(0)
+
+    @property
+    def sentence_scores(self) -> list[torch.Tensor]:
+        """For each document, (rows, its sentences)."""
+        flat = [span for spans in self.sentence_spans for span in spans]
+        scores = self.explanation.aggregate(flat).scores
+        out, at = [], 0
+        for spans in self.sentence_spans:
+            out.append(scores[:, at:at + len(spans)])
+            at += len(spans)
+        return out
+
+    @property
+    def answer_sentence_scores(self) -> list[torch.Tensor]:
+        """For each document, (its sentences,): the whole answer's attribution to each sentence."""
+        return [s.sum(0) for s in self.sentence_scores]
+
+    @property
+    def other_score(self) -> float:
+        """The whole answer's attribution to everything outside the documents (instructions, question, markup)."""
+        return float(self.explanation.prompt_scores.sum() - self.answer_document_scores.sum())
+
+    @property
+    def ranking(self) -> list[int]:
+        """Document indices, most responsible first."""
+        return self.answer_document_scores.argsort(descending=True).tolist()
+
+    @property
+    def top_document(self) -> int:
+        return self.ranking[0]
+
+    def rows_of(self, sentence: int) -> list[int]:
+        """The rows of the scores that make up one answer sentence."""
+        if self.granularity == "token":
+            return list(range(*self.answer_sentences[sentence]))
+        if self.granularity == "sentence":
+            return [sentence]
+        return [0]
+
+    def sentence_document_scores(self) -> torch.Tensor:
+        """(answer sentences, documents); with granularity "answer", the one row of the whole answer."""
+        doc = self.document_scores
+        n = 1 if self.granularity == "answer" else len(self.answer_sentences)
+        return torch.stack([doc[self.rows_of(s)].sum(0) for s in range(n)])
+
+    @property
+    def citations(self) -> list[Citation]:
+        """For each answer sentence (one citation for the whole answer at granularity "answer"), the documents and
+        sentences that carried it."""
+        by_doc = self.sentence_document_scores()
+        sentence_scores = self.sentence_scores
+        out = []
+        for s, scores in enumerate(by_doc):
+            cited = cited_documents(scores)
+            sentences = []
+            for d, _ in cited:
+                within = sentence_scores[d][self.rows_of(s)].sum(0)
+                sentences += [(d, int(k), float(within[k])) for k, _ in cited_documents(within)]
+            span = (self.answer_sentence_spans[0][0], self.answer_sentence_spans[-1][1]) if self.granularity == "answer" \
+                else self.answer_sentence_spans[s]
+            verdict = self.verdicts[s] if self.verdicts is not None and s < len(self.verdicts) else None
+            out.append(Citation(self.explanation.text[span[0]:span[1]], span, cited, sentences, verdict))
+        return out
+
+    def to_dataframe(self):
+        """One row per (answer row, document): the row's text, the document, its score and its rank."""
+        import pandas as pd
+
+        scores = self.document_scores
+        rows = []
+        for r, label in enumerate(self.explanation.target_tokens):
+            order = scores[r].argsort(descending=True).tolist()
+            for d, document in enumerate(self.documents):
+                rows.append({"row": r, "answer_part": label, "document": d, "document_id": document.id,
+                             "title": document.title, "score": float(scores[r, d]), "rank": order.index(d) + 1})
+        return pd.DataFrame(rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {key: _jsonable(value) for key, value in asdict(self).items() if key != "explanation"}
+        data["explanation"] = self.explanation.to_dict()
+        data["kind"] = "llm-attrib rag explanation"
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RagExplanation":
+        if not isinstance(data, dict) or data.get("kind") != "llm-attrib rag explanation":
+            raise InvalidInputError("this is not an llm-attrib RAG explanation; load files written by RagExplanation.save().")
+        data = {k: v for k, v in data.items() if k != "kind"}
+        data["explanation"] = Explanation.from_dict(data["explanation"])
+        data["documents"] = [Document(**d) for d in data["documents"]]
+        data["document_spans"] = [tuple(s) for s in data["document_spans"]]
+        data["sentence_spans"] = [[tuple(s) for s in spans] for spans in data["sentence_spans"]]
+        data["question_span"] = tuple(data["question_span"])
+        data["answer_sentences"] = [tuple(s) for s in data["answer_sentences"]]
+        data["answer_sentence_spans"] = [tuple(s) for s in data["answer_sentence_spans"]]
+        if data.get("verdicts") is not None:
+            data["verdicts"] = [Verdict(**{**v, "thresholds": tuple(v["thresholds"])}) for v in data["verdicts"]]
+        if data.get("leave_one_out") is not None:
+            data["leave_one_out"] = torch.tensor(_none_to_nan(data["leave_one_out"]))
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        """Strict JSON (NaN as null)."""
+        Path(path).write_text(json.dumps(self.to_dict(), allow_nan=False))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RagExplanation":
+        try:
+            data = json.loads(Path(path).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise InvalidInputError(f"{path} is not JSON ({error}); load files written by RagExplanation.save().") from None
+        return cls.from_dict(data)
+
+    def to_html(self, **kwargs: Any) -> str:
+        """One self-contained HTML report (no external assets)."""
+        from ..render.rag_html import render_rag_html
+
+        return render_rag_html(self, **kwargs)
+
+
+def cited_documents(scores: torch.Tensor, share: float = 0.5, limit: int = 3) -> list[tuple[int, float]]:
+    """Indices with a positive score of at least `share` of the top one, highest first (at most `limit`)."""
+    order = scores.argsort(descending=True).tolist()
+    top = float(scores[order[0]]) if order else 0.0
+    if top <= 0:
+        return []
+    return [(i, float(scores[i])) for i in order[:limit] if float(scores[i]) >= share * top]
