@@ -7,9 +7,11 @@ from transformers import PreTrainedTokenizerFast
 SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>"]
 
 
-def tiny_tokenizer(vocab_size: int = 64, bos: bool = True) -> PreTrainedTokenizerFast:
-    """Words w0, w1, ... after the four special tokens; prepends <bos> when `bos`."""
-    vocab = {w: i for i, w in enumerate(SPECIALS + [f"w{i}" for i in range(vocab_size - len(SPECIALS))])}
+def tiny_tokenizer(vocab_size: int = 64, bos: bool = True, extra: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+    """Words w0, w1, ... after the four special tokens, the last ones replaced by `extra` (e.g. "."); prepends
+    <bos> when `bos`."""
+    words = [f"w{i}" for i in range(vocab_size - len(SPECIALS) - len(extra))] + list(extra)
+    vocab = {w: i for i, w in enumerate(SPECIALS + words)}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     if bos:

@@ -1,0 +1,148 @@
+"""RAG debugging: prompts built with exact spans, document rankings that find the source on the trained rag model,
+rows that add up across granularities, verdicts confirmed by ablation, and clear errors for bad input."""
+
+import pytest
+import torch
+
+import llm_attrib
+from llm_attrib import InvalidInputError, UnknownNameError, rag
+from llm_attrib.rag.prompt import build_prompt, as_documents
+from llm_attrib.rag.sentences import split_sentences
+from tiny_tokenizer import tiny_llama, tiny_tokenizer
+
+CHAT = ("{% for m in messages %}w40 {{ 'w41' if m['role'] == 'user' else 'w42' }} {{ m['content'] }} w43 "
+        "{% endfor %}{% if add_generation_prompt %}w44{% endif %}")
+TINY = rag.Template(prompt="w10 {documents} w11 {question}", document="w12 {text}", titled="w12 {title} w13 {text}",
+                    separator=" ")
+DOCS = ["w1 w2 w3. w4 w5 w6.", {"text": "w7 w8. w1 w2 w3.", "title": "w9", "id": "b"}, "w20 w21 w22."]
+FIXED = dict(quadrature="gauss-legendre", n_steps=12, tolerance=None)
+
+
+@pytest.fixture(scope="module")
+def chat_lm():
+    tokenizer = tiny_tokenizer(64, bos=False, extra=(".",))
+    tokenizer.chat_template = CHAT
+    return tiny_llama(context=96), tokenizer
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    return llm_attrib.zoo.load("rag")
+
+
+def zoo_case(example: dict) -> tuple[str, list[str]]:
+    """The zoo prompt's question and document texts (the "zoo" template adds "doc : " and "question : ")."""
+    prompt = example["prompt"]
+    return prompt[prompt.index("question : ") + 11:], [prompt[a + 6:b] for a, b in example["documents"]]
+
+
+def test_spans_come_from_construction_not_search(chat_lm):
+    """A sentence that two documents share gets each document's own span; the chat template's markup is outside."""
+    _, tokenizer = chat_lm
+    built = build_prompt(tokenizer, "w30 w31", as_documents(DOCS), TINY)
+    assert built.text == "w40 w41 w10 w12 w1 w2 w3. w4 w5 w6. w12 w9 w13 w7 w8. w1 w2 w3. w12 w20 w21 w22. w11 w30 w31 w43 w44"
+    assert [built.text[a:b] for a, b in built.document_spans] == ["w12 w1 w2 w3. w4 w5 w6.", "w12 w9 w13 w7 w8. w1 w2 w3.",
+                                                                   "w12 w20 w21 w22."]
+    sentences = [[built.text[a:b] for a, b in spans] for spans in built.sentence_spans]
+    assert sentences == [["w1 w2 w3.", "w4 w5 w6."], ["w7 w8.", "w1 w2 w3."], ["w20 w21 w22."]]
+    assert built.sentence_spans[0][0] != built.sentence_spans[1][1]
+    assert built.text[slice(*built.question_span)] == "w30 w31"
+    without_second = build_prompt(tokenizer, "w30 w31", as_documents(DOCS), TINY, kept=[0, 2])
+    assert "w12 w20 w21 w22." in without_second.text and "w7 w8" not in without_second.text
+
+
+def test_sentences_split_offline():
+    text = "Canberra is the capital of Australia. It was planned by Dr. Griffin in 1912! Was it? J. R. Tolkien.\n\nNext"
+    assert [text[a:b] for a, b in split_sentences(text)] == [
+        "Canberra is the capital of Australia.", "It was planned by Dr. Griffin in 1912!", "Was it?", "J. R. Tolkien.",
+        "Next"]
+
+
+@pytest.mark.parametrize("space", ["embeddings", "attention"])
+def test_the_source_document_comes_first_on_the_rag_model(zoo, space):
+    """Ground truth: the answer is copied from one document; the ranking, the citation and leave-one-out find it,
+    and removing it is what the verdict measures."""
+    model, tokenizer = zoo
+    for example in llm_attrib.zoo.examples("rag", n=4, seed=31):
+        question, documents = zoo_case(example)
+        result = rag.explain(model, tokenizer, question, documents, template="zoo", space=space, show_progress=False)
+        assert result.answer.strip() == example["answer"]
+        assert result.top_document == example["relevant_document"]
+        citation, = result.citations
+        assert citation.documents[0][0] == example["relevant_document"] and citation.verdict.label == "supported"
+        assert int(result.leave_one_out[:, 0].argmax()) == example["relevant_document"]
+        assert result.explanation.converged
+
+
+def test_an_answer_whose_source_was_removed_is_not_supported(zoo):
+    """The same answer, explained after its source document is dropped: no document carries it any more."""
+    model, tokenizer = zoo
+    for example in llm_attrib.zoo.examples("rag", n=4, seed=32):
+        question, documents = zoo_case(example)
+        documents.pop(example["relevant_document"])
+        result = rag.explain(model, tokenizer, question, documents, answer=" " + example["answer"], template="zoo",
+                             space="attention", show_progress=False)
+        assert result.verdicts[0].label != "supported", result.verdicts[0]
+
+
+def test_granularities_add_up(chat_lm, tmp_path):
+    """IG is linear in the target: token rows summed over a sentence are the sentence's row, sentence rows summed
+    are the whole answer's; saving and loading keeps every derived score."""
+    model, tokenizer = chat_lm
+    answer = " w50 w51. w52 w53 w54."
+    by = {g: rag.explain(model, tokenizer, "w30 w31", DOCS, answer=answer, template=TINY, granularity=g,
+                         show_progress=False, **FIXED) for g in rag.GRANULARITIES}
+    assert by["sentence"].answer_sentences == [(0, 3), (3, 7)]
+    assert [t.strip() for t in by["sentence"].explanation.target_tokens] == ["w50 w51 .", "w52 w53 w54 ."]
+    tokens, sentences = by["token"].document_scores, by["sentence"].document_scores
+    torch.testing.assert_close(torch.stack([tokens[:3].sum(0), tokens[3:].sum(0)]), sentences, atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(sentences.sum(0), by["answer"].document_scores[0], atol=1e-4, rtol=1e-3)
+    for g, result in by.items():
+        assert len(result.answer_sentence_scores) == 3 and result.answer_sentence_scores[0].shape == (2,)
+        result.save(tmp_path / f"{g}.json")
+        loaded = rag.RagExplanation.load(tmp_path / f"{g}.json")
+        torch.testing.assert_close(loaded.document_scores, result.document_scores)
+        assert loaded.citations == result.citations and loaded.documents[1].title == "w9"
+    assert len(by["token"].to_dataframe()) == 7 * 3
+    assert by["sentence"].cost["n_backward"] * 7 == by["token"].cost["n_backward"] * 2
+
+
+def test_bad_input_gets_a_clear_error_and_leaves_the_model_alone(chat_lm):
+    model, tokenizer = chat_lm
+    before = {name: p.requires_grad for name, p in model.named_parameters()}
+    implementation = model.config._attn_implementation
+    cases = [
+        (dict(documents=[]), "no documents"),
+        (dict(documents=["w1 w2", "  "]), r"documents \[1\] are empty"),
+        (dict(documents=["w1 w2", "w3", "w1  w2"]), "documents 0 and 2 have the same text"),
+        (dict(documents=["w1"], template="w10 {documents}"), r"lacks \{question\}"),
+        (dict(documents=["w1"], template="w10 {documents} {question} {extra}"), r"unknown field \{extra\}"),
+        (dict(documents=["w1 " * 40, "w2 " * 60]), r"more than the model's context of 96 \(document 1: 60 tokens, document 0: 40"),
+        (dict(documents=["w1"], question=" "), "question is empty"),
+        (dict(documents=[{"body": "w1"}]), "dict with a 'text' key"),
+    ]
+    for kwargs, message in cases:
+        args = {"question": "w30", "template": TINY, **kwargs}
+        with pytest.raises(InvalidInputError, match=message):
+            rag.explain(model, tokenizer, args.pop("question"), args.pop("documents"), answer=" w50",
+                        show_progress=False, **args)
+    with pytest.raises(UnknownNameError, match="granularity"):
+        rag.explain(model, tokenizer, "w30", ["w1"], answer=" w50", template=TINY, granularity="word")
+    assert {name: p.requires_grad for name, p in model.named_parameters()} == before
+    assert model.config._attn_implementation == implementation
+
+
+def test_an_answer_tokenised_differently_after_the_prompt_is_refused():
+    """'Par' + 'is' becomes 'Paris' once joined: the answer's own tokens are not what the model would read."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(["<unk>", "is", "Par", "Paris", "capital"])}
+    backend = Tokenizer(models.WordPiece(vocab, unk_token="<unk>", continuing_subword_prefix=""))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.decoder = decoders.WordPiece(prefix="")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
+    layout = rag.Template(prompt="{documents} {question} Par", document="{text}", chat=False)
+    with pytest.raises(InvalidInputError, match="tokenises as"):
+        rag.explain(tiny_llama(context=32), tokenizer, "capital", ["Paris capital"], answer="is", template=layout,
+                    show_progress=False)
