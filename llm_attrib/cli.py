@@ -2,6 +2,7 @@
 
     llm-attrib explain --model PATH --prompt "..." --html out.html --json out.json
     llm-attrib evaluate --zoo rag --n 100 --methods ig ig:attention rpi random --output rows.jsonl
+    llm-attrib rag --model PATH --question "..." --documents docs.jsonl --html report.html --json out.json
 
 Subcommands live in `SUBCOMMANDS` (name -> (add_arguments, run)); add one there.
 """
@@ -236,15 +237,15 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def _read_examples(path: Path) -> list[dict[str, Any]]:
+def _read_examples(path: Path, flag: str = "--data") -> list[Any]:
     try:
         text = path.read_text()
     except OSError as err:
-        raise InvalidInputError(f"cannot read --data {str(path)!r}: {err.strerror or err}.") from err
+        raise InvalidInputError(f"cannot read {flag} {str(path)!r}: {err.strerror or err}.") from err
     try:
         data = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
     except json.JSONDecodeError as err:
-        raise InvalidInputError(f"--data {str(path)!r} is neither JSON lines nor a JSON list: {err}.") from err
+        raise InvalidInputError(f"{flag} {str(path)!r} is neither JSON lines nor a JSON list: {err}.") from err
     return data
 
 
@@ -272,6 +273,98 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- rag ---------------------------------------------------------------------------------------------
+
+
+def _add_rag_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", metavar="NAME_OR_PATH",
+                        help="zoo name (e.g. smollm2), local model folder or hub id (default: the zoo 'rag' model with a "
+                             "built-in example)")
+    parser.add_argument("--question", metavar="TEXT", help="the question the documents were retrieved for")
+    parser.add_argument("--documents", type=Path, metavar="FILE",
+                        help="retrieved documents: JSON lines of strings or {text, title?, id?}, or a JSON list of them")
+    parser.add_argument("--answer", metavar="TEXT", help="the answer to explain (default: generate greedily)")
+    parser.add_argument("--template", metavar="NAME_OR_TEXT",
+                        help="prompt layout: default, plain, zoo, or a string with {documents} and {question} "
+                             "(default: the chat template when the tokenizer has one; zoo for the zoo model)")
+    parser.add_argument("--system", metavar="TEXT", help="a system message (chat templates only)")
+    parser.add_argument("--method", default="ig", metavar="NAME", help="attribution method (default: ig)")
+    parser.add_argument("--space", default=None, metavar="NAME", help="embeddings or attention (default: the method's own)")
+    parser.add_argument("--granularity", default="sentence", choices=("sentence", "answer", "token"),
+                        help="rows: one per answer sentence (default), one for the whole answer (cheapest) or per token")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="skip the ablation check (verdicts and leave-one-out; 1 + documents forwards)")
+    parser.add_argument("--retriever", metavar="PATH",
+                        help="a bi-encoder folder (sentence-transformers style) to explain each document's similarity")
+    parser.add_argument("--max-new-tokens", type=_positive, default=64, metavar="N",
+                        help="tokens to generate when --answer is not given (default: 64)")
+    parser.add_argument("--html", type=Path, metavar="FILE", help="write the self-contained HTML report here")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write the result as JSON here (RagExplanation.load reads it)")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="a method parameter, VALUE read as JSON if it parses (e.g. --param max_steps=64); repeatable")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _read_documents(path: Path) -> list[Any]:
+    documents = _read_examples(path, flag="--documents")
+    if not isinstance(documents, list):
+        raise InvalidInputError(f"--documents {str(path)!r} must hold a list of documents (JSON lines or a JSON list).")
+    return documents
+
+
+def _run_rag(args: argparse.Namespace) -> int:
+    from . import rag, zoo
+    from .methods import get_method
+    from .render.terminal import print_rag_explanation
+
+    get_method(args.method, args.space)  # fail on a bad name before loading anything
+    _check_output(args.html)
+    _check_output(args.json)
+    if args.no_progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    documents = _read_documents(args.documents) if args.documents else None
+    template = args.template
+    if args.model:
+        if args.question is None or documents is None:
+            raise InvalidInputError("with --model, give --question TEXT and --documents FILE.")
+        model, tokenizer = load_model(args.model)
+    else:
+        model, tokenizer = zoo.load("rag")
+        template = template or "zoo"
+        if args.question is None and documents is None:
+            example = zoo.examples("rag", n=1, seed=0)[0]
+            prompt = example["prompt"]
+            args.question = prompt[prompt.index("question : ") + len("question : "):]
+            documents = [prompt[start + len("doc : "):end] for start, end in example["documents"]]
+        elif args.question is None or documents is None:
+            raise InvalidInputError("give both --question and --documents (or neither, for the built-in example).")
+    retriever = None
+    if args.retriever:
+        from transformers import AutoModel, AutoTokenizer
+
+        try:
+            retriever = (AutoModel.from_pretrained(args.retriever).eval(), AutoTokenizer.from_pretrained(args.retriever))
+        except (OSError, ValueError) as err:
+            raise InvalidInputError(f"cannot load the retriever {args.retriever!r} ({_first_line(err)}).") from err
+    result = rag.explain(
+        model, tokenizer, args.question, documents, args.answer, template=template, system=args.system,
+        method=args.method, space=args.space, granularity=args.granularity, verify=not args.no_verify,
+        retriever=retriever, max_new_tokens=args.max_new_tokens, show_progress=not args.no_progress,
+        **_method_params(args.param),
+    )
+    print_rag_explanation(result)
+    if args.html:
+        _write(args.html, result.to_html())
+        print(f"wrote {args.html}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        result.save(args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
 # --- entry point -------------------------------------------------------------------------------------
 
 Command = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]
@@ -280,6 +373,7 @@ Command = tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Na
 SUBCOMMANDS: dict[str, Command] = {
     "explain": (_add_explain_arguments, _run_explain, "explain a model's answer token by token"),
     "evaluate": (_add_evaluate_arguments, _run_evaluate, "compare methods' faithfulness and plausibility over examples"),
+    "rag": (_add_rag_arguments, _run_rag, "which retrieved documents carried an answer, with citations and verdicts"),
 }
 
 

@@ -174,3 +174,43 @@ def _table(exp: "Explanation", chosen, errors: list[float], top_k: int) -> Table
         row = [str(t), visible(exp.target_tokens[t]), f"{exp.target_probs[t]:.3f}", fmt_error(errors[t]), top]
         table.add_row(*row, *([] if markup is None else [f"{float(markup[t]):.0%}"]))
     return table
+
+
+VERDICT_STYLE = {"supported": "green", "unsupported": "bold red", "uncertain": "yellow"}
+
+
+def print_rag_explanation(result, console: Console | None = None) -> None:
+    """A RAG explanation in the terminal: the answer, documents ranked by what they carried, and per answer sentence
+    the cited documents and sentences with the verdict."""
+    console = console or Console()
+    exp = result.explanation
+    status = {True: "converged", False: "NOT converged (see completeness error)", None: ""}[exp.converged]
+    console.print(Panel(Text(result.answer.strip()), title=f"answer to: {result.question}",
+                        subtitle=f"{exp.method} over {exp.space}, {result.granularity} rows {status}"))
+    ranking = Table(title="documents, by what they carried of the whole answer")
+    for column in ("rank", "document", "score", "text"):
+        ranking.add_column(column, justify="right" if column in ("rank", "score") else "left")
+    scores = result.answer_document_scores
+    for rank, d in enumerate(result.ranking, 1):
+        document = result.documents[d]
+        label = f"{d}" + (f" ({document.title})" if document.title else "")
+        text = document.text if len(document.text) <= 90 else document.text[:87] + "..."
+        ranking.add_row(str(rank), label, fmt_score(float(scores[d])), text)
+    console.print(ranking)
+    citations = Table(title="citations")
+    for column in ("answer", "cited documents", "top sentence", "verdict"):
+        citations.add_column(column)
+    for citation in result.citations:
+        docs = ", ".join(f"{d} ({fmt_score(s)})" for d, s in citation.documents) or "none"
+        if citation.sentences:
+            d, k, _ = citation.sentences[0]
+            start, end = result.sentence_spans[d][k]
+            sentence = exp.text[start:end]
+        else:
+            sentence = ""
+        verdict = Text("")
+        if citation.verdict is not None:
+            v = citation.verdict
+            verdict = Text(f"{v.label} ({v.margin:+.1f} nats)", style=VERDICT_STYLE.get(v.label, ""))
+        citations.add_row(citation.sentence.strip(), docs, sentence, verdict)
+    console.print(citations)
