@@ -232,6 +232,7 @@ class Attributor:
         target: str | Target | None = None,
         foil: int | None = None,
         answer_segments: list[tuple[int, int]] | None = None,
+        attribute_to: list[tuple[int, int]] | None = None,
         target_class: int | None = None,
         layers: list[int] | int | None = None,
         max_new_tokens: int = 16,
@@ -254,6 +255,9 @@ class Attributor:
             foil: token id contrasted with each target (target="contrastive").
             answer_segments: with target="answer", runs of answer tokens [start, end) explained as one row each
                 (e.g. the answer's sentences); default one row for the whole answer.
+            attribute_to: character spans of the prompt that the path moves (e.g. the retrieved documents); every
+                other token stays at its real value along the path, like markup, so the scores answer "what did
+                these spans contribute, given the rest" and sum to f(input) - f(input with the spans blanked).
             target_class: the class to explain for classifiers (default: the predicted one).
             layers: attention layers of the attention space (default all; an int or a list).
             max_new_tokens: generation length when `answer` is None.
@@ -279,6 +283,9 @@ class Attributor:
         if not isinstance(batch, int) or batch < 1:
             raise InvalidInputError(f"internal_batch_size must be a positive integer, got {batch!r}.")
         seq = self.sequence(prompt, answer, target_class, max_new_tokens, **(generation_kwargs or {}))
+        markup = seq.keep.clone()
+        if attribute_to is not None:
+            seq.keep = seq.keep | ~covered(seq, attribute_to)
         batch = fit_chunk(self.model, seq.length, batch, eager_attention=the_space.uses_attention_hook)
         n_vocab = self.model.config.num_labels if seq.is_classifier else self.vocab_size
         target_fn = resolve_target(target or ("logit" if seq.is_classifier else "log_prob"), foil, n_vocab)
@@ -337,11 +344,29 @@ class Attributor:
             extra=result.extra,
             cost={"n_forward": result.n_forward, "n_backward": result.n_backward,
                   "seconds": time.perf_counter() - started},
-            input_markup=seq.keep[:n].tolist(),
+            input_markup=markup[:n].tolist(),
             converged=converged,
             answer_level=seq.answer_level,
             answer_segments=seq.answer_segments if seq.answer_level else None,
         )
+
+
+def covered(seq: Sequence, spans: list[tuple[int, int]]) -> torch.Tensor:
+    """(L,) bool: prompt tokens whose first character lies in one of the character spans."""
+    prompt_end = seq.offsets[seq.n_prompt - 1][1] if seq.n_prompt else 0
+    checked = []
+    for span in spans:
+        try:
+            start, end = int(span[0]), int(span[1])
+        except (TypeError, ValueError, IndexError):
+            raise InvalidInputError(f"attribute_to must be (start, end) character spans of the prompt, got {span!r}.") from None
+        if not 0 <= start < end <= max(prompt_end, len(seq.text)):
+            raise InvalidInputError(f"attribute_to span ({start}, {end}) is not inside the prompt text of length {prompt_end}.")
+        checked.append((start, end))
+    inside = [j < seq.n_prompt and e > s and any(a <= s < b for a, b in checked) for j, (s, e) in enumerate(seq.offsets)]
+    if not any(inside):
+        raise InvalidInputError(f"attribute_to spans {checked} cover no prompt token; give spans of the prompt text.")
+    return torch.tensor(inside, device=seq.input_ids.device)
 
 
 DEFAULT_TOLERANCE = 0.01

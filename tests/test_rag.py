@@ -85,6 +85,25 @@ def test_an_answer_whose_source_was_removed_is_not_supported(zoo):
         assert result.verdicts[0].label != "supported", result.verdicts[0]
 
 
+@pytest.mark.parametrize("space", ["embeddings", "attention"])
+def test_only_the_documents_move_by_default(chat_lm, space):
+    """scope="documents": the question and instructions stay real along the path, so over embeddings they get
+    exactly zero and the documents' scores add up to f(input) - f(documents blanked)."""
+    model, tokenizer = chat_lm
+    scoped = rag.explain(model, tokenizer, "w30 w31", DOCS, answer=" w50 w51", template=TINY, space=space,
+                         granularity="answer", verify=False, show_progress=False, **FIXED)
+    whole = rag.explain(model, tokenizer, "w30 w31", DOCS, answer=" w50 w51", template=TINY, space=space,
+                        granularity="answer", scope="prompt", verify=False, show_progress=False, **FIXED)
+    scores = scoped.explanation.prompt_scores[0]
+    inside = scoped.explanation.aggregate(scoped.document_spans).scores.sum()
+    if space == "embeddings":
+        assert abs(scoped.other_score) < 1e-6 and whole.other_score != 0
+    assert float(inside) == pytest.approx(float(scores.sum()), abs=1e-5) if space == "embeddings" else True
+    assert not torch.allclose(scoped.answer_document_scores, whole.answer_document_scores)
+    with pytest.raises(UnknownNameError, match="scope"):
+        rag.explain(model, tokenizer, "w30", ["w1"], answer=" w50", template=TINY, scope="everything")
+
+
 def test_granularities_add_up(chat_lm, tmp_path):
     """IG is linear in the target: token rows summed over a sentence are the sentence's row, sentence rows summed
     are the whole answer's; saving and loading keeps every derived score."""

@@ -6,10 +6,11 @@ support it, and why the retriever ranked them.
     >>> result.top_document, result.citations, result.to_html()
 """
 
-from .explain import GRANULARITIES, explain
+from .explain import GRANULARITIES, SCOPES, explain
 from .explanation import Citation, RagExplanation, Verdict
 from .prompt import TEMPLATES, Document, Template
+from .retriever import RetrievalExplanation, explain_retrieval, rank_and_explain, similarity
 from .verdicts import THRESHOLDS
 
 __all__ = ["explain", "RagExplanation", "Citation", "Verdict", "Template", "Document", "TEMPLATES", "THRESHOLDS",
-           "GRANULARITIES"]
+           "GRANULARITIES", "SCOPES", "explain_retrieval", "rank_and_explain", "similarity", "RetrievalExplanation"]

@@ -21,6 +21,7 @@ from .sentences import split_sentences
 from .verdicts import THRESHOLDS, judge
 
 GRANULARITIES = ("sentence", "answer", "token")
+SCOPES = ("documents", "prompt")
 
 
 def explain(
@@ -35,6 +36,7 @@ def explain(
     method: str = "ig",
     space: str | None = None,
     granularity: str = "sentence",
+    scope: str = "documents",
     verify: bool = True,
     thresholds: tuple[float, float] = THRESHOLDS,
     retriever: tuple[Any, Any] | None = None,
@@ -56,6 +58,9 @@ def explain(
         system: a system message (chat templates only).
         method, space, **method_params: the attribution method (`Attributor.explain`'s).
         granularity: "sentence" (a row per answer sentence), "answer" (one row) or "token" (a row per token).
+        scope: "documents" (default): only the documents move along the path, the question and instructions stay
+            as they are, so the scores say what each document contributed given the question (and sum to the
+            answer's log-probability minus that with every document blanked); "prompt": every prompt token moves.
         verify: remove each document (and each sentence's cited documents) and measure the answer's
             log-probability: the leave-one-out check and a verdict per answer sentence (1 + documents forwards).
         thresholds: (low, high) margins in nats for the verdicts (see `rag.verdicts`).
@@ -64,6 +69,8 @@ def explain(
     """
     if granularity not in GRANULARITIES:
         raise UnknownNameError(f"unknown granularity {granularity!r}; choose one of {list(GRANULARITIES)}.")
+    if scope not in SCOPES:
+        raise UnknownNameError(f"unknown scope {scope!r}; choose one of {list(SCOPES)}.")
     started = time.perf_counter()
     docs = as_documents(documents)
     layout = resolve_template(template)
@@ -79,6 +86,8 @@ def explain(
     seq = attributor.sequence(built.prompt, answer=answer_ids)
     runs, spans = answer_sentences(seq)
     params: dict[str, Any] = dict(method=method, space=space, **method_params)
+    if scope == "documents":
+        params["attribute_to"] = built.document_spans
     if granularity != "token":
         params.update(target="answer", answer_segments=runs if granularity == "sentence" else None)
     explanation = attributor.explain(built.prompt, answer_ids, **params)
