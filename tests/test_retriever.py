@@ -262,3 +262,17 @@ def test_cross_encoder_goes_through_the_classifier_path():
         relevance, baseline = (float(model(input_ids=i).logits[0, 0]) for i in (ids, blank))
     assert float(exp.scores.sum()) == pytest.approx(relevance - baseline, rel=0.01)  # the relevance logit explained
     assert exp.scores[0, 1:8].abs().sum() > 0 and exp.scores[0, 9:15].abs().sum() > 0  # both sides explained
+
+
+def test_moving_only_the_document_explains_it_given_the_query(encoder):
+    """move="document": the query stays real, its tokens get exactly zero, and the document's scores add up to
+    sim(q, d) - sim(q, blank d): what the document's words add to this query's match."""
+    model, tokenizer = encoder
+    exp = explain_retrieval(model, tokenizer, QUERY, CANDIDATES[1], move="document")
+    assert float(exp.query_scores.abs().max()) == 0.0
+    assert float(exp.document_scores.sum()) == pytest.approx(exp.similarity - exp.baseline_similarity, rel=0.02)
+    assert exp.converged and exp.similarity > exp.baseline_similarity
+    top = [token.strip().lower() for token, _ in exp.top_document_tokens(3)]
+    assert "paris" in top or "capital" in top or "france" in top
+    with pytest.raises(UnknownNameError, match="move"):
+        explain_retrieval(model, tokenizer, QUERY, CANDIDATES[1], move="neither")

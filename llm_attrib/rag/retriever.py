@@ -41,6 +41,7 @@ from ..explanation import _jsonable, _none_to_nan
 from ..patching import frozen
 
 POOLINGS = ("mean", "cls")
+MOVES = ("both", "document", "query")
 BASELINE_TOKENS = {"pad": "pad_token_id", "unk": "unk_token_id", "mask": "mask_token_id"}
 BASELINES = (*BASELINE_TOKENS, "zeros")
 
@@ -148,6 +149,7 @@ def explain_retrieval(
     pooling: str = "mean",
     normalize: bool = True,
     baseline: str | int = "pad",
+    move: str = "both",
     n_steps: int = 32,
     tolerance: float | None = 0.01,
     max_steps: int = 512,
@@ -166,6 +168,9 @@ def explain_retrieval(
         normalize: L2-normalise the pooled embeddings, so the similarity is their cosine; else the dot product.
         baseline: where content tokens start: "pad" (the [PAD] embedding, default), "unk", "mask", "zeros", or a
             token id. Special tokens ([CLS], [SEP]) stay at their real embeddings.
+        move: which text the path moves: "both" (default; scores sum to sim(q, d) - sim(blank q, blank d)),
+            "document" (the query stays real: what each document token adds to this query's match, summing to
+            sim(q, d) - sim(q, blank d)) or "query" (the reverse).
         n_steps: gradient evaluations to start with (4 per segment of the score-guided rule).
         tolerance: relative completeness error to refine to (None: no refinement).
         max_steps: gradient evaluations at most.
@@ -186,6 +191,8 @@ def explain_retrieval(
     check_encoder(model)
     if pooling not in POOLINGS:
         raise UnknownNameError(f"unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)}.")
+    if move not in MOVES:
+        raise UnknownNameError(f"unknown move {move!r}; expected one of {', '.join(MOVES)}.")
     if tolerance is not None and not tolerance > 0:
         raise InvalidInputError(f"tolerance must be positive (or None for a fixed n_steps), got {tolerance}.")
     checked_steps(n_steps)
@@ -201,7 +208,8 @@ def explain_retrieval(
     embed = model.get_input_embeddings()
     with torch.no_grad():
         x = torch.cat([embed(q.ids)[0], embed(d.ids)[0]]).float()  # (Lq + Ld, D)
-    start = _baseline(baseline, tokenizer, embed, torch.cat([q.ids[0], d.ids[0]]), torch.cat([q.keep, d.keep]), x)
+    fixed = torch.cat([q.keep | (move == "document"), d.keep | (move == "query")])  # kept at their real embeddings
+    start = _baseline(baseline, tokenizer, embed, torch.cat([q.ids[0], d.ids[0]]), fixed, x)
     with frozen(model), torch.enable_grad():  # frozen() refuses a model in training mode
         check_bidirectional(model, q.ids)
         scores = _similarity_scores(model, q.length, d.length, pooling, normalize)
@@ -228,7 +236,7 @@ def explain_retrieval(
         n_steps=int(used[0, 0]),
         cost={"n_forward": integral.n_forward, "n_backward": integral.n_backward,
               "seconds": time.perf_counter() - started},
-        params={"pooling": pooling, "normalize": normalize, "baseline": baseline, "quadrature": SCORE_GUIDED,
+        params={"pooling": pooling, "normalize": normalize, "baseline": baseline, "move": move, "quadrature": SCORE_GUIDED,
                 "n_steps": n_steps, "tolerance": tolerance, "max_steps": max_steps, "n_probes": n_probes},
         query_markup=q.keep.tolist(),
         document_markup=d.keep.tolist(),
@@ -277,6 +285,8 @@ def similarity(model, tokenizer, query: str, documents: list[str], *, pooling: s
     check_encoder(model)
     if pooling not in POOLINGS:
         raise UnknownNameError(f"unknown pooling {pooling!r}; expected one of {', '.join(POOLINGS)}.")
+    if move not in MOVES:
+        raise UnknownNameError(f"unknown move {move!r}; expected one of {', '.join(MOVES)}.")
     if model.training:
         raise InvalidInputError(
             f"{type(model).__name__} is in training mode (dropout is active, so similarities would be random). "
