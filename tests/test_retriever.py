@@ -113,7 +113,7 @@ def brute_force_ig(model, tokenizer, query: str, document: str, n_steps: int = 2
 def test_agrees_with_brute_force_riemann(encoder):
     model, tokenizer = encoder
     query, document = "capital of France", "Paris is the capital and largest city of France, on the Seine."
-    exp = explain_retrieval(model, tokenizer, query, document)
+    exp = explain_retrieval(model, tokenizer, query, document, move="both")
     with torch.enable_grad():
         q_ref, d_ref = brute_force_ig(model, tokenizer, query, document)
     ours = torch.cat([exp.query_scores, exp.document_scores])
@@ -153,7 +153,7 @@ def test_ranking_is_the_retrievers(encoder, sentence_transformer):
 def test_cls_pooling_and_dot_product(encoder):
     model, tokenizer = encoder
     query, document = "capital of France", "Paris is in France."
-    exp = explain_retrieval(model, tokenizer, query, document, pooling="cls", normalize=False, baseline="zeros")
+    exp = explain_retrieval(model, tokenizer, query, document, pooling="cls", normalize=False, baseline="zeros", move="both")
     with torch.no_grad():
         cls = [model(**tokenizer(text, return_tensors="pt")).last_hidden_state[0, 0] for text in (query, document)]
     assert exp.similarity == pytest.approx(float(cls[0] @ cls[1]), rel=1e-5)
