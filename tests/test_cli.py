@@ -172,3 +172,33 @@ def test_method_parameters_pass_through(model_dir, tmp_path):
     assert code == 0
     exp = Explanation.load(out)
     assert exp.space == "attention" and exp.params["n_baselines"] == 2 and exp.params["psi"] == "aopc_comprehensiveness"
+
+
+def test_rag_runs_on_the_embedded_model_and_writes_json(tmp_path, capsys):
+    """No arguments: the zoo rag model on a built-in example; the saved result reloads with its citations."""
+    from llm_attrib import rag
+
+    out = tmp_path / "rag.json"
+    assert main(["rag", "--space", "attention", "--json", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    example = zoo.examples("rag", n=1, seed=0)[0]
+    result = rag.RagExplanation.load(out)
+    assert result.top_document == example["relevant_document"]
+    assert result.citations[0].verdict.label == "supported" and "supported" in printed
+    assert example["answer"] in printed
+
+
+def test_rag_reads_documents_and_refuses_half_inputs(model_dir, tmp_path, capsys):
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('"the cat sat on a mat"\n{"text": "a dog ran to the park", "title": "dog"}\n')
+    out = tmp_path / "out.json"
+    assert main(["rag", "--model", str(model_dir), "--question", "the cat", "--documents", str(docs),
+                 "--answer", "mat", "--template", "{documents} {question} on a", "--granularity", "answer",
+                 "--param", "n_steps=8", "--param", "tolerance=null", "--json", str(out), "--no-progress"]) == 0
+    saved = json.loads(out.read_text())
+    assert [d["title"] for d in saved["documents"]] == [None, "dog"] and saved["granularity"] == "answer"
+    assert main(["rag", "--model", str(model_dir), "--question", "the cat"]) == 2
+    assert "--documents" in capsys.readouterr().err
+    docs.write_text("not json\n")
+    assert main(["rag", "--model", str(model_dir), "--question", "the cat", "--documents", str(docs)]) == 2
+    assert "neither JSON lines nor a JSON list" in capsys.readouterr().err
