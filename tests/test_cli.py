@@ -178,8 +178,9 @@ def test_rag_runs_on_the_embedded_model_and_writes_json(tmp_path, capsys):
     """No arguments: the zoo rag model on a built-in example; the saved result reloads with its citations."""
     from llm_attrib import rag
 
-    out = tmp_path / "rag.json"
-    assert main(["rag", "--space", "attention", "--json", str(out), "--no-progress"]) == 0
+    out, page = tmp_path / "rag.json", tmp_path / "rag.html"
+    assert main(["rag", "--space", "attention", "--json", str(out), "--html", str(page), "--no-progress"]) == 0
+    assert page.read_text().lstrip().lower().startswith("<!doctype html>")
     printed = capsys.readouterr().out
     example = zoo.examples("rag", n=1, seed=0)[0]
     result = rag.RagExplanation.load(out)

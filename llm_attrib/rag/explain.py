@@ -94,7 +94,7 @@ def explain(
     result = RagExplanation(
         question=question, documents=docs, answer=seq.text[len(built.text):], explanation=explanation,
         granularity=granularity, document_spans=built.document_spans, sentence_spans=built.sentence_spans,
-        question_span=built.question_span, answer_sentences=runs, answer_sentence_spans=spans,
+        question_span=built.question_span, answer_sentences=runs, answer_sentence_spans=spans, scope=scope,
     )
     if verify:
         result.verdicts, result.leave_one_out = check(attributor, question, docs, layout, system, answer_ids, result,

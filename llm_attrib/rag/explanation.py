@@ -77,6 +77,7 @@ class RagExplanation:
         leave_one_out: (documents, answer sentences) nats each sentence loses when that document alone is removed
             (computed with the verdicts).
         retrieval: the retriever's explanation of each document's similarity to the question, when given.
+        scope: what moved along the path: "documents" (the rest of the prompt stayed real) or "prompt".
     """
 
     question: str
@@ -93,6 +94,7 @@ class RagExplanation:
     leave_one_out: torch.Tensor | None = None
     retrieval: list[dict[str, Any]] | None = None
     cost: dict[str, float] = field(default_factory=dict)
+    scope: str = "documents"
 
     @property
     def document_scores(self) -> torch.Tensor:

@@ -295,19 +295,6 @@ def _row_spans(result: "RagExplanation") -> list[Span]:
     return spans
 
 
-def _rest_is_held(result: "RagExplanation") -> bool:
-    """Whether the prompt outside the documents stayed at its real value along the path (rag.explain's
-    scope="documents"): read from the result when it says, else from its scores (exactly zero outside the documents)."""
-    scope = getattr(result, "scope", None)
-    if scope is not None:
-        return scope == "documents"
-    exp = result.explanation
-    markup = exp.input_markup or [False] * len(exp.input_tokens)
-    outside = [j for j, (a, b) in enumerate(exp.input_offsets[: exp.n_prompt_tokens])
-               if b > a and not markup[j] and not any(s <= a < e for s, e in result.document_spans)]
-    return bool(outside) and bool((exp.scores[:, outside] == 0).all())
-
-
 def _place_document(result: "RagExplanation", d: int) -> int | None:
     """Where document d's text starts in `explanation.text`, or None when it cannot be found there."""
     text, doc = result.explanation.text, result.documents[d].text
@@ -444,7 +431,7 @@ def _answer_bar(result: "RagExplanation", row_spans: list[Span]) -> str:
 
 
 def _rest_note(result: "RagExplanation") -> str:
-    if _rest_is_held(result):
+    if result.scope == "documents":
         return ('<div class="other">Only the documents moved along the integration path; the instructions and the '
                 "question kept their real values, so each score is what a document contributed given the question.</div>")
     return (f'<div class="other">The rest of the prompt (instructions, question, template markup) carried '
@@ -748,7 +735,7 @@ def _data(result: "RagExplanation", row_spans: list[Span], groups) -> dict[str, 
         "tokScores": tokens,
         "otherScores": [_finite_or_none(float(v)) for v in other.tolist()],
         "citedSentences": cited,
-        "restHeld": _rest_is_held(result),
+        "restHeld": result.scope == "documents",
     }
 
 
