@@ -12,7 +12,8 @@ Usage:
 MODEL_DIR: a folder `AutoModelForCausalLM` / `AutoTokenizer` load, e.g. `zoo.path("recall")` or
 `zoo.path("rag")` (their tokenizer_config names `PreTrainedTokenizerFast`, which transformers 4.x loads; the
 Llama / Qwen2 configs saved by transformers 5 carry `rope_parameters`, which 4.x ignores and replaces by its
-default rope_theta 10000 - the same value, so logits are identical; checked on folders built like the zoo's).
+default rope_theta 10000 - the same value for the zoo models, so logits are identical; a folder whose rope_theta
+differs, e.g. SmolLM2's 100000, is refused rather than run with the wrong positions).
 EXAMPLES.jsonl: one {"prompt": str, "answer": str} per line (zoo convention: answer without leading space).
 
 How inseq is called (decoder-only, constrained decoding):
@@ -37,6 +38,7 @@ import argparse
 import importlib.metadata
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -68,6 +70,10 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(
         args.model_dir, dtype=torch.float32, attn_implementation="eager"  # eager: attention weights
     ).eval()
+    saved = json.loads((Path(args.model_dir) / "config.json").read_text()).get("rope_parameters") or {}
+    if "rope_theta" in saved and saved["rope_theta"] != getattr(model.config, "rope_theta", saved["rope_theta"]):
+        raise SystemExit(f"{args.model_dir}: rope_theta {saved['rope_theta']} (transformers 5's rope_parameters) was "
+                         f"read by transformers 4 as {model.config.rope_theta}; the logits would be wrong.")
     examples = [json.loads(line) for line in open(args.examples) if line.strip()][: args.limit]
 
     records = [{"prompt": ex["prompt"], "answer": ex["answer"]} for ex in examples]
