@@ -186,13 +186,7 @@ def _run_explain(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens, **params,
     )
     print_explanation(exp, target=args.target)
-    if args.html:
-        _write(args.html, exp.to_html(target=args.target))
-        print(f"wrote {args.html}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        exp.save(args.json)
-        print(f"wrote {args.json}")
+    _save_outputs(args, lambda: exp.to_html(target=args.target), exp.save)
     return 0
 
 
@@ -216,6 +210,17 @@ def _accepts(method: Any, name: str) -> bool:
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
+
+
+def _save_outputs(args: argparse.Namespace, html: Callable[[], str], save: Callable[[Path], None]) -> None:
+    """--html and --json of a result, each announced."""
+    if args.html:
+        _write(args.html, html())
+        print(f"wrote {args.html}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        save(args.json)
+        print(f"wrote {args.json}")
 
 
 # --- evaluate ----------------------------------------------------------------------------------------
@@ -355,13 +360,7 @@ def _run_rag(args: argparse.Namespace) -> int:
         **_method_params(args.param),
     )
     print_rag_explanation(result)
-    if args.html:
-        _write(args.html, result.to_html())
-        print(f"wrote {args.html}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        result.save(args.json)
-        print(f"wrote {args.json}")
+    _save_outputs(args, result.to_html, result.save)
     return 0
 
 

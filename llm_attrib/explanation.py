@@ -193,15 +193,11 @@ class Explanation:
 
     def save(self, path: str | Path) -> None:
         """Strict JSON (NaN written as null), so any JSON parser reads it."""
-        Path(path).write_text(json.dumps(self.to_dict(), allow_nan=False))
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "Explanation":
-        try:
-            data = json.loads(Path(path).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise InvalidInputError(f"{path} is not JSON ({error}); load files written by Explanation.save().") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, "Explanation"))
 
     def to_dataframe(self):
         """Long pandas DataFrame: one row per (target, input token)."""
@@ -242,6 +238,18 @@ class Explanation:
         from .render.plot import plot_heatmap
 
         return plot_heatmap(self, **kwargs)
+
+
+def write_json(path: str | Path, data: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(data, allow_nan=False))
+
+
+def read_json(path: str | Path, kind: str) -> Any:
+    """A saved result's JSON, or a clear error naming the class whose `save()` writes such files."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InvalidInputError(f"{path} is not JSON ({error}); load files written by {kind}.save().") from None
 
 
 def _nan_to_none(value):

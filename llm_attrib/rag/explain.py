@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import torch
 
 from ..attributor import Attributor, context_length
 from ..errors import InvalidInputError, UnknownNameError

@@ -7,7 +7,6 @@ reloads to the same document and sentence scores.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import InvalidInputError
-from ..explanation import Explanation, _jsonable, _none_to_nan
+from ..explanation import Explanation, _jsonable, _none_to_nan, read_json, write_json
 from .prompt import Document
 
 Span = tuple[int, int]
@@ -208,15 +207,11 @@ class RagExplanation:
 
     def save(self, path: str | Path) -> None:
         """Strict JSON (NaN as null)."""
-        Path(path).write_text(json.dumps(self.to_dict(), allow_nan=False))
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "RagExplanation":
-        try:
-            data = json.loads(Path(path).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise InvalidInputError(f"{path} is not JSON ({error}); load files written by RagExplanation.save().") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, "RagExplanation"))
 
     def to_html(self, **kwargs: Any) -> str:
         """One self-contained HTML report (no external assets)."""
