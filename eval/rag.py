@@ -54,7 +54,7 @@ from llm_attrib.errors import InvalidInputError
 from llm_attrib.rag.ablation import segment_log_probs, without
 from llm_attrib.rag.explain import until_end
 from llm_attrib.rag.prompt import TEMPLATES, as_documents, build_prompt
-from llm_attrib.rag.verdicts import judge
+from llm_attrib.rag.verdicts import calibrate as rag_calibrate, judge
 from llm_attrib.zoo.tasks import RAG_FOOD, RAG_NAMES, RAG_PLACE
 
 HERE = Path(__file__).resolve().parent
@@ -307,10 +307,7 @@ def calibrate(supported: np.ndarray, unsupported: np.ndarray) -> tuple[float, fl
     """The rule, written before any verdict row was computed: low = the midpoint between the unsupported margins' 95th
     percentile and the supported margins' 5th percentile; high = the supported margins' 5th percentile (or low,
     if that is lower). Flagged "unsupported": margin < low; "supported": margin >= high; between: uncertain."""
-    q_unsupported = float(np.quantile(unsupported, 0.95))
-    q_supported = float(np.quantile(supported, 0.05))
-    low = (q_unsupported + q_supported) / 2
-    return low, max(low, q_supported)
+    return rag_calibrate(supported.tolist(), unsupported.tolist())
 
 
 # ---------------------------------------------------------------------------------------------------- 3. SmolLM2

@@ -165,3 +165,17 @@ def test_an_answer_tokenised_differently_after_the_prompt_is_refused():
     with pytest.raises(InvalidInputError, match="tokenises as"):
         rag.explain(tiny_llama(context=32), tokenizer, "capital", ["Paris capital"], answer="is", template=layout,
                     show_progress=False)
+
+
+def test_thresholds_are_calibrated_from_known_margins():
+    """low: midway between the unsupported margins' 95th and the supported margins' 5th percentile; high: the
+    latter; the verdict follows them."""
+    supported, unsupported = [float(m) for m in range(10, 31)], [float(m) for m in range(-5, 6)]
+    low, high = rag.calibrate(supported, unsupported)
+    assert (low, high) == pytest.approx(((5.5 + 11.0) / 2, 11.0))
+    from llm_attrib.rag.verdicts import judge
+
+    assert [judge(m, 0.0, (low, high)).label for m in (2.0, 9.0, 12.0)] == ["unsupported", "uncertain", "supported"]
+    assert judge(12.0, 0.0, (low, high), cited=False).label == "unsupported"
+    with pytest.raises(InvalidInputError, match="at least two"):
+        rag.calibrate([1.0], [0.0, 1.0])

@@ -12,9 +12,11 @@ apart from the reported one).
 
 from __future__ import annotations
 
+import torch
+
 from .explanation import Verdict
 
-THRESHOLDS = (1.0, 3.0)
+THRESHOLDS = (7.21, 10.20)
 
 
 def judge(drop_cited: float, drop_other: float, thresholds: tuple[float, float] = THRESHOLDS,
@@ -29,3 +31,17 @@ def judge(drop_cited: float, drop_other: float, thresholds: tuple[float, float] 
     else:
         label = "uncertain"
     return Verdict(label, drop_cited, drop_other, margin, (low, high))
+
+
+def calibrate(supported: list[float], unsupported: list[float]) -> tuple[float, float]:
+    """(low, high) from margins of known-supported and known-unsupported sentences: low is the midpoint between the
+    unsupported margins' 95th percentile and the supported ones' 5th, high the supported ones' 5th (or low, if
+    lower); between the two a verdict is "uncertain"."""
+    if len(supported) < 2 or len(unsupported) < 2:
+        from ..errors import InvalidInputError
+
+        raise InvalidInputError("calibrate needs at least two margins of each kind (supported and unsupported).")
+    q_supported = float(torch.tensor(supported, dtype=torch.float64).quantile(0.05))
+    q_unsupported = float(torch.tensor(unsupported, dtype=torch.float64).quantile(0.95))
+    low = (q_unsupported + q_supported) / 2
+    return low, max(low, q_supported)
