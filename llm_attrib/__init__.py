@@ -5,7 +5,8 @@ __version__ = "0.1.0"
 from . import zoo  # noqa: E402
 from .attributor import Attributor  # noqa: E402
 from .errors import (ConvergenceWarning, InvalidInputError, LlmAttribError, MissingPackageError,  # noqa: E402
-                     NumericalError, SelectionLeakWarning, UnknownNameError, UnsupportedModelError)
+                     NumericalError, SelectionLeakWarning, UncalibratedWarning, UnknownNameError,
+                     UnsupportedModelError)
 from .explanation import Explanation  # noqa: E402
 from .methods import METHODS  # noqa: E402
 
@@ -21,5 +22,6 @@ __all__ = [
     "MissingPackageError",
     "ConvergenceWarning",
     "SelectionLeakWarning",
+    "UncalibratedWarning",
     "zoo",
 ]

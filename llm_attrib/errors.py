@@ -38,3 +38,7 @@ class ConvergenceWarning(UserWarning):
 class SelectionLeakWarning(UserWarning):
     """A method chose its map by the very metric (and perturbation) it is evaluated on: the value is an in-sample
     best of its candidates, not an honest measurement."""
+
+
+class UncalibratedWarning(UserWarning):
+    """Verdict thresholds calibrated on another model are applied to this one: margins in nats do not carry over."""

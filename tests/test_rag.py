@@ -179,3 +179,21 @@ def test_thresholds_are_calibrated_from_known_margins():
     assert judge(12.0, 0.0, (low, high), cited=False).label == "unsupported"
     with pytest.raises(InvalidInputError, match="at least two"):
         rag.calibrate([1.0], [0.0, 1.0])
+
+
+def test_default_thresholds_on_another_model_are_flagged(chat_lm):
+    """The thresholds are nats on the zoo model; on any other model the default ones come with a warning, and
+    thresholds of one's own do not."""
+    from llm_attrib import UncalibratedWarning
+
+    model, tokenizer = chat_lm
+    with pytest.warns(UncalibratedWarning, match="rag.calibrate"):
+        rag.explain(model, tokenizer, "w30", ["w1 w2", "w3"], answer=" w50", template=TINY, method="saliency",
+                    show_progress=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UncalibratedWarning)
+        result = rag.explain(model, tokenizer, "w30", ["w1 w2", "w3"], answer=" w50", template=TINY,
+                             method="saliency", thresholds=(0.5, 1.0), show_progress=False)
+    assert result.verdicts[0].thresholds == (0.5, 1.0)

@@ -8,11 +8,13 @@ one gradient per sentence and path point), the whole answer (cheapest), or every
 from __future__ import annotations
 
 import time
+import warnings
+from pathlib import Path
 from typing import Any
 
 
 from ..attributor import Attributor, context_length
-from ..errors import InvalidInputError, UnknownNameError
+from ..errors import InvalidInputError, UncalibratedWarning, UnknownNameError
 from .ablation import segment_log_probs, without
 from .explanation import RagExplanation, cited_documents
 from .prompt import TEMPLATES, Template, as_documents, build_prompt
@@ -96,6 +98,12 @@ def explain(
         question_span=built.question_span, answer_sentences=runs, answer_sentence_spans=spans, scope=scope,
     )
     if verify:
+        if thresholds == THRESHOLDS and not is_calibration_model(model):
+            warnings.warn(
+                f"the verdict thresholds {THRESHOLDS} (nats) were calibrated on the zoo rag model, where a source "
+                "document carries 10-20 nats; on other models sources often carry far less (2-7 on SmolLM2), so "
+                "supported sentences can read 'unsupported'. Calibrate for this model with rag.calibrate(...) and "
+                "pass thresholds=.", UncalibratedWarning, stacklevel=2)
         result.verdicts, result.leave_one_out = check(attributor, question, docs, layout, system, answer_ids, result,
                                                      thresholds)
     if retriever is not None:
@@ -106,6 +114,14 @@ def explain(
                                                                    [d.text for d in docs])]
     result.cost = {**explanation.cost, "seconds": time.perf_counter() - started}
     return result
+
+
+def is_calibration_model(model) -> bool:
+    """Whether `model` is the zoo rag model, on which `THRESHOLDS` were calibrated."""
+    from ..zoo import path
+
+    name = getattr(model.config, "_name_or_path", "") or ""
+    return bool(name) and Path(name).resolve() == Path(path("rag")).resolve()
 
 
 def resolve_template(template: Template | str | None) -> Template:
