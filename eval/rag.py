@@ -398,10 +398,10 @@ def cmd_speed(args) -> None:
             warnings.simplefilter("ignore", ConvergenceWarning)
             started = time.perf_counter()
             result = rag.explain(model, tokenizer, ex["question"], ex["documents"], answer=answer,
-                                 granularity="answer", show_progress=False)
+                                 granularity="answer", space=args.space, show_progress=False)
             seconds = time.perf_counter() - started
         exp = result.explanation
-        row = {"id": ex["id"], "threads": torch.get_num_threads(), "answer_given": answer is not None,
+        row = {"id": ex["id"], "threads": torch.get_num_threads(), "answer_given": answer is not None, "space": exp.space,
                "answer": result.answer, "n_prompt_tokens": exp.n_prompt_tokens,
                "n_answer_tokens": len(exp.target_ids), "seconds": seconds, "cost": result.cost,
                "n_steps": exp.params.get("n_steps"), "completeness_error": float(exp.completeness_error.max()),
@@ -745,10 +745,10 @@ defaults, i.e. score-guided quadrature to a 1% tolerance). Refused by the answer
 
 
 def speed_section(settings: dict, rows: list[dict]) -> str:
-    lines = ["| answer | prompt tokens | answer tokens | threads | seconds | gradient evaluations (n_steps) | forwards | "
-             "backwards | worst completeness error | top document (relevant) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| space | answer | prompt tokens | answer tokens | threads | seconds | gradient evaluations (n_steps) | forwards | "
+             "backwards | worst completeness error | top document (relevant) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {'given' if r['answer_given'] else 'generated'}: {r['answer']!r} | {r['n_prompt_tokens']} | "
+        lines.append(f"| {r.get('space', 'embeddings')} | {'given' if r['answer_given'] else 'generated'}: {r['answer']!r} | {r['n_prompt_tokens']} | "
                      f"{r['n_answer_tokens']} | {r['threads']} | {r['seconds']:.1f} | {r['n_steps']} | "
                      f"{r['cost']['n_forward']} | {r['cost']['n_backward']} | {r['completeness_error']:.2%} | "
                      f"{r['top_document']} ({r['relevant']}) |")
@@ -756,10 +756,10 @@ def speed_section(settings: dict, rows: list[dict]) -> str:
 
 Command: `{settings.get('command', 'python eval/rag.py speed --threads 2')}`: `rag.explain(model, tokenizer, question,
 documents, granularity="answer")` with every other setting at its default (IG over embeddings, score-guided to 1%,
-max_steps 512, verify=True), on {rows[0]['id']} (the first real-text rag example with 3 documents, a 110-130 token
+max_steps 512, verify=True; the attention rows: `--space attention`), on {rows[0]['id']} (the first real-text rag example with 3 documents, a 110-130 token
 prompt, that the model answers correctly), timed end to end (generation, attribution, leave-one-out check), on
-{rows[0]['threads']} threads. Target: < 30 s. One row per run and answer: the command ran {len(rows) // 2} times with the same
-steps, forwards and backwards each time, so the time differences between runs are load from other jobs on the
+{rows[0]['threads']} threads. Target: < 30 s. One row per run and answer; repeated runs of a space took the same
+steps, forwards and backwards each time, so the time differences between them are load from other jobs on the
 shared cores.
 
 {chr(10).join(lines)}"""
@@ -782,6 +782,8 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.set_defaults(func=cmd_smollm2)
     p = sub.add_parser("speed")
+    p.add_argument("--space", choices=["embeddings", "attention"], default=None,
+                   help="IG's space (default: the package's, embeddings)")
     p.set_defaults(func=cmd_speed)
     p = sub.add_parser("contextcite")
     p.add_argument("which", choices=["zoo", "smollm2"])
