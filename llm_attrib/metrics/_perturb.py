@@ -119,13 +119,18 @@ def padding_token(tokenizer) -> int:
     return 0
 
 
-def target_probabilities(model, seq: Sequence) -> torch.Tensor:
-    """(T,) probability of each target (token given its prefix, or class) on the unperturbed input; (S,) each
-    answer segment's probability, the product over its tokens, for a segment-level explanation."""
+def target_log_probabilities(model, seq: Sequence) -> torch.Tensor:
+    """(T,) log-probability of each target (token given its prefix, or class) on the unperturbed input; (S,) each
+    answer segment's, the sum over its tokens, for a segment-level sequence. One forward, LM head at the targets."""
     with torch.no_grad():
         logits = model_logits(model, seq, input_ids=seq.input_ids)  # (1, T, V)
-    probs = logits.float().softmax(-1)[0].gather(-1, seq.target_ids[:, None])[:, 0]
-    return (probs.log() @ seq.segment_matrix()).exp() if seq.answer_level else probs
+    log_probs = logits.float().log_softmax(-1)[0].gather(-1, seq.target_ids[:, None])[:, 0]
+    return log_probs @ seq.segment_matrix() if seq.answer_level else log_probs
+
+
+def target_probabilities(model, seq: Sequence) -> torch.Tensor:
+    """(T,) probability of each target, or (S,) of each answer segment (the product over its tokens)."""
+    return target_log_probabilities(model, seq).exp()
 
 
 def _forward_rows(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..attributor import Attributor
+from ..metrics._perturb import target_log_probabilities
 from .prompt import Document, Template, build_prompt
 
 
@@ -18,10 +19,8 @@ def segment_log_probs(attributor: Attributor, prompt, answer_ids: list[int],
                       segments: list[tuple[int, int]]) -> torch.Tensor:
     """(S,) log p(segment | prompt, earlier answer) of each answer segment, teacher-forced in one forward."""
     seq = attributor.sequence(prompt, answer=answer_ids)
-    with torch.no_grad():
-        logits = attributor.model(input_ids=seq.input_ids).logits[0, seq.target_positions]
-    token = logits.float().log_softmax(-1).gather(-1, seq.target_ids[:, None])[:, 0]
-    return torch.stack([token[a:b].sum() for a, b in segments]).cpu()
+    seq.answer_segments = segments
+    return target_log_probabilities(attributor.model, seq).cpu()
 
 
 def without(attributor: Attributor, question: str, documents: list[Document], template: Template,

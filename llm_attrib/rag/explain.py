@@ -12,7 +12,6 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-
 from ..attributor import Attributor, context_length
 from ..errors import InvalidInputError, UncalibratedWarning, UnknownNameError
 from .ablation import segment_log_probs, without
@@ -80,11 +79,11 @@ def explain(
     check_fits(attributor, built, docs, 0 if answer is not None else max_new_tokens)
     seq = attributor.sequence(built.prompt, answer=answer, max_new_tokens=max_new_tokens)
     answer_ids = seq.target_ids.tolist()
-    if answer is None:
+    if answer is None:  # the generated answer, cut at its end-of-turn token
         answer_ids = until_end(tokenizer, answer_ids)
-    if not answer_ids:
-        raise InvalidInputError("the model answered nothing (it ended its turn at once); pass answer= to explain one.")
-    seq = attributor.sequence(built.prompt, answer=answer_ids)
+        if not answer_ids:
+            raise InvalidInputError("the model answered nothing (it ended its turn at once); pass answer= to explain one.")
+        seq = attributor.sequence(built.prompt, answer=answer_ids)
     runs, spans = answer_sentences(seq)
     params: dict[str, Any] = dict(method=method, space=space, **method_params)
     if scope == "documents":
@@ -104,8 +103,8 @@ def explain(
                 "document carries 10-20 nats; on other models sources often carry far less (2-7 on SmolLM2), so "
                 "supported sentences can read 'unsupported'. Calibrate for this model with rag.calibrate(...) and "
                 "pass thresholds=.", UncalibratedWarning, stacklevel=2)
-        result.verdicts, result.leave_one_out = check(attributor, question, docs, layout, system, answer_ids, result,
-                                                     thresholds)
+        result.verdicts, result.leave_one_out = check(attributor, built.prompt, question, docs, layout, system,
+                                                     answer_ids, result, thresholds)
     if retriever is not None:
         from .retriever import rank_and_explain
 
@@ -180,17 +179,17 @@ def answer_sentences(seq) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]
     return runs, spans
 
 
-def check(attributor: Attributor, question: str, documents, template: Template, system: str | None,
+def check(attributor: Attributor, prompt, question: str, documents, template: Template, system: str | None,
           answer_ids: list[int], result: RagExplanation, thresholds: tuple[float, float]):
-    """Verdicts per answer sentence and the leave-one-out table (documents, sentences), from ablations."""
+    """Verdicts per answer sentence and the leave-one-out table (documents, sentences), from ablations of `prompt`
+    (the rendered prompt with every document)."""
     segments = result.answer_sentences
-    full = segment_log_probs(attributor, result_prompt(attributor, question, documents, template, system), answer_ids,
-                             segments)
+    full = segment_log_probs(attributor, prompt, answer_ids, segments)
     alone = without(attributor, question, documents, template, [[d] for d in range(len(documents))], answer_ids,
                     segments, system)
     leave_one_out = full[None] - alone  # (D, S)
     by_doc = result.sentence_document_scores()
-    verdicts = []
+    verdicts, removed = [], {}  # removed: (cited documents) -> segment log-probabilities without them, run once
     for s in range(len(segments)):
         cited = [d for d, _ in cited_documents(by_doc[min(s, len(by_doc) - 1)])]
         if not cited:
@@ -198,13 +197,13 @@ def check(attributor: Attributor, question: str, documents, template: Template, 
         elif len(cited) == 1:
             drop_cited = float(leave_one_out[cited[0], s])
         else:
-            removed = without(attributor, question, documents, template, [cited], answer_ids, segments, system)
-            drop_cited = float(full[s] - removed[0, s])
+            key = tuple(sorted(cited))
+            if key not in removed:
+                removed[key] = without(attributor, question, documents, template, [cited], answer_ids, segments,
+                                       system)[0]
+            drop_cited = float(full[s] - removed[key][s])
         others = [d for d in range(len(documents)) if d not in cited]
         drop_other = float(leave_one_out[others, s].clamp_min(0).mean()) if others else 0.0
         verdicts.append(judge(drop_cited, drop_other, thresholds, cited=bool(cited)))
     return verdicts, leave_one_out
 
-
-def result_prompt(attributor, question, documents, template, system):
-    return build_prompt(attributor.tokenizer, question, documents, template, system=system).prompt
