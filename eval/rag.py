@@ -81,13 +81,10 @@ TEST_SEED = 1502
 
 
 def zoo_standard(n: int, seed: int) -> list[dict]:
-    """The zoo's own rag examples, split back into question and document texts (rendered "doc : <text>")."""
+    """The zoo's own rag examples as question and document texts."""
     out = []
     for i, ex in enumerate(llm_attrib.zoo.examples("rag", n, seed)):
-        text = ex["prompt"]
-        rendered = [text[a:b] for a, b in ex["documents"]]
-        documents = [r.removeprefix("doc : ") for r in rendered]
-        question = text[len(" ".join(rendered) + " question : "):]
+        text, question, documents = ex["prompt"], ex["question"], ex["document_texts"]
         values = [" ".join(d.split()[2:-1]) for d in documents]
         assert values[ex["relevant_document"]] == ex["answer"]
         out.append({"id": f"standard-{seed}-{i}", "variant": "standard", "cell": "zoo examples",

@@ -42,11 +42,8 @@ else:
     model, tokenizer = llm_attrib.zoo.load("rag")
     right = 0
     for example in llm_attrib.zoo.examples("rag", n=args.n, seed=0):
-        prompt = example["prompt"]
-        question = prompt[prompt.index("question : ") + len("question : "):]
-        documents = [prompt[start + len("doc : "):end] for start, end in example["documents"]]
-        result = rag.explain(model, tokenizer, question, documents, template="zoo", space=args.space,
-                             show_progress=False)
+        result = rag.explain(model, tokenizer, example["question"], example["document_texts"], template="zoo",
+                             space=args.space, show_progress=False)
         print_rag_explanation(result)
         print(f"copied from document {example['relevant_document']}; top document {result.top_document}\n")
         right += result.top_document == example["relevant_document"]

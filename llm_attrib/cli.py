@@ -340,9 +340,7 @@ def _run_rag(args: argparse.Namespace) -> int:
         template = template or "zoo"
         if args.question is None and documents is None:
             example = zoo.examples("rag", n=1, seed=0)[0]
-            prompt = example["prompt"]
-            args.question = prompt[prompt.index("question : ") + len("question : "):]
-            documents = [prompt[start + len("doc : "):end] for start, end in example["documents"]]
+            args.question, documents = example["question"], example["document_texts"]
         elif args.question is None or documents is None:
             raise InvalidInputError("give both --question and --documents (or neither, for the built-in example).")
     retriever = None

@@ -31,9 +31,8 @@ def zoo():
 
 
 def zoo_case(example: dict) -> tuple[str, list[str]]:
-    """The zoo prompt's question and document texts (the "zoo" template adds "doc : " and "question : ")."""
-    prompt = example["prompt"]
-    return prompt[prompt.index("question : ") + 11:], [prompt[a + 6:b] for a, b in example["documents"]]
+    """The zoo example's question and document texts, which the "zoo" template renders back into its prompt."""
+    return example["question"], example["document_texts"]
 
 
 def test_spans_come_from_construction_not_search(chat_lm):
@@ -65,6 +64,7 @@ def test_the_source_document_comes_first_on_the_rag_model(zoo, space):
     model, tokenizer = zoo
     for example in llm_attrib.zoo.examples("rag", n=4, seed=31):
         question, documents = zoo_case(example)
+        assert build_prompt(tokenizer, question, as_documents(documents), rag.TEMPLATES["zoo"]).text == example["prompt"]
         result = rag.explain(model, tokenizer, question, documents, template="zoo", space=space, show_progress=False)
         assert result.answer.strip() == example["answer"]
         assert result.top_document == example["relevant_document"]

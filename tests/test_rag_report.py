@@ -62,10 +62,8 @@ def chat():
 def zoo():
     model, tokenizer = llm_attrib.zoo.load("rag")
     example = llm_attrib.zoo.examples("rag", n=1, seed=0)[0]
-    prompt = example["prompt"]
-    documents = [prompt[a + 6:b] for a, b in example["documents"]]
-    question = prompt[prompt.index("question : ") + 11:]
-    return rag.explain(model, tokenizer, question, documents, template="zoo", space="attention", show_progress=False)
+    return rag.explain(model, tokenizer, example["question"], example["document_texts"], template="zoo",
+                       space="attention", show_progress=False)
 
 
 class Page(HTMLParser):

@@ -68,8 +68,8 @@ def rag_examples(model, tokenizer, n: int) -> list[dict]:
     for i, ex in enumerate(llm_attrib.zoo.examples("rag", n=max(n - 1, 0), seed=0)):
         text = ex["prompt"]
         sources = [text[a:b] for a, b in ex["documents"]]
-        assert text.startswith(" ".join(sources) + " question : ")
-        query = text[len(" ".join(sources) + " question : "):]
+        query = ex["question"]
+        assert text == " ".join(sources) + " question : " + query
         records.append(example_record(model, tokenizer, f"rag-zoo-{i}", RAG_TEMPLATE, sources, " ", query,
                                       " " + ex["answer"], chat=False))
     return records

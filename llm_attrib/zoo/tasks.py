@@ -89,7 +89,8 @@ def rag(rng: random.Random) -> dict:
 
     Every document states one fact about one person, in a vocabulary all documents share; the answer is
     the two-word span copied from the relevant document. Evidence: the relevant document, the answer span
-    in it, and the name asked about in the question (which selects the document).
+    in it, and the name asked about in the question (which selects the document). `question` and
+    `document_texts` are the parts `rag.explain(..., template="zoo")` renders back into exactly this prompt.
     """
     n = rng.randint(3, 6)
     names = rng.sample(RAG_NAMES, n)
@@ -98,7 +99,7 @@ def rag(rng: random.Random) -> dict:
     foods = [f"{a} {b}" for a, b in zip(rng.sample(RAG_FOOD[0], n), rng.sample(RAG_FOOD[1], n))]
     rel = rng.randrange(n)
     b = _Builder()
-    docs, answer_span, answer, shared = [], None, None, []  # shared: format words every prompt has
+    docs, texts, answer_span, answer, shared = [], [], None, None, []  # shared: format words every prompt has
     for i in range(n):
         opening = b.add("doc :")
         shared.append(opening)
@@ -110,12 +111,13 @@ def rag(rng: random.Random) -> dict:
         closing = b.add(".")
         shared.append(closing)
         docs.append([opening[0], closing[1]])
+        texts.append(b.text[opening[1] + 1:closing[1]])
     shared.append(b.add("question : what about"))
     asked = b.add(names[rel])
     shared.append(b.add("?"))
     return {"prompt": b.text, "answer": answer, "evidence": [docs[rel], answer_span, asked],
             "documents": docs, "relevant_document": rel, "answer_span": answer_span,
-            "template_spans": shared}
+            "template_spans": shared, "question": f"what about {names[rel]} ?", "document_texts": texts}
 
 
 def sentiment(rng: random.Random) -> dict:
