@@ -41,6 +41,8 @@ class Integral:
         f_start: (P, T) target scores at each path's start (the baseline).
         n_forward: sequences run forward (path points and endpoints; a chunk of B points counts B).
         n_backward: sequences run backward (B per target per chunk).
+        point_scores: (N,) for paths whose points each serve one target: that target's score at each point,
+            which the forward computed anyway (score-guided refinement reads the scores at its new edges here).
     """
 
     tokens: torch.Tensor
@@ -49,6 +51,7 @@ class Integral:
     f_start: torch.Tensor
     n_forward: int
     n_backward: int
+    point_scores: torch.Tensor | None = None
 
     def completeness_error(self) -> torch.Tensor:
         """(P, T) |sum(attr) - (F(x) - F(x'))| / |F(x) - F(x')|."""
@@ -113,6 +116,7 @@ def integrate(
     columns = 1 if target_of is not None else n_targets
     tokens: torch.Tensor | None = None
     detail: torch.Tensor | None = None
+    point_scores = torch.zeros(len(paths)) if target_of is not None else None
     n_forward, n_backward = n_ends, 0
 
     def accumulate(contrib: torch.Tensor, path_ids: torch.Tensor, column: int, target: int) -> None:
@@ -137,7 +141,9 @@ def integrate(
         path_ids = paths.path_of(index)
         if target_of is not None:
             own = target_of(index).to(out.device)
-            (gradient,) = torch.autograd.grad(out.gather(1, own[:, None]).sum(), points)
+            scored = out.gather(1, own[:, None])[:, 0]
+            point_scores[index] = scored.detach().float().cpu()
+            (gradient,) = torch.autograd.grad(scored.sum(), points)
             n_backward += len(index)
             check_finite(gradient, "gradients at a path point")
             contrib = contribution(gradient.float(), deltas)
@@ -157,6 +163,8 @@ def integrate(
             detail = None if detail_part is None else detail_part.new_zeros((paths.n_paths, columns) + detail_part.shape)
         tokens = parallel.sum_across(tokens)
         detail = None if detail is None else parallel.sum_across(detail)
+        if point_scores is not None:
+            point_scores = parallel.sum_across(point_scores.to(tokens.device)).cpu()
         work = parallel.sum_across(torch.tensor([n_forward - n_ends, n_backward], device=tokens.device))
         n_forward, n_backward = n_ends + int(work[0]), int(work[1])
-    return Integral(tokens, detail, f_end, f_start, n_forward, n_backward)
+    return Integral(tokens, detail, f_end, f_start, n_forward, n_backward, point_scores)

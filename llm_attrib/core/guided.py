@@ -2,11 +2,14 @@
 
 Along a path the target's score F(s) is often flat for most of [0, 1] and then jumps; uniform nodes waste
 themselves on the flat parts. Forward-only probes read F at a grid of s (and at every vertex of a polyline)
-for all targets at once; each target's composite 4-node Gauss-Legendre segments are put at equal quantiles of
-|dF| (plus a uniform share). A segment's exact integral, F(b) - F(a), is known from the probes, so its
-quadrature error is measured, and only the segments that make a target miss its tolerance are bisected, as
-far as the target's budget of gradient evaluations allows. Nodes of different targets and routes share one
-backward per chunk (`RoutedNodes`).
+for all targets at once; each target's composite Boole panels (5 equally spaced nodes, weights 7 32 12 32 7
+over 90, exact for quintics) are put at equal quantiles of |dF| (plus a uniform share), and neighbouring
+panels share their edge node. A panel's exact integral, F(b) - F(a), is known from the probes, so its
+quadrature error is measured, and only the panels that make a target miss its tolerance are bisected, as
+far as the target's budget of gradient evaluations allows. Bisection is nested: a panel's 5 nodes are the
+edges and middles of its two halves, so it costs 4 new gradients and discards none, and the scores the
+gradients' forwards computed give the halves' exact integrals. Nodes of different targets and routes share
+one backward per chunk (`RoutedNodes`).
 """
 
 from __future__ import annotations
@@ -19,30 +22,65 @@ import torch
 from ..errors import InvalidInputError
 from .engine import Integral, Reduce, Scores, evaluate, integrate
 from .paths import RoutedNodes, Routes
-from .quadrature import gauss_legendre, variation_edges
+from .quadrature import variation_edges
 
 SCORE_GUIDED = "score-guided"
-NODES_PER_SEGMENT = 4
+PANEL_WEIGHTS = torch.tensor([7.0, 32.0, 12.0, 32.0, 7.0], dtype=torch.float64) / 90
+NODES_PER_PANEL = 4  # new gradient evaluations per panel (and per bisection): neighbours share an edge
+Key = tuple[int, int, int, float]  # route, target, polyline piece, s
 
 
 @dataclass
-class Segment:
-    """[a, b] of one route, for one target, with the target's scores at its ends and, once integrated, its
-    attribution."""
+class Node:
+    """One gradient evaluation: its contribution at unit weight (tokens, the space's detail) and the score of
+    its target there."""
+
+    tokens: torch.Tensor
+    detail: torch.Tensor | None
+    score: float
+
+
+@dataclass
+class Panel:
+    """A Boole panel on one piece of one route, for one target: its 5 nodes `s`, its target's scores at its
+    ends, and, once its nodes are evaluated, its attribution."""
 
     route: int
     target: int
-    a: float
-    b: float
+    piece: int
+    s: tuple[float, float, float, float, float]
     f_a: float
     f_b: float
     tokens: torch.Tensor | None = None
     detail: torch.Tensor | None = None
 
+    @classmethod
+    def between(cls, route: int, target: int, a: float, b: float, f_a: float, f_b: float, n_pieces: int) -> Panel:
+        middle = (a + b) / 2
+        return cls(route, target, min(int(middle * n_pieces), n_pieces - 1),
+                   (a, (a + middle) / 2, middle, (middle + b) / 2, b), f_a, f_b)
+
+    @property
+    def keys(self) -> list[Key]:
+        return [(self.route, self.target, self.piece, s) for s in self.s]
+
     @property
     def error(self) -> float:
         """Signed quadrature error: the attribution's total minus the exact integral F(b) - F(a)."""
         return float(self.tokens.sum()) - (self.f_b - self.f_a)
+
+    def estimate(self, nodes: dict[Key, Node]) -> None:
+        weights = (PANEL_WEIGHTS * (self.s[-1] - self.s[0])).tolist()
+        values = [nodes[key] for key in self.keys]
+        self.tokens = sum(w * node.tokens for w, node in zip(weights, values))
+        self.detail = None if values[0].detail is None else sum(w * node.detail for w, node in zip(weights, values))
+
+    def halves(self, nodes: dict[Key, Node]) -> list[Panel]:
+        """The two halves, whose edges and middles are this panel's nodes."""
+        s0, s1, s2, s3, s4 = self.s
+        f_middle = nodes[self.keys[2]].score
+        return [Panel(self.route, self.target, self.piece, (s0, (s0 + s1) / 2, s1, (s1 + s2) / 2, s2), self.f_a, f_middle),
+                Panel(self.route, self.target, self.piece, (s2, (s2 + s3) / 2, s3, (s3 + s4) / 2, s4), f_middle, self.f_b)]
 
 
 @dataclass
@@ -63,16 +101,18 @@ def guided_integral(
     n_steps: int,
     tolerance: float | None,
     max_steps: int,
-    n_probes: int,
+    n_probes: int | None,
     error_scale: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[Integral, torch.Tensor]:
     """Integrate every route for the targets it serves to `tolerance`.
 
     Args:
         serves: route index -> the targets whose gradients are integrated along it.
-        n_steps: gradient evaluations per (route, target) to start with (4 per segment).
+        n_steps: gradient evaluations per (route, target) to start with: (n_steps - 1) // 4 panels, at least
+            one (5 nodes), more where a polyline has more pieces.
         max_steps: gradient evaluations per (route, target) at most.
-        n_probes: probe intervals of the forward-only grid (polyline vertices are probed as well).
+        n_probes: probe intervals of the forward-only grid (polyline vertices are probed as well); None: 4 per
+            starting panel, enough to place them (refinement reads its scores from its own forwards).
         error_scale: each (route, target)'s gap F(x) - F(start) (R, T) -> what its error is relative to (R, T);
             default |gap|, each route complete on its own. A method that averages routes (IG2) passes
             |mean gap| of the target's routes, since that is the completeness it reports.
@@ -81,63 +121,63 @@ def guided_integral(
         The integral (tokens (R, T, L), zero where a route does not serve a target) and the gradient
         evaluations each (route, target) used (R, T).
     """
+    n_panels = max(1, (min(n_steps, max_steps) - 1) // NODES_PER_PANEL)
+    if n_probes is None:
+        n_probes = max(2, NODES_PER_PANEL * n_panels)
     if not isinstance(n_probes, int) or n_probes < 2:
         raise InvalidInputError(f"n_probes must be an integer >= 2, got {n_probes!r}.")
-    n_segments = max(1, min(n_steps, max_steps) // NODES_PER_SEGMENT)
     corner_s = torch.arange(routes.n_pieces + 1, dtype=torch.float64) / routes.n_pieces
     grid = torch.cat([torch.linspace(0, 1, n_probes + 1, dtype=torch.float64), corner_s]).unique()
     every = torch.arange(len(routes)).repeat_interleave(len(grid))
     f_grid = _scores_at(run, routes, every, grid.repeat(len(routes))).view(len(routes), len(grid), -1)  # (R, M+1, T)
     corners = torch.searchsorted(grid, corner_s)
-    segments: list[Segment] = []
+    panels: list[Panel] = []
     for r in range(len(routes)):
         for t in serves(r):
-            # A segment never straddles a polyline's corner, where the integrand has a kink that Gauss-Legendre
-            # nodes (and bisection, whose midpoints miss the corner) would resolve only slowly.
-            edges = torch.cat([variation_edges(f_grid[r, :, t], n_segments), corners]).unique().tolist()
-            segments += [Segment(r, t, grid[i].item(), grid[j].item(), f_grid[r, i, t].item(), f_grid[r, j, t].item())
-                         for i, j in zip(edges[:-1], edges[1:])]
+            # A panel never straddles a polyline's corner, where the integrand has a kink that polynomial rules
+            # (and bisection, whose midpoints miss the corner) would resolve only slowly.
+            edges = torch.cat([variation_edges(f_grid[r, :, t], n_panels), corners]).unique().tolist()
+            panels += [Panel.between(r, t, grid[i].item(), grid[j].item(), f_grid[r, i, t].item(),
+                                     f_grid[r, j, t].item(), routes.n_pieces)
+                       for i, j in zip(edges[:-1], edges[1:])]
     used = torch.zeros(len(routes), n_targets, dtype=torch.long)
     gap = f_grid[:, -1] - f_grid[:, 0]
     scale = gap.abs() if error_scale is None else error_scale(gap)
     n_forward, n_backward = len(routes) * len(grid), 0
-    todo = segments
+    nodes: dict[Key, Node] = {}
+    todo = panels
     while todo:
-        integral = _integrate_segments(run, routes, todo, (f_grid[0, -1], f_grid[:, 0]))
+        missing = list(dict.fromkeys(key for panel in todo for key in panel.keys if key not in nodes))
+        integral = _evaluate_nodes(run, routes, missing, (f_grid[0, -1], f_grid[:, 0]))
         n_forward += integral.n_forward
         n_backward += integral.n_backward
-        for i, segment in enumerate(todo):
-            segment.tokens = integral.tokens[i, 0]
-            segment.detail = None if integral.detail is None else integral.detail[i, 0]
-            used[segment.route, segment.target] += NODES_PER_SEGMENT
+        for i, key in enumerate(missing):
+            detail = None if integral.detail is None else integral.detail[i, 0]
+            nodes[key] = Node(integral.tokens[i, 0], detail, float(integral.point_scores[i]))
+            used[key[0], key[1]] += 1
+        for panel in todo:
+            panel.estimate(nodes)
         if tolerance is None:
             break
-        splits = _segments_to_split(segments, scale, tolerance, used, max_steps)
-        if not splits:
-            break
-        middles = torch.tensor([(s.a + s.b) / 2 for s in splits], dtype=torch.float64)
-        f_middle = _scores_at(run, routes, torch.tensor([s.route for s in splits]), middles)
-        todo = []
-        for segment, middle, f_m in zip(splits, middles.tolist(), f_middle):
-            value = f_m[segment.target].item()
-            segments.remove(segment)
-            todo += [Segment(segment.route, segment.target, segment.a, middle, segment.f_a, value),
-                     Segment(segment.route, segment.target, middle, segment.b, value, segment.f_b)]
-        n_forward += len(splits)
-        segments += todo
-    return _assemble(segments, f_grid, n_targets, n_forward, n_backward), used
+        splits = _panels_to_split(panels, scale, tolerance, used, max_steps)
+        todo = [half for panel in splits for half in panel.halves(nodes)]
+        refining = {(panel.route, panel.target) for panel in splits}  # a pair left out now is done for good
+        nodes = {key: node for key, node in nodes.items() if key[:2] in refining}
+        split_ids = {id(panel) for panel in splits}
+        panels = [panel for panel in panels if id(panel) not in split_ids] + todo
+    return _assemble(panels, f_grid, n_targets, n_forward, n_backward), used
 
 
-def _assemble(segments: list[Segment], f_grid: torch.Tensor, n_targets: int, n_forward: int,
+def _assemble(panels: list[Panel], f_grid: torch.Tensor, n_targets: int, n_forward: int,
               n_backward: int) -> Integral:
-    """Sum the segments of each (route, target) into an `Integral`."""
-    first = segments[0]
+    """Sum the panels of each (route, target) into an `Integral`."""
+    first = panels[0]
     tokens = first.tokens.new_zeros((f_grid.shape[0], n_targets) + tuple(first.tokens.shape))
     detail = None if first.detail is None else first.detail.new_zeros((f_grid.shape[0], n_targets) + tuple(first.detail.shape))
-    for segment in segments:
-        tokens[segment.route, segment.target] += segment.tokens
+    for panel in panels:
+        tokens[panel.route, panel.target] += panel.tokens
         if detail is not None:
-            detail[segment.route, segment.target] += segment.detail
+            detail[panel.route, panel.target] += panel.detail
     # Every route ends at the explicand, so its score there is the same on every route.
     return Integral(tokens, detail, f_grid[0, -1], f_grid[:, 0], n_forward, n_backward)
 
@@ -151,45 +191,43 @@ def _scores_at(run: Run, routes: Routes, route: torch.Tensor, s: torch.Tensor) -
     ])
 
 
-def _integrate_segments(run: Run, routes: Routes, segments: list[Segment],
-                        known_ends: tuple[torch.Tensor, torch.Tensor]) -> Integral:
-    """Gauss-Legendre nodes in each segment, each node serving its segment's target, in one integral (the
-    route ends' scores are known from the probes)."""
-    nodes, weights = gauss_legendre(NODES_PER_SEGMENT)
-    a = torch.tensor([s.a for s in segments], dtype=torch.float64)[:, None]
-    length = torch.tensor([s.b - s.a for s in segments], dtype=torch.float64)[:, None]
-    nodes_of = torch.arange(len(segments)).repeat_interleave(NODES_PER_SEGMENT)
+def _evaluate_nodes(run: Run, routes: Routes, keys: list[Key],
+                    known_ends: tuple[torch.Tensor, torch.Tensor]) -> Integral:
+    """Each node's contribution at unit weight, each serving its own target, in one integral (the route ends'
+    scores are known from the probes)."""
+    route, target, piece, s = zip(*keys)
     paths = RoutedNodes(
         routes=routes,
-        route=torch.tensor([s.route for s in segments])[nodes_of],
-        s=(a + nodes.double() * length).flatten(),
-        weight=(weights.double() * length).flatten(),
-        target=torch.tensor([s.target for s in segments])[nodes_of],
-        bucket=nodes_of,
-        n_buckets=len(segments),
+        route=torch.tensor(route),
+        s=torch.tensor(s, dtype=torch.float64),
+        weight=torch.ones(len(keys), dtype=torch.float64),
+        target=torch.tensor(target),
+        bucket=torch.arange(len(keys)),
+        n_buckets=len(keys),
+        piece=torch.tensor(piece),
     )
     return integrate(run.scores, paths, routes.vertices[0, -1], run.reduce, run.internal_batch_size,
                      show_progress=run.show_progress, known_ends=known_ends)
 
 
-def _segments_to_split(segments: list[Segment], scale: torch.Tensor, tolerance: float, used: torch.Tensor,
-                       max_steps: int) -> list[Segment]:
-    """For each (route, target) over tolerance, its worst segments (largest |error| first) until the rest would
+def _panels_to_split(panels: list[Panel], scale: torch.Tensor, tolerance: float, used: torch.Tensor,
+                     max_steps: int) -> list[Panel]:
+    """For each (route, target) over tolerance, its worst panels (largest |error| first) until the rest would
     be within tolerance, as far as its budget of gradient evaluations allows."""
-    own: dict[tuple[int, int], list[Segment]] = {}
-    for segment in segments:
-        own.setdefault((segment.route, segment.target), []).append(segment)
+    own: dict[tuple[int, int], list[Panel]] = {}
+    for panel in panels:
+        own.setdefault((panel.route, panel.target), []).append(panel)
     chosen = []
     for (r, t), mine in own.items():
-        mine.sort(key=lambda s: -abs(s.error))
+        mine.sort(key=lambda p: -abs(p.error))
         allowed = tolerance * max(float(scale[r, t]), 1e-12)
-        if abs(sum(s.error for s in mine)) <= allowed:
+        if abs(sum(p.error for p in mine)) <= allowed:
             continue
-        budget = max(0, (max_steps - int(used[r, t])) // (2 * NODES_PER_SEGMENT))
-        remaining = sum(abs(s.error) for s in mine)
-        for segment in mine[:budget]:
-            chosen.append(segment)
-            remaining -= abs(segment.error)
+        budget = max(0, (max_steps - int(used[r, t])) // NODES_PER_PANEL)
+        remaining = sum(abs(p.error) for p in mine)
+        for panel in mine[:budget]:
+            chosen.append(panel)
+            remaining -= abs(panel.error)
             if remaining <= allowed / 2:
                 break
     return chosen

@@ -118,21 +118,23 @@ class Routes:
     def n_pieces(self) -> int:
         return self.vertices.shape[1] - 1
 
-    def _piece(self, route: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _piece(self, route: torch.Tensor, s: torch.Tensor,
+               piece: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         scaled = s.double() * self.n_pieces
-        j = scaled.floor().long().clamp(0, self.n_pieces - 1)
+        j = scaled.floor().long().clamp(0, self.n_pieces - 1) if piece is None else piece
         local = (scaled - j).to(self.vertices.dtype).view((-1,) + (1,) * (self.vertices.dim() - 2))
         here = self.vertices[route, j.to(route.device)]
         return here, self.vertices[route, j.to(route.device) + 1], local
 
-    def at(self, route: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """Points (A, *S) of routes `route` (A,) at positions `s` (A,)."""
-        here, after, local = self._piece(route, s)
+    def at(self, route: torch.Tensor, s: torch.Tensor, piece: torch.Tensor | None = None) -> torch.Tensor:
+        """Points (A, *S) of routes `route` (A,) at positions `s` (A,) (on pieces `piece` (A,) if given: a
+        corner belongs to the pieces on both sides)."""
+        here, after, local = self._piece(route, s, piece)
         return here + local * (after - here)
 
-    def velocity(self, route: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """d point / ds (A, *S): the displacement a node of unit weight stands for."""
-        here, after, _ = self._piece(route, s)
+    def velocity(self, route: torch.Tensor, s: torch.Tensor, piece: torch.Tensor | None = None) -> torch.Tensor:
+        """d point / ds (A, *S): the displacement a node of unit weight stands for (on `piece`, if given)."""
+        here, after, _ = self._piece(route, s, piece)
         return self.n_pieces * (after - here)
 
     def starts(self) -> torch.Tensor:
@@ -143,7 +145,9 @@ class Routes:
 class RoutedNodes:
     """Nodes on `routes`, each serving a single target: node k sits at `s[k]` of route `route[k]` with weight
     `weight[k]` (the part of [0, 1] it stands for), serves target `target[k]` only, and its contribution is
-    summed into `bucket[k]` (one segment of one target's composite rule). Per-target nodes let every target put
+    summed into `bucket[k]` (one segment of one target's composite rule, or the node alone). `piece[k]`, if
+    given, is the polyline piece whose velocity the node takes (a node on a corner ends one piece and starts
+    the next). Per-target nodes let every target put
     its nodes where its own score moves, and a chunk holding nodes of several targets needs one backward pass:
     each point's gradient is that of its own target.
     """
@@ -155,6 +159,7 @@ class RoutedNodes:
     target: torch.Tensor
     bucket: torch.Tensor
     n_buckets: int
+    piece: torch.Tensor | None = None
 
     one_target_per_point = True
 
@@ -173,8 +178,9 @@ class RoutedNodes:
 
     def points(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         route, s = self.route[index], self.s[index]
+        piece = None if self.piece is None else self.piece[index]
         weight = self.weight[index].to(self.routes.vertices).view((-1,) + (1,) * (self.routes.vertices.dim() - 2))
-        return self.routes.at(route, s), weight * self.routes.velocity(route, s)
+        return self.routes.at(route, s, piece), weight * self.routes.velocity(route, s, piece)
 
     def starts(self) -> torch.Tensor:
         return self.routes.starts()

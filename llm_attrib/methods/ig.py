@@ -1,10 +1,10 @@
 """Integrated Gradients: a straight path from a fixed baseline.
 
 Default quadrature, "score-guided" (`core.guided`): forward-only probes of every target's score along the
-path place each target's own composite Gauss-Legendre nodes where the score moves, and only the segments
-whose measured error makes a target miss the tolerance are refined. The fixed rules ("gauss-legendre",
-"riemann-*", "trapezoid") remain for equality with Captum and the papers; with a tolerance they are refined
-by doubling the steps of the targets that miss it.
+path place each target's own composite Boole panels where the score moves, and only the panels whose
+measured error makes a target miss the tolerance are bisected (nested: no gradient is discarded). The fixed
+rules ("gauss-legendre", "riemann-*", "trapezoid") remain for equality with Captum and the papers; with a
+tolerance they are refined by doubling the steps of the targets that miss it.
 """
 
 from __future__ import annotations
@@ -64,9 +64,9 @@ def doubling_ig(
 
 def score_guided_ig(
     problem: Problem, x: torch.Tensor, start: torch.Tensor, n_steps: int, tolerance: float | None,
-    max_steps: int, n_probes: int,
+    max_steps: int, n_probes: int | None,
 ) -> MethodResult:
-    """IG with per-target composite Gauss-Legendre nodes placed by forward-only probes (`core.guided`)."""
+    """IG with per-target composite Boole panels placed by forward-only probes (`core.guided`)."""
     n_targets = problem.seq.n_outputs
     routes = Routes(torch.stack([start, x]).unsqueeze(0))
     integral, used = guided_integral(problem.run, routes, lambda route: list(range(n_targets)), n_targets,
@@ -84,27 +84,35 @@ class IntegratedGradients:
     default_space = "embeddings"
     has_completeness = True
     needs_references = False
+    uses_gradients = True
 
     def attribute(
         self,
         problem: Problem,
         baseline: Any = None,
-        n_steps: int = 32,
+        n_steps: int = 8,
         quadrature: str = SCORE_GUIDED,
         tolerance: float | None = 0.01,
         max_steps: int = 512,
-        n_probes: int = 32,
+        n_probes: int | None = None,
         **params: Any,
     ) -> MethodResult:
-        """`n_steps`: gradient evaluations per target to start with (score-guided: 4 per segment), or the
-        fixed rule's steps; `tolerance`: relative completeness error to reach (None: no refinement);
-        `max_steps`: gradient evaluations per target at most; `n_probes`: forward-only probe intervals."""
+        """`n_steps`: gradient evaluations per target to start with (score-guided: 4 per panel plus one), or
+        the fixed rule's steps; `tolerance`: relative completeness error to reach (None: no refinement);
+        `max_steps`: gradient evaluations per target at most; `n_probes`: forward-only probe intervals
+        (default 4 per starting panel).
+
+        The default starts every target with one Boole panel (5 gradients) and lets nested bisection put the
+        rest where the error is: on held-out rag and recall zoo examples 16 gradients per target over
+        attention and 34-51 over embeddings, against 27-29 and 38-54 when starting from 7 panels, with rank
+        agreement with a 512-node reference of 0.998-0.9999 on average (`eval/quadrature_budget.py`)."""
         reject_unknown(self.name, params)
         if tolerance is not None and not tolerance > 0:
             raise InvalidInputError(f"tolerance must be positive (or None for a fixed n_steps), got {tolerance}.")
         checked_steps(n_steps)
         checked_steps(max_steps, "max_steps", cap=None)
-        checked_steps(n_probes, "n_probes")
+        if n_probes is not None:
+            checked_steps(n_probes, "n_probes")
         x = problem.space.point(problem.model, problem.seq)
         start = problem.space.baseline(baseline, problem.model, problem.tokenizer, problem.seq, x)
         if quadrature == SCORE_GUIDED:

@@ -172,7 +172,7 @@ def explain_retrieval(
             document token adds to this query's match and sum to sim(q, d) - sim(q, blank d)), "query" (the reverse),
             or "both" (sum: sim(q, d) - sim(blank q, blank d); two blank texts look alike to an encoder, about 0.8-0.9
             on all-MiniLM-L6-v2, so most scores come out negative)
-        n_steps: gradient evaluations to start with (4 per segment of the score-guided rule).
+        n_steps: gradient evaluations to start with (4 per panel of the score-guided rule, plus one).
         tolerance: relative completeness error to refine to (None: no refinement).
         max_steps: gradient evaluations at most.
         n_probes: forward-only probe intervals that place the nodes.
