@@ -3,6 +3,7 @@ explanation, runs a method, and packages the result as an `Explanation`."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from typing import Any
@@ -12,7 +13,8 @@ import torch
 from . import __version__, parallel
 from .core.chat import outside_spans, render_chat
 from .core.engine import check_finite
-from .core.memory import fit_chunk
+from .core.memory import (MAX_CHUNK, SHORT_PROMPTS, budget_bytes, bytes_at, length_polynomial, measured_chunk,
+                          saved_bytes)
 from .core.sequence import Sequence, build_sequence, check_segments, readable_tokens, special_token_mask
 from .core.spaces import make_space
 from .core.targets import Target, resolve_target
@@ -76,7 +78,9 @@ class Attributor:
     Args:
         model: a causal LM or a sequence classifier (any `PreTrainedModel`), in eval mode.
         tokenizer: its tokenizer (a fast tokenizer, for character offsets).
-        internal_batch_size: path points per forward pass (memory is bounded by it).
+        internal_batch_size: path points per forward pass; default None: as many as `memory_budget` holds at
+            the bytes one point of this model, prompt and space keeps (measured once per shape), at most 64.
+        memory_budget: bytes the path points of one chunk may use; default 70% of the device's free memory.
         show_progress: show a progress bar on work longer than about a second.
         shard_points: under `accelerate launch` (or torchrun) with several processes, split the gradient
             evaluations of each explanation across them and add the sums (every process must explain the same
@@ -89,13 +93,18 @@ class Attributor:
         >>> exp = attr.explain("k1 = v3 v8 , k2 = v5 v1 . k2 =>", max_new_tokens=3)
     """
 
-    def __init__(self, model, tokenizer, internal_batch_size: int = 16, show_progress: bool = True,
-                 shard_points: bool = False) -> None:
+    def __init__(self, model, tokenizer, internal_batch_size: int | None = None, show_progress: bool = True,
+                 shard_points: bool = False, memory_budget: int | None = None) -> None:
         if not getattr(tokenizer, "is_fast", False):
             raise InvalidInputError("llm-attrib needs a fast tokenizer (for character offsets); load it with use_fast=True.")
         self.model = model
         self.tokenizer = tokenizer
+        for name, value in (("internal_batch_size", internal_batch_size), ("memory_budget", memory_budget)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise InvalidInputError(f"{name} must be a positive integer (or None for the default), got {value!r}.")
         self.internal_batch_size = internal_batch_size
+        self.memory_budget = memory_budget
+        self._point_bytes: dict[tuple, torch.Tensor] = {}
         self.show_progress = show_progress
         self.shard_points = shard_points
         self._causal_checked = False
@@ -107,6 +116,24 @@ class Attributor:
     @property
     def vocab_size(self) -> int:
         return self.model.get_input_embeddings().num_embeddings
+
+    def _bytes_per_point(self, problem: Problem) -> int:
+        """What one path point of this problem keeps for its backward, measured on the model: directly for a
+        short prompt, else from three short prompts once per space and answer shape."""
+        seq, space = problem.seq, problem.space
+        key = (space.name, repr(getattr(space, "layers", None)), seq.n_targets, seq.n_outputs)
+
+        def measure(n_prompt: int) -> int:
+            keep = torch.cat([torch.arange(n_prompt), torch.arange(seq.n_prompt, seq.length)])
+            short = dataclasses.replace(seq, input_ids=seq.input_ids[:, keep], n_prompt=n_prompt, keep=seq.keep[keep])
+            scores = dataclasses.replace(problem, seq=short).scores
+            return saved_bytes(scores, space.point(self.model, short), self.model)
+
+        if seq.n_prompt <= SHORT_PROMPTS[-1]:
+            return measure(seq.n_prompt)
+        if key not in self._point_bytes:
+            self._point_bytes[key] = length_polynomial(measure)
+        return bytes_at(self._point_bytes[key], seq.n_prompt)
 
     def _encode_prompt(self, prompt: Prompt) -> tuple[str, list[int], list[tuple[int, int]], list[bool]]:
         """Text, token ids, character offsets, and which tokens are markup (special or chat-template) rather
@@ -280,13 +307,13 @@ class Attributor:
                 "random). Call model.eval() before explaining."
             )
         batch = self.internal_batch_size if internal_batch_size is None else internal_batch_size
-        if not isinstance(batch, int) or batch < 1:
+        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
             raise InvalidInputError(f"internal_batch_size must be a positive integer, got {batch!r}.")
         seq = self.sequence(prompt, answer, target_class, max_new_tokens, **(generation_kwargs or {}))
         markup = seq.keep.clone()
         if attribute_to is not None:
             seq.keep = seq.keep | ~covered(seq, attribute_to)
-        batch = fit_chunk(self.model, seq.length, batch, eager_attention=the_space.uses_attention_hook)
+        budget = budget_bytes(self.model, self.memory_budget)
         n_vocab = self.model.config.num_labels if seq.is_classifier else self.vocab_size
         target_fn = resolve_target(target or ("logit" if seq.is_classifier else "log_prob"), foil, n_vocab)
         if getattr(target_fn, "answer_level", False):
@@ -299,10 +326,11 @@ class Attributor:
         started = time.perf_counter()
         with (prepared(self.model, hook_attention=the_space.uses_attention_hook), torch.enable_grad(),
               parallel.sharding(self.shard_points)):
-            problem = Problem(
-                self.model, self.tokenizer, seq, the_space, target_fn,
-                batch, self.show_progress,
-            )
+            problem = Problem(self.model, self.tokenizer, seq, the_space, target_fn, batch or MAX_CHUNK,
+                              self.show_progress)
+            if chosen.uses_gradients:
+                problem.internal_batch_size = measured_chunk(self._bytes_per_point(problem), budget, batch,
+                                                             f"{seq.length} tokens in the {space} space")
             result = chosen.attribute(problem, **method_params)
             probs = target_probabilities(self.model, seq)  # per target, or the whole answer's
         check_finite(probs, "target probabilities")
@@ -343,6 +371,7 @@ class Attributor:
             head_scores=result.detail[..., :n].detach().cpu() if keep_head_scores and result.detail is not None else None,
             extra=result.extra,
             cost={"n_forward": result.n_forward, "n_backward": result.n_backward,
+                  "internal_batch_size": problem.internal_batch_size,
                   "seconds": time.perf_counter() - started},
             input_markup=markup[:n].tolist(),
             converged=converged,

@@ -7,6 +7,10 @@ import torch
 
 from llm_attrib import Attributor, InvalidInputError
 from llm_attrib.core import memory
+from llm_attrib.core.spaces import make_space
+from llm_attrib.core.targets import resolve_target
+from llm_attrib.methods import Problem
+from llm_attrib.patching import prepared
 from tiny_tokenizer import tiny_llama, tiny_tokenizer
 
 # SmolLM2-135M's shape: 30 layers, 9 heads, hidden 576, MLP 1536.
@@ -31,5 +35,58 @@ def test_chunk_shrinks_to_fit_and_long_prompts_stop_with_figures(monkeypatch):
 def test_explain_stops_before_any_path_work(monkeypatch):
     monkeypatch.setattr(memory, "available_bytes", lambda device: 1)  # nothing free
     attributor = Attributor(tiny_llama(), tiny_tokenizer(64), show_progress=False)
-    with pytest.raises(InvalidInputError, match="GiB of activations"):
+    with pytest.raises(InvalidInputError, match=r"keeps .* MiB \(measured\), and the memory budget is 0 MiB"):
         attributor.explain("w1 w2 w3", answer="w4", space="attention")
+
+
+def _measured(attributor: Attributor, prompt: str, space: str, answer: str = "w4") -> int:
+    seq = attributor.sequence(prompt, answer=answer)
+    with prepared(attributor.model, hook_attention=space == "attention"):
+        problem = Problem(attributor.model, attributor.tokenizer, seq, make_space(space), resolve_target("log_prob", None, 64))
+        return attributor._bytes_per_point(problem)
+
+
+def test_measured_point_keeps_the_attention_probabilities_and_stays_under_the_estimate():
+    model = tiny_llama()
+    attributor = Attributor(model, tiny_tokenizer(64), show_progress=False)
+    config = model.config
+    for n in (8, 32):
+        prompt = " ".join(f"w{i % 60 + 1}" for i in range(n))
+        length = n + 2  # <bos> and the answer token
+        kept = _measured(attributor, prompt, "attention")
+        probabilities = 4 * config.num_hidden_layers * config.num_attention_heads * length * length
+        assert probabilities < kept < memory.bytes_per_point(config, length, eager_attention=True)
+        assert _measured(attributor, prompt, "embeddings") < kept
+
+
+def test_long_prompts_are_extrapolated_from_short_measurements_exactly():
+    """Saved bytes are a quadratic in the length, so three short prompts predict a long one (never run to
+    find out whether it fits)."""
+    model = tiny_llama()
+    attributor = Attributor(model, tiny_tokenizer(64), show_progress=False)
+    prompt = " ".join(f"w{i % 60 + 1}" for i in range(55))
+    seq = attributor.sequence(prompt, answer="w4 w5")
+    for space in ("attention", "embeddings"):
+        predicted = _measured(attributor, prompt, space, answer="w4 w5")
+        with prepared(model, hook_attention=space == "attention"):
+            problem = Problem(model, attributor.tokenizer, seq, make_space(space), resolve_target("log_prob", None, 64))
+            direct = memory.saved_bytes(problem.scores, problem.space.point(model, seq), model)
+        assert abs(predicted - direct) <= 0.01 * direct
+
+
+def test_chunk_is_what_the_budget_holds_at_the_measured_cost():
+    model, tokenizer = tiny_llama(), tiny_tokenizer(64)
+    per_point = _measured(Attributor(model, tokenizer), "w1 w2 w3", "attention")
+    for k in (1, 3):
+        budget = int(memory.TRANSIENT_FACTOR * per_point * (k + 0.5))
+        exp = Attributor(model, tokenizer, show_progress=False, memory_budget=budget).explain(
+            "w1 w2 w3", answer="w4", space="attention")
+        assert exp.cost["internal_batch_size"] == k
+    chosen = Attributor(model, tokenizer, show_progress=False, internal_batch_size=2).explain("w1 w2 w3", answer="w4")
+    assert chosen.cost["internal_batch_size"] == 2
+    default = Attributor(model, tokenizer, show_progress=False).explain("w1 w2 w3", answer="w4")
+    assert default.cost["internal_batch_size"] == memory.MAX_CHUNK  # a tiny model: the cap, not the memory
+    with pytest.raises(InvalidInputError, match="raise memory_budget"):
+        Attributor(model, tokenizer, memory_budget=per_point).explain("w1 w2 w3", answer="w4", space="attention")
+    with pytest.raises(InvalidInputError, match="memory_budget must be a positive integer"):
+        Attributor(model, tokenizer, memory_budget="4GiB")

@@ -19,6 +19,7 @@ class RawAttention:
     default_space = "attention"
     has_completeness = False
     needs_references = False
+    uses_gradients = False
 
     def attribute(self, problem: Problem, **params: Any) -> MethodResult:
         reject_unknown(self.name, params)

@@ -82,6 +82,7 @@ class Method(Protocol):
     default_space: str
     has_completeness: bool
     needs_references: bool
+    uses_gradients: bool  # False: forward passes only (no chunk of path points to fit)
 
     def attribute(self, problem: Problem, **params: Any) -> MethodResult: ...
 

@@ -32,6 +32,7 @@ class Saliency:
     default_space = "embeddings"
     has_completeness = False
     needs_references = False
+    uses_gradients = True
 
     def attribute(self, problem: Problem, **params: Any) -> MethodResult:
         reject_unknown(self.name, params)
@@ -46,6 +47,7 @@ class InputXGradient:
     default_space = "embeddings"
     has_completeness = False
     needs_references = False
+    uses_gradients = True
 
     def attribute(self, problem: Problem, **params: Any) -> MethodResult:
         reject_unknown(self.name, params)

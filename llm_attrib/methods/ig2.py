@@ -188,6 +188,7 @@ class IG2:
     default_space = "embeddings"
     has_completeness = True
     needs_references = True
+    uses_gradients = True
 
     def attribute(
         self,

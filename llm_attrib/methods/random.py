@@ -15,6 +15,7 @@ class RandomAttribution:
     default_space = "embeddings"
     has_completeness = False
     needs_references = False
+    uses_gradients = False
 
     def attribute(self, problem: Problem, seed: int = 0, **params: Any) -> MethodResult:
         reject_unknown(self.name, params)

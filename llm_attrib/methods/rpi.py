@@ -119,6 +119,7 @@ class RandomizedPathIntegration:
     default_space = "attention"
     has_completeness = True
     needs_references = False
+    uses_gradients = True
 
     @staticmethod
     def default_layers(n_layers: int) -> list[int]:

@@ -41,7 +41,7 @@ def explain(
     thresholds: tuple[float, float] = THRESHOLDS,
     retriever: tuple[Any, Any] | None = None,
     max_new_tokens: int = 64,
-    internal_batch_size: int = 16,
+    internal_batch_size: int | None = None,
     show_progress: bool = True,
     **method_params: Any,
 ) -> RagExplanation:
