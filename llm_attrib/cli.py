@@ -10,7 +10,6 @@ Subcommands live in `SUBCOMMANDS` (name -> (add_arguments, run)); add one there.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import sys
 from pathlib import Path
@@ -95,7 +94,8 @@ def _add_explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--space", default=None, metavar="NAME",
                         help="embeddings or attention (default: the method's own: attention for rpi, embeddings for ig)")
     parser.add_argument("--n-steps", type=_positive, default=None, metavar="N",
-                        help="path steps of path methods such as ig (default: the method's, 32 for ig)")
+                        help="path steps of path methods such as ig (default: the method's own; ig: 5, one Boole "
+                             "panel per target, refined where the error is)")
     parser.add_argument("--max-new-tokens", type=_positive, default=16, metavar="N",
                         help="tokens to generate when --answer is not given (default: 16)")
     parser.add_argument("--layers", type=int, nargs="+", metavar="L", help="attention layers of the attention space (default: all)")
@@ -152,7 +152,7 @@ def _run_explain(args: argparse.Namespace) -> int:
     from .methods import get_method
     from .render.terminal import print_explanation
 
-    method = get_method(args.method, args.space)  # fail on a bad name or path before loading anything
+    get_method(args.method, args.space)  # fail on a bad name or path before loading anything
     _check_output(args.html)
     _check_output(args.json)
     if args.no_progress:
@@ -176,8 +176,8 @@ def _run_explain(args: argparse.Namespace) -> int:
     if args.chat:
         prompt = [{"role": "user", "content": prompt}]
     params: dict[str, Any] = _method_params(args.param)
-    if args.n_steps is not None or _accepts(method, "n_steps"):
-        params.setdefault("n_steps", args.n_steps if args.n_steps is not None else 32)
+    if args.n_steps is not None:
+        params.setdefault("n_steps", args.n_steps)
     attributor = Attributor(model, tokenizer, show_progress=not args.no_progress)
     if args.whole_answer:
         params["target"] = "answer"
@@ -197,14 +197,6 @@ def _read_prompt(args: argparse.Namespace) -> str | None:
         return args.prompt_file.read_text()
     except OSError as err:
         raise InvalidInputError(f"cannot read --prompt-file {str(args.prompt_file)!r}: {err.strerror or err}.") from err
-
-
-def _accepts(method: Any, name: str) -> bool:
-    try:
-        params = inspect.signature(method.attribute).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params
 
 
 def _write(path: Path, text: str) -> None:

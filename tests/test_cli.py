@@ -40,14 +40,14 @@ def model_dir(tmp_path_factory):
 def test_explain_writes_json_and_html(model_dir, tmp_path, capsys):
     out_json, out_html = tmp_path / "exp.json", tmp_path / "exp.html"
     code = main([
-        "explain", "--model", str(model_dir), "--prompt", PROMPT, "--max-new-tokens", "3", "--n-steps", "8",
+        "explain", "--model", str(model_dir), "--prompt", PROMPT, "--max-new-tokens", "3", "--n-steps", "9",
         "--param", "tolerance=null", "--json", str(out_json), "--html", str(out_html), "--no-progress",
     ])
     assert code == 0
     exp = Explanation.load(out_json)
     assert exp.scores.shape == (3, 5 + 2)
     assert exp.input_tokens[:5] == PROMPT.split()
-    assert exp.method == "ig" and exp.params["n_steps"] == 8
+    assert exp.method == "ig" and exp.params["n_steps"] == 9  # two Boole panels sharing an edge
     assert json.loads(out_json.read_text())["format_version"] == 1
     assert "<!DOCTYPE html>" in out_html.read_text()
     printed = capsys.readouterr().out

@@ -90,7 +90,7 @@ class IntegratedGradients:
         self,
         problem: Problem,
         baseline: Any = None,
-        n_steps: int = 8,
+        n_steps: int = 5,
         quadrature: str = SCORE_GUIDED,
         tolerance: float | None = 0.01,
         max_steps: int = 512,
