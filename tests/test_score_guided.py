@@ -170,3 +170,26 @@ def test_budget_is_never_exceeded(lm):
     steps = guided.params["n_steps"]
     assert max(steps if isinstance(steps, list) else [steps]) <= 16
     assert guided.cost["n_backward"] <= 3 * 16 and guided.converged is False
+
+
+@pytest.mark.parametrize("space", ["embeddings", "attention"])
+def test_first_targets_from_a_shorter_forward_equal_the_full_one(lm, space):
+    """A node serving an early target runs only the positions that target depends on: its score and gradient
+    equal the full forward's (a causal model's later positions cannot change them)."""
+    from llm_attrib.core.spaces import make_space
+    from llm_attrib.patching import prepared
+
+    model, tokenizer = lm
+    seq = Attributor(model, tokenizer, show_progress=False).sequence(PROMPT, answer="w5 w6 w8")
+    the_space = make_space(space)
+    with prepared(model, hook_attention=space == "attention"), torch.enable_grad():
+        problem = Problem(model, tokenizer, seq, the_space, resolve_target("log_prob", None, 64), 4, False)
+        x = the_space.point(model, seq)
+        points = torch.stack([x, 0.5 * x]).requires_grad_(True)
+        full = problem.scores(points)
+        for n in (1, 2, 3):
+            torch.testing.assert_close(problem.first_scores(points, n), full[:, :n], atol=1e-5, rtol=1e-5)
+        (whole,) = torch.autograd.grad(full[:, 0].sum(), points)
+        (short,) = torch.autograd.grad(problem.first_scores(points, 1)[:, 0].sum(), points)
+        # Equal wherever the path moves (attention: the gradient at masked keys differs, but x is zero there)
+        torch.testing.assert_close(short * x, whole * x, atol=1e-6, rtol=1e-4)

@@ -23,6 +23,7 @@ from .paths import Paths
 Scores = Callable[[torch.Tensor], torch.Tensor]
 Reduce = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor | None]]
 Contribution = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+FirstScores = Callable[[torch.Tensor, int], torch.Tensor]  # points, n -> scores of the first n targets
 
 
 def gradient_times_delta(gradient: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -86,6 +87,7 @@ def integrate(
     show_progress: bool = True,
     targets: list[int] | None = None,
     known_ends: tuple[torch.Tensor, torch.Tensor] | None = None,
+    first_scores: FirstScores | None = None,
 ) -> Integral:
     """Integrate the gradients of all targets along all paths.
 
@@ -101,6 +103,8 @@ def integrate(
             forward still serves them all, so refining a few targets costs only their backward passes.
         known_ends: the target scores at the explicand (T,) and at each path's start (P, T) when the caller
             has them already (score-guided refinement rounds), so they are not run forward again.
+        first_scores: (points, n) -> scores of the first n targets only; with paths whose points each serve one
+            target, a chunk then runs forward only as far as its last target needs.
 
     Paths whose points each serve one target (`one_target_per_point`, e.g. `RoutedNodes`) take one backward per chunk
     instead of one per target, and their integral has a single column: tokens (P, 1, L).
@@ -135,12 +139,13 @@ def integrate(
     for index in tqdm(chunks, desc="attributing", delay=1.0, leave=False, disable=not show_progress):
         points, deltas = paths.points(index)
         points = points.detach().requires_grad_(True)
-        out = scores(points)
+        own = None if target_of is None else target_of(index)
+        out = scores(points) if own is None or first_scores is None else first_scores(points, int(own.max()) + 1)
         check_finite(out, "target scores at a path point")
         n_forward += len(index)
         path_ids = paths.path_of(index)
-        if target_of is not None:
-            own = target_of(index).to(out.device)
+        if own is not None:
+            own = own.to(out.device)
             scored = out.gather(1, own[:, None])[:, 0]
             point_scores[index] = scored.detach().float().cpu()
             (gradient,) = torch.autograd.grad(scored.sum(), points)

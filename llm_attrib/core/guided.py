@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InvalidInputError
-from .engine import Integral, Reduce, Scores, evaluate, integrate
+from .engine import FirstScores, Integral, Reduce, Scores, evaluate, integrate
 from .paths import RoutedNodes, Routes
 from .quadrature import variation_edges
 
@@ -91,6 +91,7 @@ class Run:
     reduce: Reduce
     internal_batch_size: int
     show_progress: bool = True
+    first_scores: FirstScores | None = None
 
 
 def guided_integral(
@@ -147,7 +148,9 @@ def guided_integral(
     nodes: dict[Key, Node] = {}
     todo = panels
     while todo:
-        missing = list(dict.fromkeys(key for panel in todo for key in panel.keys if key not in nodes))
+        # In target order, so a chunk's nodes serve neighbouring targets and its forward stops at the last one.
+        missing = sorted(dict.fromkeys(key for panel in todo for key in panel.keys if key not in nodes),
+                         key=lambda key: key[1])
         integral = _evaluate_nodes(run, routes, missing, (f_grid[0, -1], f_grid[:, 0]))
         n_forward += integral.n_forward
         n_backward += integral.n_backward
@@ -207,7 +210,7 @@ def _evaluate_nodes(run: Run, routes: Routes, keys: list[Key],
         piece=torch.tensor(piece),
     )
     return integrate(run.scores, paths, routes.vertices[0, -1], run.reduce, run.internal_batch_size,
-                     show_progress=run.show_progress, known_ends=known_ends)
+                     show_progress=run.show_progress, known_ends=known_ends, first_scores=run.first_scores)
 
 
 def _panels_to_split(panels: list[Panel], scale: torch.Tensor, tolerance: float, used: torch.Tensor,

@@ -86,6 +86,13 @@ class Sequence:
             return self.target_ids.new_zeros(0)
         return torch.arange(self.n_prompt - 1, self.length - 1, device=self.input_ids.device)
 
+    def prefix(self, n_targets: int) -> Sequence:
+        """The sequence up to its `n_targets`-th target: what those targets depend on (per-token targets of a
+        causal LM; later positions cannot change them)."""
+        end = self.n_prompt + n_targets
+        return Sequence(self.input_ids[:, :end], self.n_prompt, self.target_ids[:n_targets], self.text,
+                        self.offsets[:end], self.tokens[:end], self.keep[:end])
+
     @property
     def n_inputs(self) -> int:
         """Tokens that receive attribution: everything but the last target token, which is never an input."""

@@ -89,6 +89,11 @@ class EmbeddingSpace:
         with torch.no_grad():
             return model.get_input_embeddings()(ids[None])[0].float()
 
+    @staticmethod
+    def prefix(points: torch.Tensor, length: int) -> torch.Tensor:
+        """Points (B, L, D) restricted to the first `length` tokens."""
+        return points[:, :length]
+
     def logits(self, model, seq: Sequence, points: torch.Tensor) -> torch.Tensor:
         dtype = model.get_input_embeddings().weight.dtype
         return model_logits(model, seq, inputs_embeds=points.to(dtype))
@@ -165,6 +170,11 @@ class AttentionSpace:
         """(layers, H, L, L) bool: the keys each query may attend to in each layer (causality, padding,
         sliding windows), read off the probabilities, which are exactly zero where the mask forbids."""
         return (x > 0).any(dim=1, keepdim=True).expand_as(x)
+
+    @staticmethod
+    def prefix(points: torch.Tensor, length: int) -> torch.Tensor:
+        """Points (B, layers, H, L, L) restricted to the first `length` queries and keys."""
+        return points[..., :length, :length]
 
     def logits(self, model, seq: Sequence, points: torch.Tensor) -> torch.Tensor:
         tap = AttentionTap(replace={layer: points[:, i] for i, layer in enumerate(self.chosen)})

@@ -33,10 +33,19 @@ class Problem:
         scores = self.target(self.space.logits(self.model, self.seq, points), self.seq.target_ids)
         return scores @ self.seq.segment_matrix() if self.seq.answer_level else scores
 
+    def first_scores(self, points: torch.Tensor, n_targets: int) -> torch.Tensor:
+        """Scores (B, n_targets) of the first targets only, from a forward over the positions they depend on:
+        a node serving an early target need not run the rest of the answer."""
+        seq = self.seq
+        if seq.is_classifier or seq.answer_level or n_targets >= seq.n_targets:
+            return self.scores(points)
+        short = seq.prefix(n_targets)
+        return self.target(self.space.logits(self.model, short, self.space.prefix(points, short.length)), short.target_ids)
+
     @property
     def run(self) -> Run:
         """How the engine evaluates this problem (for score-guided integrals)."""
-        return Run(self.scores, self.space.reduce, self.internal_batch_size, self.show_progress)
+        return Run(self.scores, self.space.reduce, self.internal_batch_size, self.show_progress, self.first_scores)
 
 
 @dataclass

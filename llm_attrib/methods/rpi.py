@@ -21,6 +21,7 @@ token-wise generation, noise on future keys would let a target see the tokens af
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +29,7 @@ from typing import Any
 import torch
 
 from ..core.engine import integrate
-from ..core.guided import SCORE_GUIDED, Run, guided_integral
+from ..core.guided import SCORE_GUIDED, guided_integral
 from ..core.paths import Routes, StraightPaths
 from ..core.quadrature import checked_steps
 from ..core.quadrature import quadrature as quadrature_rule
@@ -186,7 +187,7 @@ class RandomizedPathIntegration:
         else:
             baselines = baselines * problem.space.allowed(x)
         reduce = row_reduce(problem) if aggregation == "paper" else problem.space.reduce
-        run = Run(problem.scores, reduce, problem.internal_batch_size, problem.show_progress)
+        run = dataclasses.replace(problem.run, reduce=reduce)
         n_targets = problem.seq.n_outputs
         if quadrature == SCORE_GUIDED:
             routes = Routes(torch.stack([baselines, x.expand_as(baselines)], 1))
