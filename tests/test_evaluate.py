@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from llm_attrib import Attributor, InvalidInputError
 from llm_attrib.evaluate import evaluate, load_rows, mean_cost
