@@ -126,8 +126,8 @@ class Attributor:
         def measure(n_prompt: int) -> int:
             keep = torch.cat([torch.arange(n_prompt), torch.arange(seq.n_prompt, seq.length)])
             short = dataclasses.replace(seq, input_ids=seq.input_ids[:, keep], n_prompt=n_prompt, keep=seq.keep[keep])
-            scores = dataclasses.replace(problem, seq=short).scores
-            return saved_bytes(scores, space.point(self.model, short), self.model)
+            return saved_bytes(lambda points: problem.scores_of(short, points), space.point(self.model, short),
+                               self.model)
 
         if seq.n_prompt <= SHORT_PROMPTS[-1]:
             return measure(seq.n_prompt)

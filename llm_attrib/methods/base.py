@@ -30,8 +30,12 @@ class Problem:
 
     def scores(self, points: torch.Tensor) -> torch.Tensor:
         """Target scores (B, T) at a batch of points of the space; (B, S) summed over answer segments."""
-        scores = self.target(self.space.logits(self.model, self.seq, points), self.seq.target_ids)
-        return scores @ self.seq.segment_matrix() if self.seq.answer_level else scores
+        return self.scores_of(self.seq, points)
+
+    def scores_of(self, seq: Sequence, points: torch.Tensor) -> torch.Tensor:
+        """Target scores of another sequence of this problem's shape (a prefix, a shorter prompt)."""
+        scores = self.target(self.space.logits(self.model, seq, points), seq.target_ids)
+        return scores @ seq.segment_matrix() if seq.answer_level else scores
 
     def first_scores(self, points: torch.Tensor, n_targets: int) -> torch.Tensor:
         """Scores (B, n_targets) of the first targets only, from a forward over the positions they depend on:
@@ -40,7 +44,7 @@ class Problem:
         if seq.is_classifier or seq.answer_level or n_targets >= seq.n_targets:
             return self.scores(points)
         short = seq.prefix(n_targets)
-        return self.target(self.space.logits(self.model, short, self.space.prefix(points, short.length)), short.target_ids)
+        return self.scores_of(short, self.space.prefix(points, short.length))
 
     @property
     def run(self) -> Run:
