@@ -58,9 +58,9 @@ def test_fixed_steps_without_tolerance(lm):
     exp = explain(lm, answer="w5 w6", n_steps=4, tolerance=None, quadrature="gauss-legendre")
     assert exp.params["n_steps"] == 4 and exp.cost["n_forward"] == 4 + 2  # path points and both ends
     guided = explain(lm, answer="w5 w6", n_steps=9, tolerance=None, n_probes=8)
-    # probes (both ends among them), then 2 Boole panels per target sharing an edge (9 nodes); one backward
-    # per node
-    assert guided.params["n_steps"] == 9 and guided.cost["n_forward"] == 9 + 2 * 9
+    # probes (both ends among them), then 2 Boole panels per target sharing an edge (9 nodes); one forward
+    # per distinct point (the targets' panels share at least their ends), one backward per node
+    assert guided.params["n_steps"] == 9 and 9 + 9 <= guided.cost["n_forward"] <= 9 + 2 * 9 - 2
     assert guided.cost["n_backward"] == 2 * 9
 
 

@@ -38,7 +38,8 @@ def test_flat_score_gets_uniform_edges():
 
 
 def test_targeted_nodes_equal_per_target_backward(lm):
-    """One backward over nodes of mixed targets gives each node its own target's gradient exactly."""
+    """Nodes of mixed targets, several at each point, each get their own target's gradient exactly, from one
+    forward per point."""
     model, tokenizer = lm
     attributor = Attributor(model, tokenizer, show_progress=False)
     seq: Sequence = attributor.sequence(PROMPT, answer="w5 w6 w8")
@@ -57,7 +58,8 @@ def test_targeted_nodes_equal_per_target_backward(lm):
         n_buckets=n_targets), x, space.reduce, 5, show_progress=False)
     assert targeted.tokens.shape == (n_targets, 1, seq.length)
     torch.testing.assert_close(targeted.tokens[:, 0], shared.tokens[0], atol=1e-6, rtol=1e-5)
-    assert targeted.n_backward == 6 * n_targets == shared.n_backward  # same sequences, 1 backward per chunk
+    assert targeted.n_backward == 6 * n_targets == shared.n_backward
+    assert targeted.n_forward == 2 + 6  # the targets' nodes coincide: each point runs forward once, plus the ends
 
 
 def test_routed_nodes_on_a_polyline_equal_per_piece_quadrature(lm):

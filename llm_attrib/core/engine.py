@@ -135,26 +135,25 @@ def integrate(
             if detail is not None:
                 detail[p, column] += detail_part
 
-    chunks = parallel.my_chunks(torch.arange(len(paths)).split(internal_batch_size))
+    chunks = parallel.my_chunks(_chunks(paths, internal_batch_size))
     for index in tqdm(chunks, desc="attributing", delay=1.0, leave=False, disable=not show_progress):
+        path_ids = paths.path_of(index)
+        if target_of is not None:
+            own = target_of(index)
+            row, points, deltas = _shared_points(paths, index)
+            gradient, scored, n_rows, n_passes = _own_gradients(scores, first_scores, points, row, own)
+            n_forward += n_rows
+            n_backward += n_rows * n_passes
+            point_scores[index] = scored
+            contrib = contribution(gradient, deltas)
+            for t in own.unique().tolist():
+                accumulate(contrib[own == t], path_ids[own == t], 0, t)
+            continue
         points, deltas = paths.points(index)
         points = points.detach().requires_grad_(True)
-        own = None if target_of is None else target_of(index)
-        out = scores(points) if own is None or first_scores is None else first_scores(points, int(own.max()) + 1)
+        out = scores(points)
         check_finite(out, "target scores at a path point")
         n_forward += len(index)
-        path_ids = paths.path_of(index)
-        if own is not None:
-            own = own.to(out.device)
-            scored = out.gather(1, own[:, None])[:, 0]
-            point_scores[index] = scored.detach().float().cpu()
-            (gradient,) = torch.autograd.grad(scored.sum(), points)
-            n_backward += len(index)
-            check_finite(gradient, "gradients at a path point")
-            contrib = contribution(gradient.float(), deltas)
-            for t in own.unique().tolist():
-                accumulate(contrib[own == t], path_ids[own.cpu() == t], 0, t)
-            continue
         chosen = list(range(n_targets)) if targets is None else targets
         for t in chosen:
             (gradient,) = torch.autograd.grad(out[:, t].sum(), points, retain_graph=t != chosen[-1])
@@ -173,3 +172,67 @@ def integrate(
         work = parallel.sum_across(torch.tensor([n_forward - n_ends, n_backward], device=tokens.device))
         n_forward, n_backward = n_ends + int(work[0]), int(work[1])
     return Integral(tokens, detail, f_end, f_start, n_forward, n_backward, point_scores)
+
+
+def _chunks(paths: Paths, internal_batch_size: int) -> list[torch.Tensor]:
+    """Indices of at most `internal_batch_size` nodes at a time. Where nodes share points (`point_ids`), they
+    are grouped by point, a point's nodes stay in one chunk as far as the size allows, and a chunk holds
+    points of one multiplicity (each of its backward passes then serves every point in it), earliest last
+    target first (its forward stops there)."""
+    everything = torch.arange(len(paths))
+    if getattr(paths, "point_ids", None) is None:
+        return list(everything.split(internal_batch_size))
+    ids, targets = paths.point_ids(everything), paths.target_of(everything)
+    multiplicity = torch.bincount(ids)
+    last = torch.zeros_like(multiplicity).scatter_reduce(0, ids, targets, "amax")
+    order = everything
+    for key in (targets, ids, last[ids], -multiplicity[ids]):  # sort by the last key, ties by the ones before
+        order = order[torch.argsort(key[order], stable=True)]
+    cuts = [0] + ((ids[order].diff() != 0).nonzero()[:, 0] + 1).tolist() + [len(order)]
+    groups = [group for a, b in zip(cuts[:-1], cuts[1:]) for group in order[a:b].split(internal_batch_size)]
+    chunks: list[list[torch.Tensor]] = []
+    for group in groups:
+        if chunks and len(chunks[-1][0]) == len(group) and (len(chunks[-1]) + 1) * len(group) <= internal_batch_size:
+            chunks[-1].append(group)
+        else:
+            chunks.append([group])
+    return [torch.cat(chunk) for chunk in chunks]
+
+
+def _shared_points(paths: Paths, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A chunk's distinct points (U, *S), which of them each node sits at (B,), and each node's displacement
+    (B, *S); every node its own point where the paths cannot share them."""
+    shared = getattr(paths, "shared_points", None)
+    if shared is not None:
+        return shared(index)
+    points, deltas = paths.points(index)
+    return torch.arange(len(index)), points, deltas
+
+
+def _own_gradients(scores: Scores, first_scores: FirstScores | None, points: torch.Tensor, row: torch.Tensor,
+                   own: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """Each node's gradient of its own target, with one forward per distinct point.
+
+    Nodes (B,) sit at `points[row]` (points (U, *S)) and serve targets `own` (B,). The points run forward
+    once (as far as the chunk's last target needs); a point serving k nodes takes k backward passes on the
+    shared graph, the i-th pass giving every point's i-th node. Returns the gradients (B, *S) in float32, each
+    node's score (B,), the points run forward and the backward passes.
+    """
+    order = torch.argsort(row, stable=True)
+    counts = torch.bincount(row, minlength=len(points))
+    starts = counts.cumsum(0) - counts
+    rank = torch.empty_like(row)
+    rank[order] = torch.arange(len(row)) - starts[row[order]]  # i-th node of its point
+    shared = points.detach().requires_grad_(True)
+    out = scores(shared) if first_scores is None else first_scores(shared, int(own.max()) + 1)
+    check_finite(out, "target scores at a path point")
+    row_dev = row.to(out.device)
+    scored = out[row_dev, own.to(out.device)]
+    n_passes = int(rank.max()) + 1
+    gradient = torch.empty((len(row),) + tuple(points.shape[1:]), dtype=torch.float32, device=points.device)
+    for i in range(n_passes):
+        mine = (rank == i).to(out.device)
+        (grad,) = torch.autograd.grad(scored[mine].sum(), shared, retain_graph=i < n_passes - 1)
+        check_finite(grad, "gradients at a path point")
+        gradient[mine] = grad[row_dev[mine]].float()
+    return gradient, scored.detach().float().cpu(), len(points), n_passes

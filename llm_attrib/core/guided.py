@@ -8,8 +8,9 @@ panels share their edge node. A panel's exact integral, F(b) - F(a), is known fr
 quadrature error is measured, and only the panels that make a target miss its tolerance are bisected, as
 far as the target's budget of gradient evaluations allows. Bisection is nested: a panel's 5 nodes are the
 edges and middles of its two halves, so it costs 4 new gradients and discards none, and the scores the
-gradients' forwards computed give the halves' exact integrals. Nodes of different targets and routes share
-one backward per chunk (`RoutedNodes`).
+gradients' forwards computed give the halves' exact integrals. Since every panel starts from the same
+bisection, the nodes of different targets mostly coincide: each point runs forward once for all the targets
+it serves (`RoutedNodes.point_ids`).
 """
 
 from __future__ import annotations
@@ -148,9 +149,7 @@ def guided_integral(
     nodes: dict[Key, Node] = {}
     todo = panels
     while todo:
-        # In target order, so a chunk's nodes serve neighbouring targets and its forward stops at the last one.
-        missing = sorted(dict.fromkeys(key for panel in todo for key in panel.keys if key not in nodes),
-                         key=lambda key: key[1])
+        missing = list(dict.fromkeys(key for panel in todo for key in panel.keys if key not in nodes))
         integral = _evaluate_nodes(run, routes, missing, (f_grid[0, -1], f_grid[:, 0]))
         n_forward += integral.n_forward
         n_backward += integral.n_backward

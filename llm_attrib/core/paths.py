@@ -148,8 +148,8 @@ class RoutedNodes:
     summed into `bucket[k]` (one segment of one target's composite rule, or the node alone). `piece[k]`, if
     given, is the polyline piece whose velocity the node takes (a node on a corner ends one piece and starts
     the next). Per-target nodes let every target put
-    its nodes where its own score moves, and a chunk holding nodes of several targets needs one backward pass:
-    each point's gradient is that of its own target.
+    its nodes where its own score moves; nodes of several targets at the same point share its forward
+    (`point_ids`), and each gets the gradient of its own target.
     """
 
     routes: Routes
@@ -176,11 +176,29 @@ class RoutedNodes:
     def target_of(self, index: torch.Tensor) -> torch.Tensor:
         return self.target[index]
 
-    def points(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def point_ids(self, index: torch.Tensor) -> torch.Tensor:
+        """(B,) ids 0..U-1, equal where nodes sit at the same point (route, s, piece): one forward serves them."""
+        piece = torch.full_like(self.route[index], -1) if self.piece is None else self.piece[index]
+        where = torch.stack([self.route[index].double(), self.s[index].double(), piece.double()], 1)
+        return where.unique(dim=0, return_inverse=True)[1]
+
+    def shared_points(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The distinct points (U, *S) of nodes `index`, the point of each node (B,), and each node's
+        displacement (B, *S): its weight times its point's velocity."""
+        row = self.point_ids(index)
+        first = torch.full((int(row.max()) + 1,), len(row)).scatter_reduce(0, row, torch.arange(len(row)), "amin")
+        points, velocity = self.points(index[first], unit_weight=True)
+        weight = self.weight[index].to(velocity).view((-1,) + (1,) * (velocity.dim() - 1))
+        return row, points, weight * velocity[row.to(velocity.device)]
+
+    def points(self, index: torch.Tensor, unit_weight: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         route, s = self.route[index], self.s[index]
         piece = None if self.piece is None else self.piece[index]
-        weight = self.weight[index].to(self.routes.vertices).view((-1,) + (1,) * (self.routes.vertices.dim() - 2))
-        return self.routes.at(route, s, piece), weight * self.routes.velocity(route, s, piece)
+        velocity = self.routes.velocity(route, s, piece)
+        if unit_weight:
+            return self.routes.at(route, s, piece), velocity
+        weight = self.weight[index].to(velocity).view((-1,) + (1,) * (velocity.dim() - 1))
+        return self.routes.at(route, s, piece), weight * velocity
 
     def starts(self) -> torch.Tensor:
         return self.routes.starts()
