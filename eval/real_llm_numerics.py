@@ -48,7 +48,6 @@ from real_text import DATA, knows, prepare  # noqa: E402
 import llm_attrib  # noqa: E402
 from llm_attrib import Attributor, ConvergenceWarning, Explanation  # noqa: E402
 from llm_attrib.core.chat import render_chat  # noqa: E402
-from llm_attrib.core.memory import fit_chunk  # noqa: E402
 
 OUTPUT = Path(__file__).parent / "results" / "real_llm_numerics.md"
 HALF = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -145,14 +144,11 @@ def long_run(space: str, n_tokens: int, threads: int) -> dict:
     seq = attributor.sequence(messages, answer)
     record = {"space": space, "n_prompt": seq.n_prompt, "n_targets": seq.n_targets, "answer": answer,
               "rss_before_mib": peak_rss_mib()}
-    try:  # the same call explain() makes; the explanation does not record the chunk it used
-        record["chunk"] = fit_chunk(model, seq.length, attributor.internal_batch_size, space == "attention")
-    except Exception as error:  # noqa: BLE001 - the error is the measurement
-        record["chunk"] = f"none ({type(error).__name__})"
     started = time.perf_counter()
     try:
         exp, _ = explain(attributor, {"prompt": messages, "answer": answer}, space, LONG_RULE)
         record.update(ran=True, completeness=exp.completeness_error.tolist(), cost=exp.cost,
+                      chunk=exp.cost["internal_batch_size"],
                       top=[tok for tok, _ in exp.top_tokens(0, k=5)])
     except Exception as error:  # noqa: BLE001 - the error is the measurement
         record.update(ran=False, error=f"{type(error).__name__}: {error}")
@@ -211,7 +207,7 @@ def example_table(rows: list[dict]) -> list[str]:
 
 
 def long_table(records: list[dict]) -> list[str]:
-    lines = ["| space | prompt tokens | targets | ran | chunk (fit_chunk) | seconds | peak RSS MiB (before explain) | "
+    lines = ["| space | prompt tokens | targets | ran | chunk | seconds | peak RSS MiB (before explain) | "
              "forwards / backwards | completeness error | top content tokens, first target | error |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
@@ -283,10 +279,9 @@ def main() -> None:
             f"## (b) A ~{args.long_tokens}-token prompt", "",
             "The rag documents of eval/data/real_text.jsonl (no repeats) in one chat message, then the first rag "
             "question, as many whole documents as keep the rendered prompt within the length; the expected answer "
-            "explained by IG with 8 Gauss-Legendre nodes, tolerance=None, default internal_batch_size 16, each space "
-            "in a fresh process (peak RSS = ru_maxrss of that process: model load included; in brackets, before the "
-            "explanation). The chunk is what `llm_attrib.core.memory.fit_chunk` returns for this length just before "
-            "the explanation (the Explanation does not record it).", "",
+            "explained by IG with 8 Gauss-Legendre nodes, tolerance=None, the chunk chosen from the measured memory "
+            "budget (recorded in the explanation's cost), each space in a fresh process (peak RSS = ru_maxrss of "
+            "that process: model load included; in brackets, before the explanation).", "",
             *long_table(records), ""]
     args.output.write_text("\n".join(text))
     print("\n".join(text))

@@ -276,3 +276,20 @@ def test_moving_only_the_document_explains_it_given_the_query(encoder):
     assert "paris" in top or "capital" in top or "france" in top
     with pytest.raises(UnknownNameError, match="move"):
         explain_retrieval(model, tokenizer, QUERY, CANDIDATES[1], move="neither")
+
+
+@pytest.mark.filterwarnings("ignore::llm_attrib.ConvergenceWarning")  # 4 fixed steps: only the chunk matters
+def test_chunk_is_what_the_memory_budget_holds_at_the_measured_cost(encoder):
+    """The retriever's chunk comes from the bytes its point keeps, measured on the encoder, like the
+    Attributor's; a budget below one point is a clear error before any path work."""
+    from llm_attrib.core import memory
+
+    model, tokenizer = encoder
+    default = explain_retrieval(model, tokenizer, "capital of France", "Paris.", tolerance=None, n_steps=5)
+    assert default.cost["internal_batch_size"] == memory.MAX_CHUNK  # a short pair: the cap, not the memory
+    chosen = explain_retrieval(model, tokenizer, "capital of France", "Paris.", tolerance=None, n_steps=5,
+                               internal_batch_size=3)
+    assert chosen.cost["internal_batch_size"] == 3
+    with pytest.raises(InvalidInputError, match=r"keeps \d+ MiB \(measured\), and the memory budget is 0 MiB"):
+        explain_retrieval(model, tokenizer, "capital of France", "Paris.", memory_budget=2**19)
+    torch.testing.assert_close(chosen.document_scores, default.document_scores, atol=1e-6, rtol=1e-5)

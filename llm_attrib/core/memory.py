@@ -4,8 +4,8 @@ Eager attention materialises every layer's (heads x L x L) scores and probabilit
 them, so memory grows with L^2: a 2000-token prompt on a 30-layer model needs gigabytes per path point. The
 Attributor chooses its chunk from the bytes one point really keeps, measured on the model itself by counting
 the tensors its forward saves for the backward, at short prompts (so a prompt that cannot fit stops at once
-with the figures, instead of dying in the allocator minutes later). The retriever's bi-encoder still sizes
-its chunk from a rough upper bound read off the config (`fit_chunk`).
+with the figures, instead of dying in the allocator minutes later). The retriever measures its point directly
+(a query and a document are short).
 """
 
 from __future__ import annotations
@@ -17,13 +17,6 @@ import torch
 
 from ..errors import InvalidInputError
 
-# Tensors of size (heads x L x L) per layer: kept for the backward (scores, probabilities, the softmax's
-# output reused by its gradient, the injected point) and, in the attention space, the path point's
-# displacement, gradient and contribution (a 2000-token prompt on a 4-layer, 4-head Llama: estimated 2.4
-# GiB a point, measured peak 10.5 GiB for a chunk of 5); and of size (L x hidden) per layer (residual
-# stream, norms, projections, MLP activations).
-QUADRATIC_COPIES = 8
-LINEAR_COPIES = 16
 HEADROOM = 0.7
 # Beyond the saved tensors a point holds the forward's transients: on a 4-layer, d=256 Llama over a 2000-token
 # prompt (attention space, chunk 6) the measured peak was about this factor times the saved bytes.
@@ -42,41 +35,11 @@ def available_bytes(device: torch.device) -> int:
         return 8 * 2**30
 
 
-def bytes_per_point(config, length: int, eager_attention: bool) -> int:
-    """Rough upper bound of the activations one path point keeps for its backward, in bytes (float32).
-
-    `eager_attention`: the attention probabilities are materialised (the attention space's hook); otherwise
-    the model's own fused attention keeps no (L x L) tensors."""
-    text = getattr(config, "get_text_config", lambda: config)()
-    layers = getattr(text, "num_hidden_layers", 12)
-    heads = getattr(text, "num_attention_heads", 12)
-    hidden = getattr(text, "hidden_size", 768)
-    intermediate = getattr(text, "intermediate_size", 4 * hidden) or 4 * hidden
-    quadratic = QUADRATIC_COPIES * heads * length * length if eager_attention else 0
-    linear = LINEAR_COPIES * length * hidden + 2 * length * intermediate
-    return 4 * layers * (quadratic + linear)
-
-
 def budget_bytes(model, memory_budget: int | None = None) -> int:
     """The bytes path points may use: `memory_budget`, or a share of the device's free memory."""
     if memory_budget is not None:
         return memory_budget
     return int(HEADROOM * available_bytes(model.get_input_embeddings().weight.device))
-
-
-def fit_chunk(model, length: int, requested: int, eager_attention: bool, memory_budget: int | None = None) -> int:
-    """The largest chunk of path points, at most `requested`, whose config estimate fits the budget."""
-    device = model.get_input_embeddings().weight.device
-    per_point = bytes_per_point(model.config, length, eager_attention)
-    budget = budget_bytes(model, memory_budget)
-    if per_point > budget:
-        raise InvalidInputError(
-            f"one path point over {length} tokens needs about {per_point / 2**30:.1f} GiB of activations on "
-            f"{device.type}, and the budget is about {budget / 2**30:.1f} GiB; shorten the prompt, choose fewer "
-            "attention layers (layers=...), use a device with more memory (or a larger memory_budget), or "
-            "method='attention' / 'saliency' for long inputs."
-        )
-    return max(1, min(requested, int(budget // per_point)))
 
 
 def saved_bytes(scores: Callable[[torch.Tensor], torch.Tensor], point: torch.Tensor, model) -> int:

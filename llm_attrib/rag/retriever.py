@@ -31,7 +31,7 @@ from .. import __version__
 from ..attributor import context_length, convergence, is_classifier
 from ..core.engine import check_finite
 from ..core.guided import SCORE_GUIDED, Run, guided_integral
-from ..core.memory import fit_chunk
+from ..core.memory import budget_bytes, measured_chunk, saved_bytes
 from ..core.paths import Routes
 from ..core.quadrature import checked_steps
 from ..core.sequence import readable_tokens, special_token_mask
@@ -154,7 +154,8 @@ def explain_retrieval(
     tolerance: float | None = 0.01,
     max_steps: int = 512,
     n_probes: int = 32,
-    internal_batch_size: int = 16,
+    internal_batch_size: int | None = None,
+    memory_budget: int | None = None,
     show_progress: bool = False,
 ) -> RetrievalExplanation:
     """Explain a bi-encoder's similarity between `query` and `document`, token by token on both sides.
@@ -176,7 +177,9 @@ def explain_retrieval(
         tolerance: relative completeness error to refine to (None: no refinement).
         max_steps: gradient evaluations at most.
         n_probes: forward-only probe intervals that place the nodes.
-        internal_batch_size: path points per forward (memory is bounded by it).
+        internal_batch_size: path points per forward; None: as many as `memory_budget` holds at the bytes one
+            point keeps, measured on the model (at most 64).
+        memory_budget: bytes the path points may use (default: 70% of the device's free memory).
         show_progress: a progress bar on work longer than a second.
 
     Returns:
@@ -199,8 +202,9 @@ def explain_retrieval(
     checked_steps(n_steps)
     checked_steps(max_steps, "max_steps", cap=None)
     checked_steps(n_probes, "n_probes")
-    if isinstance(internal_batch_size, bool) or not isinstance(internal_batch_size, int) or internal_batch_size < 1:
-        raise InvalidInputError(f"internal_batch_size must be a positive integer, got {internal_batch_size!r}.")
+    if internal_batch_size is not None and (isinstance(internal_batch_size, bool)
+                                            or not isinstance(internal_batch_size, int) or internal_batch_size < 1):
+        raise InvalidInputError(f"internal_batch_size must be a positive integer or None, got {internal_batch_size!r}.")
     if not getattr(tokenizer, "is_fast", False):
         raise InvalidInputError("llm-attrib needs a fast tokenizer (for character offsets); load it with use_fast=True.")
     device = model.get_input_embeddings().weight.device
@@ -214,7 +218,8 @@ def explain_retrieval(
     with frozen(model), torch.enable_grad():  # frozen() refuses a model in training mode
         check_bidirectional(model, q.ids)
         scores = _similarity_scores(model, q.length, d.length, pooling, normalize)
-        batch = fit_chunk(model, q.length + d.length, internal_batch_size, eager_attention=False)
+        batch = measured_chunk(saved_bytes(scores, x, model), budget_bytes(model, memory_budget), internal_batch_size,
+                               f"{q.length + d.length} query and document tokens")
         run = Run(scores, EmbeddingSpace().reduce, batch, show_progress)
         routes = Routes(torch.stack([start, x]).unsqueeze(0))  # (1 route, 2 vertices, Lq + Ld, D)
         integral, used = guided_integral(run, routes, lambda route: [0], 1, n_steps, tolerance, max_steps, n_probes)
@@ -235,7 +240,7 @@ def explain_retrieval(
         completeness_error=float(error[0]),
         converged=convergence(error.cpu(), tolerance, "retrieval IG"),
         n_steps=int(used[0, 0]),
-        cost={"n_forward": integral.n_forward, "n_backward": integral.n_backward,
+        cost={"n_forward": integral.n_forward, "n_backward": integral.n_backward, "internal_batch_size": batch,
               "seconds": time.perf_counter() - started},
         params={"pooling": pooling, "normalize": normalize, "baseline": baseline, "move": move, "quadrature": SCORE_GUIDED,
                 "n_steps": n_steps, "tolerance": tolerance, "max_steps": max_steps, "n_probes": n_probes},
