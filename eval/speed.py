@@ -1,8 +1,8 @@
 """Speed at equal accuracy: llm-attrib's IG against Captum's LLMGradientAttribution(LayerIntegratedGradients),
-measured in one run, one process, reported as ratios.
+measured in one run, one process, and inseq's integrated_gradients in its own environment; reported as ratios.
 
     python eval/speed.py                                  # every workload, writes eval/results/speed.md
-    python eval/speed.py --workloads rag recall --threads 2
+    python eval/speed.py --workloads rag recall --threads 2 --output /tmp/speed.md
 
 For every workload both tools explain the same prompt and the same generated tokens (log-probability of each
 target given its prefix). Captum runs (a) at its defaults (50 Gauss-Legendre steps, token-0 baseline) and
@@ -13,13 +13,28 @@ embeddings and, where the model allows it, over attention, per token and for the
 (log p(answer | prompt): a different target, so it has no Captum counterpart). Columns: seconds, gradient evaluations per target
 (mean), worst completeness error, peak resident memory of the run (VmHWM, reset before each run), and
 Captum's time over llm-attrib's. No test asserts a time: this script is where speed is measured.
+
+inseq 0.7.1 needs transformers 4, so it runs in a subprocess of its own venv (--inseq-python; made as
+eval/peers/inseq_attribute.py says; without it the rows say so) on the same prompt and answer, from the model's
+folder (the in-memory tiny Llama is saved to a temporary one), with the same threads and internal batch (16), at
+its default 50 steps and at the steps Captum needed for equal accuracy. Its seconds and peak memory are those of
+its attribute() call, measured inside the subprocess (not the venv's start or the model's load). It explains
+the same target, the log-probability (its default is the probability; inseq_attribute.py's --logprob switches),
+against its own baseline: the <unk> embedding at every position, <bos> and earlier answer tokens included. Its
+completeness error is exact, not estimated: Captum's convergence delta, which inseq returns (sum of the
+attributions minus f(input) - f(baseline)), over that change (the attributions' sum minus the delta; checked
+against the model's own log-probabilities at input and baseline on the rag workload). Where inseq does not run
+(SmolLM2: transformers 4 misreads its rope_theta, so the script refuses it) the row gives the reason. The ratio
+on inseq's rows is its seconds over llm-attrib's per-token runs (embeddings / attention).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +50,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 OUTPUT = Path(__file__).parent / "results" / "speed.md"
 DATA = Path(__file__).parent / "data" / "real_text.jsonl"
+INSEQ_PYTHON = Path("/work/.venvs/inseq/bin/python")
+INSEQ_SCRIPT = Path(__file__).parent / "peers" / "inseq_attribute.py"
 CAPTUM_STEPS = (50, 100, 200, 400, 800)  # --captum-cap cuts the escalation where a workload is too slow for it
 TOLERANCE = 0.01
 
@@ -42,7 +59,8 @@ TOLERANCE = 0.01
 @dataclass
 class Workload:
     """`prompt` is the text both tools read; `request` is what llm-attrib is given (the chat messages where the
-    prompt is a rendered chat, so that it keeps the template's markup in its baseline)."""
+    prompt is a rendered chat, so that it keeps the template's markup in its baseline); `folder` is where the
+    model is saved, for inseq (None: saved to a temporary folder when inseq needs it)."""
 
     name: str
     model: object
@@ -51,6 +69,7 @@ class Workload:
     answer: list[int]
     spaces: tuple[str, ...]
     request: object = None
+    folder: Path | None = None
 
 
 @dataclass
@@ -105,12 +124,54 @@ def captum(workload: Workload, n_steps: int) -> tuple[float, float]:
     return float(n_steps), worst
 
 
+def inseq_text(workload: Workload) -> str | None:
+    """The text inseq is given to explain (it takes text, not ids): the prompt and the answer's decoding, joined
+    so that it tokenises back to the prompt's ids and the answer's; None where no join does."""
+    tokenizer = workload.tokenizer
+    answer = tokenizer.decode(workload.answer)
+    for text in (workload.prompt + " " + answer, workload.prompt + answer):
+        if tokenizer(text)["input_ids"] == tokenizer(workload.prompt)["input_ids"] + workload.answer:
+            return text
+    return None
+
+
+def inseq(workload: Workload, n_steps: int, python: Path, threads: int) -> Run | str:
+    """inseq's integrated_gradients of the workload's answer in its own environment, as a Run (its attribute()
+    call's seconds and peak memory, measured in the subprocess), or why it did not run."""
+    text = inseq_text(workload)
+    if text is None:
+        return "the answer's decoded text does not tokenise back to its ids"
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = workload.folder
+        if folder is None:
+            from llm_attrib.zoo._tokenizer import save  # names PreTrainedTokenizerFast, which transformers 4 loads
+
+            folder = Path(tmp) / "model"
+            workload.model.save_pretrained(folder)
+            save(workload.tokenizer, folder)
+        examples, output = Path(tmp) / "EXAMPLES.jsonl", Path(tmp) / "out.json"
+        examples.write_text(json.dumps({"prompt": workload.prompt, "answer": text[len(workload.prompt):].strip(),
+                                        "generated": text}) + "\n")
+        done = subprocess.run([str(python), str(INSEQ_SCRIPT), str(folder), str(examples), str(output),
+                               "--methods", "integrated_gradients", "--n-steps", str(n_steps),
+                               "--internal-batch-size", "16", "--logprob", "--deltas", "--threads", str(threads)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            return next((line for line in reversed(done.stderr.splitlines()) if line.strip()), "failed")
+        record = json.loads(output.read_text())["examples"][0]
+    if record["target_tokens"] != workload.tokenizer.convert_ids_to_tokens(workload.answer):
+        return f"inseq's targets {record['target_tokens']} are not the answer's tokens"
+    ig = record["integrated_gradients"]
+    return Run(ig["seconds"], float(n_steps), max(ig["completeness_error"]), ig["peak_gib"])
+
+
 def zoo_workload(name: str, n_tokens: int) -> Workload:
     model, tokenizer = llm_attrib.zoo.load(name)
     prompt = llm_attrib.zoo.examples(name, n=1, seed=123)[0]["prompt"]
     attributor = Attributor(model, tokenizer, show_progress=False)
     answer = attributor.generate(tokenizer(prompt)["input_ids"], n_tokens, min_new_tokens=n_tokens)
-    return Workload(f"{name} zoo, {n_tokens} targets", model, tokenizer, prompt, answer, ("embeddings", "attention"))
+    return Workload(f"{name} zoo, {n_tokens} targets", model, tokenizer, prompt, answer, ("embeddings", "attention"),
+                    folder=llm_attrib.zoo.path(name))
 
 
 def long_llama_workload(n_tokens: int = 1000, n_targets: int = 4) -> Workload:
@@ -146,7 +207,8 @@ def smollm2_workload(n_targets: int = 12) -> Workload:
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     answer = Attributor(model, tokenizer, show_progress=False).generate(ids, n_targets, min_new_tokens=n_targets)
     return Workload(f"SmolLM2-135M-Instruct, rag chat prompt ({len(ids)} tokens), {n_targets} targets",
-                    model, tokenizer, prompt, answer, ("embeddings", "attention"), request=messages)
+                    model, tokenizer, prompt, answer, ("embeddings", "attention"), request=messages,
+                    folder=llm_attrib.zoo.path("smollm2"))
 
 
 WORKLOADS = {
@@ -157,7 +219,15 @@ WORKLOADS = {
 }
 
 
-def rows_for(workload: Workload, captum_cap: int) -> list[str]:
+def inseq_row(label: str, run: Run | str, ours_seconds: list[float]) -> str:
+    if isinstance(run, str):
+        return f"| | inseq, IG, {label}: not run ({run}) | | | | | |"
+    ratios = " / ".join(f"{run.seconds / s:.1f}x" for s in ours_seconds)
+    return (f"| | inseq, IG, {label} | {run.seconds:.2f} | {run.evaluations:.0f} | {run.worst:.1%} | "
+            f"{run.peak_gib:.2f} | inseq: {ratios} |")
+
+
+def rows_for(workload: Workload, captum_cap: int, inseq_python: Path | None, threads: int) -> list[str]:
     captum_default = measured(lambda: captum(workload, 50))
     captum_equal = captum_default
     for n_steps in [n for n in CAPTUM_STEPS[1:] if n <= captum_cap]:
@@ -169,11 +239,23 @@ def rows_for(workload: Workload, captum_cap: int) -> list[str]:
             f"{captum_default.evaluations:.0f} | {captum_default.worst:.1%} | {captum_default.peak_gib:.2f} | |",
             f"| | Captum, equal accuracy{capped} | {captum_equal.seconds:.2f} | {captum_equal.evaluations:.0f} | "
             f"{captum_equal.worst:.1%} | {captum_equal.peak_gib:.2f} | |"]
+    ours_seconds = []
     for space in workload.spaces:
         run = measured(lambda: ours(workload, space))
+        ours_seconds.append(run.seconds)
         rows.append(f"| | llm-attrib, {space} (defaults) | {run.seconds:.2f} | {run.evaluations:.0f} | {run.worst:.1%} | "
                     f"{run.peak_gib:.2f} | {captum_default.seconds / run.seconds:.1f}x / "
                     f"{captum_equal.seconds / run.seconds:.1f}x |")
+    if inseq_python is None:
+        rows.insert(2, f"| | inseq, IG: not installed (no {INSEQ_PYTHON}; see eval/peers/inseq_attribute.py) "
+                       "| | | | | |")
+    else:
+        equal_steps = int(captum_equal.evaluations)
+        inseq_default = inseq(workload, 50, inseq_python, threads)
+        inseq_equal = inseq_default if equal_steps == 50 else inseq(workload, equal_steps, inseq_python, threads)
+        rows[2:2] = [inseq_row("defaults (50 GL steps)", inseq_default, ours_seconds),
+                     inseq_row(f"Captum's equal-accuracy steps ({equal_steps}{', its cap' if capped else ''})",
+                               inseq_equal, ours_seconds)]
     for space in workload.spaces:
         run = measured(lambda: ours(workload, space, "answer"))
         rows.append(f"| | llm-attrib, {space}, whole answer as one target | {run.seconds:.2f} | {run.evaluations:.0f} | "
@@ -188,25 +270,30 @@ def main() -> None:
     parser.add_argument("--smollm2-targets", type=int, default=12, help="answer tokens explained on SmolLM2")
     parser.add_argument("--captum-cap", type=int, default=800, help="Captum's largest step count")
     parser.add_argument("--output", type=Path, default=OUTPUT)
+    parser.add_argument("--inseq-python", type=Path, default=INSEQ_PYTHON if INSEQ_PYTHON.exists() else None,
+                        help="the inseq venv's python (default: /work/.venvs/inseq's, if it exists)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     lines = [
-        "# Speed at equal accuracy: llm-attrib against Captum",
+        "# Speed at equal accuracy: llm-attrib against Captum and inseq",
         "",
         f"`python eval/speed.py --workloads {' '.join(args.workloads)} --threads {args.threads} --smollm2-targets "
         f"{args.smollm2_targets} --captum-cap {args.captum_cap}` (one process, "
         f"{args.threads} CPU thread(s)). Seconds of one run; gradient evaluations per target (Captum: its steps; "
         "llm-attrib: the mean over targets); worst completeness error over the targets, each tool against its own "
         "baseline; peak resident memory of the process during the run. Ratio: Captum's seconds at its defaults / "
-        "at equal accuracy, over llm-attrib's.",
+        "at equal accuracy, over llm-attrib's. inseq (integrated_gradients, in its own venv, log-probability, "
+        "<unk> baseline; seconds and memory of its attribute() call): its seconds over llm-attrib's per-token runs "
+        "(embeddings / attention); eval/speed.py's docstring says how its completeness error is computed.",
         "",
         "| workload | run | seconds | gradient evaluations / target | worst completeness error | peak GiB | Captum / llm-attrib |",
         "|:--|:--|--:|--:|--:|--:|--:|",
     ]
     for name in args.workloads:
         workload = smollm2_workload(args.smollm2_targets) if name == "smollm2" else WORKLOADS[name]()
-        lines += rows_for(workload, args.captum_cap)
-        print("\n".join(lines[-6:]), flush=True)
+        rows = rows_for(workload, args.captum_cap, args.inseq_python, args.threads)
+        lines += rows
+        print("\n".join(rows), flush=True)
     args.output.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.output}")
 
