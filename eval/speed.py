@@ -17,7 +17,7 @@ Captum's time over llm-attrib's. No test asserts a time: this script is where sp
 inseq 0.7.1 needs transformers 4, so it runs in a subprocess of its own venv (--inseq-python; made as
 eval/peers/inseq_attribute.py says; without it the rows say so) on the same prompt and answer, from the model's
 folder (the in-memory tiny Llama is saved to a temporary one), with the same threads and internal batch (16), at
-its default 50 steps and at the steps Captum needed for equal accuracy. Its seconds and peak memory are those of
+its default 50 steps and at equal accuracy (its own steps raised as Captum's are). Its seconds and peak memory are those of
 its attribute() call, measured inside the subprocess (not the venv's start or the model's load). It explains
 the same target, the log-probability (its default is the probability; inseq_attribute.py's --logprob switches),
 against its own baseline: the <unk> embedding at every position, <bos> and earlier answer tokens included. Its
@@ -227,14 +227,20 @@ def inseq_row(label: str, run: Run | str, ours_seconds: list[float]) -> str:
             f"{run.peak_gib:.2f} | inseq: {ratios} |")
 
 
-def rows_for(workload: Workload, captum_cap: int, inseq_python: Path | None, threads: int) -> list[str]:
-    captum_default = measured(lambda: captum(workload, 50))
-    captum_equal = captum_default
-    for n_steps in [n for n in CAPTUM_STEPS[1:] if n <= captum_cap]:
-        if captum_equal.worst <= TOLERANCE:
+def escalated(run_at: Callable[[int], Run | str], cap: int) -> tuple[Run | str, Run | str, str]:
+    """A peer at its defaults (50 steps) and at equal accuracy: its steps raised through CAPTUM_STEPS until every
+    target's completeness error is <= 1%, or `cap` (then the label says so)."""
+    default = equal = run_at(50)
+    for n_steps in [n for n in CAPTUM_STEPS[1:] if n <= cap]:
+        if isinstance(equal, str) or equal.worst <= TOLERANCE:
             break
-        captum_equal = measured(lambda: captum(workload, n_steps))
-    capped = " (cap)" if captum_equal.worst > TOLERANCE else ""
+        equal = run_at(n_steps)
+    return default, equal, " (cap)" if not isinstance(equal, str) and equal.worst > TOLERANCE else ""
+
+
+def rows_for(workload: Workload, captum_cap: int, inseq_python: Path | None, threads: int) -> list[str]:
+    captum_default, captum_equal, capped = escalated(lambda n_steps: measured(lambda: captum(workload, n_steps)),
+                                                     captum_cap)
     rows = [f"| {workload.name} | Captum, defaults (50 GL steps) | {captum_default.seconds:.2f} | "
             f"{captum_default.evaluations:.0f} | {captum_default.worst:.1%} | {captum_default.peak_gib:.2f} | |",
             f"| | Captum, equal accuracy{capped} | {captum_equal.seconds:.2f} | {captum_equal.evaluations:.0f} | "
@@ -250,12 +256,10 @@ def rows_for(workload: Workload, captum_cap: int, inseq_python: Path | None, thr
         rows.insert(2, f"| | inseq, IG: not installed (no {INSEQ_PYTHON}; see eval/peers/inseq_attribute.py) "
                        "| | | | | |")
     else:
-        equal_steps = int(captum_equal.evaluations)
-        inseq_default = inseq(workload, 50, inseq_python, threads)
-        inseq_equal = inseq_default if equal_steps == 50 else inseq(workload, equal_steps, inseq_python, threads)
+        inseq_default, inseq_equal, inseq_capped = escalated(
+            lambda n_steps: inseq(workload, n_steps, inseq_python, threads), captum_cap)
         rows[2:2] = [inseq_row("defaults (50 GL steps)", inseq_default, ours_seconds),
-                     inseq_row(f"Captum's equal-accuracy steps ({equal_steps}{', its cap' if capped else ''})",
-                               inseq_equal, ours_seconds)]
+                     inseq_row(f"equal accuracy{inseq_capped}", inseq_equal, ours_seconds)]
     for space in workload.spaces:
         run = measured(lambda: ours(workload, space, "answer"))
         rows.append(f"| | llm-attrib, {space}, whole answer as one target | {run.seconds:.2f} | {run.evaluations:.0f} | "
