@@ -62,6 +62,37 @@ def test_targeted_nodes_equal_per_target_backward(lm):
     assert targeted.n_forward == 2 + 6  # the targets' nodes coincide: each point runs forward once, plus the ends
 
 
+def test_shared_points_of_mixed_multiplicity_waste_no_backward(lm):
+    """Points serving 3, 2 and 1 targets in one integral: each node still gets its own target's gradient, each
+    point runs forward once, and the backward passes are exactly one per node (chunks never mix points of
+    different multiplicity, whatever order the nodes come in)."""
+    model, tokenizer = lm
+    attributor = Attributor(model, tokenizer, show_progress=False)
+    seq = attributor.sequence(PROMPT, answer="w5 w6 w8")
+    space = EmbeddingSpace()
+    problem = Problem(model, tokenizer, seq, space, resolve_target("log_prob", None, 64), 4, False)
+    x = space.point(model, seq)
+    start = space.baseline(None, model, tokenizer, seq, x)
+    s = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9, 0.1, 0.3, 0.5, 0.2, 0.1, 0.6], dtype=torch.float64)
+    target = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
+    shuffle = torch.randperm(len(s), generator=torch.Generator().manual_seed(0))
+    s, target = s[shuffle], target[shuffle]
+    routes = Routes(torch.stack([start, x])[None])
+    nodes = RoutedNodes(routes=routes, route=torch.zeros(len(s), dtype=torch.long), s=s,
+                        weight=torch.ones(len(s), dtype=torch.float64), target=target,
+                        bucket=torch.arange(len(s)), n_buckets=len(s))
+    together = integrate(problem.scores, nodes, x, space.reduce, 4, show_progress=False)
+    assert together.n_backward == len(s)
+    assert together.n_forward == 2 + 7  # distinct points: 0.1 (3 targets), 0.3, 0.5 (2), 0.2, 0.6, 0.7, 0.9
+    for k in range(len(s)):  # each node alone: its own forward and backward
+        alone = integrate(problem.scores, RoutedNodes(
+            routes=routes, route=torch.zeros(1, dtype=torch.long), s=s[k:k + 1], weight=torch.ones(1, dtype=torch.float64),
+            target=target[k:k + 1], bucket=torch.zeros(1, dtype=torch.long), n_buckets=1), x, space.reduce, 4,
+            show_progress=False)
+        torch.testing.assert_close(together.tokens[k, 0], alone.tokens[0, 0], atol=1e-6, rtol=1e-5)
+        assert together.point_scores[k] == pytest.approx(float(alone.point_scores[0]), abs=1e-5)
+
+
 def test_routed_nodes_on_a_polyline_equal_per_piece_quadrature(lm):
     """Nodes placed by s on a 3-piece polyline are the points and displacements of each piece's own rule."""
     model, tokenizer = lm
