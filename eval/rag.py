@@ -208,6 +208,18 @@ def append(path: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
+def commit() -> str:
+    """The code a row was measured with: the checkout's short commit (with "+" if it has uncommitted changes)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=HERE,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+" if dirty else "")
+
+
 def save_settings(name: str, args: argparse.Namespace, **extra) -> None:
     path = RESULTS / "settings.json"
     settings = json.loads(path.read_text()) if path.exists() else {}
@@ -398,7 +410,7 @@ def cmd_speed(args) -> None:
                                  granularity="answer", space=args.space, show_progress=False)
             seconds = time.perf_counter() - started
         exp = result.explanation
-        row = {"id": ex["id"], "threads": torch.get_num_threads(), "answer_given": answer is not None, "space": exp.space,
+        row = {"id": ex["id"], "code": commit(), "threads": torch.get_num_threads(), "answer_given": answer is not None, "space": exp.space,
                "answer": result.answer, "n_prompt_tokens": exp.n_prompt_tokens,
                "n_answer_tokens": len(exp.target_ids), "seconds": seconds, "cost": result.cost,
                "n_steps": exp.params.get("n_steps"), "completeness_error": float(exp.completeness_error.max()),
@@ -742,10 +754,11 @@ defaults, i.e. score-guided quadrature to a 1% tolerance). Refused by the answer
 
 
 def speed_section(settings: dict, rows: list[dict]) -> str:
-    lines = ["| space | answer | prompt tokens | answer tokens | threads | seconds | gradient evaluations (n_steps) | forwards | "
-             "backwards | worst completeness error | top document (relevant) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| code | space | answer | prompt tokens | answer tokens | threads | seconds | gradient evaluations (n_steps) | "
+             "forwards | backwards | worst completeness error | top document (relevant) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r.get('space', 'embeddings')} | {'given' if r['answer_given'] else 'generated'}: {r['answer']!r} | {r['n_prompt_tokens']} | "
+        lines.append(f"| {r.get('code', 'before 2026-11-26')} | {r.get('space', 'embeddings')} | {'given' if r['answer_given'] else 'generated'}: {r['answer']!r} | {r['n_prompt_tokens']} | "
                      f"{r['n_answer_tokens']} | {r['threads']} | {r['seconds']:.1f} | {r['n_steps']} | "
                      f"{r['cost']['n_forward']} | {r['cost']['n_backward']} | {r['completeness_error']:.2%} | "
                      f"{r['top_document']} ({r['relevant']}) |")
@@ -755,9 +768,9 @@ Command: `{settings.get('command', 'python eval/rag.py speed --threads 2')}`: `r
 documents, granularity="answer")` with every other setting at its default (IG over embeddings, score-guided to 1%,
 max_steps 512, verify=True; the attention rows: `--space attention`), on {rows[0]['id']} (the first real-text rag example with 3 documents, a 110-130 token
 prompt, that the model answers correctly), timed end to end (generation, attribution, leave-one-out check), on
-{rows[0]['threads']} threads. Target: < 30 s. One row per run and answer; repeated runs of a space took the same
-steps, forwards and backwards each time, so the time differences between them are load from other jobs on the
-shared cores.
+{rows[0]['threads']} threads. Target: < 30 s. One row per run and answer, with the code it ran (the commit, where
+recorded); repeated runs of the same code and space took the same steps, forwards and backwards each time, so the
+time differences between them are load from other jobs on the shared cores.
 
 {chr(10).join(lines)}"""
 
