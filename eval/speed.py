@@ -3,6 +3,7 @@ measured in one run, one process, and inseq's integrated_gradients in its own en
 
     python eval/speed.py                                  # every workload, writes eval/results/speed.md
     python eval/speed.py --workloads rag recall --threads 2 --output /tmp/speed.md
+    python eval/speed.py --workloads smollm2 --spaces embeddings --captum-cap 50 --output /tmp/smollm2.md
 
 For every workload both tools explain the same prompt and the same generated tokens (log-probability of each
 target given its prefix). Captum runs (a) at its defaults (50 Gauss-Legendre steps, token-0 baseline) and
@@ -273,6 +274,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--smollm2-targets", type=int, default=12, help="answer tokens explained on SmolLM2")
     parser.add_argument("--captum-cap", type=int, default=800, help="Captum's largest step count")
+    parser.add_argument("--spaces", nargs="+", choices=["embeddings", "attention"], default=None,
+                        help="llm-attrib's spaces (default: every space the workload allows); on SmolLM2 attention "
+                             "does not converge and would run for hours")
     parser.add_argument("--output", type=Path, default=OUTPUT)
     parser.add_argument("--inseq-python", type=Path, default=INSEQ_PYTHON if INSEQ_PYTHON.exists() else None,
                         help="the inseq venv's python (default: /work/.venvs/inseq's, if it exists)")
@@ -282,7 +286,8 @@ def main() -> None:
         "# Speed at equal accuracy: llm-attrib against Captum and inseq",
         "",
         f"`python eval/speed.py --workloads {' '.join(args.workloads)} --threads {args.threads} --smollm2-targets "
-        f"{args.smollm2_targets} --captum-cap {args.captum_cap}` (one process, "
+        f"{args.smollm2_targets} --captum-cap {args.captum_cap}"
+        f"{' --spaces ' + ' '.join(args.spaces) if args.spaces else ''}` (one process, "
         f"{args.threads} CPU thread(s)). Seconds of one run; gradient evaluations per target (Captum: its steps; "
         "llm-attrib: the mean over targets); worst completeness error over the targets, each tool against its own "
         "baseline; peak resident memory of the process during the run. Ratio: Captum's seconds at its defaults / "
@@ -295,6 +300,8 @@ def main() -> None:
     ]
     for name in args.workloads:
         workload = smollm2_workload(args.smollm2_targets) if name == "smollm2" else WORKLOADS[name]()
+        if args.spaces:
+            workload.spaces = tuple(space for space in workload.spaces if space in args.spaces)
         rows = rows_for(workload, args.captum_cap, args.inseq_python, args.threads)
         lines += rows
         print("\n".join(rows), flush=True)
