@@ -190,11 +190,14 @@ def summary(frame: pd.DataFrame) -> str:
     columns = ["aopc_comprehensiveness", "aopc_sufficiency", "comprehensiveness@20", "sufficiency@20", "log_odds@20",
                "hit@1", "top_document_correct", "completeness_max", "converged", "seconds", "n_backward"]
     columns = [c for c in columns if c in known]
-    table = known.assign(converged=known["converged"].astype(float)).groupby(["kind", "method"], sort=False)[columns].mean()
+    groups = known.assign(converged=known["converged"].astype(float)).groupby(["kind", "method"], sort=False)
+    table = groups[columns].mean()
+    table.insert(0, "examples", groups.size())  # methods run on fewer examples (slow ones) say so
     table = table.rename(columns={c: f"{c} (sum/6; code: x6/5)" for c in columns if c.startswith("aopc_")})
     note = ("AOPC: ERASER's bins (1, 5, 10, 20, 50)%, deletion, the ERASER paper's sum over bins / 6; ERASER's "
             "released code averages over the bins (x6/5).")
-    return "\n".join(lines) + "\n\n" + note + "\n\n" + table.to_markdown(floatfmt=".3f")
+    formats = ("", ".0f") + (".3f",) * len(columns)  # the row label, the example count, the means
+    return "\n".join(lines) + "\n\n" + note + "\n\n" + table.to_markdown(floatfmt=formats)
 
 
 def main() -> None:
