@@ -30,7 +30,7 @@ PANEL_WEIGHTS = torch.tensor([7.0, 32.0, 12.0, 32.0, 7.0], dtype=torch.float64) 
 NODES_PER_PANEL = 4  # new gradient evaluations per panel (and per bisection): neighbours share an edge
 # A target's worst panels are bisected until the others' |errors| sum to this share of its tolerance. Half
 # (the earlier rule) cost 5-10% more gradients over embeddings on held-out zoo examples, and every target
-# ended within 1% either way (`python eval/split_margin.py`).
+# ended within 1% either way (`python eval/quadrature_budget.py shares`).
 SPLIT_UNTIL = 1.0
 Key = tuple[int, int, int, float]  # route, target, polyline piece, s
 
