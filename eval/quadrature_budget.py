@@ -81,7 +81,8 @@ def share_rows(name: str, n_examples: int, n_tokens: int) -> list[str]:
                 started = time.perf_counter()
                 exp = attributor.explain(example["prompt"], answer=answer, space=space)
                 seconds += time.perf_counter() - started
-                steps += exp.params["n_steps"]
+                used = exp.params["n_steps"]
+                steps += used if isinstance(used, list) else [used] * len(answer)
                 worst = max(worst, float(exp.completeness_error.max()))
                 backward += exp.cost["n_backward"]
             out.append(f"| {name} | {space} | {share} | {sum(steps) / len(steps):.1f} | {max(steps)} | "
