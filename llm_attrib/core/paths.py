@@ -187,18 +187,17 @@ class RoutedNodes:
         displacement (B, *S): its weight times its point's velocity."""
         row = self.point_ids(index)
         first = torch.full((int(row.max()) + 1,), len(row)).scatter_reduce(0, row, torch.arange(len(row)), "amin")
-        points, velocity = self.points(index[first], unit_weight=True)
+        route, s = self.route[index[first]], self.s[index[first]]
+        piece = None if self.piece is None else self.piece[index[first]]
+        velocity = self.routes.velocity(route, s, piece)
         weight = self.weight[index].to(velocity).view((-1,) + (1,) * (velocity.dim() - 1))
-        return row, points, weight * velocity[row.to(velocity.device)]
+        return row, self.routes.at(route, s, piece), weight * velocity[row.to(velocity.device)]
 
-    def points(self, index: torch.Tensor, unit_weight: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def points(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         route, s = self.route[index], self.s[index]
         piece = None if self.piece is None else self.piece[index]
-        velocity = self.routes.velocity(route, s, piece)
-        if unit_weight:
-            return self.routes.at(route, s, piece), velocity
-        weight = self.weight[index].to(velocity).view((-1,) + (1,) * (velocity.dim() - 1))
-        return self.routes.at(route, s, piece), weight * velocity
+        weight = self.weight[index].to(self.routes.vertices).view((-1,) + (1,) * (self.routes.vertices.dim() - 2))
+        return self.routes.at(route, s, piece), weight * self.routes.velocity(route, s, piece)
 
     def starts(self) -> torch.Tensor:
         return self.routes.starts()
