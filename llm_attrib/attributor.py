@@ -13,8 +13,8 @@ import torch
 from . import __version__, parallel
 from .core.chat import outside_spans, render_chat
 from .core.engine import check_finite
-from .core.memory import (MAX_CHUNK, SHORT_PROMPTS, budget_bytes, bytes_at, length_polynomial, measured_chunk,
-                          saved_bytes)
+from .core.memory import (MAX_CHUNK, SHORT_PROMPTS, budget_bytes, bytes_at, checked_optional, length_polynomial,
+                          measured_chunk, saved_bytes)
 from .core.sequence import Sequence, build_sequence, check_segments, readable_tokens, special_token_mask
 from .core.spaces import make_space
 from .core.targets import Target, resolve_target
@@ -99,11 +99,8 @@ class Attributor:
             raise InvalidInputError("llm-attrib needs a fast tokenizer (for character offsets); load it with use_fast=True.")
         self.model = model
         self.tokenizer = tokenizer
-        for name, value in (("internal_batch_size", internal_batch_size), ("memory_budget", memory_budget)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise InvalidInputError(f"{name} must be a positive integer (or None for the default), got {value!r}.")
-        self.internal_batch_size = internal_batch_size
-        self.memory_budget = memory_budget
+        self.internal_batch_size = checked_optional(internal_batch_size, "internal_batch_size")
+        self.memory_budget = checked_optional(memory_budget, "memory_budget")
         self._point_bytes: dict[tuple, torch.Tensor] = {}
         self.show_progress = show_progress
         self.shard_points = shard_points
@@ -306,9 +303,8 @@ class Attributor:
                 f"{type(self.model).__name__} is in training mode (dropout is active, so attributions would be "
                 "random). Call model.eval() before explaining."
             )
-        batch = self.internal_batch_size if internal_batch_size is None else internal_batch_size
-        if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
-            raise InvalidInputError(f"internal_batch_size must be a positive integer, got {batch!r}.")
+        batch = checked_optional(self.internal_batch_size if internal_batch_size is None else internal_batch_size,
+                                 "internal_batch_size")
         seq = self.sequence(prompt, answer, target_class, max_new_tokens, **(generation_kwargs or {}))
         markup = seq.keep.clone()
         if attribute_to is not None:

@@ -293,3 +293,10 @@ def test_chunk_is_what_the_memory_budget_holds_at_the_measured_cost(encoder):
     with pytest.raises(InvalidInputError, match=r"keeps \d+ MiB \(measured\), and the memory budget is 0 MiB"):
         explain_retrieval(model, tokenizer, "capital of France", "Paris.", memory_budget=2**19)
     torch.testing.assert_close(chosen.document_scores, default.document_scores, atol=1e-6, rtol=1e-5)
+
+
+def test_bad_chunk_settings_are_clear_errors(encoder):
+    model, tokenizer = encoder
+    for name, value in (("internal_batch_size", 0), ("memory_budget", "4GiB"), ("memory_budget", True)):
+        with pytest.raises(InvalidInputError, match=f"{name} must be a positive integer"):
+            explain_retrieval(model, tokenizer, "capital of France", "Paris.", **{name: value})

@@ -35,6 +35,13 @@ def available_bytes(device: torch.device) -> int:
         return 8 * 2**30
 
 
+def checked_optional(value: object, name: str) -> int | None:
+    """`internal_batch_size` or `memory_budget` as given: a positive integer, or None for the default."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise InvalidInputError(f"{name} must be a positive integer (or None for the default), got {value!r}.")
+    return value
+
+
 def budget_bytes(model, memory_budget: int | None = None) -> int:
     """The bytes path points may use: `memory_budget`, or a share of the device's free memory."""
     if memory_budget is not None:

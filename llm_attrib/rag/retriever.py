@@ -31,7 +31,7 @@ from .. import __version__
 from ..attributor import context_length, convergence, is_classifier
 from ..core.engine import check_finite
 from ..core.guided import SCORE_GUIDED, Run, guided_integral
-from ..core.memory import budget_bytes, measured_chunk, saved_bytes
+from ..core.memory import budget_bytes, checked_optional, measured_chunk, saved_bytes
 from ..core.paths import Routes
 from ..core.quadrature import checked_steps
 from ..core.sequence import readable_tokens, special_token_mask
@@ -202,9 +202,8 @@ def explain_retrieval(
     checked_steps(n_steps)
     checked_steps(max_steps, "max_steps", cap=None)
     checked_steps(n_probes, "n_probes")
-    if internal_batch_size is not None and (isinstance(internal_batch_size, bool)
-                                            or not isinstance(internal_batch_size, int) or internal_batch_size < 1):
-        raise InvalidInputError(f"internal_batch_size must be a positive integer or None, got {internal_batch_size!r}.")
+    checked_optional(internal_batch_size, "internal_batch_size")
+    checked_optional(memory_budget, "memory_budget")
     if not getattr(tokenizer, "is_fast", False):
         raise InvalidInputError("llm-attrib needs a fast tokenizer (for character offsets); load it with use_fast=True.")
     device = model.get_input_embeddings().weight.device
