@@ -48,6 +48,7 @@ import llm_attrib
 from llm_attrib import Attributor
 
 sys.path.insert(0, str(Path(__file__).parent))
+from peers.inseq_attribute import peak_gib, reset_peak  # noqa: E402 - one VmHWM reading for both processes
 
 OUTPUT = Path(__file__).parent / "results" / "speed.md"
 DATA = Path(__file__).parent / "data" / "real_text.jsonl"
@@ -83,16 +84,11 @@ class Run:
 
 def measured(fn: Callable[[], tuple[float, float]]) -> Run:
     """Run `fn` (-> gradient evaluations per target, worst completeness error) with the peak memory reset."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux)
-    except OSError:
-        pass
+    reset_peak()
     started = time.perf_counter()
     evaluations, worst = fn()
     seconds = time.perf_counter() - started
-    peak = next((int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
-                 if line.startswith("VmHWM")), 0)
-    return Run(seconds, evaluations, worst, peak / 2**20)
+    return Run(seconds, evaluations, worst, peak_gib())
 
 
 def ours(workload: Workload, space: str, target: str | None = None) -> tuple[float, float]:
