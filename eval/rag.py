@@ -2,7 +2,8 @@
 
     python eval/rag.py zoo --n 50                 # 1. zoo variants               -> eval/results/rag/zoo.jsonl
     python eval/rag.py verdicts --n 100           # 2. unsupported answers         -> eval/results/rag/verdicts.jsonl
-    python eval/rag.py smollm2 --minutes 50       # 3. SmolLM2, real-text rag set  -> eval/results/rag/smollm2.jsonl
+    python eval/rag.py smollm2 --minutes 50       # 3. SmolLM2, real-text rag set  -> eval/results/rag/smollm2_own.jsonl
+                                                  #    (--answer expected: the bare expected answer -> smollm2.jsonl)
     python eval/rag.py speed --threads 2          # 3b. the issue's speed workload -> eval/results/rag/speed.jsonl
     python eval/rag.py contextcite zoo            # 4. ContextCite on the rows above (its own venv, transformers 4.x)
     python eval/rag.py contextcite smollm2        #    -> eval/results/rag/contextcite_{zoo,smollm2}.json
@@ -10,7 +11,8 @@
 
 Every example is first answered greedily by the model; only the examples it answers correctly (its answer equals
 the relevant document's value; SmolLM2: eval/real_text.py's `knows`) are explained, with that answer given as
-`answer=`. Each row goes to its JSON-lines file as soon as it exists; a rerun skips the ids already there
+`answer=` (SmolLM2 by default: its own greedy reply, cut at its end-of-turn token, as `rag.explain` explains it
+with answer=None; `--answer expected`: the bare expected answer, e.g. "Canberra"). Each row goes to its JSON-lines file as soon as it exists; a rerun skips the ids already there
 (--fresh starts over).
 
 Zoo cells: the zoo's own examples (`zoo.examples("rag", n, seed)`); 5 documents with the relevant one at every
@@ -64,6 +66,7 @@ DATA = HERE / "data" / "real_text.jsonl"
 CONTEXTCITE_PYTHON = Path("/work/.venvs/contextcite/bin/python")
 CONTEXTCITE_SCRIPT = HERE / "peers" / "contextcite_rag.py"
 ZOO_TEMPLATE = "{context} question : {query}"  # rag TEMPLATES["zoo"] in ContextCite's terms
+OWN_ANSWER_TOKENS = 64  # rag.explain's max_new_tokens default
 SMOL_TEMPLATE = "Answer the question using the documents.\n\n{context}\n\nQuestion: {query}"  # TEMPLATES["default"]
 
 METHODS = {
@@ -345,7 +348,8 @@ def cmd_smollm2(args) -> None:
     model, tokenizer = llm_attrib.zoo.load("smollm2")
     attributor = Attributor(model, tokenizer, show_progress=False)
     examples = smollm2_examples(tokenizer)
-    known_path, path = RESULTS / "smollm2_knows.jsonl", RESULTS / "smollm2.jsonl"
+    own = args.answer == "own"
+    known_path, path = RESULTS / "smollm2_knows.jsonl", RESULTS / f"{smollm2_part(args.answer)}.jsonl"
     decided = {row["id"]: row["known"] for row in read_rows(known_path)}
     for ex in examples:  # every example's "knows" first, before any attribution
         if ex["id"] not in decided:
@@ -361,12 +365,12 @@ def cmd_smollm2(args) -> None:
         if time.perf_counter() - started > args.minutes * 60:
             print(f"budget of {args.minutes} minutes spent; stopping before {ex['id']}", flush=True)
             break
-        answer = ex["item"]["answer"]
+        built = build_prompt(tokenizer, ex["question"], as_documents(ex["documents"]), template)
+        answer = greedy_answer(attributor, built, OWN_ANSWER_TOKENS) if own else ex["item"]["answer"]
         row = {"id": ex["id"], "question": ex["question"], "documents": ex["documents"], "answer": answer,
                "relevant": ex["relevant_document"], "n_documents": len(ex["documents"])}
         try:
-            attributor.sequence(build_prompt(tokenizer, ex["question"], as_documents(ex["documents"]), template).prompt,
-                                answer=answer)
+            attributor.sequence(built.prompt, answer=answer)
         except InvalidInputError as error:
             row["refused"] = str(error)
             append(path, row)
@@ -380,7 +384,12 @@ def cmd_smollm2(args) -> None:
         print(f"{ex['id']} rel={row['relevant']} loo={int(np.argmax(row['leave_one_out']))} "
               + " ".join(f"{k}: top={int(np.argmax(v['scores']))} {v['seconds']:.0f}s conv={v['converged']} "
                          f"err={v['completeness_error']}" for k, v in m.items() if "scores" in v), flush=True)
-    save_settings("smollm2", args, granularity="answer", ig_params={"max_steps": args.max_steps})
+    save_settings(smollm2_part(args.answer), args, granularity="answer", ig_params={"max_steps": args.max_steps})
+
+
+def smollm2_part(answer: str) -> str:
+    """The rows' file name: "smollm2" explains the expected short answer, "smollm2_own" the model's own reply."""
+    return "smollm2" if answer == "expected" else "smollm2_own"
 
 
 def cmd_speed(args) -> None:
@@ -790,13 +799,16 @@ def main() -> None:
     p.add_argument("--max-steps", type=int, default=64, help="IG: gradient evaluations per target at most")
     p.add_argument("--minutes", type=float, default=50, help="no new example starts after this")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--answer", choices=["expected", "own"], default="own",
+                   help="explain the model's own greedy reply (as rag.explain does with answer=None) or the "
+                        "expected short answer")
     p.set_defaults(func=cmd_smollm2)
     p = sub.add_parser("speed")
     p.add_argument("--space", choices=["embeddings", "attention"], default=None,
                    help="IG's space (default: the package's, embeddings)")
     p.set_defaults(func=cmd_speed)
     p = sub.add_parser("contextcite")
-    p.add_argument("which", choices=["zoo", "smollm2"])
+    p.add_argument("which", choices=["zoo", "smollm2", "smollm2_own"])
     p.add_argument("--num-ablations", type=int, default=64)
     p.set_defaults(func=cmd_contextcite)
     p = sub.add_parser("report")
@@ -808,7 +820,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.fresh:
-        names = {"zoo": ["zoo.jsonl"], "verdicts": ["verdicts.jsonl"], "smollm2": ["smollm2.jsonl"],
+        names = {"zoo": ["zoo.jsonl"], "verdicts": ["verdicts.jsonl"],
+                 "smollm2": [f"{smollm2_part(getattr(args, 'answer', 'expected'))}.jsonl"],
                  "speed": ["speed.jsonl"]}.get(args.part, [])
         for name in names:
             (RESULTS / name).unlink(missing_ok=True)
