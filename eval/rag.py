@@ -556,11 +556,12 @@ def cmd_report(args) -> None:
     verdicts = read_rows(RESULTS / "verdicts.jsonl")
     if verdicts:
         parts.append(verdict_section(settings.get("verdicts", {}), verdicts))
-    smol = read_rows(RESULTS / "smollm2.jsonl")
-    cc_smol, cc_smol_data = load_contextcite("smollm2")
-    if smol:
-        parts.append(smollm2_section(settings.get("smollm2", {}), smol, read_rows(RESULTS / "smollm2_knows.jsonl"),
-                                     cc_smol, cc_smol_data))
+    for answer in ("own", "expected"):
+        part = smollm2_part(answer)
+        smol = read_rows(RESULTS / f"{part}.jsonl")
+        if smol:
+            parts.append(smollm2_section(settings.get(part, {}), smol, read_rows(RESULTS / "smollm2_knows.jsonl"),
+                                         *load_contextcite(part), answer=answer))
     speed = read_rows(RESULTS / "speed.jsonl")
     if speed:
         parts.append(speed_section(settings.get("speed", {}), speed))
@@ -727,7 +728,7 @@ checks that an answer depends on the documents it cites, not that the right docu
 flagged."""
 
 
-def smollm2_section(settings: dict, rows: list[dict], knows_rows: list[dict], cc: dict, cc_data) -> str:
+def smollm2_section(settings: dict, rows: list[dict], knows_rows: list[dict], cc: dict, cc_data, answer: str) -> str:
     import pandas as pd
 
     n_known = sum(r["known"] for r in knows_rows)
@@ -748,14 +749,22 @@ def smollm2_section(settings: dict, rows: list[dict], knows_rows: list[dict], cc
                      f"{g['n_forward'].mean():.0f} | {g['n_backward'].mean():.0f} |")
     loo_right = sum(int(np.argmax(r["leave_one_out"])) == r["relevant"] for r in ran)
     refused_text = "; ".join(f"{r['id']} ({r['answer']!r}): {r['refused'][:160]}" for r in refused) or "none"
-    return f"""## 3. SmolLM2-135M-Instruct on the real-text rag set
+    explained = (
+        "the model's own greedy reply (up to 64 tokens, cut at its end-of-turn token, e.g. \"The capital city of "
+        "Australia is Canberra.\"), as `rag.explain` explains it with answer=None, given as `answer=`"
+        if answer == "own" else
+        "the expected short answer as `answer=` (e.g. \"Canberra\", the whole assistant reply as eval/real_text.py "
+        "explains it)")
+    heading = ("## 3. SmolLM2-135M-Instruct on the real-text rag set: the model's own answers" if answer == "own" else
+               "## 3a. SmolLM2-135M-Instruct on the real-text rag set: the bare expected answer (earlier protocol)")
+    part = smollm2_part(answer)
+    return f"""{heading}
 
-Command: `{settings.get('command', 'python eval/rag.py smollm2')}`, then `python eval/rag.py contextcite smollm2`.
+Command: `{settings.get('command', 'python eval/rag.py smollm2')}`, then `python eval/rag.py contextcite {part}`.
 The model answers {n_known} of {len(knows_rows)} rag examples correctly (eval/real_text.py's `knows`: its greedy
 24-token reply contains the expected answer; decided for every example before any attribution). Explained: the
-first {len(ran)} of those in the set's order (the time budget of {settings.get('minutes', '?')} minutes ran out there)
-with the expected short answer as `answer=` (e.g. "Canberra", the whole assistant reply as eval/real_text.py
-explains it), granularity="answer", IG with max_steps={settings.get('max_steps', '?')} (other settings: package
+first {len(ran)} of those in the set's order{f" (the time budget of {settings.get('minutes', '?')} minutes ran out there)" if len(ran) + len(refused) < n_known else ""}
+with {explained}, granularity="answer", IG with max_steps={settings.get('max_steps', '?')} (other settings: package
 defaults, i.e. score-guided quadrature to a 1% tolerance). Refused by the answer boundary check: {len(refused)}
 ({refused_text}). Leave-one-out's own top document is the relevant one in {loo_right} of {len(ran)}.
 
