@@ -162,6 +162,24 @@ def test_refinement_is_nested_and_discards_no_gradient():
 
 
 @pytest.mark.parametrize("space", ["embeddings", "attention"])
+def test_one_panel_start_reads_its_scores_off_its_nodes(lm, space):
+    """Starting from one panel, the 5 probes would sit exactly on its 5 nodes: nothing is probed, the nodes'
+    own forwards give the scores, and the result is the probed run's (same panels, same refinement), with 5
+    forwards fewer and no extra backward pass."""
+    model, tokenizer = lm
+    attributor = Attributor(model, tokenizer, show_progress=False)
+    kwargs = dict(answer="w5 w6 w8", space=space, tolerance=1e-3)
+    free = attributor.explain(PROMPT, **kwargs)
+    probed = attributor.explain(PROMPT, n_probes=4, **kwargs)
+    assert free.params["n_steps"] == probed.params["n_steps"]
+    assert free.cost["n_backward"] == probed.cost["n_backward"] > 3 * 5  # refined past the first panel
+    assert free.cost["n_forward"] == probed.cost["n_forward"] - 5
+    torch.testing.assert_close(free.scores, probed.scores, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(free.completeness_error, probed.completeness_error, rtol=1e-3, atol=1e-6)
+    assert free.converged
+
+
+@pytest.mark.parametrize("space", ["embeddings", "attention"])
 def test_score_guided_agrees_with_a_fine_fixed_rule(lm, space):
     model, tokenizer = lm
     attributor = Attributor(model, tokenizer, show_progress=False)

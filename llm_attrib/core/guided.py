@@ -128,39 +128,45 @@ def guided_integral(
         evaluations each (route, target) used (R, T).
     """
     n_panels = max(1, (min(n_steps, max_steps) - 1) // NODES_PER_PANEL)
+    # One straight panel per (route, target) needs no placement: its own 5 nodes are the whole probe grid, and
+    # their forwards give the scores, so nothing is probed beforehand.
+    from_nodes = (n_probes is None and n_panels == 1 and routes.n_pieces == 1
+                  and all(len(serves(r)) == n_targets for r in range(len(routes))))
     if n_probes is None:
         n_probes = max(2, NODES_PER_PANEL * n_panels)
     if not isinstance(n_probes, int) or n_probes < 2:
         raise InvalidInputError(f"n_probes must be an integer >= 2, got {n_probes!r}.")
     corner_s = torch.arange(routes.n_pieces + 1, dtype=torch.float64) / routes.n_pieces
     grid = torch.cat([torch.linspace(0, 1, n_probes + 1, dtype=torch.float64), corner_s]).unique()
-    every = torch.arange(len(routes)).repeat_interleave(len(grid))
-    f_grid = _scores_at(run, routes, every, grid.repeat(len(routes))).view(len(routes), len(grid), -1)  # (R, M+1, T)
-    corners = torch.searchsorted(grid, corner_s)
-    panels: list[Panel] = []
-    for r in range(len(routes)):
-        for t in serves(r):
-            # A panel never straddles a polyline's corner, where the integrand has a kink that polynomial rules
-            # (and bisection, whose midpoints miss the corner) would resolve only slowly.
-            edges = torch.cat([variation_edges(f_grid[r, :, t], n_panels), corners]).unique().tolist()
-            panels += [Panel.between(r, t, grid[i].item(), grid[j].item(), f_grid[r, i, t].item(),
-                                     f_grid[r, j, t].item(), routes.n_pieces)
-                       for i, j in zip(edges[:-1], edges[1:])]
+    n_forward, n_backward = 0, 0
+    if from_nodes:
+        f_grid = None
+        panels = [Panel.between(r, t, 0.0, 1.0, float("nan"), float("nan"), 1)
+                  for r in range(len(routes)) for t in serves(r)]
+    else:
+        every = torch.arange(len(routes)).repeat_interleave(len(grid))
+        f_grid = _scores_at(run, routes, every, grid.repeat(len(routes))).view(len(routes), len(grid), -1)  # (R, M+1, T)
+        n_forward += len(routes) * len(grid)
+        panels = _placed_panels(routes, serves, grid, f_grid, corner_s, n_panels)
     used = torch.zeros(len(routes), n_targets, dtype=torch.long)
-    gap = f_grid[:, -1] - f_grid[:, 0]
-    scale = gap.abs() if error_scale is None else error_scale(gap)
-    n_forward, n_backward = len(routes) * len(grid), 0
     nodes: dict[Key, Node] = {}
     todo = panels
     while todo:
         missing = list(dict.fromkeys(key for panel in todo for key in panel.keys if key not in nodes))
-        integral = _evaluate_nodes(run, routes, missing, (f_grid[0, -1], f_grid[:, 0]))
+        integral = _evaluate_nodes(run, routes, missing, n_targets)
         n_forward += integral.n_forward
         n_backward += integral.n_backward
         for i, key in enumerate(missing):
             detail = None if integral.detail is None else integral.detail[i, 0]
             nodes[key] = Node(integral.tokens[i, 0], detail, float(integral.point_scores[i]))
             used[key[0], key[1]] += 1
+        if f_grid is None:
+            f_grid = torch.tensor([[[nodes[(r, t, 0, s)].score for t in range(n_targets)] for s in grid.tolist()]
+                                   for r in range(len(routes))])
+            for panel in panels:
+                panel.f_a, panel.f_b = float(f_grid[panel.route, 0, panel.target]), float(f_grid[panel.route, -1, panel.target])
+        gap = f_grid[:, -1] - f_grid[:, 0]
+        scale = gap.abs() if error_scale is None else error_scale(gap)
         for panel in todo:
             panel.estimate(nodes)
         if tolerance is None:
@@ -172,6 +178,22 @@ def guided_integral(
         split_ids = {id(panel) for panel in splits}
         panels = [panel for panel in panels if id(panel) not in split_ids] + todo
     return _assemble(panels, f_grid, n_targets, n_forward, n_backward), used
+
+
+def _placed_panels(routes: Routes, serves: Callable[[int], list[int]], grid: torch.Tensor, f_grid: torch.Tensor,
+                   corner_s: torch.Tensor, n_panels: int) -> list[Panel]:
+    """Each (route, target)'s starting panels, at equal quantiles of its probed score's variation."""
+    corners = torch.searchsorted(grid, corner_s)
+    panels: list[Panel] = []
+    for r in range(len(routes)):
+        for t in serves(r):
+            # A panel never straddles a polyline's corner, where the integrand has a kink that polynomial rules
+            # (and bisection, whose midpoints miss the corner) would resolve only slowly.
+            edges = torch.cat([variation_edges(f_grid[r, :, t], n_panels), corners]).unique().tolist()
+            panels += [Panel.between(r, t, grid[i].item(), grid[j].item(), f_grid[r, i, t].item(),
+                                     f_grid[r, j, t].item(), routes.n_pieces)
+                       for i, j in zip(edges[:-1], edges[1:])]
+    return panels
 
 
 def _assemble(panels: list[Panel], f_grid: torch.Tensor, n_targets: int, n_forward: int,
@@ -197,10 +219,10 @@ def _scores_at(run: Run, routes: Routes, route: torch.Tensor, s: torch.Tensor) -
     ])
 
 
-def _evaluate_nodes(run: Run, routes: Routes, keys: list[Key],
-                    known_ends: tuple[torch.Tensor, torch.Tensor]) -> Integral:
-    """Each node's contribution at unit weight, each serving its own target, in one integral (the route ends'
-    scores are known from the probes)."""
+def _evaluate_nodes(run: Run, routes: Routes, keys: list[Key], n_targets: int) -> Integral:
+    """Each node's contribution at unit weight and its target's score there, each node serving its own target,
+    in one integral. The routes' end scores are the caller's (probed, or read off the nodes), so the engine is
+    told not to run them: its ends are left NaN and never read."""
     route, target, piece, s = zip(*keys)
     paths = RoutedNodes(
         routes=routes,
@@ -213,7 +235,8 @@ def _evaluate_nodes(run: Run, routes: Routes, keys: list[Key],
         piece=torch.tensor(piece),
     )
     return integrate(run.scores, paths, routes.vertices[0, -1], run.reduce, run.internal_batch_size,
-                     show_progress=run.show_progress, known_ends=known_ends, first_scores=run.first_scores)
+                     show_progress=run.show_progress, first_scores=run.first_scores,
+                     known_ends=(torch.full((n_targets,), float("nan")), torch.full((len(routes), n_targets), float("nan"))))
 
 
 def _panels_to_split(panels: list[Panel], scale: torch.Tensor, tolerance: float, used: torch.Tensor,
