@@ -2,7 +2,8 @@
 
 Along a path the target's score F(s) is often flat for most of [0, 1] and then jumps; uniform nodes waste
 themselves on the flat parts. Forward-only probes read F at a grid of s (and at every vertex of a polyline)
-for all targets at once; each target's composite Boole panels (5 equally spaced nodes, weights 7 32 12 32 7
+for all targets at once (a one-panel start needs no placement, and its own nodes' forwards read F); each
+target's composite Boole panels (5 equally spaced nodes, weights 7 32 12 32 7
 over 90, exact for quintics) are put at equal quantiles of |dF| (plus a uniform share), and neighbouring
 panels share their edge node. A panel's exact integral, F(b) - F(a), is known from the probes, so its
 quadrature error is measured, and only the panels that make a target miss its tolerance are bisected, as

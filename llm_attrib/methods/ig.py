@@ -100,7 +100,7 @@ class IntegratedGradients:
         """`n_steps`: gradient evaluations per target to start with (score-guided: 4 per panel plus one), or
         the fixed rule's steps; `tolerance`: relative completeness error to reach (None: no refinement);
         `max_steps`: gradient evaluations per target at most; `n_probes`: forward-only probe intervals
-        (default 4 per starting panel).
+        (default 4 per starting panel; none for a one-panel start, whose nodes are its probes).
 
         The default starts every target with one Boole panel (5 gradients) and lets nested bisection put the
         rest where the error is: on held-out rag and recall zoo examples 16 gradients per target over
