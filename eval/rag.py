@@ -356,6 +356,14 @@ def cmd_smollm2(args) -> None:
             decided[ex["id"]] = knows(attributor, ex["item"])
             append(known_path, {"id": ex["id"], "known": decided[ex["id"]]})
     print(f"SmolLM2 answers {sum(decided.values())} of {len(decided)} rag examples correctly", flush=True)
+    closed_path = RESULTS / "smollm2_closed_book.jsonl"
+    closed = {row["id"] for row in read_rows(closed_path)}
+    for ex in examples:  # and whether it answers without any document (also before any attribution)
+        if decided[ex["id"]] and ex["id"] not in closed:
+            append(closed_path, closed_book(attributor, ex))
+    knows_closed = {row["id"]: row["knows_closed_book"] for row in read_rows(closed_path)}
+    # The examples the model needs documents for go first: only they have a relevant document to be found.
+    examples.sort(key=lambda ex: knows_closed.get(ex["id"], True))
     done = done_ids(path)
     started = time.perf_counter()
     template = TEMPLATES["default"]
@@ -385,6 +393,17 @@ def cmd_smollm2(args) -> None:
               + " ".join(f"{k}: top={int(np.argmax(v['scores']))} {v['seconds']:.0f}s conv={v['converged']} "
                          f"err={v['completeness_error']}" for k, v in m.items() if "scores" in v), flush=True)
     save_settings(smollm2_part(args.answer), args, granularity="answer", ig_params={"max_steps": args.max_steps})
+
+
+def closed_book(attributor: Attributor, example: dict) -> dict:
+    """The model's greedy reply to the question with every document removed (the same template, as
+    leave-one-out removes them), and whether it still holds the expected answer: where it does, the model
+    knows the answer without the documents, so no method can be expected to find the relevant one."""
+    built = build_prompt(attributor.tokenizer, example["question"], as_documents(example["documents"]),
+                         TEMPLATES["default"], kept=[])
+    reply = attributor.tokenizer.decode(attributor.sequence(built.prompt, max_new_tokens=24).target_ids,
+                                        skip_special_tokens=True)
+    return {"id": example["id"], "reply": reply, "knows_closed_book": example["item"]["expected"].lower() in reply.lower()}
 
 
 def smollm2_part(answer: str) -> str:
@@ -728,13 +747,7 @@ checks that an answer depends on the documents it cites, not that the right docu
 flagged."""
 
 
-def smollm2_section(settings: dict, rows: list[dict], knows_rows: list[dict], cc: dict, cc_data, answer: str) -> str:
-    import pandas as pd
-
-    n_known = sum(r["known"] for r in knows_rows)
-    refused = [r for r in rows if "refused" in r]
-    ran = [r for r in rows if r.get("methods")]
-    frame = pd.DataFrame(metric_rows(ran, cc))
+def smollm2_table(frame) -> str:
     methods = [m for m in ORDER if m in set(frame["method"])]
     lines = ["| method | n | top-1 | top-1 = LOO | Spearman vs LOO | top-2 drop (nats) | converged | worst completeness error "
              "| s/ex | fwd/ex | bwd/ex |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -747,6 +760,29 @@ def smollm2_section(settings: dict, rows: list[dict], knows_rows: list[dict], cc
                      f"{'–' if conv.empty else f'{conv.astype(float).mean():.0%}'} | "
                      f"{'–' if worst.empty else f'{worst.max():.1%}'} | {g['seconds'].mean():.1f} | "
                      f"{g['n_forward'].mean():.0f} | {g['n_backward'].mean():.0f} |")
+    return "\n".join(lines)
+
+
+def smollm2_section(settings: dict, rows: list[dict], knows_rows: list[dict], cc: dict, cc_data, answer: str) -> str:
+    import pandas as pd
+
+    n_known = sum(r["known"] for r in knows_rows)
+    refused = [r for r in rows if "refused" in r]
+    ran = [r for r in rows if r.get("methods")]
+    frame = pd.DataFrame(metric_rows(ran, cc))
+    closed = {r["id"]: r["knows_closed_book"] for r in read_rows(RESULTS / "smollm2_closed_book.jsonl")}
+    needs = [r for r in ran if closed.get(r["id"]) is False]
+    split = ""
+    if closed and all(r["id"] in closed for r in ran):
+        split = f"""
+
+Only the examples the model does **not** answer without documents ({len(needs)} of {len(ran)}; the closed-book reply
+is the greedy 24-token reply to the same template with every document removed, `smollm2_closed_book.jsonl`, decided
+by the model alone, before and apart from any attribution or leave-one-out). Where the model knows the answer
+without documents, no document carries it and "the relevant document" is not what any faithful method should find:
+
+{smollm2_table(frame[frame["id"].isin({r["id"] for r in needs})])}"""
+    lines = [smollm2_table(frame)]
     loo_right = sum(int(np.argmax(r["leave_one_out"])) == r["relevant"] for r in ran)
     refused_text = "; ".join(f"{r['id']} ({r['answer']!r}): {r['refused'][:160]}" for r in refused) or "none"
     explained = (
@@ -763,12 +799,14 @@ def smollm2_section(settings: dict, rows: list[dict], knows_rows: list[dict], cc
 Command: `{settings.get('command', 'python eval/rag.py smollm2')}`, then `python eval/rag.py contextcite {part}`.
 The model answers {n_known} of {len(knows_rows)} rag examples correctly (eval/real_text.py's `knows`: its greedy
 24-token reply contains the expected answer; decided for every example before any attribution). Explained: the
-first {len(ran)} of those in the set's order{f" (the time budget of {settings.get('minutes', '?')} minutes ran out there)" if len(ran) + len(refused) < n_known else ""}
+first {len(ran)} of those, in the set's order, the ones the model cannot answer without documents first{f" (the time budget of {settings.get('minutes', '?')} minutes ran out there)" if len(ran) + len(refused) < n_known else ""}
 with {explained}, granularity="answer", IG with max_steps={settings.get('max_steps', '?')} (other settings: package
 defaults, i.e. score-guided quadrature to a 1% tolerance). Refused by the answer boundary check: {len(refused)}
 ({refused_text}). Leave-one-out's own top document is the relevant one in {loo_right} of {len(ran)}.
 
-{chr(10).join(lines)}"""
+All explained examples:
+
+{chr(10).join(lines)}{split}"""
 
 
 def speed_section(settings: dict, rows: list[dict]) -> str:
