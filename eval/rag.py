@@ -364,6 +364,8 @@ def cmd_smollm2(args) -> None:
     knows_closed = {row["id"]: row["knows_closed_book"] for row in read_rows(closed_path)}
     # The examples the model needs documents for go first: only they have a relevant document to be found.
     examples.sort(key=lambda ex: knows_closed.get(ex["id"], True))
+    shard, n_shards = args.shard
+    examples = [ex for ex in examples if decided[ex["id"]]][shard::n_shards]
     done = done_ids(path)
     started = time.perf_counter()
     template = TEMPLATES["default"]
@@ -404,6 +406,13 @@ def closed_book(attributor: Attributor, example: dict) -> dict:
     reply = attributor.tokenizer.decode(attributor.sequence(built.prompt, max_new_tokens=24).target_ids,
                                         skip_special_tokens=True)
     return {"id": example["id"], "reply": reply, "knows_closed_book": example["item"]["expected"].lower() in reply.lower()}
+
+
+def shard_spec(text: str) -> tuple[int, int]:
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit() and 0 <= int(k) < int(n)):
+        raise argparse.ArgumentTypeError(f"--shard takes K/N with 0 <= K < N, got {text!r}")
+    return int(k), int(n)
 
 
 def smollm2_part(answer: str) -> str:
@@ -845,6 +854,9 @@ def main() -> None:
     p = sub.add_parser("smollm2")
     p.add_argument("--max-steps", type=int, default=64, help="IG: gradient evaluations per target at most")
     p.add_argument("--minutes", type=float, default=50, help="no new example starts after this")
+    p.add_argument("--shard", type=shard_spec, default=(0, 1), metavar="K/N",
+                   help="explain only every N-th correctly answered example from the K-th (0-based), so N processes "
+                        "can share the work; they append to the same rows file")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--answer", choices=["expected", "own"], default="own",
                    help="explain the model's own greedy reply (as rag.explain does with answer=None) or the "
