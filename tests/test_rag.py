@@ -85,6 +85,30 @@ def test_an_answer_whose_source_was_removed_is_not_supported(zoo):
         assert result.verdicts[0].label != "supported", result.verdicts[0]
 
 
+def test_the_verdict_says_what_the_answer_loses_without_any_document(zoo):
+    """drop_all is log p(answer | all documents) - log p(answer | none), the prompt re-rendered without them,
+    checked against the model run directly; the zoo's answers are copied from a document, so it is large."""
+    model, tokenizer = zoo
+    example = llm_attrib.zoo.examples("rag", n=1, seed=33)[0]
+    question, documents = zoo_case(example)
+    answer = " " + example["answer"]
+    result = rag.explain(model, tokenizer, question, documents, answer=answer, template="zoo", space="attention",
+                         show_progress=False)
+    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+
+    def log_p(kept):
+        text = build_prompt(tokenizer, question, as_documents(documents), rag.TEMPLATES["zoo"], kept=kept).text
+        prompt_ids = tokenizer(text)["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt_ids + answer_ids])).logits[0].float().log_softmax(-1)
+        return sum(float(logits[len(prompt_ids) - 1 + i, a]) for i, a in enumerate(answer_ids))
+
+    expected = log_p(None) - log_p([])
+    assert abs(result.verdicts[0].drop_all - expected) < 1e-3
+    assert expected > 5
+    assert "without any document" in result.to_html()
+
+
 @pytest.mark.parametrize("space", ["embeddings", "attention"])
 def test_only_the_documents_move_by_default(chat_lm, space):
     """scope="documents": the question and instructions stay real along the path, so over embeddings they get

@@ -61,8 +61,9 @@ def explain(
         scope: "documents" (default): only the documents move along the path, the question and instructions stay
             as they are, so the scores say what each document contributed given the question (and sum to the
             answer's log-probability minus that with every document blanked); "prompt": every prompt token moves.
-        verify: remove each document (and each sentence's cited documents) and measure the answer's
-            log-probability: the leave-one-out check and a verdict per answer sentence (1 + documents forwards).
+        verify: remove each document (and each sentence's cited documents, and all of them) and measure the
+            answer's log-probability: the leave-one-out check and a verdict per answer sentence (2 + documents
+            forwards).
         thresholds: (low, high) margins in nats for the verdicts (see `rag.verdicts`).
         retriever: (encoder, tokenizer) of a bi-encoder; explains each document's similarity to the question.
         max_new_tokens: generation length when `answer` is None.
@@ -185,9 +186,10 @@ def check(attributor: Attributor, prompt, question: str, documents, template: Te
     (the rendered prompt with every document)."""
     segments = result.answer_sentences
     full = segment_log_probs(attributor, prompt, answer_ids, segments)
-    alone = without(attributor, question, documents, template, [[d] for d in range(len(documents))], answer_ids,
-                    segments, system)
-    leave_one_out = full[None] - alone  # (D, S)
+    removals = [[d] for d in range(len(documents))] + [list(range(len(documents)))]
+    alone = without(attributor, question, documents, template, removals, answer_ids, segments, system)
+    leave_one_out = full[None] - alone[:-1]  # (D, S)
+    drop_all = full - alone[-1]  # (S,) every document removed
     by_doc = result.sentence_document_scores()
     verdicts, removed = [], {}  # removed: (cited documents) -> segment log-probabilities without them, run once
     for s in range(len(segments)):
@@ -204,6 +206,6 @@ def check(attributor: Attributor, prompt, question: str, documents, template: Te
             drop_cited = float(full[s] - removed[key][s])
         others = [d for d in range(len(documents)) if d not in cited]
         drop_other = float(leave_one_out[others, s].clamp_min(0).mean()) if others else 0.0
-        verdicts.append(judge(drop_cited, drop_other, thresholds, cited=bool(cited)))
+        verdicts.append(judge(drop_cited, drop_other, thresholds, cited=bool(cited), drop_all=float(drop_all[s])))
     return verdicts, leave_one_out
 

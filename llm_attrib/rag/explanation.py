@@ -31,6 +31,8 @@ class Verdict:
             0 with no other document).
         margin: drop_cited - drop_other, the statistic compared with the thresholds.
         thresholds: (low, high): unsupported below low, supported at or above high.
+        drop_all: nats lost when every document is removed. Near zero, the model says the sentence without any
+            document (from what it knows): no document carried it, so no ranking of them can, whatever the label.
     """
 
     label: str
@@ -38,6 +40,7 @@ class Verdict:
     drop_other: float
     margin: float
     thresholds: tuple[float, float]
+    drop_all: float | None = None
 
 
 @dataclass

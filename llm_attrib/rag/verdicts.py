@@ -20,8 +20,9 @@ THRESHOLDS = (7.21, 10.20)
 
 
 def judge(drop_cited: float, drop_other: float, thresholds: tuple[float, float] = THRESHOLDS,
-          cited: bool = True) -> Verdict:
-    """Unsupported below the low threshold (or with nothing cited), supported at or above the high one."""
+          cited: bool = True, drop_all: float | None = None) -> Verdict:
+    """Unsupported below the low threshold (or with nothing cited), supported at or above the high one;
+    `drop_all` (every document removed) is reported with it, not judged."""
     low, high = thresholds
     margin = drop_cited - drop_other
     if not cited or margin < low:
@@ -30,7 +31,7 @@ def judge(drop_cited: float, drop_other: float, thresholds: tuple[float, float] 
         label = "supported"
     else:
         label = "uncertain"
-    return Verdict(label, drop_cited, drop_other, margin, (low, high))
+    return Verdict(label, drop_cited, drop_other, margin, (low, high), drop_all)
 
 
 def calibrate(supported: list[float], unsupported: list[float]) -> tuple[float, float]:

@@ -509,7 +509,9 @@ def _verdict_html(verdict) -> str:
     return (
         f'<span class="verdict" style="background:{color}">{_e(verdict.label)}</span>'
         f'<div class="small">drop cited <span class="num">{verdict.drop_cited:.2f}</span> · drop other '
-        f'<span class="num">{verdict.drop_other:.2f}</span> · margin <b class="num">{verdict.margin:+.2f}</b> nats</div>'
+        f'<span class="num">{verdict.drop_other:.2f}</span> · margin <b class="num">{verdict.margin:+.2f}</b> nats'
+        + ('' if verdict.drop_all is None else
+           f' · without any document <span class="num">{verdict.drop_all:.2f}</span>') + '</div>'
     )
 
 
@@ -548,7 +550,9 @@ def _citations(result: "RagExplanation") -> str:
         thresholds = (
             f" A verdict removes the cited documents and compares what the sentence loses (drop cited) with what it "
             f"loses when one other document is removed (drop other, averaged): margin ≥ {high:g} nats is "
-            f"<b>supported</b>, below {low:g} <b>unsupported</b>, between <b>uncertain</b>."
+            f"<b>supported</b>, below {low:g} <b>unsupported</b>, between <b>uncertain</b>. \"Without any document\" is "
+            "what it loses when all are removed: near zero, the model says it from what it knows, and no document "
+            "carried it."
         )
     return (
         "<h2>Citations and verdicts</h2>"

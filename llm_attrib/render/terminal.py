@@ -211,6 +211,7 @@ def print_rag_explanation(result, console: Console | None = None) -> None:
         verdict = Text("")
         if citation.verdict is not None:
             v = citation.verdict
-            verdict = Text(f"{v.label} ({v.margin:+.1f} nats)", style=VERDICT_STYLE.get(v.label, ""))
+            alone = "" if v.drop_all is None else f"; {v.drop_all:.1f} lost without any document"
+            verdict = Text(f"{v.label} ({v.margin:+.1f} nats{alone})", style=VERDICT_STYLE.get(v.label, ""))
         citations.add_row(citation.sentence.strip(), docs, sentence, verdict)
     console.print(citations)
