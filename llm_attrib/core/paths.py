@@ -132,10 +132,13 @@ class Routes:
         here, after, local = self._piece(route, s, piece)
         return here + local * (after - here)
 
-    def velocity(self, route: torch.Tensor, s: torch.Tensor, piece: torch.Tensor | None = None) -> torch.Tensor:
-        """d point / ds (A, *S): the displacement a node of unit weight stands for (on `piece`, if given)."""
-        here, after, _ = self._piece(route, s, piece)
-        return self.n_pieces * (after - here)
+    def at_with_velocity(self, route: torch.Tensor, s: torch.Tensor,
+                         piece: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The points (A, *S), as `at`, and d point / ds there (A, *S): the displacement a node of unit weight
+        stands for. One gather of the pieces' vertices serves both (an attention-space point is tens of MB)."""
+        here, after, local = self._piece(route, s, piece)
+        step = after - here
+        return here + local * step, self.n_pieces * step
 
     def starts(self) -> torch.Tensor:
         return self.vertices[:, 0]
@@ -189,15 +192,16 @@ class RoutedNodes:
         first = torch.full((int(row.max()) + 1,), len(row)).scatter_reduce(0, row, torch.arange(len(row)), "amin")
         route, s = self.route[index[first]], self.s[index[first]]
         piece = None if self.piece is None else self.piece[index[first]]
-        velocity = self.routes.velocity(route, s, piece)
+        points, velocity = self.routes.at_with_velocity(route, s, piece)
         weight = self.weight[index].to(velocity).view((-1,) + (1,) * (velocity.dim() - 1))
-        return row, self.routes.at(route, s, piece), weight * velocity[row.to(velocity.device)]
+        return row, points, weight * velocity[row.to(velocity.device)]
 
     def points(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         route, s = self.route[index], self.s[index]
         piece = None if self.piece is None else self.piece[index]
         weight = self.weight[index].to(self.routes.vertices).view((-1,) + (1,) * (self.routes.vertices.dim() - 2))
-        return self.routes.at(route, s, piece), weight * self.routes.velocity(route, s, piece)
+        points, velocity = self.routes.at_with_velocity(route, s, piece)
+        return points, weight * velocity
 
     def starts(self) -> torch.Tensor:
         return self.routes.starts()
