@@ -6,6 +6,7 @@ import torch
 
 import llm_attrib
 from llm_attrib import InvalidInputError, UnknownNameError, rag
+from llm_attrib.rag.explain import default_space
 from llm_attrib.rag.prompt import build_prompt, as_documents
 from llm_attrib.rag.sentences import split_sentences
 from tiny_tokenizer import tiny_llama, tiny_tokenizer
@@ -107,6 +108,21 @@ def test_the_verdict_says_what_the_answer_loses_without_any_document(zoo):
     assert abs(result.verdicts[0].drop_all - expected) < 1e-3
     assert expected > 5
     assert "without any document" in result.to_html()
+
+
+def test_documents_are_ranked_in_the_attention_space_by_default(chat_lm):
+    """rag.explain's default space is attention for every method that has one (its own default otherwise), and
+    the default is exactly space="attention"."""
+    model, tokenizer = chat_lm
+    kwargs = dict(answer=" w50", template=TINY, verify=False, show_progress=False, **FIXED)
+    default = rag.explain(model, tokenizer, "w30", DOCS, **kwargs)
+    chosen = rag.explain(model, tokenizer, "w30", DOCS, space="attention", **kwargs)
+    assert default.explanation.space == "attention"
+    torch.testing.assert_close(default.document_scores, chosen.document_scores)
+    saliency = rag.explain(model, tokenizer, "w30", DOCS, answer=" w50", template=TINY, verify=False,
+                           show_progress=False, method="saliency")
+    assert saliency.explanation.space == "attention"
+    assert default_space("ig2") is None  # IG2 works over embeddings only
 
 
 @pytest.mark.parametrize("space", ["embeddings", "attention"])

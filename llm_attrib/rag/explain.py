@@ -14,6 +14,7 @@ from typing import Any
 
 from ..attributor import Attributor, context_length
 from ..errors import InvalidInputError, UncalibratedWarning, UnknownNameError
+from ..methods.base import get_method
 from .ablation import segment_log_probs, without
 from .explanation import RagExplanation, cited_documents
 from .prompt import TEMPLATES, Template, as_documents, build_prompt
@@ -56,7 +57,12 @@ def explain(
             {documents} and {question}. Default: one user message through the tokenizer's chat template when it
             has one, else the plain layout.
         system: a system message (chat templates only).
-        method, space, **method_params: the attribution method (`Attributor.explain`'s).
+        method, space, **method_params: the attribution method (`Attributor.explain`'s). space=None is the
+            attention space for every method that has one (IG's default here, unlike `Attributor.explain`): a
+            document's score is then what the model read from it, and the documents' scores sum to log p(answer)
+            minus that with no attention paid to any document. Measured before this default was chosen (the
+            zoo's 693 examples, SmolLM2's first 12 real-text questions): it ranked the relevant document first as
+            often or more (693/693 against 691/693; 9/12 against 5/12) and converged with fewer gradients.
         granularity: "sentence" (a row per answer sentence), "answer" (one row) or "token" (a row per token).
         scope: "documents" (default): only the documents move along the path, the question and instructions stay
             as they are, so the scores say what each document contributed given the question (and sum to the
@@ -86,7 +92,8 @@ def explain(
             raise InvalidInputError("the model answered nothing (it ended its turn at once); pass answer= to explain one.")
         seq = attributor.sequence(built.prompt, answer=answer_ids)
     runs, spans = answer_sentences(seq)
-    params: dict[str, Any] = dict(method=method, space=space, **method_params)
+    params: dict[str, Any] = dict(method=method, space=default_space(method) if space is None else space,
+                                  **method_params)
     if scope == "documents":
         params["attribute_to"] = built.document_spans
     if granularity != "token":
@@ -114,6 +121,11 @@ def explain(
                                                                    [d.text for d in docs])]
     result.cost = {**explanation.cost, "seconds": time.perf_counter() - started}
     return result
+
+
+def default_space(method: str) -> str | None:
+    """The attention space where the method has one, else the method's own default."""
+    return "attention" if "attention" in get_method(method).spaces else None
 
 
 def is_calibration_model(model) -> bool:
