@@ -29,7 +29,7 @@ ContextCite's included). Metrics, computed by `report`: top-1 document accuracy 
 Spearman correlation of the scores with the leave-one-out drops, the top-2 removal drop, seconds per example.
 
 Verdicts: on a calibration seed and a separate test seed of zoo examples, `verdicts[0].margin` of
-`rag.explain(...)` (package defaults: IG over embeddings, sentence granularity, verify=True) for the model's
+`rag.explain(...)` (package defaults: IG over attention, sentence granularity, verify=True) for the model's
 correct answer with all documents (supported) and the same answer with its relevant document removed
 (unsupported); and the model's own answer after that removal. Thresholds come from the calibration rows only
 (`calibrate`), precision/recall of "unsupported" from the test rows only.
@@ -54,7 +54,7 @@ import llm_attrib
 from llm_attrib import Attributor, ConvergenceWarning, rag
 from llm_attrib.errors import InvalidInputError
 from llm_attrib.rag.ablation import segment_log_probs, without
-from llm_attrib.rag.explain import until_end
+from llm_attrib.rag.explain import default_space, until_end
 from llm_attrib.rag.prompt import TEMPLATES, as_documents, build_prompt
 from llm_attrib.rag.verdicts import calibrate as rag_calibrate, judge
 from llm_attrib.zoo.tasks import RAG_FOOD, RAG_NAMES, RAG_PLACE
@@ -312,7 +312,8 @@ def cmd_verdicts(args) -> None:
                       f"{row['unsupported']['margin']:+7.2f} own {own!r} "
                       f"{row.get('own', {}).get('margin', float('nan')):+7.2f}", flush=True)
             append(path, row)
-    save_settings("verdicts", args, method="rag.explain defaults (ig, embeddings, granularity sentence, verify)")
+    save_settings("verdicts", args, method=f"rag.explain defaults (ig over {default_space('ig')}, granularity sentence, "
+                                           "verify)")
 
 
 def calibrate(supported: np.ndarray, unsupported: np.ndarray) -> tuple[float, float]:
@@ -720,8 +721,8 @@ def verdict_section(settings: dict, rows: list[dict]) -> str:
     uncited = sum(not x["unsupported"]["cited"] for x in test)
     return f"""## 2. Unsupported-answer detection (zoo)
 
-Command: `{settings.get('command', 'python eval/rag.py verdicts --n 100')}`. `rag.explain` with the package's defaults
-(IG over embeddings, one row per answer sentence, verify=True); the statistic is `verdicts[0].margin` (nats lost when
+Command: `{settings.get('command', 'python eval/rag.py verdicts --n 100')}`. `{settings.get('method', 'rag.explain defaults (ig over embeddings, granularity sentence, verify)')}`:
+one row per answer sentence; the statistic is `verdicts[0].margin` (nats lost when
 the cited documents are removed, minus the mean loss when one other document is removed). Supported: the model's
 correct answer with all documents. Unsupported: the same answer (`answer=`) with its relevant document removed.
 Calibration: `zoo.examples("rag", {settings.get('n', 100)}, seed={settings.get('calibration_seed', CALIBRATION_SEED)})`,
@@ -830,8 +831,9 @@ def speed_section(settings: dict, rows: list[dict]) -> str:
     return f"""## 3b. Speed target: a document ranking on SmolLM2
 
 Command: `{settings.get('command', 'python eval/rag.py speed --threads 2')}`: `rag.explain(model, tokenizer, question,
-documents, granularity="answer")` with every other setting at its default (IG over embeddings, score-guided to 1%,
-max_steps 512, verify=True; the attention rows: `--space attention`), on {rows[0]['id']} (the first real-text rag example with 3 documents, a 110-130 token
+documents, granularity="answer")` with every other setting at its default (IG, score-guided to 1%, max_steps 512,
+verify=True; the space: embeddings before rag.explain's default became attention (2026-11-26), `--space` where
+given; each row says its space), on {rows[0]['id']} (the first real-text rag example with 3 documents, a 110-130 token
 prompt, that the model answers correctly), timed end to end (generation, attribution, leave-one-out check), on
 {rows[0]['threads']} threads. Target: < 30 s. One row per run and answer, with the code it ran (the commit, where
 recorded); repeated runs of the same code and space took the same steps, forwards and backwards each time, so the
@@ -864,7 +866,7 @@ def main() -> None:
     p.set_defaults(func=cmd_smollm2)
     p = sub.add_parser("speed")
     p.add_argument("--space", choices=["embeddings", "attention"], default=None,
-                   help="IG's space (default: the package's, embeddings)")
+                   help="IG's space (default: rag.explain's, attention)")
     p.set_defaults(func=cmd_speed)
     p = sub.add_parser("contextcite")
     p.add_argument("which", choices=["zoo", "smollm2", "smollm2_own"])
