@@ -100,6 +100,14 @@ class PolylinePaths:
         return self.vertices[:, -1]
 
 
+def taken(rows: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+    """rows[which], as a broadcast view when there is one distinct row (one, or a broadcast view of one): no
+    copy of it per index."""
+    if len(rows) == 1 or rows.stride(0) == 0:
+        return rows[:1].expand((len(which),) + tuple(rows.shape[1:]))
+    return rows[which.to(rows.device)]
+
+
 @dataclass
 class Routes:
     """R routes, each a polyline from its start (s = 0) to the explicand (s = 1), parametrised by s in [0, 1]
@@ -118,27 +126,31 @@ class Routes:
     def n_pieces(self) -> int:
         return self.vertices.shape[1] - 1
 
-    def _piece(self, route: torch.Tensor, s: torch.Tensor,
-               piece: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _piece(self, route: torch.Tensor, s: torch.Tensor, piece: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The distinct pieces the positions fall on: their start vertices (P, *S) and steps to the next vertex
+        (P, *S), which piece each position is on (A,), and where on it (A, 1, ...) in [0, 1]. Vertices are
+        gathered once per piece, not per position: an attention-space point of a real model is tens of MB."""
         scaled = s.double() * self.n_pieces
         j = scaled.floor().long().clamp(0, self.n_pieces - 1) if piece is None else piece
         local = (scaled - j).to(self.vertices.dtype).view((-1,) + (1,) * (self.vertices.dim() - 2))
-        here = self.vertices[route, j.to(route.device)]
-        return here, self.vertices[route, j.to(route.device) + 1], local
+        pieces, which = torch.stack([route.cpu(), j.cpu()]).unique(dim=1, return_inverse=True)
+        here = self.vertices[pieces[0].to(self.vertices.device), pieces[1].to(self.vertices.device)]
+        after = self.vertices[pieces[0].to(self.vertices.device), pieces[1].to(self.vertices.device) + 1]
+        return here, after - here, which, local.to(self.vertices.device)
 
     def at(self, route: torch.Tensor, s: torch.Tensor, piece: torch.Tensor | None = None) -> torch.Tensor:
         """Points (A, *S) of routes `route` (A,) at positions `s` (A,) (on pieces `piece` (A,) if given: a
         corner belongs to the pieces on both sides)."""
-        here, after, local = self._piece(route, s, piece)
-        return here + local * (after - here)
+        return self.at_with_velocity(route, s, piece)[0]
 
     def at_with_velocity(self, route: torch.Tensor, s: torch.Tensor,
                          piece: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The points (A, *S), as `at`, and d point / ds there (A, *S): the displacement a node of unit weight
-        stands for. One gather of the pieces' vertices serves both (an attention-space point is tens of MB)."""
-        here, after, local = self._piece(route, s, piece)
-        step = after - here
-        return here + local * step, self.n_pieces * step
+        stands for. The velocity is a view where every position is on one piece (a straight route): no copy."""
+        here, step, which, local = self._piece(route, s, piece)
+        here, step = taken(here, which), taken(step, which)
+        return torch.addcmul(here, local, step), self.n_pieces * step if self.n_pieces > 1 else step
 
     def starts(self) -> torch.Tensor:
         return self.vertices[:, 0]
@@ -194,7 +206,7 @@ class RoutedNodes:
         piece = None if self.piece is None else self.piece[index[first]]
         points, velocity = self.routes.at_with_velocity(route, s, piece)
         weight = self.weight[index].to(velocity).view((-1,) + (1,) * (velocity.dim() - 1))
-        return row, points, weight * velocity[row.to(velocity.device)]
+        return row, points, weight * taken(velocity, row)
 
     def points(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         route, s = self.route[index], self.s[index]
