@@ -739,8 +739,8 @@ percentile (or low if that is lower). On the calibration set: **thresholds = ({l
 | **test** | **{p:.3f}** | **{r:.3f}** (tp {tp}, fp {fp}, fn {fn}) |
 
 Labels with the calibrated thresholds (relabelled from each row's drop_cited / drop_other / cited, so the
-thresholds passed to the run, the package's placeholder {tuple(settings.get('thresholds_passed', (1.0, 3.0)))}, do
-not matter); "own" = the model's own greedy answer after the relevant document was removed:
+thresholds the run used, the package's `rag.THRESHOLDS` of the time, do not matter); "own" = the model's own
+greedy answer after the relevant document was removed:
 
 {chr(10).join(lines)}
 
