@@ -24,6 +24,30 @@ def lm():
     return tiny_llama(), tiny_tokenizer(64)
 
 
+def test_route_points_and_velocities_equal_the_polyline_formula():
+    """Points and velocities come from each distinct piece's vertices gathered once (a broadcast view for a
+    straight route): they equal v_j + t (v_{j+1} - v_j) and J (v_{j+1} - v_j) computed position by position,
+    on one straight route and on several polylines, corners assigned to the piece asked for."""
+    torch.manual_seed(0)
+    for vertices in (torch.randn(1, 2, 3, 4), torch.randn(3, 4, 3, 4)):
+        routes = Routes(vertices)
+        n_pieces = vertices.shape[1] - 1
+        route = torch.randint(0, len(vertices), (9,))
+        s = torch.rand(9, dtype=torch.float64)
+        s[:2] = torch.tensor([0.0, 1.0])
+        if n_pieces > 1:
+            s[2] = 1 / n_pieces  # a corner, taken on the piece before it
+        piece = (s * n_pieces).floor().long().clamp(max=n_pieces - 1)
+        piece[2] = 0
+        points, velocity = routes.at_with_velocity(route, s, piece)
+        for a in range(9):
+            here, after = vertices[route[a], piece[a]], vertices[route[a], piece[a] + 1]
+            t = float(s[a] * n_pieces - piece[a])
+            torch.testing.assert_close(points[a], here + t * (after - here))
+            torch.testing.assert_close(velocity[a], n_pieces * (after - here))
+        torch.testing.assert_close(routes.at(route, s, piece), points)
+
+
 def test_edges_crowd_where_the_score_jumps():
     scores = torch.cat([torch.zeros(20), torch.linspace(0, 10, 5)[1:], torch.full((8,), 10.0)])  # 33 probes
     edges = variation_edges(scores, n_segments=8)
