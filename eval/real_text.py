@@ -41,11 +41,13 @@ from datasets import Dataset, load_dataset
 import llm_attrib
 from llm_attrib import Attributor, ConvergenceWarning
 from llm_attrib.core.chat import render_chat
+from llm_attrib.core.guided import minimum_steps
 from llm_attrib.metrics import faithfulness, plausibility
 
 HERE = Path(__file__).parent
 DATA = HERE / "data" / "real_text.jsonl"
 RESULTS = HERE / "results" / "real_text"
+IG2_STEPS = 50  # IG2's default GradPath steps, which these runs use
 METHODS = {
     "ig_embeddings": {"method": "ig", "space": "embeddings"},
     "ig_attention": {"method": "ig", "space": "attention"},
@@ -137,6 +139,8 @@ def run(kinds: list[str], n: int, max_steps: int, methods: list[str], stream: Pa
                     params["max_steps"] = max_steps
                 if params["method"] == "ig2":
                     params["references"] = counterfactuals(items, tokenizer, example["id"])
+                    # a panel per GradPath step: below that budget IG2 refuses to start
+                    params["max_steps"] = max(max_steps, minimum_steps(IG2_STEPS))
                 if params["method"] == "random":
                     params["seed"] = zlib.crc32(example["id"].encode())  # a fresh draw per example
                 started = time.perf_counter()

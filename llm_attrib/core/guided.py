@@ -36,6 +36,11 @@ SPLIT_UNTIL = 1.0
 Key = tuple[int, int, int, float]  # route, target, polyline piece, s
 
 
+def minimum_steps(n_pieces: int) -> int:
+    """Gradient evaluations a route of `n_pieces` needs at least: a panel per piece (none straddles a corner)."""
+    return NODES_PER_PANEL * n_pieces + 1
+
+
 @dataclass
 class Node:
     """One gradient evaluation: its contribution at unit weight (tokens, the space's detail) and the score of
@@ -128,6 +133,12 @@ def guided_integral(
         The integral (tokens (R, T, L), zero where a route does not serve a target) and the gradient
         evaluations each (route, target) used (R, T).
     """
+    if max_steps < minimum_steps(routes.n_pieces):
+        raise InvalidInputError(
+            f"max_steps={max_steps} is below what one path needs: a Boole panel of 5 gradient evaluations per "
+            f"piece ({routes.n_pieces} piece{'s' if routes.n_pieces > 1 else ''}), {minimum_steps(routes.n_pieces)} "
+            "in all; raise max_steps to that, or use a path of fewer pieces (IG2: lower n_steps)."
+        )
     n_panels = max(1, (min(n_steps, max_steps) - 1) // NODES_PER_PANEL)
     # One straight panel per (route, target) needs no placement: its own 5 nodes are the whole probe grid, and
     # their forwards give the scores, so nothing is probed beforehand.
