@@ -1,6 +1,6 @@
 """RAG debugging: which retrieved document carried the answer, sentence by sentence, checked by removing it.
 
-    python examples/rag_documents.py [--n 5] [--space attention] [--html report.html]
+    python examples/rag_documents.py [--n 5] [--space embeddings] [--html report.html]
     python examples/rag_documents.py --smollm2 [--html report.html]     # the real SmolLM2-135M-Instruct
 
 `rag.explain` builds the prompt from the question and the documents (so every document's and sentence's span
@@ -21,7 +21,8 @@ from llm_attrib.render import print_rag_explanation
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--n", type=int, default=5, help="zoo examples")
-parser.add_argument("--space", default="embeddings", choices=("embeddings", "attention"))
+parser.add_argument("--space", default=None, choices=("embeddings", "attention"),
+                    help="IG's space (default: rag.explain's, attention)")
 parser.add_argument("--smollm2", action="store_true", help="one real question on SmolLM2-135M-Instruct instead")
 parser.add_argument("--max-steps", type=int, default=64, help="gradient evaluations per row at most (SmolLM2)")
 parser.add_argument("--html", type=Path, help="write the last report here")
