@@ -112,7 +112,7 @@ def test_rpi_and_ig2_run_and_report_completeness(attributor):
     again = attributor.explain(CHAT, answer=ANSWER, method="rpi", **small)
     torch.testing.assert_close(rpi.scores, again.scores, rtol=0, atol=0)  # seeded runs are identical
     assert torch.isfinite(rpi.scores).all() and rpi.converged is not None
-    ig2 = attributor.explain("The capital of France is", answer=" Paris", method="ig2", n_steps=8, max_steps=32,
+    ig2 = attributor.explain("The capital of France is", answer=" Paris", method="ig2", n_steps=8, max_steps=33,
                              references=["The capital of Italy is", "The capital of Spain is"])
     assert torch.isfinite(ig2.scores).all() and torch.isfinite(ig2.completeness_error).all()
     assert ig2.converged == bool(ig2.completeness_error.max() <= 0.01)
