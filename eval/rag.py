@@ -6,7 +6,8 @@
                                                   #    (--answer expected: the bare expected answer -> smollm2.jsonl)
     python eval/rag.py speed --threads 2          # 3b. the speed workload -> eval/results/rag/speed.jsonl
     python eval/rag.py contextcite zoo            # 4. ContextCite on the rows above (its own venv, transformers 4.x)
-    python eval/rag.py contextcite smollm2        #    -> eval/results/rag/contextcite_{zoo,smollm2}.json
+    python eval/rag.py contextcite smollm2_own    #    -> eval/results/rag/contextcite_{zoo,smollm2_own}.json
+                                                  #    (smollm2: the rows of --answer expected)
     python eval/rag.py report                     # eval/results/rag_debugging.md from the rows (no model)
 
 Every example is first answered greedily by the model; only the examples it answers correctly (its answer equals
