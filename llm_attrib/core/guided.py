@@ -41,6 +41,17 @@ def minimum_steps(n_pieces: int) -> int:
     return NODES_PER_PANEL * n_pieces + 1
 
 
+def check_budget(max_steps: int, n_pieces: int, per: str = "path") -> None:
+    """Refuse a `max_steps` below `minimum_steps(n_pieces)`, so the budget is never silently exceeded."""
+    needed = minimum_steps(n_pieces)
+    if max_steps < needed:
+        raise InvalidInputError(
+            f"max_steps={max_steps} is below what one path needs: a Boole panel of 5 gradient evaluations per "
+            f"piece ({n_pieces} piece{'s' if n_pieces > 1 else ''}), {needed} gradient evaluations per {per}; "
+            "raise max_steps to that, or use a path of fewer pieces (IG2: lower n_steps)."
+        )
+
+
 @dataclass
 class Node:
     """One gradient evaluation: its contribution at unit weight (tokens, the space's detail) and the score of
@@ -133,12 +144,7 @@ def guided_integral(
         The integral (tokens (R, T, L), zero where a route does not serve a target) and the gradient
         evaluations each (route, target) used (R, T).
     """
-    if max_steps < minimum_steps(routes.n_pieces):
-        raise InvalidInputError(
-            f"max_steps={max_steps} is below what one path needs: a Boole panel of 5 gradient evaluations per "
-            f"piece ({routes.n_pieces} piece{'s' if routes.n_pieces > 1 else ''}), {minimum_steps(routes.n_pieces)} "
-            "in all; raise max_steps to that, or use a path of fewer pieces (IG2: lower n_steps)."
-        )
+    check_budget(max_steps, routes.n_pieces)
     n_panels = max(1, (min(n_steps, max_steps) - 1) // NODES_PER_PANEL)
     # One straight panel per (route, target) needs no placement: its own 5 nodes are the whole probe grid, and
     # their forwards give the scores, so nothing is probed beforehand.

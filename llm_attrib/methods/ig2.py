@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ..core.engine import Integral, integrate
-from ..core.guided import SCORE_GUIDED, guided_integral, minimum_steps
+from ..core.guided import SCORE_GUIDED, check_budget, guided_integral
 from ..core.paths import PolylinePaths, Routes
 from ..core.quadrature import checked_steps
 from ..core.quadrature import quadrature as quadrature_rule
@@ -237,13 +237,8 @@ class IG2:
             raise UnknownNameError(f"unknown path {path!r}; choose 'gradpath' or 'straight'.")
         checked_steps(n_steps)
         checked_steps(n_references, "n_references", cap=None)
-        pieces = n_steps if path == "gradpath" else 1
-        if quadrature == SCORE_GUIDED and max_steps < minimum_steps(pieces):
-            raise InvalidInputError(
-                f"max_steps={max_steps} cannot cover a GradPath of n_steps={n_steps} pieces: score-guided quadrature "
-                f"puts a Boole panel on every piece, {minimum_steps(pieces)} gradient evaluations per reference and "
-                "target; raise max_steps to that or lower n_steps (before any path is built)."
-            )
+        if quadrature == SCORE_GUIDED:  # before any GradPath is built
+            check_budget(max_steps, n_steps if path == "gradpath" else 1, per="reference and target")
         if problem.seq.answer_level:
             raise InvalidInputError(
                 "IG2 reads a representation where each target is predicted and finds counterfactuals per target; "
