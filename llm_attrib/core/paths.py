@@ -135,9 +135,9 @@ class Routes:
         j = scaled.floor().long().clamp(0, self.n_pieces - 1) if piece is None else piece
         local = (scaled - j).to(self.vertices.dtype).view((-1,) + (1,) * (self.vertices.dim() - 2))
         pieces, which = torch.stack([route.cpu(), j.cpu()]).unique(dim=1, return_inverse=True)
-        here = self.vertices[pieces[0].to(self.vertices.device), pieces[1].to(self.vertices.device)]
-        after = self.vertices[pieces[0].to(self.vertices.device), pieces[1].to(self.vertices.device) + 1]
-        return here, after - here, which, local.to(self.vertices.device)
+        on, at = pieces.to(self.vertices.device)
+        here = self.vertices[on, at]
+        return here, self.vertices[on, at + 1] - here, which, local.to(self.vertices.device)
 
     def at(self, route: torch.Tensor, s: torch.Tensor, piece: torch.Tensor | None = None) -> torch.Tensor:
         """Points (A, *S) of routes `route` (A,) at positions `s` (A,) (on pieces `piece` (A,) if given: a
@@ -202,18 +202,21 @@ class RoutedNodes:
         displacement (B, *S): its weight times its point's velocity."""
         row = self.point_ids(index)
         first = torch.full((int(row.max()) + 1,), len(row)).scatter_reduce(0, row, torch.arange(len(row)), "amin")
-        route, s = self.route[index[first]], self.s[index[first]]
-        piece = None if self.piece is None else self.piece[index[first]]
-        points, velocity = self.routes.at_with_velocity(route, s, piece)
-        weight = self.weight[index].to(velocity).view((-1,) + (1,) * (velocity.dim() - 1))
-        return row, points, weight * taken(velocity, row)
+        points, velocity = self._at(index[first])
+        return row, points, self._weight(index, velocity) * taken(velocity, row)
 
     def points(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        route, s = self.route[index], self.s[index]
+        points, velocity = self._at(index)
+        return points, self._weight(index, velocity) * velocity
+
+    def _at(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Points and velocities of nodes `index` on their routes (and pieces)."""
         piece = None if self.piece is None else self.piece[index]
-        weight = self.weight[index].to(self.routes.vertices).view((-1,) + (1,) * (self.routes.vertices.dim() - 2))
-        points, velocity = self.routes.at_with_velocity(route, s, piece)
-        return points, weight * velocity
+        return self.routes.at_with_velocity(self.route[index], self.s[index], piece)
+
+    def _weight(self, index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Nodes' quadrature weights shaped to broadcast over points like `like`."""
+        return self.weight[index].to(like).view((-1,) + (1,) * (like.dim() - 1))
 
     def starts(self) -> torch.Tensor:
         return self.routes.starts()
