@@ -359,11 +359,12 @@ def cmd_smollm2(args) -> None:
             append(known_path, {"id": ex["id"], "known": decided[ex["id"]]})
     print(f"SmolLM2 answers {sum(decided.values())} of {len(decided)} rag examples correctly", flush=True)
     closed_path = RESULTS / "smollm2_closed_book.jsonl"
-    closed = {row["id"] for row in read_rows(closed_path)}
-    for ex in examples:  # and whether it answers without any document (also before any attribution)
-        if decided[ex["id"]] and ex["id"] not in closed:
-            append(closed_path, closed_book(attributor, ex))
     knows_closed = {row["id"]: row["knows_closed_book"] for row in read_rows(closed_path)}
+    for ex in examples:  # and whether it answers without any document (also before any attribution)
+        if decided[ex["id"]] and ex["id"] not in knows_closed:
+            row = closed_book(attributor, ex)
+            append(closed_path, row)
+            knows_closed[ex["id"]] = row["knows_closed_book"]
     # The examples the model needs documents for go first: only they have a relevant document to be found.
     examples.sort(key=lambda ex: knows_closed.get(ex["id"], True))
     shard, n_shards = args.shard
