@@ -4,8 +4,8 @@ Attention is hooked through transformers' own `AttentionInterface`: we register 
 (and the eager mask function, without which the function would receive no mask) under our name, select it
 for the duration of an attribution, and put the previous implementation back afterwards. What the
 function does in a given forward is decided by an `AttentionTap` held in a context variable: record the
-post-softmax probabilities of every layer, or replace chosen layers' probabilities with given tensors
-(a path point of the attention space).
+post-softmax probabilities of every layer, replace chosen layers' probabilities with given tensors (a path point
+of the attention space), or scale how visible each key token is in chosen layers (a path point of the mask space).
 
 Changes to a model are shared by overlapping calls (threads, or an explanation started from inside a target
 callable): the first caller applies a change and saves what it replaces, later callers only join, and the last
@@ -40,10 +40,12 @@ class AttentionTap:
 
     Attributes:
         replace: layer index -> probabilities (B, H, Lq, Lk) used in place of the computed softmax.
+        visibility: layer index -> (B, Lk) weights in [0, 1] on the keys (see `soft_masked`).
         record: keep every layer's probabilities in `recorded` (in call order).
     """
 
     replace: dict[int, torch.Tensor] = field(default_factory=dict)
+    visibility: dict[int, torch.Tensor] = field(default_factory=dict)
     record: bool = False
     recorded: list[torch.Tensor] = field(default_factory=list)
     calls: int = 0
@@ -90,6 +92,18 @@ def attention_probabilities(
     return probs.to(query.dtype)
 
 
+def soft_masked(module: nn.Module, probs: torch.Tensor, visibility: torch.Tensor) -> torch.Tensor:
+    """Attention with each key's weight scaled by its visibility (B, Lk) and each row renormalised: a soft
+    attention mask. Visibility 0 is exactly the model run with those keys masked out, 1 the model as it is, so
+    every point in between is a proper attention distribution. A sink column (GPT-OSS) keeps its share."""
+    p = probs.float()
+    seen = visibility[:, None, None, : p.shape[-1]].float()
+    kept = (p * seen).sum(-1, keepdim=True)
+    if getattr(module, "sinks", None) is not None:
+        kept = kept + (1 - p.sum(-1, keepdim=True)).clamp_min(0)
+    return (p * seen / kept).to(probs.dtype)
+
+
 def hooked_attention(
     module: nn.Module,
     query: torch.Tensor,
@@ -108,6 +122,8 @@ def hooked_attention(
         probs = tap.replace[layer].to(value.dtype)
     else:
         probs = attention_probabilities(module, query, key, attention_mask, scaling, softcap)
+    if tap is not None and layer in tap.visibility:
+        probs = soft_masked(module, probs, tap.visibility[layer])
     if tap is not None:
         tap.calls += 1
         if tap.record:

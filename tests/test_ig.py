@@ -6,6 +6,7 @@ import torch
 
 from llm_attrib import Attributor
 from llm_attrib.core.spaces import neutral_token_id
+from llm_attrib.errors import InvalidInputError
 from tiny_tokenizer import tiny_bert, tiny_llama, tiny_tokenizer
 
 PROMPT = "w1 w7 w3 w9 w4 w12"
@@ -28,9 +29,9 @@ def explain(model_and_tokenizer, **kwargs):
     return attributor.explain(PROMPT, **kwargs)
 
 
-@pytest.mark.parametrize("space", ["embeddings", "attention"])
+@pytest.mark.parametrize("space", ["embeddings", "attention", "mask"])
 def test_completeness_with_gauss_legendre(lm, space):
-    exp = explain(lm, space=space, max_new_tokens=3, n_steps=32)
+    exp = explain(lm, space=space, max_new_tokens=3, n_steps=32, tolerance=1e-4)
     assert exp.scores.shape == (3, 6 + 1 + 2)
     assert exp.completeness_error.max() < 1e-3
 
@@ -79,7 +80,7 @@ def test_batch_size_does_not_change_results(lm):
     torch.testing.assert_close(a.scores, b.scores, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("space", ["embeddings", "attention"])
+@pytest.mark.parametrize("space", ["embeddings", "attention", "mask"])
 def test_targets_get_nothing_from_later_tokens(lm, space):
     exp = explain(lm, answer="w5 w6 w8", space=space)
     for t in range(2):  # the last target has no later input
@@ -94,6 +95,34 @@ def test_attention_heads_sum_to_tokens_and_layers_select(lm):
     one = explain(lm, answer="w5 w6", space="attention", layers=-1)
     assert one.head_scores.shape[1] == 1 and one.params["layers"] == [1]
     assert one.completeness_error.max() < 1e-3
+
+
+def test_mask_space_scores_sum_to_what_masking_the_tokens_costs(lm):
+    """In the mask space the tokens' scores add up to log p(target) minus log p(target) with the moving tokens
+    masked out of attention by the model's own attention mask: the baseline is a real run of the model."""
+    model, tokenizer = lm
+    spans = [(3, 8), (12, 14)]  # "w7 w3", "w4"
+    exp = explain(lm, answer="w5 w6", space="mask", attribute_to=spans, tolerance=1e-4)
+    seq = Attributor(model, tokenizer).sequence(PROMPT, answer="w5 w6")
+    moving = torch.tensor([any(a < end and start < b for a, b in spans) for start, end in seq.offsets])
+    assert moving.sum() == 3 and not moving[0]
+    with torch.no_grad():
+        runs = [model(input_ids=seq.input_ids, attention_mask=mask[None].long()).logits[0].log_softmax(-1)
+                for mask in (torch.ones_like(moving), ~moving)]
+    positions = torch.arange(seq.n_prompt - 1, seq.length - 1)
+    full, masked = (run[positions, seq.target_ids] for run in runs)
+    torch.testing.assert_close(exp.scores.sum(1), full - masked, atol=2e-4, rtol=1e-3)
+    assert exp.scores[:, ~moving[: exp.scores.shape[1]]].abs().max() == 0
+
+
+def test_mask_space_refuses_a_baseline_that_hides_every_key(lm):
+    """A query that sees nothing at the baseline has no attention distribution: refused, model unchanged."""
+    model, tokenizer = lm
+    before = model.config._attn_implementation
+    length = Attributor(model, tokenizer).sequence(PROMPT, answer="w5").length
+    with pytest.raises(InvalidInputError, match="at least one visible token"):
+        explain(lm, answer="w5", space="mask", baseline=torch.zeros(2, length))
+    assert model.config._attn_implementation == before
 
 
 def test_special_tokens_keep_their_embedding_in_the_baseline(lm):
@@ -135,7 +164,7 @@ def test_contrastive_target_is_the_logit_difference(lm):
     assert abs(exp.scores.sum().item() - gap.item()) < 1e-3 * max(1.0, abs(gap.item()))
 
 
-@pytest.mark.parametrize("space", ["embeddings", "attention"])
+@pytest.mark.parametrize("space", ["embeddings", "attention", "mask"])
 def test_classifier_explains_a_class_with_completeness(classifier, space):
     exp = explain(classifier, space=space, target_class=2, tolerance=1e-3)
     assert exp.scores.shape == (1, len(exp.input_tokens))

@@ -1,7 +1,8 @@
 """The attention hook (llm_attrib.patching) against every tiny architecture.
 
 With no path applied the hooked attention must reproduce the model's own eager attention exactly (float32,
-<= 1e-5), recording must return what `output_attentions=True` returns, replacement must really take effect,
+<= 1e-5), recording must return what `output_attentions=True` returns, replacement must really take effect, a
+visibility of 0 must be exactly the model run with those tokens masked by its own attention mask,
 and every change to the model must be undone on exit, also on exceptions and KeyboardInterrupt.
 """
 
@@ -213,6 +214,37 @@ def test_replacement_takes_effect(arch):
             out[valid].sum().backward() if not is_encoder(arch) else out.sum().backward()
         assert point.grad is not None and point.grad.abs().sum().item() > 0
         assert all(p.grad is None for p in model.parameters())
+
+
+POSITIONS_FROM_MASK = {"opt"}  # counts positions over the attention mask, so a masked token shifts the rest
+
+
+@pytest.mark.parametrize("arch", [a for a in ARCHITECTURES if a not in POSITIONS_FROM_MASK])
+def test_visibility_zero_is_the_model_with_those_tokens_masked(arch):
+    """The mask space's endpoints are real runs of the model: visibility 0 on some tokens (every layer) equals
+    the model given an attention mask that hides them, 1 equals the model as it is, and the rows of every point in
+    between are attention distributions."""
+    model, vocab = tiny_model(arch)
+    kwargs, _ = _inputs(model, vocab, arch, pad=False)
+    hidden = torch.zeros(SEQ_LEN, dtype=torch.bool)
+    hidden[[3, 4, 7]] = True
+    masked = _forward(model, {**kwargs, "attention_mask": (~hidden).long().expand(2, -1)}).logits
+    everywhere = torch.ones(2, SEQ_LEN, dtype=torch.bool)
+    with attention_hooked(model):
+        full = _forward(model, kwargs).logits
+        n_layers = model.config.num_hidden_layers
+        for visible, reference in [((~hidden).float(), masked), (torch.ones(SEQ_LEN), full)]:
+            with tapped(AttentionTap(visibility={layer: visible.expand(2, -1) for layer in range(n_layers)})):
+                got = _forward(model, kwargs).logits
+            assert _max_diff(arch, reference, got, everywhere) <= TOL
+        halfway = torch.where(hidden, 0.3, 1.0).expand(2, -1)
+        with tapped(AttentionTap(visibility={layer: halfway for layer in range(n_layers)}, record=True)) as tap:
+            between = _forward(model, kwargs).logits
+    assert _max_diff(arch, full, between, everywhere) > 1e-3
+    if arch != "gpt_oss":  # its sink column keeps a share of every row
+        for probs in tap.recorded:
+            rows = probs.float().sum(-1)
+            torch.testing.assert_close(rows, torch.ones_like(rows), atol=1e-5, rtol=0)
 
 
 # ------------------------------------------------------------------------------------------- restoring

@@ -56,6 +56,33 @@ def _custom_baseline(baseline: torch.Tensor, x: torch.Tensor, space: str) -> tor
     return baseline.to(x)
 
 
+def choose_layers(layers: list[int] | int | Callable[[int], list[int]] | None, n_layers: int) -> list[int]:
+    """The attention layers a space moves: all (None), given indices (negative from the end), or a function of the
+    number of layers; sorted, each once."""
+    if layers is None:
+        return list(range(n_layers))
+    layers = layers(n_layers) if callable(layers) else layers
+    requested = [layers] if isinstance(layers, int) else list(layers)
+    if not requested:
+        raise InvalidInputError("layers is empty; pass None for all layers, or layer indices.")
+    chosen = []
+    for layer in requested:
+        if not isinstance(layer, int) or not -n_layers <= layer < n_layers:
+            raise InvalidInputError(
+                f"layer {layer!r} does not exist: the model has {n_layers} attention layers "
+                f"(indices 0..{n_layers - 1}, or negative from the end)."
+            )
+        chosen.append(layer % n_layers)
+    return sorted(set(chosen))
+
+
+def _no_hook_error(model) -> UnsupportedModelError:
+    return UnsupportedModelError(
+        f"{type(model).__name__} never called the hooked attention function, so the attention and mask spaces are "
+        "not available for it; use space='embeddings'."
+    )
+
+
 @dataclass
 class EmbeddingSpace:
     """Paths over the input embeddings (L, D): the output of `model.get_input_embeddings()`."""
@@ -120,29 +147,9 @@ class AttentionSpace:
         with torch.no_grad(), tapped(tap):
             model(input_ids=seq.input_ids, **({} if seq.is_classifier else {"use_cache": False}))
         if not tap.recorded:
-            raise UnsupportedModelError(
-                f"{type(model).__name__} never called the hooked attention function, so attention space is not "
-                "available for it; use space='embeddings'."
-            )
-        self.chosen = self._choose(len(tap.recorded))
+            raise _no_hook_error(model)
+        self.chosen = choose_layers(self.layers, len(tap.recorded))
         return torch.stack([tap.recorded[i][0] for i in self.chosen]).float()
-
-    def _choose(self, n_layers: int) -> list[int]:
-        if self.layers is None:
-            return list(range(n_layers))
-        layers = self.layers(n_layers) if callable(self.layers) else self.layers
-        requested = [layers] if isinstance(layers, int) else list(layers)
-        if not requested:
-            raise InvalidInputError("layers is empty; pass None for all layers, or layer indices.")
-        chosen = []
-        for layer in requested:
-            if not isinstance(layer, int) or not -n_layers <= layer < n_layers:
-                raise InvalidInputError(
-                    f"layer {layer!r} does not exist: the model has {n_layers} attention layers "
-                    f"(indices 0..{n_layers - 1}, or negative from the end)."
-                )
-            chosen.append(layer % n_layers)
-        return sorted(set(chosen))
 
     def baseline(self, spec, model, tokenizer, seq: Sequence, x: torch.Tensor) -> torch.Tensor:
         """zeros (default, as Hao et al.); uniform over the keys each query may attend to; a tensor.
@@ -192,14 +199,79 @@ class AttentionSpace:
         return reduce(heads, "... layer head key -> ... key", "sum"), heads
 
 
-SPACES = {"embeddings": EmbeddingSpace, "attention": AttentionSpace}
+@dataclass
+class MaskSpace:
+    """Paths over a soft attention mask: how visible each key token is, (layers, L), in chosen layers (all heads
+    and queries alike). 1 is the model as it is; 0 masks the token out of attention, the rest of each row
+    renormalised, which is exactly the model run with that token hidden. Every point in between is a proper
+    attention distribution computed live, so the path stays among states the model can be in, and a token's
+    score is what the model read from it; the scores sum to log p(target) minus that with the moving tokens
+    hidden. The tokens' own embeddings never change.
+    """
+
+    layers: list[int] | int | Callable[[int], list[int]] | None = None
+    name: str = "mask"
+    uses_attention_hook: bool = True
+    chosen: list[int] = field(default_factory=list)
+
+    def point(self, model, seq: Sequence) -> torch.Tensor:
+        tap = AttentionTap()
+        with torch.no_grad(), tapped(tap):
+            model(input_ids=seq.input_ids, **({} if seq.is_classifier else {"use_cache": False}))
+        if not tap.calls:
+            raise _no_hook_error(model)
+        self.chosen = choose_layers(self.layers, tap.calls)
+        return torch.ones(len(self.chosen), seq.length, device=seq.input_ids.device)
+
+    def baseline(self, spec, model, tokenizer, seq: Sequence, x: torch.Tensor) -> torch.Tensor:
+        """masked (default): every moving token hidden, markup (special tokens, chat-template role markers) and
+        tokens outside `attribute_to` kept visible; or a tensor. Refused where some query would see no key."""
+        if isinstance(spec, torch.Tensor):
+            start = _custom_baseline(spec, x, self.name)
+        elif spec in (None, "masked"):
+            start = torch.where(seq.keep.to(x.device), x, torch.zeros_like(x))
+        else:
+            raise InvalidInputError(f"unknown mask baseline {spec!r}; use 'masked' or a tensor shaped {tuple(x.shape)}.")
+        self._check_visible(model, seq, start)
+        return start
+
+    def _check_visible(self, model, seq: Sequence, start: torch.Tensor) -> None:
+        """Every query must still see some key at the baseline: a row with nothing visible has no softmax."""
+        tap = AttentionTap(record=True, visibility=dict(zip(self.chosen, start[:, None].unbind(0))))
+        with torch.no_grad(), tapped(tap):
+            model(input_ids=seq.input_ids, **({} if seq.is_classifier else {"use_cache": False}))
+        rows = torch.stack([tap.recorded[i][0].float().sum(-1) for i in self.chosen])
+        if not torch.isfinite(rows).all() or (rows <= 0).any():
+            raise InvalidInputError(
+                "space='mask' needs every token to see at least one visible token at the baseline, but some query "
+                "sees only tokens that are masked (e.g. the first token of a prompt without a start token). Keep "
+                "the first token visible (a BOS or template token, or attribute_to= spans after it), or use "
+                "space='attention'."
+            )
+
+    @staticmethod
+    def prefix(points: torch.Tensor, length: int) -> torch.Tensor:
+        """Points (B, layers, L) restricted to the first `length` tokens."""
+        return points[..., :length]
+
+    def logits(self, model, seq: Sequence, points: torch.Tensor) -> torch.Tensor:
+        tap = AttentionTap(visibility=dict(zip(self.chosen, points.unbind(1))))
+        with tapped(tap):
+            return model_logits(model, seq, input_ids=seq.input_ids.expand(points.shape[0], -1))
+
+    def reduce(self, contribution: torch.Tensor, target: int = 0) -> tuple[torch.Tensor, None]:
+        """(..., layers, L) -> per token (..., L): a sum over layers, so completeness is preserved."""
+        return contribution.sum(-2), None
 
 
-def make_space(name: str, layers: list[int] | int | None = None) -> EmbeddingSpace | AttentionSpace:
+SPACES = {"embeddings": EmbeddingSpace, "attention": AttentionSpace, "mask": MaskSpace}
+
+
+def make_space(name: str, layers: list[int] | int | None = None) -> EmbeddingSpace | AttentionSpace | MaskSpace:
     if name not in SPACES:
         raise UnknownNameError(f"unknown space {name!r}; choose one of {sorted(SPACES)}.")
     if name == "embeddings":
         if layers is not None:
-            raise InvalidInputError("layers= only applies to space='attention'.")
+            raise InvalidInputError("layers= only applies to space='attention' or 'mask'.")
         return EmbeddingSpace()
-    return AttentionSpace(layers=layers)
+    return SPACES[name](layers=layers)

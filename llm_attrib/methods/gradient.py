@@ -28,7 +28,7 @@ def gradient_at_input(problem: Problem, contribution) -> MethodResult:
 class Saliency:
     """Sum of absolute gradients per token (Simonyan et al. 2014): sensitivity, not contribution."""
 
-    spaces = frozenset({"embeddings", "attention"})
+    spaces = frozenset({"embeddings", "attention", "mask"})
     default_space = "embeddings"
     has_completeness = False
     needs_references = False
@@ -43,7 +43,7 @@ class Saliency:
 class InputXGradient:
     """Gradient times input (Shrikumar et al. 2016): IG's one-step approximation from a zero baseline."""
 
-    spaces = frozenset({"embeddings", "attention"})
+    spaces = frozenset({"embeddings", "attention", "mask"})
     default_space = "embeddings"
     has_completeness = False
     needs_references = False

@@ -80,7 +80,7 @@ def score_guided_ig(
 
 @register_method("ig")
 class IntegratedGradients:
-    spaces = frozenset({"embeddings", "attention"})
+    spaces = frozenset({"embeddings", "attention", "mask"})
     default_space = "embeddings"
     has_completeness = True
     needs_references = False

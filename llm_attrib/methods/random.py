@@ -11,7 +11,7 @@ from .base import MethodResult, Problem, register_method, reject_unknown
 
 @register_method("random")
 class RandomAttribution:
-    spaces = frozenset({"embeddings", "attention"})
+    spaces = frozenset({"embeddings", "attention", "mask"})
     default_space = "embeddings"
     has_completeness = False
     needs_references = False
