@@ -63,7 +63,10 @@ from llm_attrib.zoo.tasks import RAG_FOOD, RAG_NAMES, RAG_PLACE
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "rag"
 REPORT = HERE / "results" / "rag_debugging.md"
-DATA = HERE / "data" / "real_text.jsonl"
+DATASETS = {  # name -> rag examples; "heldout": fictional entities, written for #15, split into dev and test
+    "real_text": HERE / "data" / "real_text.jsonl",
+    "heldout": HERE / "data" / "rag_heldout.jsonl",
+}
 CONTEXTCITE_PYTHON = Path("/work/.venvs/contextcite/bin/python")
 CONTEXTCITE_SCRIPT = HERE / "peers" / "contextcite_rag.py"
 ZOO_TEMPLATE = "{context} question : {query}"  # rag TEMPLATES["zoo"] in ContextCite's terms
@@ -73,6 +76,7 @@ SMOL_TEMPLATE = "Answer the question using the documents.\n\n{context}\n\nQuesti
 METHODS = {
     "ig_embeddings": {"method": "ig", "space": "embeddings"},
     "ig_attention": {"method": "ig", "space": "attention"},
+    "ig_mask": {"method": "ig", "space": "mask"},
     "attention": {"method": "attention"},
     "random": {"method": "random"},
 }
@@ -327,14 +331,14 @@ def calibrate(supported: np.ndarray, unsupported: np.ndarray) -> tuple[float, fl
 # ---------------------------------------------------------------------------------------------------- 3. SmolLM2
 
 
-def smollm2_examples(tokenizer) -> list[dict]:
+def smollm2_examples(tokenizer, data: str = "real_text", split: str | None = None) -> list[dict]:
     sys.path.insert(0, str(HERE))
     from real_text import prepare  # noqa: E402  (the same prompt and expected answer as eval/real_text.py)
 
-    rows = [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in DATASETS[data].read_text().splitlines() if line.strip()]
     out = []
     for example in rows:
-        if example["kind"] != "rag":
+        if example["kind"] != "rag" or (split is not None and example["split"] != split):
             continue
         item = prepare(example, tokenizer)
         built = build_prompt(tokenizer, example["question"], as_documents(example["documents"]), TEMPLATES["default"])
@@ -349,16 +353,17 @@ def cmd_smollm2(args) -> None:
 
     model, tokenizer = llm_attrib.zoo.load("smollm2")
     attributor = Attributor(model, tokenizer, show_progress=False)
-    examples = smollm2_examples(tokenizer)
+    examples = smollm2_examples(tokenizer, args.data, args.split)
     own = args.answer == "own"
-    known_path, path = RESULTS / "smollm2_knows.jsonl", RESULTS / f"{smollm2_part(args.answer)}.jsonl"
+    part = smollm2_part(args.answer, args.data, args.split)
+    known_path, path = RESULTS / f"{data_prefix(args.data)}_knows.jsonl", RESULTS / f"{part}.jsonl"
     decided = {row["id"]: row["known"] for row in read_rows(known_path)}
     for ex in examples:  # every example's "knows" first, before any attribution
         if ex["id"] not in decided:
             decided[ex["id"]] = knows(attributor, ex["item"])
             append(known_path, {"id": ex["id"], "known": decided[ex["id"]]})
     print(f"SmolLM2 answers {sum(decided.values())} of {len(decided)} rag examples correctly", flush=True)
-    closed_path = RESULTS / "smollm2_closed_book.jsonl"
+    closed_path = RESULTS / f"{data_prefix(args.data)}_closed_book.jsonl"
     knows_closed = {row["id"]: row["knows_closed_book"] for row in read_rows(closed_path)}
     for ex in examples:  # and whether it answers without any document (also before any attribution)
         if decided[ex["id"]] and ex["id"] not in knows_closed:
@@ -397,7 +402,7 @@ def cmd_smollm2(args) -> None:
         print(f"{ex['id']} rel={row['relevant']} loo={int(np.argmax(row['leave_one_out']))} "
               + " ".join(f"{k}: top={int(np.argmax(v['scores']))} {v['seconds']:.0f}s conv={v['converged']} "
                          f"err={v['completeness_error']}" for k, v in m.items() if "scores" in v), flush=True)
-    save_settings(smollm2_part(args.answer), args, granularity="answer", ig_params={"max_steps": args.max_steps})
+    save_settings(part, args, granularity="answer", ig_params={"max_steps": args.max_steps})
 
 
 def closed_book(attributor: Attributor, example: dict) -> dict:
@@ -418,9 +423,16 @@ def shard_spec(text: str) -> tuple[int, int]:
     return int(k), int(n)
 
 
-def smollm2_part(answer: str) -> str:
-    """The rows' file name: "smollm2" explains the expected short answer, "smollm2_own" the model's own reply."""
-    return "smollm2" if answer == "expected" else "smollm2_own"
+def data_prefix(data: str) -> str:
+    """Rows about a dataset's examples as a whole (which the model knows, its closed-book replies)."""
+    return "smollm2" if data == "real_text" else f"smollm2_{data}"
+
+
+def smollm2_part(answer: str, data: str = "real_text", split: str | None = None) -> str:
+    """The rows' file name: "smollm2" explains the expected short answer, "smollm2_own" the model's own reply;
+    other datasets add their name and split ("smollm2_own_heldout_test")."""
+    name = "smollm2" if answer == "expected" else "smollm2_own"
+    return name if data == "real_text" else f"{name}_{data}" + (f"_{split}" if split else "")
 
 
 def cmd_speed(args) -> None:
@@ -870,13 +882,17 @@ def main() -> None:
     p.add_argument("--answer", choices=["expected", "own"], default="own",
                    help="explain the model's own greedy reply (as rag.explain does with answer=None) or the "
                         "expected short answer")
+    p.add_argument("--data", choices=list(DATASETS), default="real_text",
+                   help="the rag examples: eval/data/real_text.jsonl, or the held-out fictional set")
+    p.add_argument("--split", choices=["dev", "test"], default=None, help="the held-out set's split")
     p.set_defaults(func=cmd_smollm2)
     p = sub.add_parser("speed")
-    p.add_argument("--space", choices=["embeddings", "attention"], default=None,
-                   help="IG's space (default: rag.explain's, attention)")
+    p.add_argument("--space", choices=["embeddings", "attention", "mask"], default=None,
+                   help="IG's space (default: rag.explain's)")
     p.set_defaults(func=cmd_speed)
     p = sub.add_parser("contextcite")
-    p.add_argument("which", choices=["zoo", "smollm2", "smollm2_own"])
+    p.add_argument("which", choices=["zoo", "smollm2", "smollm2_own", "smollm2_own_heldout_dev",
+                                     "smollm2_own_heldout_test"])
     p.add_argument("--num-ablations", type=int, default=64)
     p.set_defaults(func=cmd_contextcite)
     p = sub.add_parser("report")
@@ -889,7 +905,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.fresh:
         names = {"zoo": ["zoo.jsonl"], "verdicts": ["verdicts.jsonl"],
-                 "smollm2": [f"{smollm2_part(getattr(args, 'answer', 'expected'))}.jsonl"],
+                 "smollm2": [f"{smollm2_part(args.answer, args.data, args.split)}.jsonl"] if args.part == "smollm2" else [],
                  "speed": ["speed.jsonl"]}.get(args.part, [])
         for name in names:
             (RESULTS / name).unlink(missing_ok=True)
