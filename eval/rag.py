@@ -371,14 +371,14 @@ def cmd_smollm2(args) -> None:
             append(closed_path, row)
             knows_closed[ex["id"]] = row["knows_closed_book"]
     # The examples the model needs documents for go first: only they have a relevant document to be found.
-    examples.sort(key=lambda ex: knows_closed.get(ex["id"], True))
+    examples.sort(key=lambda ex: (not decided[ex["id"]], knows_closed.get(ex["id"], True)))
     shard, n_shards = args.shard
-    examples = [ex for ex in examples if decided[ex["id"]]][shard::n_shards]
+    examples = [ex for ex in examples if decided[ex["id"]] or args.all_answers][shard::n_shards]
     done = done_ids(path)
     started = time.perf_counter()
     template = TEMPLATES["default"]
     for ex in examples:
-        if not decided[ex["id"]] or ex["id"] in done:
+        if ex["id"] in done:
             continue
         if time.perf_counter() - started > args.minutes * 60:
             print(f"budget of {args.minutes} minutes spent; stopping before {ex['id']}", flush=True)
@@ -386,7 +386,7 @@ def cmd_smollm2(args) -> None:
         built = build_prompt(tokenizer, ex["question"], as_documents(ex["documents"]), template)
         answer = greedy_answer(attributor, built, OWN_ANSWER_TOKENS) if own else ex["item"]["answer"]
         row = {"id": ex["id"], "question": ex["question"], "documents": ex["documents"], "answer": answer,
-               "relevant": ex["relevant_document"], "n_documents": len(ex["documents"])}
+               "relevant": ex["relevant_document"], "n_documents": len(ex["documents"]), "correct": decided[ex["id"]]}
         try:
             attributor.sequence(built.prompt, answer=answer)
         except InvalidInputError as error:
@@ -885,6 +885,10 @@ def main() -> None:
     p.add_argument("--data", choices=list(DATASETS), default="real_text",
                    help="the rag examples: eval/data/real_text.jsonl, or the held-out fictional set")
     p.add_argument("--split", choices=["dev", "test"], default=None, help="the held-out set's split")
+    p.add_argument("--all-answers", action="store_true",
+                   help="also explain the examples the model answers wrongly (after the right ones; rows say "
+                        "\"correct\"): their answers came from some document too, so leave-one-out agreement is "
+                        "measured on them, top-1 against the relevant document is not")
     p.set_defaults(func=cmd_smollm2)
     p = sub.add_parser("speed")
     p.add_argument("--space", choices=["embeddings", "attention", "mask"], default=None,
