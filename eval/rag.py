@@ -557,7 +557,7 @@ def metric_rows(rows: list[dict], contextcite: dict[str, dict]) -> list[dict]:
     return out
 
 
-ORDER = ["ig_embeddings", "ig_attention", "attention", "random", "leave_one_out", "contextcite"]
+ORDER = ["ig_embeddings", "ig_attention", "ig_mask", "attention", "random", "leave_one_out", "contextcite"]
 
 
 def pivot(frame, value: str, fmt: str, cells: list[str]) -> str:
@@ -605,6 +605,11 @@ def cmd_report(args) -> None:
         if smol:
             parts.append(smollm2_section(settings.get(part, {}), smol, read_rows(RESULTS / "smollm2_knows.jsonl"),
                                          *load_contextcite(part), answer=answer))
+    for split in ("dev", "test"):
+        part = smollm2_part("own", "heldout", split)
+        held = read_rows(RESULTS / f"{part}.jsonl")
+        if held:
+            parts.append(heldout_section(split, settings.get(part, {}), held, *load_contextcite(part)))
     speed = read_rows(RESULTS / "speed.jsonl")
     if speed:
         parts.append(speed_section(settings.get("speed", {}), speed))
@@ -836,6 +841,39 @@ defaults, i.e. score-guided quadrature to a 1% tolerance). Refused by the answer
 All explained examples:
 
 {chr(10).join(lines)}{split}"""
+
+
+def heldout_section(split: str, settings: dict, rows: list[dict], cc: dict, cc_data) -> str:
+    import pandas as pd
+
+    knows_rows = {r["id"]: r["known"] for r in read_rows(RESULTS / f"{data_prefix('heldout')}_knows.jsonl")}
+    in_split = [i for i in knows_rows if i in {ex["id"] for ex in map(json.loads, DATASETS["heldout"].read_text().splitlines())
+                                               if ex["split"] == split}]
+    ran = [r for r in rows if r.get("methods")]
+    frame = pd.DataFrame(metric_rows(ran, cc))
+    correct = frame[frame["id"].isin({r["id"] for r in ran if r["correct"]})]
+    wrong = [r for r in ran if not r["correct"]]
+    loo_right = sum(int(np.argmax(r["leave_one_out"])) == r["relevant"] for r in ran if r["correct"])
+    peer = (f" ContextCite (`python eval/rag.py contextcite {smollm2_part('own', 'heldout', split)}`): "
+            f"{cc_data['settings'] if cc_data and 'settings' in cc_data else 'the settings of section 3'}." if cc else
+            " ContextCite was not run on this split.")
+    return f"""## 3{'b' if split == 'dev' else 'c'}. SmolLM2 on the held-out fictional rag set: {split} split
+
+Command: `{settings.get('command', 'python eval/rag.py smollm2 --data heldout')}`. `eval/data/rag_heldout.jsonl`:
+invented entities, so the model can only answer from the documents (the rule this split served, and when it was
+fixed: `eval/results/rag/notes.md`). SmolLM2 answers {sum(knows_rows[i] for i in in_split)} of {len(in_split)}
+{split} questions correctly; it mostly names the entity of another document. Every answer explained is the model's
+own greedy reply, granularity="answer", IG with max_steps={settings.get('max_steps', '?')}.{peer}
+
+Correct answers ({len(correct['id'].unique())}; leave-one-out's own top document is the relevant one in {loo_right}):
+
+{smollm2_table(correct) if len(correct) else "(none)"}
+
+Every answer, right or wrong ({len(ran)}; {len(wrong)} wrong): the wrong ones came from some document too, so
+agreement with leave-one-out means the same there; top-1 still counts the relevant document, which a wrong answer
+mostly did not use:
+
+{smollm2_table(frame)}"""
 
 
 def speed_section(settings: dict, rows: list[dict]) -> str:

@@ -58,7 +58,7 @@ def test_sentences_split_offline():
         "Next"]
 
 
-@pytest.mark.parametrize("space", ["embeddings", "attention"])
+@pytest.mark.parametrize("space", ["embeddings", "attention", "mask"])
 def test_the_source_document_comes_first_on_the_rag_model(zoo, space):
     """Ground truth: the answer is copied from one document; the ranking, the citation and leave-one-out find it,
     and removing it is what the verdict measures."""
@@ -125,10 +125,10 @@ def test_documents_are_ranked_in_the_attention_space_by_default(chat_lm):
     assert default_space("ig2") is None  # IG2 works over embeddings only
 
 
-@pytest.mark.parametrize("space", ["embeddings", "attention"])
+@pytest.mark.parametrize("space", ["embeddings", "attention", "mask"])
 def test_only_the_documents_move_by_default(chat_lm, space):
-    """scope="documents": the question and instructions stay real along the path, so over embeddings they get
-    exactly zero and the documents' scores add up to f(input) - f(documents blanked)."""
+    """scope="documents": the question and instructions stay real along the path, so in every space they get
+    exactly zero and the documents' scores add up to f(input) - f(documents at their baseline)."""
     model, tokenizer = chat_lm
     scoped = rag.explain(model, tokenizer, "w30 w31", DOCS, answer=" w50 w51", template=TINY, space=space,
                          granularity="answer", verify=False, show_progress=False, **FIXED)
@@ -136,9 +136,8 @@ def test_only_the_documents_move_by_default(chat_lm, space):
                         granularity="answer", scope="prompt", verify=False, show_progress=False, **FIXED)
     scores = scoped.explanation.prompt_scores[0]
     inside = scoped.explanation.aggregate(scoped.document_spans).scores.sum()
-    if space == "embeddings":
-        assert abs(scoped.other_score) < 1e-6 and whole.other_score != 0
-    assert float(inside) == pytest.approx(float(scores.sum()), abs=1e-5) if space == "embeddings" else True
+    assert abs(scoped.other_score) < 1e-6 and whole.other_score != 0
+    assert float(inside) == pytest.approx(float(scores.sum()), abs=1e-5)
     assert not torch.allclose(scoped.answer_document_scores, whole.answer_document_scores)
     with pytest.raises(UnknownNameError, match="scope"):
         rag.explain(model, tokenizer, "w30", ["w1"], answer=" w50", template=TINY, scope="everything")
