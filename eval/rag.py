@@ -244,6 +244,8 @@ def cmd_zoo(args) -> None:
     model, tokenizer = llm_attrib.zoo.load("rag")
     attributor = Attributor(model, tokenizer, show_progress=False)
     path = RESULTS / "zoo.jsonl"
+    if args.add:
+        return add_methods(model, tokenizer, path, args.add)
     done = done_ids(path)
     template = TEMPLATES["zoo"]
     for ex in zoo_cells(args.n):
@@ -269,6 +271,22 @@ def cmd_zoo(args) -> None:
         else:
             print(f"{ex['id']:16s} wrong answer {generated!r}", flush=True)
     save_settings("zoo", args, methods=METHODS, granularity="answer", method_defaults="package defaults")
+
+
+def add_methods(model, tokenizer, path: Path, methods: list[str]) -> None:
+    """Run `methods` on the explained rows that lack them (the rows' examples, answers and ablations unchanged),
+    rewriting the rows file as it goes."""
+    rows = read_rows(path)
+    for i, row in enumerate(rows):
+        missing = [m for m in methods if row.get("methods") and m not in row["methods"]]
+        if missing:
+            row["methods"].update(run_methods(model, tokenizer, row["question"], row["documents"], "zoo",
+                                              row["generated"], row["id"], missing))
+            print(f"{row['id']:16s} " + " ".join(f"{m}={int(np.argmax(row['methods'][m]['scores']))}" for m in missing)
+                  + f" rel={row['relevant']}", flush=True)
+        if missing and (i % 50 == 0 or i == len(rows) - 1):
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 # ---------------------------------------------------------------------------------------------------- 2. verdicts
@@ -904,6 +922,8 @@ def main() -> None:
     sub = parser.add_subparsers(dest="part", required=True)
     p = sub.add_parser("zoo")
     p.add_argument("--n", type=int, default=50, help="examples per cell")
+    p.add_argument("--add", nargs="+", choices=list(METHODS), default=None,
+                   help="run these methods on the existing rows that lack them, nothing else")
     p.set_defaults(func=cmd_zoo)
     p = sub.add_parser("verdicts")
     p.add_argument("--n", type=int, default=100, help="examples per split")

@@ -92,13 +92,14 @@ def _add_explain_arguments(parser: argparse.ArgumentParser) -> None:
                         help="send the prompt as one user message through the tokenizer's chat template (instruct models)")
     parser.add_argument("--method", default="ig", metavar="NAME", help="attribution method (default: ig)")
     parser.add_argument("--space", default=None, metavar="NAME",
-                        help="embeddings or attention (default: the method's own: attention for rpi, embeddings for ig)")
+                        help="embeddings, attention or mask (default: the method's own: attention for rpi, embeddings for ig)")
     parser.add_argument("--n-steps", type=_positive, default=None, metavar="N",
                         help="path steps of path methods such as ig (default: the method's own; ig: 5, one Boole "
                              "panel per target, refined where the error is)")
     parser.add_argument("--max-new-tokens", type=_positive, default=16, metavar="N",
                         help="tokens to generate when --answer is not given (default: 16)")
-    parser.add_argument("--layers", type=int, nargs="+", metavar="L", help="attention layers of the attention space (default: all)")
+    parser.add_argument("--layers", type=int, nargs="+", metavar="L",
+                        help="attention layers of the attention or mask space (default: all)")
     parser.add_argument("--whole-answer", action="store_true",
                         help="explain the whole answer, log p(answer | prompt), as one target (one gradient per path point)")
     parser.add_argument("--target", type=int, default=None, metavar="T", help="show only this target index in the terminal")
