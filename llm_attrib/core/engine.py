@@ -69,6 +69,12 @@ def check_finite(values: torch.Tensor, what: str) -> None:
         )
 
 
+def unknown_ends(n_paths: int, n_targets: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`known_ends` for an integral whose endpoint scores nobody reads: no forward is spent on them, and the
+    completeness error comes out NaN."""
+    return torch.full((n_targets,), float("nan")), torch.full((n_paths, n_targets), float("nan"))
+
+
 def evaluate(scores: Scores, points: torch.Tensor, internal_batch_size: int) -> torch.Tensor:
     """Target scores (N, T) at points (N, *S) without gradients, in chunks."""
     with torch.no_grad():

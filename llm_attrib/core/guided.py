@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import InvalidInputError
-from .engine import FirstScores, Integral, Reduce, Scores, evaluate, integrate
+from .engine import FirstScores, Integral, Reduce, Scores, evaluate, integrate, unknown_ends
 from .paths import RoutedNodes, Routes
 from .quadrature import variation_edges
 
@@ -254,7 +254,7 @@ def _evaluate_nodes(run: Run, routes: Routes, keys: list[Key], n_targets: int) -
     )
     return integrate(run.scores, paths, routes.vertices[0, -1], run.reduce, run.internal_batch_size,
                      show_progress=run.show_progress, first_scores=run.first_scores,
-                     known_ends=(torch.full((n_targets,), float("nan")), torch.full((len(routes), n_targets), float("nan"))))
+                     known_ends=unknown_ends(len(routes), n_targets))
 
 
 def _panels_to_split(panels: list[Panel], scale: torch.Tensor, tolerance: float, used: torch.Tensor,

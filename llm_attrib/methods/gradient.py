@@ -6,22 +6,23 @@ from typing import Any
 
 import torch
 
-from ..core.engine import integrate
+from ..core.engine import integrate, unknown_ends
 from ..core.paths import StraightPaths
 from .base import MethodResult, Problem, register_method, reject_unknown
 
 
 def gradient_at_input(problem: Problem, contribution) -> MethodResult:
-    """A one-point 'path' at x itself (delta = x), reusing the engine's forward/backward machinery."""
+    """A one-point 'path' at x itself (delta = x), reusing the engine's forward/backward machinery. Its "start"
+    (zero) is never run: it is no baseline (in the mask space it would hide every token), and these methods have
+    no completeness to check against it."""
     x = problem.space.point(problem.model, problem.seq)
     at_x = StraightPaths(x=x, baselines=torch.zeros_like(x)[None], nodes=torch.ones(1), weights=torch.ones(1))
     integral = integrate(
         problem.scores, at_x, x, problem.space.reduce, problem.internal_batch_size,
         contribution=contribution, show_progress=problem.show_progress,
+        known_ends=unknown_ends(1, problem.seq.n_outputs),
     )
-    result = MethodResult.from_integral(integral)
-    result.completeness_error = torch.full_like(result.completeness_error, float("nan"))
-    return result
+    return MethodResult.from_integral(integral)
 
 
 @register_method("saliency")
