@@ -42,10 +42,13 @@ class AttentionTap:
         replace: layer index -> probabilities (B, H, Lq, Lk) used in place of the computed softmax.
         visibility: layer index -> (B, Lk) weights in [0, 1] on the keys (see `soft_masked`).
         record: keep every layer's probabilities in `recorded` (in call order).
+        least_visible: with `visibility`, the smallest visible share of any attention row over the forward
+            (0 where a query sees nothing), tracked when set to a tensor before the forward.
     """
 
     replace: dict[int, torch.Tensor] = field(default_factory=dict)
     visibility: dict[int, torch.Tensor] = field(default_factory=dict)
+    least_visible: torch.Tensor | None = None
     record: bool = False
     recorded: list[torch.Tensor] = field(default_factory=list)
     calls: int = 0
@@ -92,16 +95,18 @@ def attention_probabilities(
     return probs.to(query.dtype)
 
 
-def soft_masked(module: nn.Module, probs: torch.Tensor, visibility: torch.Tensor) -> torch.Tensor:
+def soft_masked(module: nn.Module, probs: torch.Tensor, visibility: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention with each key's weight scaled by its visibility (B, Lk) and each row renormalised: a soft
     attention mask. Visibility 0 is exactly the model run with those keys masked out, 1 the model as it is, so
-    every point in between is a proper attention distribution. A sink column (GPT-OSS) keeps its share."""
+    every point in between is a proper attention distribution. A sink column (GPT-OSS) keeps its share.
+
+    Returns the probabilities and each row's visible share before renormalising (0 where a query sees nothing)."""
     p = probs.float()
     seen = visibility[:, None, None, : p.shape[-1]].float()
     kept = (p * seen).sum(-1, keepdim=True)
     if getattr(module, "sinks", None) is not None:
         kept = kept + (1 - p.sum(-1, keepdim=True)).clamp_min(0)
-    return (p * seen / kept).to(probs.dtype)
+    return (p * seen / kept).to(probs.dtype), kept
 
 
 def hooked_attention(
@@ -123,7 +128,9 @@ def hooked_attention(
     else:
         probs = attention_probabilities(module, query, key, attention_mask, scaling, softcap)
     if tap is not None and layer in tap.visibility:
-        probs = soft_masked(module, probs, tap.visibility[layer])
+        probs, kept = soft_masked(module, probs, tap.visibility[layer])
+        if tap.least_visible is not None:
+            tap.least_visible = torch.minimum(tap.least_visible, kept.amin())
     if tap is not None:
         tap.calls += 1
         if tap.record:

@@ -56,6 +56,12 @@ def _custom_baseline(baseline: torch.Tensor, x: torch.Tensor, space: str) -> tor
     return baseline.to(x)
 
 
+def run_tapped(model, seq: Sequence, tap: AttentionTap) -> None:
+    """One forward of the sequence as it is, without gradients, steered by `tap` (to record or count layers)."""
+    with torch.no_grad(), tapped(tap):
+        model(input_ids=seq.input_ids, **({} if seq.is_classifier else {"use_cache": False}))
+
+
 def choose_layers(layers: list[int] | int | Callable[[int], list[int]] | None, n_layers: int) -> list[int]:
     """The attention layers a space moves: all (None), given indices (negative from the end), or a function of the
     number of layers; sorted, each once."""
@@ -144,8 +150,7 @@ class AttentionSpace:
 
     def point(self, model, seq: Sequence) -> torch.Tensor:
         tap = AttentionTap(record=True)
-        with torch.no_grad(), tapped(tap):
-            model(input_ids=seq.input_ids, **({} if seq.is_classifier else {"use_cache": False}))
+        run_tapped(model, seq, tap)
         if not tap.recorded:
             raise _no_hook_error(model)
         self.chosen = choose_layers(self.layers, len(tap.recorded))
@@ -216,8 +221,7 @@ class MaskSpace:
 
     def point(self, model, seq: Sequence) -> torch.Tensor:
         tap = AttentionTap()
-        with torch.no_grad(), tapped(tap):
-            model(input_ids=seq.input_ids, **({} if seq.is_classifier else {"use_cache": False}))
+        run_tapped(model, seq, tap)
         if not tap.calls:
             raise _no_hook_error(model)
         self.chosen = choose_layers(self.layers, tap.calls)
@@ -237,11 +241,10 @@ class MaskSpace:
 
     def _check_visible(self, model, seq: Sequence, start: torch.Tensor) -> None:
         """Every query must still see some key at the baseline: a row with nothing visible has no softmax."""
-        tap = AttentionTap(record=True, visibility=dict(zip(self.chosen, start[:, None].unbind(0))))
-        with torch.no_grad(), tapped(tap):
-            model(input_ids=seq.input_ids, **({} if seq.is_classifier else {"use_cache": False}))
-        rows = torch.stack([tap.recorded[i][0].float().sum(-1) for i in self.chosen])
-        if not torch.isfinite(rows).all() or (rows <= 0).any():
+        tap = AttentionTap(visibility=dict(zip(self.chosen, start[:, None].unbind(0))),
+                           least_visible=torch.tensor(1.0, device=start.device))
+        run_tapped(model, seq, tap)
+        if not tap.least_visible > 0:
             raise InvalidInputError(
                 "space='mask' needs every token to see at least one visible token at the baseline, but some query "
                 "sees only tokens that are masked (e.g. the first token of a prompt without a start token). Keep "
