@@ -245,7 +245,7 @@ def cmd_zoo(args) -> None:
     attributor = Attributor(model, tokenizer, show_progress=False)
     path = RESULTS / "zoo.jsonl"
     if args.add:
-        return add_methods(model, tokenizer, path, args.add)
+        return add_methods(model, tokenizer, path, args.add, "zoo")
     done = done_ids(path)
     template = TEMPLATES["zoo"]
     for ex in zoo_cells(args.n):
@@ -273,15 +273,16 @@ def cmd_zoo(args) -> None:
     save_settings("zoo", args, methods=METHODS, granularity="answer", method_defaults="package defaults")
 
 
-def add_methods(model, tokenizer, path: Path, methods: list[str]) -> None:
+def add_methods(model, tokenizer, path: Path, methods: list[str], template: str | None, **params) -> None:
     """Run `methods` on the explained rows that lack them (the rows' examples, answers and ablations unchanged),
     rewriting the rows file as it goes."""
     rows = read_rows(path)
     for i, row in enumerate(rows):
         missing = [m for m in methods if row.get("methods") and m not in row["methods"]]
         if missing:
-            row["methods"].update(run_methods(model, tokenizer, row["question"], row["documents"], "zoo",
-                                              row["generated"], row["id"], missing))
+            answer = row["generated"] if template == "zoo" else row["answer"]
+            row["methods"].update(run_methods(model, tokenizer, row["question"], row["documents"], template,
+                                              answer, row["id"], missing, **params))
             print(f"{row['id']:16s} " + " ".join(f"{m}={int(np.argmax(row['methods'][m]['scores']))}" for m in missing)
                   + f" rel={row['relevant']}", flush=True)
         if missing and (i % 50 == 0 or i == len(rows) - 1):
@@ -374,6 +375,8 @@ def cmd_smollm2(args) -> None:
     examples = smollm2_examples(tokenizer, args.data, args.split)
     own = args.answer == "own"
     part = smollm2_part(args.answer, args.data, args.split)
+    if args.add:
+        return add_methods(model, tokenizer, RESULTS / f"{part}.jsonl", args.add, None, max_steps=args.max_steps)
     known_path, path = RESULTS / f"{data_prefix(args.data)}_knows.jsonl", RESULTS / f"{part}.jsonl"
     decided = {row["id"]: row["known"] for row in read_rows(known_path)}
     for ex in examples:  # every example's "knows" first, before any attribution
@@ -943,6 +946,8 @@ def main() -> None:
     p.add_argument("--data", choices=list(DATASETS), default="real_text",
                    help="the rag examples: eval/data/real_text.jsonl, or the held-out fictional set")
     p.add_argument("--split", choices=["dev", "test"], default=None, help="the held-out set's split")
+    p.add_argument("--add", nargs="+", choices=list(METHODS), default=None,
+                   help="run these methods on the existing rows that lack them, nothing else")
     p.add_argument("--all-answers", action="store_true",
                    help="also explain the examples the model answers wrongly (after the right ones; rows say "
                         "\"correct\"): their answers came from some document too, so leave-one-out agreement is "
