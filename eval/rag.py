@@ -872,9 +872,9 @@ def heldout_section(split: str, settings: dict, rows: list[dict], cc: dict, cc_d
                                                if ex["split"] == split}]
     ran = [r for r in rows if r.get("methods")]
     frame = pd.DataFrame(metric_rows(ran, cc))
-    correct = frame[frame["id"].isin({r["id"] for r in ran if r["correct"]})]
-    wrong = [r for r in ran if not r["correct"]]
-    loo_right = sum(int(np.argmax(r["leave_one_out"])) == r["relevant"] for r in ran if r["correct"])
+    correct = frame[frame["id"].isin({r["id"] for r in ran if knows_rows[r["id"]]})]
+    wrong = [r for r in ran if not knows_rows[r["id"]]]
+    loo_right = sum(int(np.argmax(r["leave_one_out"])) == r["relevant"] for r in ran if knows_rows[r["id"]])
     peer = (f" ContextCite (`python eval/rag.py contextcite {smollm2_part('own', 'heldout', split)}`): "
             f"{cc_data['settings'] if cc_data and 'settings' in cc_data else 'the settings of section 3'}." if cc else
             " ContextCite was not run on this split.")
