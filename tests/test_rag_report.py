@@ -183,7 +183,7 @@ def test_header_states_how_it_was_explained_and_convergence(chat):
     result = chat["sentence"]
     text = result.to_html(title="My report")
     assert "<title>My report</title>" in text
-    for part in ("method <b>ig</b>", "space <b>attention</b>", "granularity <b>sentence</b>", "forwards", "backwards"):
+    for part in ("method <b>ig</b>", "space <b>mask</b>", "granularity <b>sentence</b>", "forwards", "backwards"):
         assert part in text
     converged = copy.copy(result)
     converged.explanation = copy.copy(result.explanation)

@@ -16,7 +16,7 @@ import torch
 
 from .explanation import Verdict
 
-THRESHOLDS = (7.21, 10.20)
+THRESHOLDS = (6.97, 10.20)  # calibrated for the mask-space default (eval/results/rag_debugging.md, section 2)
 
 
 def judge(drop_cited: float, drop_other: float, thresholds: tuple[float, float] = THRESHOLDS,
