@@ -102,7 +102,7 @@ def soft_masked(module: nn.Module, probs: torch.Tensor, visibility: torch.Tensor
 
     Returns the probabilities and each row's visible share before renormalising (0 where a query sees nothing)."""
     p = probs.float()
-    seen = visibility[:, None, None, : p.shape[-1]].float()
+    seen = visibility[:, None, None, : p.shape[-1]].to(p.device, torch.float32)  # layers may sit on other devices
     kept = (p * seen).sum(-1, keepdim=True)
     if getattr(module, "sinks", None) is not None:
         kept = kept + (1 - p.sum(-1, keepdim=True)).clamp_min(0)
@@ -124,13 +124,13 @@ def hooked_attention(
     tap = _TAP.get()
     layer = tap.calls if tap is not None else -1
     if tap is not None and layer in tap.replace:
-        probs = tap.replace[layer].to(value.dtype)
+        probs = tap.replace[layer].to(value.device, value.dtype)  # layers may sit on other devices
     else:
         probs = attention_probabilities(module, query, key, attention_mask, scaling, softcap)
     if tap is not None and layer in tap.visibility:
         probs, kept = soft_masked(module, probs, tap.visibility[layer])
         if tap.least_visible is not None:
-            tap.least_visible = torch.minimum(tap.least_visible, kept.amin())
+            tap.least_visible = torch.minimum(tap.least_visible, kept.amin().to(tap.least_visible.device))
     if tap is not None:
         tap.calls += 1
         if tap.record:
