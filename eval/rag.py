@@ -277,17 +277,17 @@ def add_methods(model, tokenizer, path: Path, methods: list[str], template: str 
     """Run `methods` on the explained rows that lack them (the rows' examples, answers and ablations unchanged),
     rewriting the rows file as it goes."""
     rows = read_rows(path)
-    for i, row in enumerate(rows):
+    for row in rows:
         missing = [m for m in methods if row.get("methods") and m not in row["methods"]]
         if missing:
             answer = row["generated"] if template == "zoo" else row["answer"]
             row["methods"].update(run_methods(model, tokenizer, row["question"], row["documents"], template,
                                               answer, row["id"], missing, **params))
-            print(f"{row['id']:16s} " + " ".join(f"{m}={int(np.argmax(row['methods'][m]['scores']))}" for m in missing)
+            done = {m: row["methods"][m] for m in missing}
+            print(f"{row['id']:16s} " + " ".join(f"{m}={int(np.argmax(v['scores']))}" if "scores" in v else
+                                                 f"{m} refused: {v['error']}" for m, v in done.items())
                   + f" rel={row['relevant']}", flush=True)
-        if missing and (i % 50 == 0 or i == len(rows) - 1):
             path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 # ---------------------------------------------------------------------------------------------------- 2. verdicts
