@@ -30,7 +30,7 @@ ContextCite's included). Metrics, computed by `report`: top-1 document accuracy 
 Spearman correlation of the scores with the leave-one-out drops, the top-2 removal drop, seconds per example.
 
 Verdicts: on a calibration seed and a separate test seed of zoo examples, `verdicts[0].margin` of
-`rag.explain(...)` (package defaults: IG over attention, sentence granularity, verify=True) for the model's
+`rag.explain(...)` (package defaults: IG over the mask, sentence granularity, verify=True) for the model's
 correct answer with all documents (supported) and the same answer with its relevant document removed
 (unsupported); and the model's own answer after that removal. Thresholds come from the calibration rows only
 (`calibrate`), precision/recall of "unsupported" from the test rows only.
@@ -910,8 +910,8 @@ def speed_section(settings: dict, rows: list[dict]) -> str:
 
 Command: `{settings.get('command', 'python eval/rag.py speed --threads 2')}`: `rag.explain(model, tokenizer, question,
 documents, granularity="answer")` with every other setting at its default (IG, score-guided to 1%, max_steps 512,
-verify=True; the space: embeddings before rag.explain's default became attention (2026-11-26), `--space` where
-given; each row says its space), on {rows[0]['id']} (the first real-text rag example with 3 documents, a 110-130 token
+verify=True; the space: embeddings before rag.explain's default became attention, then the mask (both on
+2026-11-26), `--space` where given; each row says its space), on {rows[0]['id']} (the first real-text rag example with 3 documents, a 110-130 token
 prompt, that the model answers correctly), timed end to end (generation, attribution, leave-one-out check), on
 {rows[0]['threads']} threads. Target: < 30 s. One row per run and answer, with the code it ran (the commit, where
 recorded); repeated runs of the same code and space took the same steps, forwards and backwards each time, so the
