@@ -271,8 +271,8 @@ class Attributor:
             prompt: text, or chat messages (the tokenizer's chat template is applied).
             answer: the continuation to explain (text or token ids); None generates greedily.
             method: "ig", "saliency", "input_x_gradient", "attention" (see `llm_attrib.METHODS`).
-            space: "embeddings" or "attention"; default: the method's own (attention for rpi and attention,
-                embeddings otherwise).
+            space: "embeddings", "attention" or "mask" (how visible each token is to attention); default: the
+                method's own (attention for rpi and attention, embeddings otherwise).
             target: "log_prob" (LM default), "prob", "logit" (classifier default), "contrastive", "answer"
                 (one output: log p(answer | prompt), the whole answer at the cost of one target), or a callable
                 (logits (B, T, V), target_ids (T,)) -> (B, T).
@@ -283,7 +283,7 @@ class Attributor:
                 other token stays at its real value along the path, like markup, so the scores answer "what did
                 these spans contribute, given the rest" and sum to f(input) - f(input with the spans blanked).
             target_class: the class to explain for classifiers (default: the predicted one).
-            layers: attention layers of the attention space (default all; an int or a list).
+            layers: attention layers of the attention or mask space (default all; an int or a list).
             max_new_tokens: generation length when `answer` is None.
             generation_kwargs: passed to `model.generate`.
             internal_batch_size: path points per forward (default: the Attributor's).

@@ -11,7 +11,7 @@ import torch
 from ..core.engine import Integral
 from ..core.guided import Run
 from ..core.sequence import Sequence
-from ..core.spaces import SPACES, AttentionSpace, EmbeddingSpace
+from ..core.spaces import SPACES, AttentionSpace, EmbeddingSpace, MaskSpace
 from ..core.targets import Target
 from ..errors import InvalidInputError, UnknownNameError
 
@@ -23,7 +23,7 @@ class Problem:
     model: Any
     tokenizer: Any
     seq: Sequence
-    space: EmbeddingSpace | AttentionSpace
+    space: EmbeddingSpace | AttentionSpace | MaskSpace
     target: Target
     internal_batch_size: int = 16
     show_progress: bool = True
