@@ -868,8 +868,9 @@ def heldout_section(split: str, settings: dict, rows: list[dict], cc: dict, cc_d
     import pandas as pd
 
     knows_rows = {r["id"]: r["known"] for r in read_rows(RESULTS / f"{data_prefix('heldout')}_knows.jsonl")}
-    in_split = [i for i in knows_rows if i in {ex["id"] for ex in map(json.loads, DATASETS["heldout"].read_text().splitlines())
-                                               if ex["split"] == split}]
+    examples = (json.loads(line) for line in DATASETS["heldout"].read_text().splitlines() if line.strip())
+    split_ids = {ex["id"] for ex in examples if ex["split"] == split}
+    in_split = [i for i in knows_rows if i in split_ids]
     ran = [r for r in rows if r.get("methods")]
     frame = pd.DataFrame(metric_rows(ran, cc))
     correct = frame[frame["id"].isin({r["id"] for r in ran if knows_rows[r["id"]]})]
@@ -925,8 +926,6 @@ def main() -> None:
     sub = parser.add_subparsers(dest="part", required=True)
     p = sub.add_parser("zoo")
     p.add_argument("--n", type=int, default=50, help="examples per cell")
-    p.add_argument("--add", nargs="+", choices=list(METHODS), default=None,
-                   help="run these methods on the existing rows that lack them, nothing else")
     p.set_defaults(func=cmd_zoo)
     p = sub.add_parser("verdicts")
     p.add_argument("--n", type=int, default=100, help="examples per split")
@@ -946,8 +945,6 @@ def main() -> None:
     p.add_argument("--data", choices=list(DATASETS), default="real_text",
                    help="the rag examples: eval/data/real_text.jsonl, or the held-out fictional set")
     p.add_argument("--split", choices=["dev", "test"], default=None, help="the held-out set's split")
-    p.add_argument("--add", nargs="+", choices=list(METHODS), default=None,
-                   help="run these methods on the existing rows that lack them, nothing else")
     p.add_argument("--all-answers", action="store_true",
                    help="also explain the examples the model answers wrongly (after the right ones; rows say "
                         "\"correct\"): their answers came from some document too, so leave-one-out agreement is "
@@ -964,6 +961,9 @@ def main() -> None:
     p.set_defaults(func=cmd_contextcite)
     p = sub.add_parser("report")
     p.set_defaults(func=cmd_report)
+    for name in ("zoo", "smollm2"):
+        sub.choices[name].add_argument("--add", nargs="+", choices=list(METHODS), default=None,
+                                       help="run these methods on the existing rows that lack them, nothing else")
     for p in sub.choices.values():
         p.add_argument("--threads", type=int, default=1)
         p.add_argument("--fresh", action="store_true", help="delete this part's rows first")
