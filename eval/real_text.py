@@ -16,7 +16,7 @@ top-1 document accuracy (rag; the whole answer's scores summed per document span
 convergence, and cost. Rows go to `eval/results/real_text/rows.parquet` (a `datasets.Dataset`), the summary
 to `eval/results/real_text/README.md`. Nothing is selected or tuned on these examples.
 
-Methods: IG in both spaces, raw attention, a random draw, and RPI and IG2 over embeddings with the package's
+Methods: IG in the three spaces (embeddings, attention, the mask), raw attention, a random draw, and RPI and IG2 over embeddings with the package's
 defaults; --max-steps is the budget of gradient evaluations per target (IG), per baseline and target (RPI)
 and per reference and target (IG2). IG2 needs counterfactual references; as tests/test_real_llm.py gives it
 prompts of the same form with another answer ("The capital of Italy is"), each example gets every other
@@ -51,6 +51,7 @@ IG2_STEPS = 50  # IG2's default GradPath steps, which these runs use
 METHODS = {
     "ig_embeddings": {"method": "ig", "space": "embeddings"},
     "ig_attention": {"method": "ig", "space": "attention"},
+    "ig_mask": {"method": "ig", "space": "mask"},
     "attention": {"method": "attention"},
     "random": {"method": "random", "space": "embeddings"},
     "rpi": {"method": "rpi", "space": "embeddings"},
