@@ -77,6 +77,8 @@ METHODS = {
     "ig_embeddings": {"method": "ig", "space": "embeddings"},
     "ig_attention": {"method": "ig", "space": "attention"},
     "ig_mask": {"method": "ig", "space": "mask"},
+    "ixg_mask": {"method": "input_x_gradient", "space": "mask"},
+    "ixg_attention": {"method": "input_x_gradient", "space": "attention"},
     "attention": {"method": "attention"},
     "random": {"method": "random"},
 }
@@ -578,7 +580,7 @@ def metric_rows(rows: list[dict], contextcite: dict[str, dict]) -> list[dict]:
     return out
 
 
-ORDER = ["ig_embeddings", "ig_attention", "ig_mask", "attention", "random", "leave_one_out", "contextcite"]
+ORDER = ["ig_embeddings", "ig_attention", "ig_mask", "ixg_mask", "ixg_attention", "attention", "random", "leave_one_out", "contextcite"]
 
 
 def pivot(frame, value: str, fmt: str, cells: list[str]) -> str:
