@@ -197,7 +197,7 @@ def run_methods(model, tokenizer, question, documents, template, answer, row_id,
         errors = exp.completeness_error
         out[label] = {"scores": result.answer_document_scores.tolist(), "seconds": result.cost["seconds"],
                       "n_forward": exp.cost["n_forward"], "n_backward": exp.cost["n_backward"],
-                      "converged": exp.converged,
+                      "n_forward_all": exp.cost["n_forward_all"], "converged": exp.converged,
                       "completeness_error": None if torch.isnan(errors).all() else float(errors.max()),
                       "n_steps": exp.params.get("n_steps"), "n_tokens": len(exp.input_ids)}
     return out

@@ -3,6 +3,7 @@ explanation, runs a method, and packages the result as an `Explanation`."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 import warnings
@@ -43,6 +44,23 @@ def describe(value: Any) -> Any:
 def is_classifier(model) -> bool:
     """Sequence classifiers explain a class; everything else is treated as a causal LM."""
     return type(model).__name__.endswith("ForSequenceClassification")
+
+
+@contextlib.contextmanager
+def counting_forwards(model) -> Any:
+    """Counts the sequences the model runs forward inside the block (a batch of B counts B): the whole cost of a
+    call, its checks and memory probe included, which the methods' own counts (path points) leave out."""
+    count = [0]
+
+    def add(_module, args, kwargs):
+        inputs = next((v for v in (kwargs.get("input_ids"), kwargs.get("inputs_embeds"), *args) if v is not None))
+        count[0] += inputs.shape[0]
+
+    handle = model.register_forward_pre_hook(add, with_kwargs=True)
+    try:
+        yield count
+    finally:
+        handle.remove()
 
 
 def check_causal(model, ids: list[int]) -> None:
@@ -321,7 +339,7 @@ class Attributor:
                                     "target='answer' with it.")
         started = time.perf_counter()
         with (prepared(self.model, hook_attention=the_space.uses_attention_hook), torch.enable_grad(),
-              parallel.sharding(self.shard_points)):
+              parallel.sharding(self.shard_points), counting_forwards(self.model) as n_forward_all):
             problem = Problem(self.model, self.tokenizer, seq, the_space, target_fn, batch or MAX_CHUNK,
                               self.show_progress)
             if chosen.uses_gradients:
@@ -366,7 +384,7 @@ class Attributor:
             library_version=__version__,
             head_scores=result.detail[..., :n].detach().cpu() if keep_head_scores and result.detail is not None else None,
             extra=result.extra,
-            cost={"n_forward": result.n_forward, "n_backward": result.n_backward,
+            cost={"n_forward": result.n_forward, "n_backward": result.n_backward, "n_forward_all": n_forward_all[0],
                   "internal_batch_size": problem.internal_batch_size,
                   "seconds": time.perf_counter() - started},
             input_markup=markup[:n].tolist(),

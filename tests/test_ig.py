@@ -65,6 +65,32 @@ def test_fixed_steps_without_tolerance(lm):
     assert guided.cost["n_backward"] == 2 * 9
 
 
+@pytest.mark.parametrize("space", ["embeddings", "attention", "mask"])
+def test_cost_counts_every_forward_of_the_call(lm, space):
+    """n_forward counts the method's path points; n_forward_all every sequence the call ran (set-up reads of
+    the space, its baseline check, the memory probe, the target probabilities), checked against a wrapper
+    around the model's own forward."""
+    model, tokenizer = lm
+    attributor = Attributor(model, tokenizer, show_progress=False)
+    run = lambda: attributor.explain(PROMPT, answer="w5 w6", space=space, n_steps=4, tolerance=None,
+                                    quadrature="gauss-legendre")
+    run()  # the once-per-model causality check is not part of later calls
+    seen, forward = [], model.forward
+
+    def counted(*args, **kwargs):
+        inputs = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
+        seen.append(inputs.shape[0])
+        return forward(*args, **kwargs)
+
+    model.forward = counted
+    try:
+        exp = run()
+    finally:
+        del model.forward
+    assert exp.cost["n_forward"] == 4 + 2
+    assert exp.cost["n_forward_all"] == sum(seen) > exp.cost["n_forward"]
+
+
 def test_input_equal_to_baseline_gives_zero(lm):
     model, tokenizer = lm
     attributor = Attributor(model, tokenizer, show_progress=False)
