@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -110,6 +111,8 @@ def test_terminal_text_contains_tokens(exp):
     assert "p=0.500" in text and "n/a" in text
     one = explanation_text(exp, target=1)
     assert "target 1" in one and "target 0" not in one
+    costed = dataclasses.replace(exp, cost={"n_forward": 6, "n_backward": 8, "n_forward_all": 11, "seconds": 0.2})
+    assert "6 forward, 8 backward sequence passes (11 forwards in all), 0.2 s" in explanation_text(costed, width=200)
 
 
 def test_terminal_prints_to_given_console(exp):

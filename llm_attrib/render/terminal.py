@@ -89,8 +89,9 @@ def _status(exp: "Explanation") -> Text:
         status.append("converged  ", style="green")
     if exp.cost:
         status.append(
-            f"cost: {exp.cost.get('n_forward', 0)} forward, {exp.cost.get('n_backward', 0)} backward sequence passes, "
-            f"{exp.cost.get('seconds', 0.0):.1f} s", style="dim")
+            f"cost: {exp.cost.get('n_forward', 0)} forward, {exp.cost.get('n_backward', 0)} backward sequence passes"
+            + (f" ({exp.cost['n_forward_all']} forwards in all)" if "n_forward_all" in exp.cost else "")
+            + f", {exp.cost.get('seconds', 0.0):.1f} s", style="dim")
     return status
 
 
