@@ -53,8 +53,9 @@ def counting_forwards(model) -> Any:
     count = [0]
 
     def add(_module, args, kwargs):
-        inputs = next((v for v in (kwargs.get("input_ids"), kwargs.get("inputs_embeds"), *args) if v is not None))
-        count[0] += inputs.shape[0]
+        inputs = next((v for v in (kwargs.get("input_ids"), kwargs.get("inputs_embeds"), *args)
+                       if isinstance(v, torch.Tensor)), None)
+        count[0] += 1 if inputs is None else inputs.shape[0]
 
     handle = model.register_forward_pre_hook(add, with_kwargs=True)
     try:
