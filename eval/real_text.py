@@ -42,6 +42,7 @@ import llm_attrib
 from llm_attrib import Attributor, ConvergenceWarning
 from llm_attrib.core.chat import render_chat
 from llm_attrib.core.guided import minimum_steps
+from llm_attrib.errors import InvalidInputError
 from llm_attrib.metrics import faithfulness, plausibility
 
 HERE = Path(__file__).parent
@@ -145,9 +146,16 @@ def run(kinds: list[str], n: int, max_steps: int, methods: list[str], stream: Pa
                 if params["method"] == "random":
                     params["seed"] = zlib.crc32(example["id"].encode())  # a fresh draw per example
                 started = time.perf_counter()
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", ConvergenceWarning)
-                    exp = attributor.explain(item["prompt"], answer=item["answer"], **params)
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", ConvergenceWarning)
+                        exp = attributor.explain(item["prompt"], answer=item["answer"], **params)
+                except InvalidInputError as error:  # e.g. the mask space on a prompt without a start token
+                    rows.append({"id": example["id"], "kind": kind, "known": True, "method": label,
+                                 "refused": str(error)})
+                    _append(stream, rows[-1])
+                    print(f"{example['id']} {label:14s} refused: {error}", flush=True)
+                    continue
                 seconds = time.perf_counter() - started
                 values = faithfulness(attributor, exp)
                 values.update(plausibility(exp, item["evidence"], k=1))
@@ -192,6 +200,11 @@ def summary(frame: pd.DataFrame) -> str:
     known = frame[frame["known"]]
     lines = [f"- {kind}: the model answered {g[g['known']]['id'].nunique()} of {g['id'].nunique()} examples right; "
              "only those are explained" for kind, g in frame.groupby("kind")]
+    if "refused" in known:  # a method that refused an example (with the package's message) is left out of its means
+        refused = known[known["refused"].notna()]
+        lines += [f"- {kind}, {method}: refused on {len(g)} examples: {g['refused'].iloc[0]}"
+                  for (kind, method), g in refused.groupby(["kind", "method"])]
+        known = known[known["refused"].isna()]
     columns = ["aopc_comprehensiveness", "aopc_sufficiency", "comprehensiveness@20", "sufficiency@20", "log_odds@20",
                "hit@1", "top_document_correct", "completeness_max", "converged", "seconds", "n_backward"]
     columns = [c for c in columns if c in known]
