@@ -13,16 +13,17 @@ and sentiment the whole assistant reply ("Mount Everest", "Positive"), for compl
 Evidence: the relevant document (rag) or the listed words (completion, sentiment). For every method and
 example: comprehensiveness, sufficiency, log-odds and AOPC (ERASER bins, deletion), hit@1 on the evidence,
 top-1 document accuracy (rag; the whole answer's scores summed per document span), completeness error,
-convergence, and cost. Rows go to `eval/results/real_text/rows.parquet` (a `datasets.Dataset`), the summary
-to `eval/results/real_text/README.md`. Nothing is selected or tuned on these examples.
+convergence, and cost. Each run streams its rows to `eval/results/real_text/rows_<kinds>[_<methods>][_from<start>]
+.jsonl`; all streams of the kinds are combined into `rows_<kinds>.parquet` (a `datasets.Dataset`) and
+`summary_<kinds>.md`. Nothing is selected or tuned on these examples.
 
-Methods: IG in the three spaces (embeddings, attention, the mask), raw attention, a random draw, and RPI and IG2 over embeddings with the package's
-defaults; --max-steps is the budget of gradient evaluations per target (IG), per baseline and target (RPI)
+Methods: IG in the three spaces (embeddings, attention, the mask), raw attention, a random draw, and RPI and IG2
+over embeddings with the package's defaults; --max-steps is the budget of gradient evaluations per target (IG), per baseline and target (RPI)
 and per reference and target (IG2). IG2 needs counterfactual references; as tests/test_real_llm.py gives it
 prompts of the same form with another answer ("The capital of Italy is"), each example gets every other
 example of its kind as a candidate (chat kinds as rendered chat text), in the set's order, and IG2 keeps, for
 each target, those on which the model's own next token differs from that target's token, up to its default
-of 20.
+of 20 (or --ig2-references; a run with fewer says so in its stream's name and rows).
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def counterfactuals(items: dict[str, dict], tokenizer, example_id: str) -> list[
 
 
 def run(kinds: list[str], n: int, max_steps: int, methods: list[str], stream: Path | None = None,
-        start: int = 0) -> pd.DataFrame:
+        start: int = 0, ig2_references: int | None = None) -> pd.DataFrame:
     """Explain and score; each row is also appended to `stream` (JSON lines) as soon as it exists."""
     model, tokenizer = llm_attrib.zoo.load("smollm2")
     attributor = Attributor(model, tokenizer, show_progress=False)
@@ -143,6 +144,8 @@ def run(kinds: list[str], n: int, max_steps: int, methods: list[str], stream: Pa
                     params["references"] = counterfactuals(items, tokenizer, example["id"])
                     # a panel per GradPath step: below that budget IG2 refuses to start
                     params["max_steps"] = max(max_steps, minimum_steps(IG2_STEPS))
+                    if ig2_references is not None:
+                        params["n_references"] = ig2_references
                 if params["method"] == "random":
                     params["seed"] = zlib.crc32(example["id"].encode())  # a fresh draw per example
                 started = time.perf_counter()
@@ -164,6 +167,7 @@ def run(kinds: list[str], n: int, max_steps: int, methods: list[str], stream: Pa
                        "seconds": seconds, "n_forward": exp.cost["n_forward"], "n_backward": exp.cost["n_backward"],
                        "completeness_max": float(exp.completeness_error.max()),
                        "converged": exp.converged,
+                       **({"n_references": exp.params["n_references"]} if label == "ig2" else {}),
                        **{key: float(value.float().nanmean()) for key, value in values.items()}}
                 if item["documents"]:
                     totals = exp.aggregate(item["documents"]).prompt_scores.sum(0)
@@ -225,6 +229,8 @@ def main() -> None:
     parser.add_argument("--start", type=int, default=0, help="skip this many examples of each kind first")
     parser.add_argument("--max-steps", type=int, default=128, help="gradient evaluations per target (per baseline/reference and target for RPI/IG2) at most")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--ig2-references", type=int, default=None,
+                        help="IG2's n_references (default: the package's, 20); its cost grows linearly with it")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--summarise", action="store_true",
@@ -235,10 +241,11 @@ def main() -> None:
     name = "_".join(args.kinds)
     part = "" if set(args.methods) == set(METHODS) else "_" + "_".join(args.methods)
     part += f"_from{args.start}" if args.start else ""
+    part += f"_refs{args.ig2_references}" if args.ig2_references is not None else ""
     stream = args.output / f"rows_{name}{part}.jsonl"
     if not args.summarise:
         stream.unlink(missing_ok=True)
-        run(args.kinds, args.n, args.max_steps, args.methods, stream, args.start)
+        run(args.kinds, args.n, args.max_steps, args.methods, stream, args.start, args.ig2_references)
     frame = combined(args.output, name)
     Dataset.from_pandas(frame, preserve_index=False).to_parquet(str(args.output / f"rows_{name}.parquet"))
     text = summary(frame)
