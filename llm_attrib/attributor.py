@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import time
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -47,7 +48,7 @@ def is_classifier(model) -> bool:
 
 
 @contextlib.contextmanager
-def counting_forwards(model) -> Any:
+def counting_forwards(model) -> Iterator[list[int]]:
     """Counts the sequences the model runs forward inside the block (a batch of B counts B): the whole cost of a
     call, its checks and memory probe included, which the methods' own counts (path points) leave out."""
     count = [0]
@@ -340,7 +341,7 @@ class Attributor:
                                     "target='answer' with it.")
         started = time.perf_counter()
         with (prepared(self.model, hook_attention=the_space.uses_attention_hook), torch.enable_grad(),
-              parallel.sharding(self.shard_points), counting_forwards(self.model) as n_forward_all):
+              parallel.sharding(self.shard_points), counting_forwards(self.model) as forwards):
             problem = Problem(self.model, self.tokenizer, seq, the_space, target_fn, batch or MAX_CHUNK,
                               self.show_progress)
             if chosen.uses_gradients:
@@ -348,6 +349,7 @@ class Attributor:
                                                              f"{seq.length} tokens in the {space} space")
             result = chosen.attribute(problem, **method_params)
             probs = target_probabilities(self.model, seq)  # per target, or the whole answer's
+            n_forward_all = int(parallel.sum_across(torch.tensor(forwards, device=seq.input_ids.device))[0])
         check_finite(probs, "target probabilities")
         check_finite(result.scores, f"attribution scores ({method})")
         converged = convergence(result.completeness_error, result.settings.get("tolerance"), method)
@@ -385,7 +387,7 @@ class Attributor:
             library_version=__version__,
             head_scores=result.detail[..., :n].detach().cpu() if keep_head_scores and result.detail is not None else None,
             extra=result.extra,
-            cost={"n_forward": result.n_forward, "n_backward": result.n_backward, "n_forward_all": n_forward_all[0],
+            cost={"n_forward": result.n_forward, "n_backward": result.n_backward, "n_forward_all": n_forward_all,
                   "internal_batch_size": problem.internal_batch_size,
                   "seconds": time.perf_counter() - started},
             input_markup=markup[:n].tolist(),

@@ -39,6 +39,8 @@ def test_two_processes_equal_one(tmp_path, space, quadrature):
     assert sharded.target_ids == single.target_ids
     torch.testing.assert_close(sharded.scores, single.scores, atol=1e-5, rtol=1e-5)
     assert sharded.cost["n_backward"] == single.cost["n_backward"]  # the same work, split, not repeated
+    # every forward of every process is counted: the set-up reads and target probabilities run in each
+    assert sharded.cost["n_forward_all"] > single.cost["n_forward_all"]
 
 
 def test_evaluate_refuses_an_attributor_that_shards_points(monkeypatch):
