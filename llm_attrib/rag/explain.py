@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from ..attributor import Attributor, context_length
+from ..attributor import Attributor, context_length, counting_forwards
 from ..errors import InvalidInputError, UncalibratedWarning, UnknownNameError
 from ..methods.base import get_method
 from .ablation import segment_log_probs, without
@@ -105,6 +105,7 @@ def explain(
         granularity=granularity, document_spans=built.document_spans, sentence_spans=built.sentence_spans,
         question_span=built.question_span, answer_sentences=runs, answer_sentence_spans=spans, scope=scope,
     )
+    verify_forwards = 0
     if verify:
         if thresholds == THRESHOLDS and not is_calibration_model(model):
             warnings.warn(
@@ -112,15 +113,18 @@ def explain(
                 "document carries 10-20 nats; on other models sources often carry far less (2-7 on SmolLM2), so "
                 "supported sentences can read 'unsupported'. Calibrate for this model with rag.calibrate(...) and "
                 "pass thresholds=.", UncalibratedWarning, stacklevel=2)
-        result.verdicts, result.leave_one_out = check(attributor, built.prompt, question, docs, layout, system,
-                                                     answer_ids, result, thresholds)
+        with counting_forwards(model) as forwards:
+            result.verdicts, result.leave_one_out = check(attributor, built.prompt, question, docs, layout, system,
+                                                         answer_ids, result, thresholds)
+        verify_forwards = forwards[0]
     if retriever is not None:
         from .retriever import rank_and_explain
 
         encoder, encoder_tokenizer = retriever
         result.retrieval = [r.to_dict() for r in rank_and_explain(encoder, encoder_tokenizer, question,
                                                                    [d.text for d in docs])]
-    result.cost = {**explanation.cost, "seconds": time.perf_counter() - started}
+    result.cost = {**explanation.cost, "n_forward_verify": verify_forwards,
+                   "seconds": time.perf_counter() - started}
     return result
 
 

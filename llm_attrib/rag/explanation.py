@@ -80,6 +80,8 @@ class RagExplanation:
             (computed with the verdicts).
         retrieval: the retriever's explanation of each document's similarity to the question, when given.
         scope: what moved along the path: "documents" (the rest of the prompt stayed real) or "prompt".
+        cost: the attribution's (`explanation.cost`), "n_forward_verify" (the verdicts' ablation forwards) and
+            "seconds" for the whole call (prompt, generation, attribution, verdicts).
     """
 
     question: str
