@@ -191,6 +191,8 @@ def combined(folder: Path, name: str) -> pd.DataFrame:
             new = set(zip(rows["id"], rows["method"]))
             frame = frame[[(i, m) not in new for i, m in zip(frame["id"], frame["method"])]]
         frame = pd.concat([frame, rows], ignore_index=True)
+    if "method" not in frame:  # only examples the model got wrong so far: no method ran
+        frame["method"] = None
     return frame.drop_duplicates(subset=["id", "method"], keep="last")
 
 
