@@ -214,6 +214,8 @@ def summary(frame: pd.DataFrame) -> str:
     columns = ["aopc_comprehensiveness", "aopc_sufficiency", "comprehensiveness@20", "sufficiency@20", "log_odds@20",
                "hit@1", "top_document_correct", "completeness_max", "converged", "seconds", "n_backward"]
     columns = [c for c in columns if c in known]
+    if known.empty or not columns:
+        return "\n".join(lines) + "\n\nNo method has run on an example the model answered right yet."
     groups = known.assign(converged=known["converged"].astype(float)).groupby(["kind", "method"], sort=False)
     table = groups[columns].mean()
     table.insert(0, "examples", groups.size())  # methods run on fewer examples (slow ones) say so
