@@ -580,7 +580,8 @@ def metric_rows(rows: list[dict], contextcite: dict[str, dict]) -> list[dict]:
     return out
 
 
-ORDER = ["ig_embeddings", "ig_attention", "ig_mask", "ixg_mask", "ixg_attention", "attention", "random", "leave_one_out", "contextcite"]
+ORDER = ["ig_embeddings", "ig_attention", "ig_mask", "ixg_mask", "ixg_attention", "attention", "random",
+         "leave_one_out", "contextcite"]
 
 
 def pivot(frame, value: str, fmt: str, cells: list[str]) -> str:

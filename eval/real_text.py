@@ -13,13 +13,13 @@ and sentiment the whole assistant reply ("Mount Everest", "Positive"), for compl
 Evidence: the relevant document (rag) or the listed words (completion, sentiment). For every method and
 example: comprehensiveness, sufficiency, log-odds and AOPC (ERASER bins, deletion), hit@1 on the evidence,
 top-1 document accuracy (rag; the whole answer's scores summed per document span), completeness error,
-convergence, and cost. Each run streams its rows to `eval/results/real_text/rows_<kinds>[_<methods>][_from<start>]
-.jsonl`; all streams of the kinds are combined into `rows_<kinds>.parquet` (a `datasets.Dataset`) and
-`summary_<kinds>.md`. Nothing is selected or tuned on these examples.
+convergence, and cost. Each run streams its rows to `eval/results/real_text/rows_<kinds>[_<methods>]
+[_from<start>].jsonl`; all streams of the kinds are combined into `rows_<kinds>.parquet` (a `datasets.Dataset`)
+and `summary_<kinds>.md`. Nothing is selected or tuned on these examples.
 
 Methods: IG in the three spaces (embeddings, attention, the mask), raw attention, a random draw, and RPI and IG2
-over embeddings with the package's defaults; --max-steps is the budget of gradient evaluations per target (IG), per baseline and target (RPI)
-and per reference and target (IG2). IG2 needs counterfactual references; as tests/test_real_llm.py gives it
+over embeddings with the package's defaults; --max-steps is the budget of gradient evaluations per target (IG),
+per baseline and target (RPI) and per reference and target (IG2). IG2 needs counterfactual references; as tests/test_real_llm.py gives it
 prompts of the same form with another answer ("The capital of Italy is"), each example gets every other
 example of its kind as a candidate (chat kinds as rendered chat text), in the set's order, and IG2 keeps, for
 each target, those on which the model's own next token differs from that target's token, up to its default

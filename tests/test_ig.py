@@ -72,8 +72,11 @@ def test_cost_counts_every_forward_of_the_call(lm, space):
     around the model's own forward."""
     model, tokenizer = lm
     attributor = Attributor(model, tokenizer, show_progress=False)
-    run = lambda: attributor.explain(PROMPT, answer="w5 w6", space=space, n_steps=4, tolerance=None,
-                                    quadrature="gauss-legendre")
+
+    def run():
+        return attributor.explain(PROMPT, answer="w5 w6", space=space, n_steps=4, tolerance=None,
+                                  quadrature="gauss-legendre")
+
     run()  # the once-per-model causality check is not part of later calls
     seen, forward = [], model.forward
 
