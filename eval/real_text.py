@@ -211,6 +211,10 @@ def summary(frame: pd.DataFrame) -> str:
         lines += [f"- {kind}, {method}: refused on {len(g)} examples: {g['refused'].iloc[0]}"
                   for (kind, method), g in refused.groupby(["kind", "method"])]
         known = known[known["refused"].isna()]
+    if "n_references" in known:  # IG2's references per target, which --ig2-references may have capped
+        lines += [f"- {kind}, {method}: counterfactual references per target: "
+                  f"{sorted({str(int(v)) if isinstance(v, float) else str(v) for v in g['n_references']})}"
+                  for (kind, method), g in known.dropna(subset=["n_references"]).groupby(["kind", "method"])]
     columns = ["aopc_comprehensiveness", "aopc_sufficiency", "comprehensiveness@20", "sufficiency@20", "log_odds@20",
                "hit@1", "top_document_correct", "completeness_max", "converged", "seconds", "n_backward"]
     columns = [c for c in columns if c in known]
