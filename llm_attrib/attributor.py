@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import time
 import warnings
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -45,6 +46,11 @@ def describe(value: Any) -> Any:
 def is_classifier(model) -> bool:
     """Sequence classifiers explain a class; everything else is treated as a causal LM."""
     return type(model).__name__.endswith("ForSequenceClassification")
+
+
+# Per model, what a path point keeps for its backward as a function of prompt length (see _bytes_per_point):
+# shared by every Attributor of the model, so a new one (rag.explain makes one per call) does not measure again.
+MEASURED_BYTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @contextlib.contextmanager
@@ -121,7 +127,7 @@ class Attributor:
         self.tokenizer = tokenizer
         self.internal_batch_size = checked_optional(internal_batch_size, "internal_batch_size")
         self.memory_budget = checked_optional(memory_budget, "memory_budget")
-        self._point_bytes: dict[tuple, torch.Tensor] = {}
+        self._point_bytes = MEASURED_BYTES.setdefault(model, {})
         self.show_progress = show_progress
         self.shard_points = shard_points
         self._causal_checked = False
@@ -138,7 +144,9 @@ class Attributor:
         """What one path point of this problem keeps for its backward, measured on the model: directly for a
         short prompt, else from three short prompts once per space and answer shape."""
         seq, space = problem.seq, problem.space
-        key = (space.name, repr(getattr(space, "layers", None)), seq.n_targets, seq.n_outputs)
+        weight = self.model.get_input_embeddings().weight
+        key = (space.name, repr(getattr(space, "layers", None)), seq.n_targets, seq.n_outputs, weight.dtype,
+               weight.device)
 
         def measure(n_prompt: int) -> int:
             keep = torch.cat([torch.arange(n_prompt), torch.arange(seq.n_prompt, seq.length)])

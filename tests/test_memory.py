@@ -56,6 +56,17 @@ def test_long_prompts_are_extrapolated_from_short_measurements_exactly():
         assert abs(predicted - direct) <= 0.01 * direct
 
 
+def test_a_models_long_prompt_measurement_is_made_once_for_all_its_attributors():
+    """rag.explain builds an Attributor per call: the short-prompt measurements behind a long prompt's estimate
+    belong to the model, so a second Attributor runs fewer forwards for the same explanation."""
+    model, tokenizer = tiny_llama(), tiny_tokenizer(64)
+    prompt = " ".join(f"w{i % 60 + 1}" for i in range(55))
+    costs = [Attributor(model, tokenizer, show_progress=False).explain(
+        prompt, answer="w4", space="mask", n_steps=4, tolerance=None).cost for _ in range(2)]
+    assert costs[0]["n_forward"] == costs[1]["n_forward"]
+    assert costs[1]["n_forward_all"] == costs[0]["n_forward_all"] - 2 * len(memory.SHORT_PROMPTS)  # read + probe
+
+
 def test_chunk_is_what_the_budget_holds_at_the_measured_cost():
     model, tokenizer = tiny_llama(), tiny_tokenizer(64)
     per_point = _measured(Attributor(model, tokenizer), "w1 w2 w3", "attention")
