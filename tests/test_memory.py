@@ -1,7 +1,6 @@
 """The memory guard fits the chunk of path points to free memory, or stops at once with the figures."""
 
 import pytest
-import torch
 
 from llm_attrib import Attributor, InvalidInputError
 from llm_attrib.core import memory
@@ -10,6 +9,7 @@ from llm_attrib.core.targets import resolve_target
 from llm_attrib.methods import Problem
 from llm_attrib.patching import prepared
 from tiny_tokenizer import tiny_llama, tiny_tokenizer
+
 
 def test_explain_stops_before_any_path_work(monkeypatch):
     monkeypatch.setattr(memory, "available_bytes", lambda device: 1)  # nothing free
