@@ -127,7 +127,6 @@ class Attributor:
         self.tokenizer = tokenizer
         self.internal_batch_size = checked_optional(internal_batch_size, "internal_batch_size")
         self.memory_budget = checked_optional(memory_budget, "memory_budget")
-        self._point_bytes = MEASURED_BYTES.setdefault(model, {})
         self.show_progress = show_progress
         self.shard_points = shard_points
         self._causal_checked = False
@@ -156,9 +155,10 @@ class Attributor:
 
         if seq.n_prompt <= SHORT_PROMPTS[-1]:
             return measure(seq.n_prompt)
-        if key not in self._point_bytes:
-            self._point_bytes[key] = length_polynomial(measure)
-        return bytes_at(self._point_bytes[key], seq.n_prompt)
+        measured = MEASURED_BYTES.setdefault(self.model, {})
+        if key not in measured:
+            measured[key] = length_polynomial(measure)
+        return bytes_at(measured[key], seq.n_prompt)
 
     def _encode_prompt(self, prompt: Prompt) -> tuple[str, list[int], list[tuple[int, int]], list[bool]]:
         """Text, token ids, character offsets, and which tokens are markup (special or chat-template) rather
