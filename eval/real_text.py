@@ -127,14 +127,17 @@ def run(kinds: list[str], n: int, max_steps: int, methods: list[str], stream: Pa
     attributor = Attributor(model, tokenizer, show_progress=False)
     data = load_dataset("json", data_files=str(DATA), split="train")
     rows = []
+
+    def record(row: dict) -> None:
+        rows.append(row)
+        _append(stream, row)
     for kind in kinds:
         examples = [e for e in data if e["kind"] == kind]
         items = {e["id"]: prepare(e, tokenizer) for e in examples}  # all of the kind: IG2's reference pool
         for example in examples[start:start + n]:
             item = items[example["id"]]
             if not knows(attributor, item):
-                rows.append({"id": example["id"], "kind": kind, "known": False})
-                _append(stream, rows[-1])
+                record({"id": example["id"], "kind": kind, "known": False})
                 continue
             for label in methods:
                 params = dict(METHODS[label])
@@ -154,9 +157,7 @@ def run(kinds: list[str], n: int, max_steps: int, methods: list[str], stream: Pa
                         warnings.simplefilter("ignore", ConvergenceWarning)
                         exp = attributor.explain(item["prompt"], answer=item["answer"], **params)
                 except InvalidInputError as error:  # e.g. the mask space on a prompt without a start token
-                    rows.append({"id": example["id"], "kind": kind, "known": True, "method": label,
-                                 "refused": str(error)})
-                    _append(stream, rows[-1])
+                    record({"id": example["id"], "kind": kind, "known": True, "method": label, "refused": str(error)})
                     print(f"{example['id']} {label:14s} refused: {error}", flush=True)
                     continue
                 seconds = time.perf_counter() - started
@@ -172,8 +173,7 @@ def run(kinds: list[str], n: int, max_steps: int, methods: list[str], stream: Pa
                 if item["documents"]:
                     totals = exp.aggregate(item["documents"]).prompt_scores.sum(0)
                     row["top_document_correct"] = float(int(totals.argmax()) == item["relevant"])
-                rows.append(row)
-                _append(stream, row)
+                record(row)
                 print(f"{example['id']} {label:14s} {seconds:6.1f}s aopc-comp {row['aopc_comprehensiveness']:+.3f} "
                       f"aopc-suff {row['aopc_sufficiency']:+.3f} hit@1 {row['hit@1']:.2f} "
                       f"doc {row.get('top_document_correct', float('nan'))} "
