@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from einops import reduce
@@ -17,16 +18,21 @@ from einops import reduce
 from ..errors import InvalidInputError, UnknownNameError, UnsupportedModelError
 from ..patching import AttentionTap, tapped
 from .sequence import Sequence
+from .static_prefix import StaticPrefix
 
 
-def model_logits(model, seq: Sequence, **inputs) -> torch.Tensor:
-    """Logits (B, T, V) at the target positions; the LM head runs only there when the model allows it."""
+def model_logits(model, seq: Sequence, prefix: StaticPrefix | None = None, **inputs) -> torch.Tensor:
+    """Logits (B, T, V) at the target positions; the LM head runs only there when the model allows it. With a
+    static prefix, `inputs` are the tokens after it and the prefix's keys and values come from its cache."""
     if seq.is_classifier:
         return model(**inputs).logits.unsqueeze(1)
-    positions = seq.target_positions
+    positions, cache = seq.target_positions, {"use_cache": False}
+    if prefix is not None:
+        batch = next(iter(inputs.values())).shape[0]
+        positions, cache = positions - prefix.length, {"use_cache": True, prefix.argument: prefix.cache(batch)}
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
-        return model(**inputs, use_cache=False, logits_to_keep=positions).logits
-    return model(**inputs, use_cache=False).logits[:, positions]
+        return model(**inputs, **cache, logits_to_keep=positions).logits
+    return model(**inputs, **cache).logits[:, positions]
 
 
 def neutral_token_id(tokenizer, embedding: torch.nn.Embedding) -> int:
@@ -95,6 +101,7 @@ class EmbeddingSpace:
 
     name: str = "embeddings"
     uses_attention_hook: bool = False
+    token_axis: ClassVar[int] = -2  # a point's tokens run along this axis (see StaticPrefix)
 
     def point(self, model, seq: Sequence) -> torch.Tensor:
         with torch.no_grad():
@@ -127,9 +134,10 @@ class EmbeddingSpace:
         """Points (B, L, D) restricted to the first `length` tokens."""
         return points[:, :length]
 
-    def logits(self, model, seq: Sequence, points: torch.Tensor) -> torch.Tensor:
+    def logits(self, model, seq: Sequence, points: torch.Tensor, prefix: StaticPrefix | None = None) -> torch.Tensor:
         dtype = model.get_input_embeddings().weight.dtype
-        return model_logits(model, seq, inputs_embeds=points.to(dtype))
+        start = 0 if prefix is None else prefix.length
+        return model_logits(model, seq, prefix, inputs_embeds=points[:, start:].to(dtype))
 
     def reduce(self, contribution: torch.Tensor, target: int = 0) -> tuple[torch.Tensor, None]:
         """(..., L, D) -> per token (..., L), the same for every target."""
@@ -147,6 +155,7 @@ class AttentionSpace:
     name: str = "attention"
     uses_attention_hook: bool = True
     chosen: list[int] = field(default_factory=list)
+    token_axis: ClassVar[int] = -2  # query rows: a token's row is what its own state is computed from
 
     def point(self, model, seq: Sequence) -> torch.Tensor:
         tap = AttentionTap(record=True)
@@ -188,12 +197,13 @@ class AttentionSpace:
         """Points (B, layers, H, L, L) restricted to the first `length` queries and keys."""
         return points[..., :length, :length]
 
-    def logits(self, model, seq: Sequence, points: torch.Tensor) -> torch.Tensor:
+    def logits(self, model, seq: Sequence, points: torch.Tensor, prefix: StaticPrefix | None = None) -> torch.Tensor:
         # unbind, not points[:, i] per layer: each indexing's backward fills a zero tensor of all layers, so the
         # backward pass would write layers x the gradient's size (measured: a third of SmolLM2's backward time).
-        tap = AttentionTap(replace=dict(zip(self.chosen, points.unbind(1))))
+        start = 0 if prefix is None else prefix.length
+        tap = AttentionTap(replace=dict(zip(self.chosen, points[..., start:, :].unbind(1))))
         with tapped(tap):
-            return model_logits(model, seq, input_ids=seq.input_ids.expand(points.shape[0], -1))
+            return model_logits(model, seq, prefix, input_ids=seq.input_ids[:, start:].expand(points.shape[0], -1))
 
     def reduce(self, contribution: torch.Tensor, target: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """(..., layers, H, Lq, Lk) -> per key token (..., Lk), and per layer and head (..., layers, H, Lk).
@@ -218,6 +228,7 @@ class MaskSpace:
     name: str = "mask"
     uses_attention_hook: bool = True
     chosen: list[int] = field(default_factory=list)
+    token_axis: ClassVar[int] = -1
 
     def point(self, model, seq: Sequence) -> torch.Tensor:
         tap = AttentionTap()
@@ -257,10 +268,12 @@ class MaskSpace:
         """Points (B, layers, L) restricted to the first `length` tokens."""
         return points[..., :length]
 
-    def logits(self, model, seq: Sequence, points: torch.Tensor) -> torch.Tensor:
+    def logits(self, model, seq: Sequence, points: torch.Tensor, prefix: StaticPrefix | None = None) -> torch.Tensor:
+        """The visibility stays on every key (the prefix's keys come from its cache); only later tokens run."""
+        start = 0 if prefix is None else prefix.length
         tap = AttentionTap(visibility=dict(zip(self.chosen, points.unbind(1))))
         with tapped(tap):
-            return model_logits(model, seq, input_ids=seq.input_ids.expand(points.shape[0], -1))
+            return model_logits(model, seq, prefix, input_ids=seq.input_ids[:, start:].expand(points.shape[0], -1))
 
     def reduce(self, contribution: torch.Tensor, target: int = 0) -> tuple[torch.Tensor, None]:
         """(..., layers, L) -> per token (..., L): a sum over layers, so completeness is preserved."""

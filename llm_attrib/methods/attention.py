@@ -23,7 +23,7 @@ class RawAttention:
 
     def attribute(self, problem: Problem, **params: Any) -> MethodResult:
         reject_unknown(self.name, params)
-        x = problem.space.point(problem.model, problem.seq)  # (layers, H, L, L)
+        x = problem.point()  # (layers, H, L, L)
         seq = problem.seq
         rows = torch.zeros(seq.n_targets, dtype=torch.long) if seq.is_classifier else seq.target_positions.cpu()
         detail = x[:, :, rows.to(x.device)].permute(2, 0, 1, 3)  # (T, layers, H, L)

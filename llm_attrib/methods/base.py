@@ -12,6 +12,7 @@ from ..core.engine import Integral
 from ..core.guided import Run
 from ..core.sequence import Sequence
 from ..core.spaces import SPACES, AttentionSpace, EmbeddingSpace, MaskSpace
+from ..core.static_prefix import StaticPrefix, static_prefix
 from ..core.targets import Target
 from ..errors import InvalidInputError, UnknownNameError
 
@@ -28,13 +29,23 @@ class Problem:
     internal_batch_size: int = 16
     show_progress: bool = True
 
+    _point: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _static_prefix: StaticPrefix | None = field(default=None, init=False, repr=False)
+    _prefix_checked: bool = field(default=False, init=False, repr=False)
+
+    def point(self) -> torch.Tensor:
+        """The explicand x in the space, read once (the attention space's is a forward and a large tensor)."""
+        if self._point is None:
+            self._point = self.space.point(self.model, self.seq)
+        return self._point
+
     def scores(self, points: torch.Tensor) -> torch.Tensor:
         """Target scores (B, T) at a batch of points of the space; (B, S) summed over answer segments."""
-        return self.scores_of(self.seq, points)
+        return self.scores_of(self.seq, points, self.prefix_for(points))
 
-    def scores_of(self, seq: Sequence, points: torch.Tensor) -> torch.Tensor:
+    def scores_of(self, seq: Sequence, points: torch.Tensor, prefix: StaticPrefix | None = None) -> torch.Tensor:
         """Target scores of another sequence of this problem's shape (a prefix, a shorter prompt)."""
-        scores = self.target(self.space.logits(self.model, seq, points), seq.target_ids)
+        scores = self.target(self.space.logits(self.model, seq, points, prefix), seq.target_ids)
         return scores @ seq.segment_matrix() if seq.answer_level else scores
 
     def first_scores(self, points: torch.Tensor, n_targets: int) -> torch.Tensor:
@@ -44,7 +55,15 @@ class Problem:
         if seq.is_classifier or seq.answer_level or n_targets >= seq.n_targets:
             return self.scores(points)
         short = seq.prefix(n_targets)
-        return self.scores_of(short, self.space.prefix(points, short.length))
+        return self.scores_of(short, self.space.prefix(points, short.length), self.prefix_for(points))
+
+    def prefix_for(self, points: torch.Tensor) -> StaticPrefix | None:
+        """The sequence's static prefix (built on first use) where these points leave it as it is, else None."""
+        if not self._prefix_checked:
+            self._static_prefix = static_prefix(self.model, self.seq, self.space, self.point())
+            self._prefix_checked = True
+        prefix = self._static_prefix
+        return prefix if prefix is not None and prefix.fits(self.space, points) else None
 
     @property
     def run(self) -> Run:

@@ -15,7 +15,7 @@ def gradient_at_input(problem: Problem, contribution) -> MethodResult:
     """A one-point 'path' at x itself (delta = x), reusing the engine's forward/backward machinery. Its "start"
     (zero) is never run: it is no baseline (in the mask space it would hide every token), and these methods have
     no completeness to check against it."""
-    x = problem.space.point(problem.model, problem.seq)
+    x = problem.point()
     at_x = StraightPaths(x=x, baselines=torch.zeros_like(x)[None], nodes=torch.ones(1), weights=torch.ones(1))
     integral = integrate(
         problem.scores, at_x, x, problem.space.reduce, problem.internal_batch_size,

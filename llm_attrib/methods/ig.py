@@ -113,7 +113,7 @@ class IntegratedGradients:
         checked_steps(max_steps, "max_steps", cap=None)
         if n_probes is not None:
             checked_steps(n_probes, "n_probes")
-        x = problem.space.point(problem.model, problem.seq)
+        x = problem.point()
         start = problem.space.baseline(baseline, problem.model, problem.tokenizer, problem.seq, x)
         if quadrature == SCORE_GUIDED:
             return score_guided_ig(problem, x, start, n_steps, tolerance, max_steps, n_probes)

@@ -245,7 +245,7 @@ class IG2:
                 "the whole answer (target='answer') has neither. Use a per-token target, or method='ig'."
             )
         model, seq, space = problem.model, problem.seq, problem.space
-        x = space.point(model, seq)
+        x = problem.point()
         neutral = space.baseline(baseline, model, problem.tokenizer, seq, x)
         represent = representation_fn(model, seq, rep_layer)
         dtype = model.get_input_embeddings().weight.dtype

@@ -177,7 +177,7 @@ class RandomizedPathIntegration:
             )
         if select not in ("per_target", "per_example"):
             raise UnknownNameError(f"unknown select {select!r}; choose 'per_target' or 'per_example'.")
-        x = problem.space.point(problem.model, problem.seq)
+        x = problem.point()
         generator = torch.Generator().manual_seed(seed)
         baselines, times = diffusion_baselines(
             x, n_baselines, generator, schedule, n_timesteps, t, noise_scale, noise_multiplier

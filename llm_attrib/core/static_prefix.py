@@ -1,0 +1,81 @@
+"""The static prefix: leading tokens that no path point moves run once, and every chunk reuses their keys and values.
+
+A chat prompt opens with markup (role markers, often a default system prompt), and a RAG prompt attributed to
+its documents opens with instructions; every built-in baseline keeps such tokens as they are, so along a straight
+path (or a GradPath, which never moves markup) they, and everything a causal model computes from them, are the
+same at every point. Running them once and handing their keys and values to each chunk's forward saves their
+share of every forward and backward (a third of a short chat prompt).
+
+Nothing is assumed: a chunk uses the prefix only if its points equal the explicand on those tokens exactly
+(RPI's noisy baselines or a custom baseline that moves markup run in full), and a prefix is kept only if the
+model's logits at the explicand come out the same with it as without it (within the dtype's rounding), so a model
+whose cache behaves differently runs in full instead of giving other numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from dataclasses import dataclass
+
+import torch
+from transformers import Cache
+
+from .sequence import Sequence
+
+MIN_LENGTH = 8  # shorter prefixes save less than the three forwards that build and check one
+
+
+@dataclass
+class StaticPrefix:
+    """The first `length` tokens' cache (batch 1, as the model returned it) and the space's point on them."""
+
+    length: int
+    head: torch.Tensor
+    prefix_cache: Cache
+    argument: str = "cache"  # the model's forward argument for it ("past_key_values" before transformers 5.2x)
+
+    def cache(self, batch: int) -> Cache:
+        """A fresh copy holding the prefix for `batch` sequences (the forward appends to it, so never shared).
+        Copied whole, not rebuilt from its tensors: a sliding-window layer keeps only its window, and its
+        count of tokens seen is what places the next ones."""
+        cache = copy.deepcopy(self.prefix_cache)
+        cache.batch_repeat_interleave(batch)
+        return cache
+
+    def fits(self, space, points: torch.Tensor) -> bool:
+        """Whether every point (B, *S) equals the explicand on the prefix tokens, so the prefix is theirs too."""
+        head = points.narrow(space.token_axis, 0, self.length)
+        return torch.equal(head, self.head.expand_as(head))
+
+
+def fixed_length(seq: Sequence) -> int:
+    """Leading tokens kept by every built-in baseline, up to the first position whose logits are read."""
+    if seq.is_classifier:
+        return 0
+    moving = (~seq.keep).nonzero()
+    first_moving = int(moving[0, 0]) if len(moving) else seq.length
+    return min(first_moving, int(seq.target_positions.min()))
+
+
+def static_prefix(model, seq: Sequence, space, x: torch.Tensor) -> StaticPrefix | None:
+    """The sequence's static prefix in this space (x: the explicand there), or None where it is too short, the
+    model takes no cache, a layer's cache does not hold every prefix token (the attention and mask spaces index
+    keys from token 0), or the cached forward does not reproduce the model's logits at the explicand."""
+    length = fixed_length(seq)
+    parameters = inspect.signature(model.forward).parameters
+    argument = next((name for name in ("cache", "past_key_values") if name in parameters), None)
+    if length < MIN_LENGTH or argument is None:
+        return None
+    with torch.no_grad():
+        x = x[None]
+        cache = model(input_ids=seq.input_ids[:, :length], use_cache=True)[argument]
+        layers = getattr(cache, "layers", None) if isinstance(cache, Cache) else None
+        if not layers or any(getattr(layer, "keys", None) is None or layer.keys.shape[-2] != length
+                             for layer in layers):
+            return None  # e.g. a sliding window shorter than the prefix: later keys would not start at token 0
+        prefix = StaticPrefix(length, x.narrow(space.token_axis, 0, length), cache, argument)
+        full = space.logits(model, seq, x).float()
+        cached = space.logits(model, seq, x, prefix).float()
+    tolerance = max(1e-3, 8 * torch.finfo(model.get_input_embeddings().weight.dtype).eps)
+    return prefix if torch.allclose(cached, full, rtol=tolerance, atol=tolerance) else None
