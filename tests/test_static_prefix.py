@@ -55,13 +55,17 @@ def test_the_prefix_runs_once_and_changes_nothing(lm, space, monkeypatch):
 
 
 def test_points_that_move_the_prefix_run_in_full(lm, monkeypatch):
-    """A custom baseline that moves the leading tokens: no chunk fits the prefix, so every one runs whole."""
+    """A custom baseline that moves the leading tokens, and RPI's noisy attention baselines: no batch leaves the
+    prefix as it is, so it is never even built, and every chunk runs whole."""
     model, tokenizer = lm
     seq = Attributor(model, tokenizer).sequence(PROMPT, answer="w5 w6 w8")
     with torch.no_grad():
         baseline = model.get_input_embeddings()(seq.input_ids)[0] * 0.5
     moved, lengths = input_lengths(model, lambda: explain(lm, baseline=baseline, n_steps=8, tolerance=None))
-    assert lengths.count(seq.length - PREFIX) == 1  # only the check of the prefix at the explicand
+    assert PREFIX not in lengths and seq.length - PREFIX not in lengths
+    _, lengths = input_lengths(model, lambda: explain(lm, method="rpi", space="attention", n_baselines=2, n_steps=4,
+                                                      max_steps=8, seed=0))
+    assert PREFIX not in lengths and seq.length - PREFIX not in lengths
     monkeypatch.setattr(static_prefix, "MIN_LENGTH", 10**6)
     torch.testing.assert_close(moved.scores, explain(lm, baseline=baseline, n_steps=8, tolerance=None).scores,
                                atol=0, rtol=0)

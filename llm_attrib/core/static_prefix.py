@@ -45,27 +45,33 @@ class StaticPrefix:
 
     def fits(self, space, points: torch.Tensor) -> bool:
         """Whether every point (B, *S) equals the explicand on the prefix tokens, so the prefix is theirs too."""
-        head = points.narrow(space.token_axis, 0, self.length)
-        return torch.equal(head, self.head.expand_as(head))
+        return unmoved(space, points, self.head, self.length)
 
 
-def fixed_length(seq: Sequence) -> int:
-    """Leading tokens kept by every built-in baseline, up to the first position whose logits are read."""
+def unmoved(space, points: torch.Tensor, x: torch.Tensor, length: int) -> bool:
+    """Whether every point (B, *S) equals x (*S, or its first `length` tokens) on the first `length` tokens."""
+    head, own = points.narrow(space.token_axis, 0, length), x.narrow(space.token_axis, 0, length)
+    return torch.equal(head, own.expand_as(head))
+
+
+def prefix_length(seq: Sequence) -> int:
+    """Leading tokens kept by every built-in baseline, up to the first position whose logits are read; 0 where
+    they are fewer than MIN_LENGTH (or the model is a classifier, which attends both ways)."""
     if seq.is_classifier:
         return 0
     moving = (~seq.keep).nonzero()
     first_moving = int(moving[0, 0]) if len(moving) else seq.length
-    return min(first_moving, int(seq.target_positions.min()))
+    length = min(first_moving, int(seq.target_positions.min()))
+    return length if length >= MIN_LENGTH else 0
 
 
-def static_prefix(model, seq: Sequence, space, x: torch.Tensor) -> StaticPrefix | None:
-    """The sequence's static prefix in this space (x: the explicand there), or None where it is too short, the
+def static_prefix(model, seq: Sequence, space, x: torch.Tensor, length: int) -> StaticPrefix | None:
+    """The first `length` tokens as a static prefix in this space (x: the explicand there), or None where the
     model takes no cache, a layer's cache does not hold every prefix token (the attention and mask spaces index
     keys from token 0), or the cached forward does not reproduce the model's logits at the explicand."""
-    length = fixed_length(seq)
     parameters = inspect.signature(model.forward).parameters
     argument = next((name for name in ("cache", "past_key_values") if name in parameters), None)
-    if length < MIN_LENGTH or argument is None:
+    if argument is None:
         return None
     with torch.no_grad():
         x = x[None]

@@ -12,7 +12,7 @@ from ..core.engine import Integral
 from ..core.guided import Run
 from ..core.sequence import Sequence
 from ..core.spaces import SPACES, AttentionSpace, EmbeddingSpace, MaskSpace
-from ..core.static_prefix import StaticPrefix, static_prefix
+from ..core.static_prefix import StaticPrefix, prefix_length, static_prefix, unmoved
 from ..core.targets import Target
 from ..errors import InvalidInputError, UnknownNameError
 
@@ -58,10 +58,15 @@ class Problem:
         return self.scores_of(short, self.space.prefix(points, short.length), self.prefix_for(points))
 
     def prefix_for(self, points: torch.Tensor) -> StaticPrefix | None:
-        """The sequence's static prefix (built on first use) where these points leave it as it is, else None."""
+        """The sequence's static prefix where these points leave it as it is, else None. Built (three forwards)
+        the first time a batch does, so a method whose points never do (RPI's noisy baselines) never pays."""
         if not self._prefix_checked:
-            self._static_prefix = static_prefix(self.model, self.seq, self.space, self.point())
+            length = prefix_length(self.seq)
+            if length and not unmoved(self.space, points, self.point(), length):
+                return None
             self._prefix_checked = True
+            if length:
+                self._static_prefix = static_prefix(self.model, self.seq, self.space, self.point(), length)
         prefix = self._static_prefix
         return prefix if prefix is not None and prefix.fits(self.space, points) else None
 
