@@ -852,12 +852,15 @@ without documents, no document carries it and "the relevant document" is not wha
     heading = ("## 3. SmolLM2-135M-Instruct on the real-text rag set: the model's own answers" if answer == "own" else
                "## 3a. SmolLM2-135M-Instruct on the real-text rag set: the bare expected answer (earlier protocol)")
     part = smollm2_part(answer)
+    stopped = len(ran) + len(refused) < n_known  # a run that did not reach every correctly answered example
+    which = "the first" if stopped else "all"
+    budget = budget_note(settings.get("minutes", "?")) if stopped else ""
     return f"""{heading}
 
 Command: `{settings.get('command', 'python eval/rag.py smollm2')}`, then `python eval/rag.py contextcite {part}`.
 The model answers {n_known} of {len(knows_rows)} rag examples correctly (eval/real_text.py's `knows`: its greedy
-24-token reply contains the expected answer; decided for every example before any attribution). Explained: {"the first"
- if len(ran) + len(refused) < n_known else "all"} {len(ran)} of those, in the set's order, the ones the model cannot answer without documents first{budget_note(settings.get('minutes', '?')) if len(ran) + len(refused) < n_known else ""}
+24-token reply contains the expected answer; decided for every example before any attribution). Explained: {which}
+{len(ran)} of those, in the set's order, the ones the model cannot answer without documents first{budget}
 with {explained}, granularity="answer", IG with max_steps={settings.get('max_steps', '?')} (other settings: package
 defaults, i.e. score-guided quadrature to a 1% tolerance). Refused by the answer boundary check: {len(refused)}
 ({refused_text}). Leave-one-out's own top document is the relevant one in {loo_right} of {len(ran)}.
