@@ -54,9 +54,10 @@ import torch
 import llm_attrib
 from llm_attrib import Attributor, ConvergenceWarning, rag
 from llm_attrib.errors import InvalidInputError
-from llm_attrib.rag.ablation import segment_log_probs, without
+from llm_attrib.rag.ablation import segment_log_probs, with_only, without
 from llm_attrib.rag.explain import default_space, until_end
 from llm_attrib.rag.prompt import TEMPLATES, as_documents, build_prompt
+from llm_attrib.rag.shapley import document_shapley
 from llm_attrib.rag.verdicts import calibrate as rag_calibrate, judge
 from llm_attrib.zoo.tasks import RAG_FOOD, RAG_NAMES, RAG_PLACE
 
@@ -534,6 +535,49 @@ def cmd_contextcite(args) -> None:
     save_settings(f"contextcite_{name}", args, peer_command=" ".join(command[1:]))
 
 
+def cmd_subsets(args) -> None:
+    """Every subset of documents of each explained SmolLM2 row, one forward each (the prompt re-rendered with the
+    subset, as leave-one-out does): the exact Shapley values come from `rag`'s own code, the rows keep the subset
+    values so the report derives the candidates (notes.md, "Exact document Shapley values")."""
+    model, tokenizer = llm_attrib.zoo.load("smollm2")
+    attributor = Attributor(model, tokenizer, show_progress=False)
+    path = RESULTS / f"{args.which}.jsonl"
+    rows = read_rows(path)
+    for row in rows:
+        if not row.get("methods") or "subsets" in row:
+            continue
+        docs = as_documents(row["documents"])
+        answer_ids = tokenizer(row["answer"], add_special_tokens=False)["input_ids"]
+        values: dict[int, float] = {}
+
+        def log_probs(kept: list[int]) -> torch.Tensor:
+            out = with_only(attributor, row["question"], docs, TEMPLATES["default"], kept, answer_ids,
+                            [(0, len(answer_ids))])
+            values[sum(1 << d for d in kept)] = float(out[0])
+            return out
+
+        started = time.perf_counter()
+        result = document_shapley(log_probs, len(docs), budget=1 << len(docs))
+        seconds = time.perf_counter() - started
+        full = (1 << len(docs)) - 1
+        if abs(values[full] - row["full_logprob"]) > 1e-3 or any(
+                abs(values[full] - values[full ^ (1 << d)] - drop) > 1e-3 for d, drop in enumerate(row["leave_one_out"])):
+            raise SystemExit(f"{row['id']}: subset values disagree with the row's leave-one-out")
+        row["subsets"] = {"values": [values[m] for m in range(full + 1)], "shapley": result.values[:, 0].tolist(),
+                          "seconds": seconds, "n_forward": result.n_forward, "commit": commit()}
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        print(f"{row['id']} shapley={np.round(row['subsets']['shapley'], 2).tolist()} "
+              f"loo={np.round(row['leave_one_out'], 2).tolist()} rel={row['relevant']} {seconds:.1f}s", flush=True)
+
+
+def banzhaf(values: list[float]) -> list[float]:
+    """Exact Banzhaf values from the 2^D subset values: each player's marginal contribution averaged over every
+    subset of the others."""
+    n = len(values).bit_length() - 1
+    return [float(np.mean([values[m | 1 << i] - values[m] for m in range(len(values)) if not m >> i & 1]))
+            for i in range(n)]
+
+
 # ---------------------------------------------------------------------------------------------------- report
 
 
@@ -557,6 +601,11 @@ def method_scores(row: dict, contextcite: dict[str, dict]) -> dict[str, dict]:
     out = {k: v for k, v in row["methods"].items() if "scores" in v}
     out["leave_one_out"] = {"scores": row["leave_one_out"], "seconds": row["loo_seconds"],
                             "n_forward": row["loo_forwards"], "n_backward": 0}
+    if "subsets" in row:
+        subsets = row["subsets"]
+        cost = {"seconds": subsets["seconds"], "n_forward": subsets["n_forward"], "n_backward": 0}
+        out["shapley"] = {"scores": subsets["shapley"], **cost}
+        out["banzhaf"] = {"scores": banzhaf(subsets["values"]), **cost}
     cc = contextcite.get(row["id"])
     if cc is not None:
         out["contextcite"] = {"scores": cc["scores"], "seconds": cc["seconds"], "n_forward": cc["n_ablations"],
@@ -581,7 +630,7 @@ def metric_rows(rows: list[dict], contextcite: dict[str, dict]) -> list[dict]:
 
 
 ORDER = ["ig_embeddings", "ig_attention", "ig_mask", "ixg_mask", "ixg_attention", "attention", "random",
-         "leave_one_out", "contextcite"]
+         "leave_one_out", "shapley", "banzhaf", "contextcite"]
 
 
 def pivot(frame, value: str, fmt: str, cells: list[str]) -> str:
@@ -965,6 +1014,9 @@ def main() -> None:
                                      "smollm2_own_heldout_test"])
     p.add_argument("--num-ablations", type=int, default=64)
     p.set_defaults(func=cmd_contextcite)
+    p = sub.add_parser("subsets", help="evaluate every subset of documents on explained SmolLM2 rows")
+    p.add_argument("which", choices=["smollm2_own", "smollm2_own_heldout_dev", "smollm2_own_heldout_test"])
+    p.set_defaults(func=cmd_subsets)
     p = sub.add_parser("report")
     p.set_defaults(func=cmd_report)
     for name in ("zoo", "smollm2"):

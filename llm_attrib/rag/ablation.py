@@ -27,9 +27,13 @@ def without(attributor: Attributor, question: str, documents: list[Document], te
             removed: list[list[int]], answer_ids: list[int], segments: list[tuple[int, int]],
             system: str | None = None) -> torch.Tensor:
     """(len(removed), S) segment log-probabilities with each set of documents removed."""
-    rows = []
-    for drop in removed:
-        kept = [i for i in range(len(documents)) if i not in set(drop)]
-        prompt = build_prompt(attributor.tokenizer, question, documents, template, kept, system).prompt
-        rows.append(segment_log_probs(attributor, prompt, answer_ids, segments))
+    rows = [with_only(attributor, question, documents, template, [i for i in range(len(documents)) if i not in drop],
+                      answer_ids, segments, system) for drop in map(set, removed)]
     return torch.stack(rows) if rows else torch.zeros(0, len(segments))
+
+
+def with_only(attributor: Attributor, question: str, documents: list[Document], template: Template, kept: list[int],
+              answer_ids: list[int], segments: list[tuple[int, int]], system: str | None = None) -> torch.Tensor:
+    """(S,) segment log-probabilities with only the `kept` documents in the prompt."""
+    prompt = build_prompt(attributor.tokenizer, question, documents, template, kept, system).prompt
+    return segment_log_probs(attributor, prompt, answer_ids, segments)
