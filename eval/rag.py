@@ -54,7 +54,7 @@ import torch
 import llm_attrib
 from llm_attrib import Attributor, ConvergenceWarning, rag
 from llm_attrib.errors import InvalidInputError
-from llm_attrib.rag.ablation import segment_log_probs, with_only, without
+from llm_attrib.rag.ablation import DocumentSubsets
 from llm_attrib.rag.explain import default_space, until_end
 from llm_attrib.rag.prompt import TEMPLATES, as_documents, build_prompt
 from llm_attrib.rag.shapley import document_shapley
@@ -159,16 +159,14 @@ def ablations(attributor: Attributor, question: str, documents: list[str], templ
     """Leave-one-out drops (D,), pair drops (D, D) and the full log-probability of the answer, with timings."""
     docs = as_documents(documents)
     answer_ids = attributor.tokenizer(answer, add_special_tokens=False)["input_ids"]
-    segments = [(0, len(answer_ids))]
+    subsets = DocumentSubsets(attributor, question, docs, template, answer_ids, [(0, len(answer_ids))], system)
     started = time.perf_counter()
-    full = float(segment_log_probs(attributor, build_prompt(attributor.tokenizer, question, docs, template,
-                                                            system=system).prompt, answer_ids, segments)[0])
-    alone = without(attributor, question, docs, template, [[d] for d in range(len(docs))], answer_ids, segments,
-                    system)[:, 0]
+    full = float(subsets.full[0])
+    alone = torch.stack([subsets.without([d]) for d in range(len(docs))])[:, 0]
     loo_seconds = time.perf_counter() - started
     pairs = [[i, j] for i in range(len(docs)) for j in range(i + 1, len(docs))]
     started = time.perf_counter()
-    both = without(attributor, question, docs, template, pairs, answer_ids, segments, system)[:, 0]
+    both = torch.stack([subsets.without(pair) for pair in pairs])[:, 0] if pairs else torch.zeros(0)
     pair_seconds = time.perf_counter() - started
     drops = np.full((len(docs), len(docs)), np.nan)
     for (i, j), value in zip(pairs, both.tolist()):
@@ -548,23 +546,18 @@ def cmd_subsets(args) -> None:
             continue
         docs = as_documents(row["documents"])
         answer_ids = tokenizer(row["answer"], add_special_tokens=False)["input_ids"]
-        values: dict[int, float] = {}
-
-        def log_probs(kept: list[int]) -> torch.Tensor:
-            out = with_only(attributor, row["question"], docs, TEMPLATES["default"], kept, answer_ids,
-                            [(0, len(answer_ids))])
-            values[sum(1 << d for d in kept)] = float(out[0])
-            return out
-
+        subsets = DocumentSubsets(attributor, row["question"], docs, TEMPLATES["default"], answer_ids,
+                                  [(0, len(answer_ids))])
         started = time.perf_counter()
-        result = document_shapley(log_probs, len(docs), budget=1 << len(docs))
+        result = document_shapley(subsets, len(docs), budget=1 << len(docs))
         seconds = time.perf_counter() - started
+        values = {sum(1 << d for d in kept): float(v[0]) for kept, v in subsets.values.items()}
         full = (1 << len(docs)) - 1
         if abs(values[full] - row["full_logprob"]) > 1e-3 or any(
                 abs(values[full] - values[full ^ (1 << d)] - drop) > 1e-3 for d, drop in enumerate(row["leave_one_out"])):
             raise SystemExit(f"{row['id']}: subset values disagree with the row's leave-one-out")
         row["subsets"] = {"values": [values[m] for m in range(full + 1)], "shapley": result.values[:, 0].tolist(),
-                          "seconds": seconds, "n_forward": result.n_forward, "commit": commit()}
+                          "seconds": seconds, "n_forward": len(subsets.values), "commit": commit()}
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         print(f"{row['id']} shapley={np.round(row['subsets']['shapley'], 2).tolist()} "
               f"loo={np.round(row['leave_one_out'], 2).tolist()} rel={row['relevant']} {seconds:.1f}s", flush=True)
@@ -596,8 +589,9 @@ def top2_drop(row: dict, scores) -> float:
     return float(row["pair_drops"][order[0]][order[1]])
 
 
-def method_scores(row: dict, contextcite: dict[str, dict]) -> dict[str, dict]:
-    """Every method's document scores and cost on one row, leave-one-out and ContextCite included."""
+def method_scores(row: dict, contextcite: dict[str, dict], banzhaf_too: bool = False) -> dict[str, dict]:
+    """Every method's document scores and cost on one row, leave-one-out, the exact Shapley values (and Banzhaf,
+    the candidate the dev split turned down, where asked) and ContextCite included."""
     out = {k: v for k, v in row["methods"].items() if "scores" in v}
     out["leave_one_out"] = {"scores": row["leave_one_out"], "seconds": row["loo_seconds"],
                             "n_forward": row["loo_forwards"], "n_backward": 0}
@@ -605,7 +599,8 @@ def method_scores(row: dict, contextcite: dict[str, dict]) -> dict[str, dict]:
         subsets = row["subsets"]
         cost = {"seconds": subsets["seconds"], "n_forward": subsets["n_forward"], "n_backward": 0}
         out["shapley"] = {"scores": subsets["shapley"], **cost}
-        out["banzhaf"] = {"scores": banzhaf(subsets["values"]), **cost}
+        if banzhaf_too:
+            out["banzhaf"] = {"scores": banzhaf(subsets["values"]), **cost}
     cc = contextcite.get(row["id"])
     if cc is not None:
         out["contextcite"] = {"scores": cc["scores"], "seconds": cc["seconds"], "n_forward": cc["n_ablations"],
@@ -613,12 +608,12 @@ def method_scores(row: dict, contextcite: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
-def metric_rows(rows: list[dict], contextcite: dict[str, dict]) -> list[dict]:
+def metric_rows(rows: list[dict], contextcite: dict[str, dict], banzhaf_too: bool = False) -> list[dict]:
     out = []
     for row in rows:
         if not row.get("methods"):
             continue
-        for label, m in method_scores(row, contextcite).items():
+        for label, m in method_scores(row, contextcite, banzhaf_too).items():
             scores = np.asarray(m["scores"], dtype=float)
             out.append({"id": row["id"], "cell": row.get("cell", "smollm2"), "method": label,
                         "top1": float(np.argmax(scores) == row["relevant"]),
@@ -912,11 +907,19 @@ The model answers {n_known} of {len(knows_rows)} rag examples correctly (eval/re
 {len(ran)} of those, in the set's order, the ones the model cannot answer without documents first{budget}
 with {explained}, granularity="answer", IG with max_steps={settings.get('max_steps', '?')} (other settings: package
 defaults, i.e. score-guided quadrature to a 1% tolerance). Refused by the answer boundary check: {len(refused)}
-({refused_text}). Leave-one-out's own top document is the relevant one in {loo_right} of {len(ran)}.
+({refused_text}). Leave-one-out's own top document is the relevant one in {loo_right} of {len(ran)}.{subsets_note(ran, part, False)}
 
 All explained examples:
 
 {chr(10).join(lines)}{split}"""
+
+
+def subsets_note(rows: list[dict], part: str, banzhaf_too: bool) -> str:
+    if not any("subsets" in r for r in rows):
+        return ""
+    which = "shapley and banzhaf (the two candidates of the rule in notes.md)" if banzhaf_too else "shapley"
+    return (f" Rows {which}: exact values from every subset of documents, one forward each (`python eval/rag.py "
+            f"subsets {part}`, 2^D forwards: 8-32 here).")
 
 
 def heldout_section(split: str, settings: dict, rows: list[dict], cc: dict, cc_data) -> str:
@@ -927,7 +930,7 @@ def heldout_section(split: str, settings: dict, rows: list[dict], cc: dict, cc_d
     split_ids = {ex["id"] for ex in examples if ex["split"] == split}
     in_split = [i for i in knows_rows if i in split_ids]
     ran = [r for r in rows if r.get("methods")]
-    frame = pd.DataFrame(metric_rows(ran, cc))
+    frame = pd.DataFrame(metric_rows(ran, cc, banzhaf_too=split == "dev"))
     correct = frame[frame["id"].isin({r["id"] for r in ran if knows_rows[r["id"]]})]
     wrong = [r for r in ran if not knows_rows[r["id"]]]
     loo_right = sum(int(np.argmax(r["leave_one_out"])) == r["relevant"] for r in ran if knows_rows[r["id"]])
@@ -940,7 +943,7 @@ Command: `{settings.get('command', 'python eval/rag.py smollm2 --data heldout')}
 invented entities, so the model can only answer from the documents (the rule this split served, and when it was
 fixed: `eval/results/rag/notes.md`). SmolLM2 answers {sum(knows_rows[i] for i in in_split)} of {len(in_split)}
 {split} questions correctly; it mostly names the entity of another document. Every answer explained is the model's
-own greedy reply, granularity="answer", IG with max_steps={settings.get('max_steps', '?')}.{peer}
+own greedy reply, granularity="answer", IG with max_steps={settings.get('max_steps', '?')}.{peer}{subsets_note(ran, smollm2_part('own', 'heldout', split), split == "dev")}
 
 Correct answers ({len(correct['id'].unique())}; leave-one-out's own top document is the relevant one in {loo_right}):
 

@@ -293,6 +293,9 @@ def _add_rag_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rows: one per answer sentence (default), one for the whole answer (cheapest) or per token")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the ablation check (verdicts and leave-one-out; 1 + documents forwards)")
+    parser.add_argument("--shapley", action="store_true",
+                        help="also each document's Shapley value per answer sentence, by removing subsets of documents "
+                             "(exact from all 2^D subsets up to 64 forwards, sampled orders beyond)")
     parser.add_argument("--retriever", metavar="PATH",
                         help="a bi-encoder folder (sentence-transformers style) to explain each document's similarity")
     parser.add_argument("--max-new-tokens", type=_positive, default=64, metavar="N",
@@ -348,7 +351,7 @@ def _run_rag(args: argparse.Namespace) -> int:
     result = rag.explain(
         model, tokenizer, args.question, documents, args.answer, template=template, system=args.system,
         method=args.method, space=args.space, granularity=args.granularity, verify=not args.no_verify,
-        retriever=retriever, max_new_tokens=args.max_new_tokens, show_progress=not args.no_progress,
+        shapley=args.shapley, retriever=retriever, max_new_tokens=args.max_new_tokens, show_progress=not args.no_progress,
         **_method_params(args.param),
     )
     print_rag_explanation(result)

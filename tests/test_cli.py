@@ -179,12 +179,14 @@ def test_rag_runs_on_the_embedded_model_and_writes_json(tmp_path, capsys):
     from llm_attrib import rag
 
     out, page = tmp_path / "rag.json", tmp_path / "rag.html"
-    assert main(["rag", "--space", "attention", "--json", str(out), "--html", str(page), "--no-progress"]) == 0
-    assert page.read_text().lstrip().lower().startswith("<!doctype html>")
+    assert main(["rag", "--space", "attention", "--shapley", "--json", str(out), "--html", str(page),
+                 "--no-progress"]) == 0
+    assert page.read_text().lstrip().lower().startswith("<!doctype html>") and "Shapley values" in page.read_text()
     printed = capsys.readouterr().out
     example = zoo.examples("rag", n=1, seed=0)[0]
     result = rag.RagExplanation.load(out)
     assert result.top_document == example["relevant_document"]
+    assert int(result.shapley.values.sum(1).argmax()) == example["relevant_document"] and "Shapley (nats)" in printed
     assert result.citations[0].verdict.label == "supported" and "supported" in printed
     assert example["answer"] in printed
 

@@ -73,7 +73,7 @@ def test_the_source_document_comes_first_on_the_rag_model(zoo, space):
         assert citation.documents[0][0] == example["relevant_document"] and citation.verdict.label == "supported"
         assert int(result.leave_one_out[:, 0].argmax()) == example["relevant_document"]
         assert result.explanation.converged
-        assert result.cost["n_forward_verify"] >= len(documents) + 1  # the answer in full, then without each
+        assert result.cost["n_forward_ablation"] == len(documents) + 2  # the answer in full, without each, without all
 
 
 def test_an_answer_whose_source_was_removed_is_not_supported(zoo):
@@ -180,6 +180,7 @@ def test_bad_input_gets_a_clear_error_and_leaves_the_model_alone(chat_lm):
         (dict(documents=["w1 " * 40, "w2 " * 60]), r"more than the model's context of 96 \(document 1: 60 tokens, document 0: 40"),
         (dict(documents=["w1"], question=" "), "question is empty"),
         (dict(documents=[{"body": "w1"}]), "dict with a 'text' key"),
+        (dict(documents=["w1", "w2"], shapley=True, shapley_budget=1), r"shapley_budget=1 forwards .* at least 2"),
     ]
     for kwargs, message in cases:
         args = {"question": "w30", "template": TINY, **kwargs}

@@ -54,7 +54,8 @@ def chat():
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                          initializer_range=0.1, pad_token_id=0, bos_token_id=2, eos_token_id=3)
     model = LlamaForCausalLM(config).eval()
-    return {g: rag.explain(model, tokenizer, QUESTION, DOCUMENTS, answer=ANSWER, granularity=g, show_progress=False)
+    return {g: rag.explain(model, tokenizer, QUESTION, DOCUMENTS, answer=ANSWER, granularity=g, shapley=g == "sentence",
+                           show_progress=False)
             for g in ("sentence", "token", "answer")}
 
 
@@ -177,6 +178,17 @@ def test_verdicts_citations_and_leave_one_out_are_shown(chat):
     for citation in result.citations:
         for d, score in citation.documents:
             assert f"Document {d + 1}" in citations and f"{score:+.3g}" in citations
+
+
+def test_shapley_values_are_shown_beside_leave_one_out(chat):
+    result = chat["sentence"]
+    page = Page(result.to_html())
+    (table,) = [text for cls, text in page.classes if cls == "loo shapley"]
+    for d in range(len(result.documents)):
+        for s in range(2):
+            assert f"{float(result.shapley.values[d, s]):+.2f}" in table
+    assert "exact, from all 8 subsets of documents" in result.to_html()
+    assert Page(chat["token"].to_html()).classes and "Shapley" not in chat["token"].to_html()
 
 
 def test_header_states_how_it_was_explained_and_convergence(chat):

@@ -10,7 +10,8 @@ from .explain import GRANULARITIES, SCOPES, explain
 from .explanation import Citation, RagExplanation, Verdict
 from .prompt import TEMPLATES, Document, Template
 from .retriever import RetrievalExplanation, explain_retrieval, rank_and_explain, similarity
+from .shapley import DocumentShapley
 from .verdicts import THRESHOLDS, calibrate
 
 __all__ = ["explain", "RagExplanation", "Citation", "Verdict", "Template", "Document", "TEMPLATES", "THRESHOLDS", "calibrate",
-           "GRANULARITIES", "SCOPES", "explain_retrieval", "rank_and_explain", "similarity", "RetrievalExplanation"]
+           "GRANULARITIES", "SCOPES", "explain_retrieval", "rank_and_explain", "similarity", "RetrievalExplanation", "DocumentShapley"]

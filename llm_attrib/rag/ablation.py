@@ -1,12 +1,14 @@
-"""Leave-documents-out: the answer's log-probability, per answer segment, with documents removed from the prompt.
+"""Removing documents: the answer's log-probability, per answer segment, with only some documents in the prompt.
 
-The brute-force reference for a document ranking (one forward per removal), and the check behind a verdict:
-an answer sentence a document supports loses probability when that document is removed, more than when any
-other one is. Removal re-renders the prompt without the documents (same template, the others unchanged, their
-labels keeping their numbers), so nothing else moves.
+The brute-force reference for a document ranking (one forward per subset of documents), the check behind a
+verdict (an answer sentence a document supports loses probability when that document is removed, more than when
+any other one is), and the game behind the documents' Shapley values. Removal re-renders the prompt without the
+documents (same template, the others unchanged, their labels keeping their numbers), so nothing else moves.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 
@@ -23,17 +25,28 @@ def segment_log_probs(attributor: Attributor, prompt, answer_ids: list[int],
     return target_log_probabilities(attributor.model, seq).cpu()
 
 
-def without(attributor: Attributor, question: str, documents: list[Document], template: Template,
-            removed: list[list[int]], answer_ids: list[int], segments: list[tuple[int, int]],
-            system: str | None = None) -> torch.Tensor:
-    """(len(removed), S) segment log-probabilities with each set of documents removed."""
-    rows = [with_only(attributor, question, documents, template, [i for i in range(len(documents)) if i not in drop],
-                      answer_ids, segments, system) for drop in map(set, removed)]
-    return torch.stack(rows) if rows else torch.zeros(0, len(segments))
+class DocumentSubsets:
+    """(S,) answer segment log-probabilities with a subset of the documents kept, each subset run once, so
+    leave-one-out, the verdicts' removals and the Shapley values share their forwards."""
 
+    def __init__(self, attributor: Attributor, question: str, documents: list[Document], template: Template,
+                 answer_ids: list[int], segments: list[tuple[int, int]], system: str | None = None):
+        self.attributor, self.question, self.documents, self.template = attributor, question, documents, template
+        self.answer_ids, self.segments, self.system = answer_ids, segments, system
+        self.values: dict[tuple[int, ...], torch.Tensor] = {}
 
-def with_only(attributor: Attributor, question: str, documents: list[Document], template: Template, kept: list[int],
-              answer_ids: list[int], segments: list[tuple[int, int]], system: str | None = None) -> torch.Tensor:
-    """(S,) segment log-probabilities with only the `kept` documents in the prompt."""
-    prompt = build_prompt(attributor.tokenizer, question, documents, template, kept, system).prompt
-    return segment_log_probs(attributor, prompt, answer_ids, segments)
+    def __call__(self, kept: Iterable[int]) -> torch.Tensor:
+        key = tuple(sorted(set(kept)))
+        if key not in self.values:
+            prompt = build_prompt(self.attributor.tokenizer, self.question, self.documents, self.template, list(key),
+                                  self.system).prompt
+            self.values[key] = segment_log_probs(self.attributor, prompt, self.answer_ids, self.segments)
+        return self.values[key]
+
+    def without(self, removed: Iterable[int]) -> torch.Tensor:
+        dropped = set(removed)
+        return self(d for d in range(len(self.documents)) if d not in dropped)
+
+    @property
+    def full(self) -> torch.Tensor:
+        return self(range(len(self.documents)))

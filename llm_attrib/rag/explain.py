@@ -12,13 +12,16 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..attributor import Attributor, context_length, counting_forwards
 from ..errors import InvalidInputError, UncalibratedWarning, UnknownNameError
 from ..methods.base import get_method
-from .ablation import segment_log_probs, without
+from .ablation import DocumentSubsets
 from .explanation import RagExplanation, cited_documents
 from .prompt import TEMPLATES, Template, as_documents, build_prompt
 from .sentences import split_sentences
+from .shapley import document_shapley
 from .verdicts import THRESHOLDS, judge
 
 GRANULARITIES = ("sentence", "answer", "token")
@@ -40,6 +43,8 @@ def explain(
     scope: str = "documents",
     verify: bool = True,
     thresholds: tuple[float, float] = THRESHOLDS,
+    shapley: bool = False,
+    shapley_budget: int = 64,
     retriever: tuple[Any, Any] | None = None,
     max_new_tokens: int = 64,
     internal_batch_size: int | None = None,
@@ -72,6 +77,9 @@ def explain(
             answer's log-probability: the leave-one-out check and a verdict per answer sentence (2 + documents
             forwards).
         thresholds: (low, high) margins in nats for the verdicts (see `rag.verdicts`).
+        shapley: also give each document's Shapley value for each answer sentence (`result.shapley`), by removing
+            documents: exact from all 2^D subsets of documents when 2^D <= shapley_budget forwards (shared with
+            `verify`'s), else estimated from sampled orders (seeded, with standard errors, `exact=False`).
         retriever: (encoder, tokenizer) of a bi-encoder; explains each document's similarity to the question.
         max_new_tokens: generation length when `answer` is None.
     """
@@ -81,6 +89,9 @@ def explain(
         raise UnknownNameError(f"unknown scope {scope!r}; choose one of {list(SCOPES)}.")
     started = time.perf_counter()
     docs = as_documents(documents)
+    if not isinstance(shapley_budget, int) or shapley_budget < 2:
+        raise InvalidInputError(f"shapley_budget={shapley_budget!r} forwards cannot evaluate even all and none of the "
+                                f"documents; give an integer of at least 2 (2^D = {2 ** len(docs)} for exact values).")
     layout = resolve_template(template)
     built = build_prompt(tokenizer, question, docs, layout, system=system)
     attributor = Attributor(model, tokenizer, internal_batch_size=internal_batch_size, show_progress=show_progress)
@@ -105,25 +116,28 @@ def explain(
         granularity=granularity, document_spans=built.document_spans, sentence_spans=built.sentence_spans,
         question_span=built.question_span, answer_sentences=runs, answer_sentence_spans=spans, scope=scope,
     )
-    verify_forwards = 0
-    if verify:
-        if thresholds == THRESHOLDS and not is_calibration_model(model):
-            warnings.warn(
-                f"the verdict thresholds {THRESHOLDS} (nats) were calibrated on the zoo rag model, where a source "
-                "document carries 10-20 nats; on other models sources often carry far less (2-7 on SmolLM2), so "
-                "supported sentences can read 'unsupported'. Calibrate for this model with rag.calibrate(...) and "
-                "pass thresholds=.", UncalibratedWarning, stacklevel=2)
+    ablation_forwards = 0
+    if verify and thresholds == THRESHOLDS and not is_calibration_model(model):
+        warnings.warn(
+            f"the verdict thresholds {THRESHOLDS} (nats) were calibrated on the zoo rag model, where a source "
+            "document carries 10-20 nats; on other models sources often carry far less (2-7 on SmolLM2), so "
+            "supported sentences can read 'unsupported'. Calibrate for this model with rag.calibrate(...) and "
+            "pass thresholds=.", UncalibratedWarning, stacklevel=2)
+    if verify or shapley:
+        subsets = DocumentSubsets(attributor, question, docs, layout, answer_ids, runs, system)
         with counting_forwards(model) as forwards:
-            result.verdicts, result.leave_one_out = check(attributor, built.prompt, question, docs, layout, system,
-                                                         answer_ids, result, thresholds)
-        verify_forwards = forwards[0]
+            if verify:
+                result.verdicts, result.leave_one_out = check(subsets, result, thresholds)
+            if shapley:
+                result.shapley = document_shapley(subsets, len(docs), budget=shapley_budget)
+        ablation_forwards = forwards[0]
     if retriever is not None:
         from .retriever import rank_and_explain
 
         encoder, encoder_tokenizer = retriever
         result.retrieval = [r.to_dict() for r in rank_and_explain(encoder, encoder_tokenizer, question,
                                                                    [d.text for d in docs])]
-    result.cost = {**explanation.cost, "n_forward_verify": verify_forwards,
+    result.cost = {**explanation.cost, "n_forward_ablation": ablation_forwards,
                    "seconds": time.perf_counter() - started}
     return result
 
@@ -198,32 +212,18 @@ def answer_sentences(seq) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]
     return runs, spans
 
 
-def check(attributor: Attributor, prompt, question: str, documents, template: Template, system: str | None,
-          answer_ids: list[int], result: RagExplanation, thresholds: tuple[float, float]):
-    """Verdicts per answer sentence and the leave-one-out table (documents, sentences), from ablations of `prompt`
-    (the rendered prompt with every document)."""
-    segments = result.answer_sentences
-    full = segment_log_probs(attributor, prompt, answer_ids, segments)
-    removals = [[d] for d in range(len(documents))] + [list(range(len(documents)))]
-    alone = without(attributor, question, documents, template, removals, answer_ids, segments, system)
-    leave_one_out = full[None] - alone[:-1]  # (D, S)
-    drop_all = full - alone[-1]  # (S,) every document removed
+def check(subsets: DocumentSubsets, result: RagExplanation, thresholds: tuple[float, float]):
+    """Verdicts per answer sentence and the leave-one-out table (documents, sentences), from removing documents."""
+    n_documents = len(subsets.documents)
+    full = subsets.full
+    leave_one_out = full[None] - torch.stack([subsets.without([d]) for d in range(n_documents)])  # (D, S)
+    drop_all = full - subsets(())  # (S,) every document removed
     by_doc = result.sentence_document_scores()
-    verdicts, removed = [], {}  # removed: (cited documents) -> segment log-probabilities without them, run once
-    for s in range(len(segments)):
+    verdicts = []
+    for s in range(len(result.answer_sentences)):
         cited = [d for d, _ in cited_documents(by_doc[min(s, len(by_doc) - 1)])]
-        if not cited:
-            drop_cited = 0.0
-        elif len(cited) == 1:
-            drop_cited = float(leave_one_out[cited[0], s])
-        else:
-            key = tuple(sorted(cited))
-            if key not in removed:
-                removed[key] = without(attributor, question, documents, template, [cited], answer_ids, segments,
-                                       system)[0]
-            drop_cited = float(full[s] - removed[key][s])
-        others = [d for d in range(len(documents)) if d not in cited]
+        drop_cited = float(full[s] - subsets.without(cited)[s]) if cited else 0.0
+        others = [d for d in range(n_documents) if d not in cited]
         drop_other = float(leave_one_out[others, s].clamp_min(0).mean()) if others else 0.0
         verdicts.append(judge(drop_cited, drop_other, thresholds, cited=bool(cited), drop_all=float(drop_all[s])))
     return verdicts, leave_one_out
-

@@ -16,6 +16,7 @@ import torch
 from ..errors import InvalidInputError
 from ..explanation import Explanation, _jsonable, _none_to_nan, read_json, write_json
 from .prompt import Document
+from .shapley import DocumentShapley
 
 Span = tuple[int, int]
 
@@ -78,9 +79,11 @@ class RagExplanation:
         verdicts: one `Verdict` per answer sentence, when `verify=True`.
         leave_one_out: (documents, answer sentences) nats each sentence loses when that document alone is removed
             (computed with the verdicts).
+        shapley: each document's Shapley value for each answer sentence (`DocumentShapley`), when `shapley=True`.
         retrieval: the retriever's explanation of each document's similarity to the question, when given.
         scope: what moved along the path: "documents" (the rest of the prompt stayed real) or "prompt".
-        cost: the attribution's (`explanation.cost`), "n_forward_verify" (the verdicts' ablation forwards) and
+        cost: the attribution's (`explanation.cost`), "n_forward_ablation" (the forwards that removed documents:
+            leave-one-out, verdicts, Shapley values) and
             "seconds" for the whole call (prompt, generation, attribution, verdicts).
     """
 
@@ -96,6 +99,7 @@ class RagExplanation:
     answer_sentence_spans: list[Span]
     verdicts: list[Verdict] | None = None
     leave_one_out: torch.Tensor | None = None
+    shapley: DocumentShapley | None = None
     retrieval: list[dict[str, Any]] | None = None
     cost: dict[str, float] = field(default_factory=dict)
     scope: str = "documents"
@@ -187,8 +191,9 @@ class RagExplanation:
         return pd.DataFrame(rows)
 
     def to_dict(self) -> dict[str, Any]:
-        data = {key: _jsonable(value) for key, value in asdict(self).items() if key != "explanation"}
+        data = {key: _jsonable(value) for key, value in asdict(self).items() if key not in ("explanation", "shapley")}
         data["explanation"] = self.explanation.to_dict()
+        data["shapley"] = None if self.shapley is None else self.shapley.to_dict()
         data["kind"] = "llm-attrib rag explanation"
         return data
 
@@ -206,6 +211,8 @@ class RagExplanation:
         data["answer_sentence_spans"] = [tuple(s) for s in data["answer_sentence_spans"]]
         if data.get("verdicts") is not None:
             data["verdicts"] = [Verdict(**{**v, "thresholds": tuple(v["thresholds"])}) for v in data["verdicts"]]
+        if data.get("shapley") is not None:
+            data["shapley"] = DocumentShapley.from_dict(data["shapley"])
         if data.get("leave_one_out") is not None:
             data["leave_one_out"] = torch.tensor(_none_to_nan(data["leave_one_out"]))
         return cls(**data)

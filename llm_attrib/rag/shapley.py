@@ -30,7 +30,7 @@ class DocumentShapley:
         full, empty: (segments,) log-probabilities with every document and with none; values sum to full - empty.
         exact: every subset was evaluated; otherwise `values` average `n_orders` sampled orders.
         stderr: (documents, segments) standard error of a sampled estimate (zeros when exact).
-        n_forward: forwards spent (one per distinct subset of documents).
+        n_subsets: distinct subsets of documents evaluated (a forward each, unless shared with leave-one-out).
         n_orders: orders averaged (D! implicitly when exact).
     """
 
@@ -39,18 +39,18 @@ class DocumentShapley:
     empty: torch.Tensor
     exact: bool
     stderr: torch.Tensor
-    n_forward: int
+    n_subsets: int
     n_orders: int
 
     def to_dict(self) -> dict:
         return {"values": self.values.tolist(), "full": self.full.tolist(), "empty": self.empty.tolist(),
-                "exact": self.exact, "stderr": self.stderr.tolist(), "n_forward": self.n_forward,
+                "exact": self.exact, "stderr": self.stderr.tolist(), "n_subsets": self.n_subsets,
                 "n_orders": self.n_orders}
 
     @classmethod
     def from_dict(cls, data: dict) -> DocumentShapley:
         tensors = {k: torch.tensor(data[k], dtype=torch.float64) for k in ("values", "full", "empty", "stderr")}
-        return cls(**tensors, exact=data["exact"], n_forward=data["n_forward"], n_orders=data["n_orders"])
+        return cls(**tensors, exact=data["exact"], n_subsets=data["n_subsets"], n_orders=data["n_orders"])
 
 
 def exact_shapley(values: torch.Tensor) -> torch.Tensor:
@@ -105,7 +105,7 @@ def document_shapley(log_probs: Callable[[list[int]], torch.Tensor], n_documents
                      seed: int = 0) -> DocumentShapley:
     """Shapley values of `n_documents` documents, where `log_probs(kept)` is the answer segments' log-probabilities
     (S,) with only the `kept` documents in the prompt. Exact when 2^D <= budget, else sampled to about `budget`
-    forwards."""
+    forwards (at least two pairs of orders; exact after all if those visited every subset)."""
     if n_documents < 1:
         raise InvalidInputError("Shapley values need at least one document.")
     if budget < 2:
@@ -124,6 +124,9 @@ def document_shapley(log_probs: Callable[[list[int]], torch.Tensor], n_documents
         stderr, orders, exact = torch.zeros_like(values), math.factorial(n_documents), True
     else:
         values, stderr, orders = sampled_shapley(value, n_documents, budget, torch.Generator().manual_seed(seed))
-        exact = False
+        exact = len(cache) == n_subsets  # the orders happened to visit every subset: nothing left to estimate
+        if exact:
+            values = exact_shapley(torch.stack([value(m) for m in range(n_subsets)]))
+            stderr, orders = torch.zeros_like(values), math.factorial(n_documents)
     return DocumentShapley(values=values, full=value(n_subsets - 1), empty=value(0), exact=exact, stderr=stderr,
-                           n_forward=len(cache), n_orders=orders)
+                           n_subsets=len(cache), n_orders=orders)

@@ -259,6 +259,7 @@ def render_rag_html(result: "RagExplanation", title: str | None = None) -> str:
         _rest_note(result),
         _citations(result),
         _leave_one_out(result),
+        _shapley(result),
         _retrieval(result),
         f'<script type="application/json" id="rag-data">{_json_for_script(_data(result, row_spans, groups))}</script>',
         f"<script>{_JS}</script>",
@@ -565,7 +566,28 @@ def _citations(result: "RagExplanation") -> str:
 
 
 def _leave_one_out(result: "RagExplanation") -> str:
-    table = result.leave_one_out
+    return _document_table(
+        result, result.leave_one_out, "Leave one out (nats)", "leave-one-out", "removed",
+        "How much each answer sentence's log-probability drops when that document alone is removed from the prompt "
+        "(red: the sentence needed the document; blue: it became more likely without it).")
+
+
+def _shapley(result: "RagExplanation") -> str:
+    shapley = result.shapley
+    if shapley is None:
+        return ""
+    how = (f"exact, from all {shapley.n_subsets} subsets of documents" if shapley.exact else
+           f"estimated from {shapley.n_orders} sampled orders over {shapley.n_subsets} subsets, standard error up to "
+           f"{float(shapley.stderr.max()):.2f} nats")
+    return _document_table(
+        result, shapley.values, "Shapley values (nats)", "shapley", "document",
+        "Each document's share of each answer sentence's log-probability, averaged over every order in which the "
+        f"documents could be added ({how}); a column sums to the sentence's log-probability with every document "
+        "minus without any.")
+
+
+def _document_table(result: "RagExplanation", table, heading: str, table_id: str, corner: str, note: str) -> str:
+    """A (documents, answer sentences) table of nats, shaded by sign and size."""
     if table is None or not isinstance(table, torch.Tensor) or table.dim() != 2 or table.numel() == 0:
         return ""
     values = table.detach().float().cpu()
@@ -590,11 +612,10 @@ def _leave_one_out(result: "RagExplanation") -> str:
             cells.append(f'<td class="num" style="background:rgb{rgb}{ink}">{shown}</td>')
         rows.append(f'<tr><th title="{_e(name)}">{_e(_short(name, 40))}</th>{"".join(cells)}</tr>')
     return (
-        "<h2>Leave one out (nats)</h2>"
-        f'<table class="loo" id="leave-one-out"><thead><tr><th>removed</th>{"".join(heads)}</tr></thead>'
+        f"<h2>{_e(heading)}</h2>"
+        f'<table class="{"loo" if table_id == "leave-one-out" else "loo " + table_id}" id="{table_id}"><thead><tr><th>{corner}</th>{"".join(heads)}</tr></thead>'
         f'<tbody>{"".join(rows)}</tbody></table>'
-        '<div class="note">How much each answer sentence\'s log-probability drops when that document alone is removed '
-        "from the prompt (red: the sentence needed the document; blue: it became more likely without it).</div>"
+        f'<div class="note">{_e(note)}</div>'
     )
 
 

@@ -189,14 +189,17 @@ def print_rag_explanation(result, console: Console | None = None) -> None:
     console.print(Panel(Text(result.answer.strip()), title=f"answer to: {result.question}",
                         subtitle=f"{exp.method} over {exp.space}, {result.granularity} rows {status}"))
     ranking = Table(title="documents, by what they carried of the whole answer")
-    for column in ("rank", "document", "score", "text"):
-        ranking.add_column(column, justify="right" if column in ("rank", "score") else "left")
+    shapley = None if result.shapley is None else result.shapley.values.sum(1)  # the whole answer's, in nats
+    columns = ("rank", "document", "score") + (("Shapley (nats)",) if shapley is not None else ()) + ("text",)
+    for column in columns:
+        ranking.add_column(column, justify="left" if column in ("document", "text") else "right")
     scores = result.answer_document_scores
     for rank, d in enumerate(result.ranking, 1):
         document = result.documents[d]
         label = f"{d}" + (f" ({document.title})" if document.title else "")
         text = document.text if len(document.text) <= 90 else document.text[:87] + "..."
-        ranking.add_row(str(rank), label, fmt_score(float(scores[d])), text)
+        extra = () if shapley is None else (f"{float(shapley[d]):+.2f}",)
+        ranking.add_row(str(rank), label, fmt_score(float(scores[d])), *extra, text)
     console.print(ranking)
     citations = Table(title="citations")
     for column in ("answer", "cited documents", "top sentence", "verdict"):
