@@ -76,8 +76,8 @@ def sampled_shapley(value: Callable[[int], torch.Tensor], n_players: int, budget
                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(values, stderr, orders) from random orders, each paired with its reverse (antithetic: the pair's
     marginals are negatively correlated), drawn without repetition until `budget` distinct subsets have been
-    evaluated (at least two pairs). `value(mask)` is
-    memoised by the caller. Every order's marginals sum to full - empty, so the estimate keeps completeness."""
+    evaluated (at least two pairs, for a standard error). `value(mask)` is memoised by the caller. Every order's
+    marginals sum to full - empty, so the estimate keeps completeness."""
     full = (1 << n_players) - 1
     pairs, seen, drawn = [], {0, full}, set()
     while (len(seen) < budget or len(pairs) < 2) and len(drawn) < math.factorial(n_players):
@@ -97,7 +97,7 @@ def sampled_shapley(value: Callable[[int], torch.Tensor], n_players: int, budget
             pair.append(torch.stack(marginal))
         pairs.append((pair[0] + pair[1]) / 2)
     stacked = torch.stack(pairs)  # (pairs, D, S)
-    stderr = stacked.std(0, unbiased=True) / math.sqrt(len(pairs))
+    stderr = stacked.std(0) / math.sqrt(len(pairs))
     return stacked.mean(0), stderr, 2 * len(pairs)
 
 
