@@ -161,3 +161,23 @@ def test_byte_fragments_show_the_text_they_cover_and_split_answers_are_refused(a
     assert sum("\U0001F9A9" in token for token in exp.input_tokens) == 3
     with pytest.raises(llm_attrib.InvalidInputError, match="token ids"):
         attributor.explain("The capital of France is Par", answer="is", method="attention")
+
+
+def test_rag_document_shapley_values_on_the_real_model(smollm2):
+    """A real-text rag example (rag-069): the document that states the answer carries it, the Shapley values add up
+    to the answer's log-probability with every document minus with none, and leave-one-out shares their subsets."""
+    from llm_attrib import UncalibratedWarning, rag
+
+    question = "What language is mainly spoken in Brazil?"
+    documents = ["Dutch is the official language of Suriname, a small country on the northern coast of South America.",
+                 "The main language spoken in Brazil is Portuguese, a legacy of the country's long colonial history "
+                 "under Portugal.",
+                 "French is an official language of Haiti, along with Haitian Creole, which most people speak at home."]
+    with pytest.warns(UncalibratedWarning):
+        result = rag.explain(*smollm2, question, documents, answer="Portuguese", method="attention",
+                             granularity="answer", shapley=True, show_progress=False)
+    shapley = result.shapley
+    assert shapley.exact and shapley.n_subsets == 8 and result.cost["n_forward_ablation"] == 8
+    torch.testing.assert_close(shapley.values.sum(0), shapley.full - shapley.empty, rtol=0, atol=1e-9)
+    assert int(shapley.values[:, 0].argmax()) == 1 == int(result.leave_one_out[:, 0].argmax())
+    assert float(shapley.values[1, 0]) > 1.0 > float(shapley.values[[0, 2], 0].abs().max())
