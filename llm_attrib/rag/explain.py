@@ -21,7 +21,7 @@ from .ablation import DocumentSubsets
 from .explanation import RagExplanation, cited_documents
 from .prompt import TEMPLATES, Template, as_documents, build_prompt
 from .sentences import split_sentences
-from .shapley import document_shapley
+from .shapley import DEFAULT_BUDGET, document_shapley
 from .verdicts import THRESHOLDS, judge
 
 GRANULARITIES = ("sentence", "answer", "token")
@@ -44,7 +44,7 @@ def explain(
     verify: bool = True,
     thresholds: tuple[float, float] = THRESHOLDS,
     shapley: bool = False,
-    shapley_budget: int = 64,
+    shapley_budget: int = DEFAULT_BUDGET,
     retriever: tuple[Any, Any] | None = None,
     max_new_tokens: int = 64,
     internal_batch_size: int | None = None,

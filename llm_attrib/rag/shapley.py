@@ -21,6 +21,9 @@ import torch
 from ..errors import InvalidInputError
 
 
+DEFAULT_BUDGET = 64  # forwards: exact up to 6 documents; ContextCite's default number of ablations
+
+
 @dataclass
 class DocumentShapley:
     """Shapley values of documents for each answer segment.
@@ -101,7 +104,7 @@ def sampled_shapley(value: Callable[[int], torch.Tensor], n_players: int, budget
     return stacked.mean(0), stderr, 2 * len(pairs)
 
 
-def document_shapley(log_probs: Callable[[list[int]], torch.Tensor], n_documents: int, budget: int = 64,
+def document_shapley(log_probs: Callable[[list[int]], torch.Tensor], n_documents: int, budget: int = DEFAULT_BUDGET,
                      seed: int = 0) -> DocumentShapley:
     """Shapley values of `n_documents` documents, where `log_probs(kept)` is the answer segments' log-probabilities
     (S,) with only the `kept` documents in the prompt. Exact when 2^D <= budget, else sampled to about `budget`
