@@ -292,7 +292,7 @@ def _add_rag_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--granularity", default="sentence", choices=("sentence", "answer", "token"),
                         help="rows: one per answer sentence (default), one for the whole answer (cheapest) or per token")
     parser.add_argument("--no-verify", action="store_true",
-                        help="skip the ablation check (verdicts and leave-one-out; 1 + documents forwards)")
+                        help="skip the ablation check (verdicts and leave-one-out; 2 + documents forwards)")
     parser.add_argument("--shapley", action="store_true",
                         help="also each document's Shapley value per answer sentence, by removing subsets of documents "
                              "(exact from all 2^D subsets up to 64 forwards, sampled orders beyond)")
