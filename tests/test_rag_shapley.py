@@ -111,11 +111,14 @@ def test_the_source_document_carries_the_answer_on_the_rag_model(zoo, tmp_path):
         others = torch.cat([values[:example["relevant_document"]], values[example["relevant_document"] + 1:]])
         assert values.max() > 5 and others.abs().max() < 0.2 * values.max()
         answer_ids = tokenizer(result.answer, add_special_tokens=False)["input_ids"]
+        forwards = []
         subsets = DocumentSubsets(llm_attrib.Attributor(model, tokenizer, show_progress=False), question,
-                                  as_documents(documents), resolve_template("zoo"), answer_ids, result.answer_sentences)
+                                  as_documents(documents), resolve_template("zoo"), answer_ids, result.answer_sentences,
+                                  on_forward=forwards.append)
         torch.testing.assert_close(values.sum(), (subsets.full - subsets(()))[0].double(), rtol=0, atol=1e-4)
         loo = subsets.full[0] - torch.stack([subsets.without([d])[0] for d in range(len(documents))])
         torch.testing.assert_close(result.leave_one_out[:, 0], loo)
+        assert len(forwards) == len(subsets.values) == len(documents) + 2  # each subset run once (full twice asked)
         assert result.cost["n_forward_ablation"] == 2 ** len(documents)
     result.save(tmp_path / "r.json")
     loaded = rag.RagExplanation.load(tmp_path / "r.json")

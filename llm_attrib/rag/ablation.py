@@ -8,7 +8,7 @@ documents (same template, the others unchanged, their labels keeping their numbe
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -30,9 +30,11 @@ class DocumentSubsets:
     leave-one-out, the verdicts' removals and the Shapley values share their forwards."""
 
     def __init__(self, attributor: Attributor, question: str, documents: list[Document], template: Template,
-                 answer_ids: list[int], segments: list[tuple[int, int]], system: str | None = None):
+                 answer_ids: list[int], segments: list[tuple[int, int]], system: str | None = None,
+                 on_forward: Callable[[int], object] | None = None):
         self.attributor, self.question, self.documents, self.template = attributor, question, documents, template
         self.answer_ids, self.segments, self.system = answer_ids, segments, system
+        self.on_forward = on_forward  # told of each forward run (a progress bar's update)
         self.values: dict[tuple[int, ...], torch.Tensor] = {}
 
     def __call__(self, kept: Iterable[int]) -> torch.Tensor:
@@ -41,6 +43,8 @@ class DocumentSubsets:
             prompt = build_prompt(self.attributor.tokenizer, self.question, self.documents, self.template, list(key),
                                   self.system).prompt
             self.values[key] = segment_log_probs(self.attributor, prompt, self.answer_ids, self.segments)
+            if self.on_forward is not None:
+                self.on_forward(1)
         return self.values[key]
 
     def without(self, removed: Iterable[int]) -> torch.Tensor:

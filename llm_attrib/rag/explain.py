@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from ..attributor import Attributor, context_length, counting_forwards
 from ..errors import InvalidInputError, UncalibratedWarning, UnknownNameError
@@ -124,8 +125,10 @@ def explain(
             "supported sentences can read 'unsupported'. Calibrate for this model with rag.calibrate(...) and "
             "pass thresholds=.", UncalibratedWarning, stacklevel=2)
     if verify or shapley:
-        subsets = DocumentSubsets(attributor, question, docs, layout, answer_ids, runs, system)
-        with counting_forwards(model) as forwards:
+        exact = shapley and 2 ** len(docs) <= shapley_budget  # then every subset, verify's among them
+        with tqdm(total=2 ** len(docs) if exact else None, desc="removing documents", unit="forward", delay=1.0,
+                  leave=False, disable=not show_progress) as bar, counting_forwards(model) as forwards:
+            subsets = DocumentSubsets(attributor, question, docs, layout, answer_ids, runs, system, bar.update)
             if verify:
                 result.verdicts, result.leave_one_out = check(subsets, result, thresholds)
             if shapley:
