@@ -690,6 +690,7 @@ def cmd_report(args) -> None:
     if speed:
         parts.append(speed_section(settings.get("speed", {}), speed))
     parts.append(sampled_shapley_section())
+    parts.append(decompositions_section())
     parts.append((RESULTS / "notes.md").read_text() if (RESULTS / "notes.md").exists() else "")
     REPORT.write_text("\n\n".join(p.strip() for p in parts if p.strip()) + "\n")
     print(REPORT.read_text())
@@ -970,6 +971,39 @@ agreement with leave-one-out means the same there; top-1 still counts the releva
 mostly did not use:
 
 {smollm2_table(frame)}"""
+
+
+def decompositions_section() -> str:
+    """IG over the mask and the documents' Shapley values split nearly the same total (the answer with every
+    document, minus with none: masked out of attention for IG, removed from the prompt for Shapley); how alike
+    are the splits?"""
+    from scipy.stats import spearmanr
+
+    lines = ["| rows | n | top document the same | Spearman (mean) | correlation of the totals | median total (nats) | "
+             "median difference of the totals (nats) |", "|---|---|---|---|---|---|---|"]
+    for part in ("smollm2_own", "smollm2_own_heldout_dev", "smollm2_own_heldout_test"):
+        rows = [r for r in read_rows(RESULTS / f"{part}.jsonl") if "subsets" in r and "ig_mask" in r["methods"]]
+        if not rows:
+            continue
+        ig = [np.asarray(r["methods"]["ig_mask"]["scores"]) for r in rows]
+        shapley = [np.asarray(r["subsets"]["shapley"]) for r in rows]
+        totals = np.array([[a.sum(), b.sum()] for a, b in zip(ig, shapley)])
+        same = np.mean([a.argmax() == b.argmax() for a, b in zip(ig, shapley)])
+        rho = np.nanmean([spearmanr(a, b).statistic for a, b in zip(ig, shapley)])
+        lines.append(f"| {part} | {len(rows)} | {same:.3f} | {rho:.3f} | {np.corrcoef(totals.T)[0, 1]:.3f} | "
+                     f"{np.median(totals[:, 1]):.2f} | {np.median(np.abs(totals[:, 0] - totals[:, 1])):.2f} |")
+    if len(lines) == 2:
+        return ""
+    return f"""## 3f. Two decompositions of one total: IG over the mask and the documents' Shapley values
+
+Both split what the documents add to the answer's log-probability: IG over the mask integrates from every document
+masked out of attention (a continuous path, tokens' gradients), the Shapley values average the documents'
+marginal contributions over every order of removing them from the prompt (discrete, one forward per subset). The
+totals nearly coincide (masking a document and removing it do almost the same to this model); how the total is
+split differs, and where they differ, interactions between documents decide (the diagonal path sees every document
+partly visible at once, the orders see each one added to whole documents).
+
+{chr(10).join(lines)}"""
 
 
 SAMPLED_BUDGETS = {4: (8, 12), 5: (8, 16, 24)}  # forwards below 2^D, where rag.explain samples orders
