@@ -2,6 +2,7 @@
 documents in a real browser (headless Chromium through selenium)."""
 
 import copy
+import dataclasses
 import json
 import math
 import re
@@ -189,6 +190,10 @@ def test_shapley_values_are_shown_beside_leave_one_out(chat):
             assert f"{float(result.shapley.values[d, s]):+.2f}" in table
     assert "exact, from all 8 subsets of documents" in result.to_html()
     assert Page(chat["token"].to_html()).classes and "Shapley" not in chat["token"].to_html()
+    sampled = dataclasses.replace(result.shapley, exact=False, stderr=torch.full_like(result.shapley.values, 0.25),
+                                  n_orders=4, n_subsets=6)
+    page = dataclasses.replace(result, shapley=sampled).to_html()
+    assert "estimated from 4 sampled orders over 6 subsets, standard error up to 0.25 nats" in page
 
 
 def test_header_states_how_it_was_explained_and_convergence(chat):
