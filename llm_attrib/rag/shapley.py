@@ -122,14 +122,10 @@ def document_shapley(log_probs: Callable[[list[int]], torch.Tensor], n_documents
         return cache[mask]
 
     n_subsets = 1 << n_documents
-    if n_subsets <= budget:
-        values = exact_shapley(torch.stack([value(m) for m in range(n_subsets)]))
-        stderr, orders, exact = torch.zeros_like(values), math.factorial(n_documents), True
-    else:
+    if n_subsets > budget:
         values, stderr, orders = sampled_shapley(value, n_documents, budget, torch.Generator().manual_seed(seed))
-        exact = len(cache) == n_subsets  # the orders happened to visit every subset: nothing left to estimate
-        if exact:
-            values = exact_shapley(torch.stack([value(m) for m in range(n_subsets)]))
-            stderr, orders = torch.zeros_like(values), math.factorial(n_documents)
-    return DocumentShapley(values=values, full=value(n_subsets - 1), empty=value(0), exact=exact, stderr=stderr,
-                           n_subsets=len(cache), n_orders=orders)
+    if n_subsets <= budget or len(cache) == n_subsets:  # every subset (or the sampled orders happened to visit all)
+        values = exact_shapley(torch.stack([value(m) for m in range(n_subsets)]))
+        stderr, orders = torch.zeros_like(values), math.factorial(n_documents)
+    return DocumentShapley(values=values, full=value(n_subsets - 1), empty=value(0), exact=len(cache) == n_subsets,
+                           stderr=stderr, n_subsets=len(cache), n_orders=orders)

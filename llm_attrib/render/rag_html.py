@@ -567,7 +567,7 @@ def _citations(result: "RagExplanation") -> str:
 
 def _leave_one_out(result: "RagExplanation") -> str:
     return _document_table(
-        result, result.leave_one_out, "Leave one out (nats)", "leave-one-out", "removed",
+        result, result.leave_one_out, "Leave one out (nats)", "leave-one-out", "loo", "removed",
         "How much each answer sentence's log-probability drops when that document alone is removed from the prompt "
         "(red: the sentence needed the document; blue: it became more likely without it).")
 
@@ -580,13 +580,14 @@ def _shapley(result: "RagExplanation") -> str:
            f"estimated from {shapley.n_orders} sampled orders over {shapley.n_subsets} subsets, standard error up to "
            f"{float(shapley.stderr.max()):.2f} nats")
     return _document_table(
-        result, shapley.values, "Shapley values (nats)", "shapley", "document",
+        result, shapley.values, "Shapley values (nats)", "shapley", "loo shapley", "document",
         "Each document's share of each answer sentence's log-probability, averaged over every order in which the "
         f"documents could be added ({how}); a column sums to the sentence's log-probability with every document "
         "minus without any.")
 
 
-def _document_table(result: "RagExplanation", table, heading: str, table_id: str, corner: str, note: str) -> str:
+def _document_table(result: "RagExplanation", table, heading: str, table_id: str, css: str, corner: str,
+                    note: str) -> str:
     """A (documents, answer sentences) table of nats, shaded by sign and size."""
     if table is None or not isinstance(table, torch.Tensor) or table.dim() != 2 or table.numel() == 0:
         return ""
@@ -613,7 +614,7 @@ def _document_table(result: "RagExplanation", table, heading: str, table_id: str
         rows.append(f'<tr><th title="{_e(name)}">{_e(_short(name, 40))}</th>{"".join(cells)}</tr>')
     return (
         f"<h2>{_e(heading)}</h2>"
-        f'<table class="{"loo" if table_id == "leave-one-out" else "loo " + table_id}" id="{table_id}"><thead><tr><th>{corner}</th>{"".join(heads)}</tr></thead>'
+        f'<table class="{css}" id="{table_id}"><thead><tr><th>{corner}</th>{"".join(heads)}</tr></thead>'
         f'<tbody>{"".join(rows)}</tbody></table>'
         f'<div class="note">{_e(note)}</div>'
     )
