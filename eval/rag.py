@@ -977,8 +977,6 @@ def decompositions_section() -> str:
     """IG over the mask and the documents' Shapley values split nearly the same total (the answer with every
     document, minus with none: masked out of attention for IG, removed from the prompt for Shapley); how alike
     are the splits?"""
-    from scipy.stats import spearmanr
-
     lines = ["| rows | n | top document the same | Spearman (mean) | correlation of the totals | median total (nats) | "
              "median difference of the totals (nats) |", "|---|---|---|---|---|---|---|"]
     for part in ("smollm2_own", "smollm2_own_heldout_dev", "smollm2_own_heldout_test"):
@@ -989,7 +987,7 @@ def decompositions_section() -> str:
         shapley = [np.asarray(r["subsets"]["shapley"]) for r in rows]
         totals = np.array([[a.sum(), b.sum()] for a, b in zip(ig, shapley)])
         same = np.mean([a.argmax() == b.argmax() for a, b in zip(ig, shapley)])
-        rho = np.nanmean([spearmanr(a, b).statistic for a, b in zip(ig, shapley)])
+        rho = np.nanmean([spearman(a, b) for a, b in zip(ig, shapley)])
         lines.append(f"| {part} | {len(rows)} | {same:.3f} | {rho:.3f} | {np.corrcoef(totals.T)[0, 1]:.3f} | "
                      f"{np.median(totals[:, 1]):.2f} | {np.median(np.abs(totals[:, 0] - totals[:, 1])):.2f} |")
     if len(lines) == 2:
