@@ -64,10 +64,12 @@ from llm_attrib.zoo.tasks import RAG_FOOD, RAG_NAMES, RAG_PLACE
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "rag"
 REPORT = HERE / "results" / "rag_debugging.md"
-DATASETS = {  # name -> rag examples; "heldout": fictional entities, written for #15, split into dev and test
-    "real_text": HERE / "data" / "real_text.jsonl",
+DATASETS = {  # name -> rag examples; "heldout": fictional entities, written for #15, split into dev and test;
+    "real_text": HERE / "data" / "real_text.jsonl",  # "replication": a second sample of real-text rag examples
     "heldout": HERE / "data" / "rag_heldout.jsonl",
+    "replication": HERE / "data" / "rag_real_replication.jsonl",
 }
+SMOLLM2_OWN_PARTS = ("smollm2_own", "smollm2_own_heldout_dev", "smollm2_own_heldout_test", "smollm2_own_replication")
 CONTEXTCITE_PYTHON = Path("/work/.venvs/contextcite/bin/python")
 CONTEXTCITE_SCRIPT = HERE / "peers" / "contextcite_rag.py"
 ZOO_TEMPLATE = "{context} question : {query}"  # rag TEMPLATES["zoo"] in ContextCite's terms
@@ -686,6 +688,13 @@ def cmd_report(args) -> None:
         held = read_rows(RESULTS / f"{part}.jsonl")
         if held:
             parts.append(heldout_section(split, settings.get(part, {}), held, *load_contextcite(part)))
+    part = smollm2_part("own", "replication")
+    replication = read_rows(RESULTS / f"{part}.jsonl")
+    if replication:
+        parts.append(smollm2_section(settings.get(part, {}), replication,
+                                     read_rows(RESULTS / f"{data_prefix('replication')}_knows.jsonl"),
+                                     *load_contextcite(part), answer="own", data="replication"))
+        parts.append(pooled_real_text_section())
     speed = read_rows(RESULTS / "speed.jsonl")
     if speed:
         parts.append(speed_section(settings.get("speed", {}), speed))
@@ -882,21 +891,23 @@ def budget_note(minutes) -> str:
     return f" ({minutes})" if isinstance(minutes, str) else f" (the time budget of {minutes} minutes ran out there)"
 
 
-def smollm2_section(settings: dict, rows: list[dict], knows_rows: list[dict], cc: dict, cc_data, answer: str) -> str:
+def smollm2_section(settings: dict, rows: list[dict], knows_rows: list[dict], cc: dict, cc_data, answer: str,
+                    data: str = "real_text") -> str:
     import pandas as pd
 
     n_known = sum(r["known"] for r in knows_rows)
     refused = [r for r in rows if "refused" in r]
     ran = [r for r in rows if r.get("methods")]
     frame = pd.DataFrame(metric_rows(ran, cc))
-    closed = {r["id"]: r["knows_closed_book"] for r in read_rows(RESULTS / "smollm2_closed_book.jsonl")}
+    closed_file = f"{data_prefix(data)}_closed_book.jsonl"
+    closed = {r["id"]: r["knows_closed_book"] for r in read_rows(RESULTS / closed_file)}
     needs = [r for r in ran if closed.get(r["id"]) is False]
     split = ""
     if closed and all(r["id"] in closed for r in ran):
         split = f"""
 
 Only the examples the model does **not** answer without documents ({len(needs)} of {len(ran)}; the closed-book reply
-is the greedy 24-token reply to the same template with every document removed, `smollm2_closed_book.jsonl`, decided
+is the greedy 24-token reply to the same template with every document removed, `{closed_file}`, decided
 by the model alone, before and apart from any attribution or leave-one-out). Where the model knows the answer
 without documents, no document carries it and "the relevant document" is not what any faithful method should find:
 
@@ -912,7 +923,10 @@ without documents, no document carries it and "the relevant document" is not wha
         "explains it)")
     heading = ("## 3. SmolLM2-135M-Instruct on the real-text rag set: the model's own answers" if answer == "own" else
                "## 3a. SmolLM2-135M-Instruct on the real-text rag set: the bare expected answer (earlier protocol)")
-    part = smollm2_part(answer)
+    if data == "replication":
+        heading = ("## 3g. SmolLM2 on a second real-text sample (`eval/data/rag_real_replication.jsonl`): the model's "
+                   "own answers")
+    part = smollm2_part(answer, data)
     stopped = len(ran) + len(refused) < n_known  # a run that did not reach every correctly answered example
     which = "the first" if stopped else "all"
     budget = budget_note(settings.get("minutes", "?")) if stopped else ""
@@ -929,6 +943,32 @@ defaults, i.e. score-guided quadrature to a 1% tolerance). Refused by the answer
 All explained examples:
 
 {chr(10).join(lines)}{split}"""
+
+
+def pooled_real_text_section() -> str:
+    """The two real-text samples' correctly answered examples together, as the rule in notes.md ("A second
+    real-text sample") judges #15's top-1 and agreement targets on them."""
+    import pandas as pd
+
+    frames = []
+    for part in ("smollm2_own", smollm2_part("own", "replication")):
+        ran = [r for r in read_rows(RESULTS / f"{part}.jsonl") if r.get("methods") and r["correct"]]
+        frames.append(pd.DataFrame(metric_rows(ran, load_contextcite(part)[0])).assign(sample=part))
+    frame = pd.concat(frames)
+    paired = frame[frame["method"].isin(["shapley", "contextcite"])].pivot_table(
+        index="id", columns="method", values="spearman").dropna()
+    difference = ""
+    if {"shapley", "contextcite"} <= set(paired.columns) and len(paired) > 1:
+        d = paired["shapley"] - paired["contextcite"]
+        difference = (f" Shapley minus ContextCite in Spearman with leave-one-out, per example: mean {d.mean():+.3f} "
+                      f"(standard error {d.std(ddof=1) / np.sqrt(len(d)):.3f}, n = {len(d)}; Shapley higher on "
+                      f"{int((d > 0).sum())}, lower on {int((d < 0).sum())}, equal on {int((d == 0).sum())}).")
+    return f"""## 3h. Both real-text samples together (the rule in notes.md, "A second real-text sample")
+
+The correctly answered examples of section 3 and section 3g, pooled: {frame.groupby("sample")["id"].nunique().to_dict()}
+examples.{difference}
+
+{smollm2_table(frame)}"""
 
 
 def subsets_note(rows: list[dict], part: str, banzhaf_too: bool) -> str:
@@ -979,7 +1019,7 @@ def decompositions_section() -> str:
     are the splits?"""
     lines = ["| rows | n | top document the same | Spearman (mean) | correlation of the totals | median total (nats) | "
              "median difference of the totals (nats) |", "|---|---|---|---|---|---|---|"]
-    for part in ("smollm2_own", "smollm2_own_heldout_dev", "smollm2_own_heldout_test"):
+    for part in SMOLLM2_OWN_PARTS:
         rows = [r for r in read_rows(RESULTS / f"{part}.jsonl") if "subsets" in r and "ig_mask" in r["methods"]]
         if not rows:
             continue
@@ -1013,7 +1053,7 @@ def sampled_shapley_section() -> str:
     SmolLM2 rows with 4 and 5 documents (no forward: each sampled subset is looked up)."""
     from llm_attrib.rag.shapley import exact_shapley
 
-    rows = [r for part in ("smollm2_own", "smollm2_own_heldout_dev", "smollm2_own_heldout_test")
+    rows = [r for part in SMOLLM2_OWN_PARTS
             for r in read_rows(RESULTS / f"{part}.jsonl") if "subsets" in r]
     if not rows:
         return ""
@@ -1112,13 +1152,12 @@ def main() -> None:
                    help="IG's space (default: rag.explain's)")
     p.set_defaults(func=cmd_speed)
     p = sub.add_parser("contextcite")
-    p.add_argument("which", choices=["zoo", "smollm2", "smollm2_own", "smollm2_own_heldout_dev",
-                                     "smollm2_own_heldout_test"])
+    p.add_argument("which", choices=["zoo", "smollm2", *SMOLLM2_OWN_PARTS])
     p.add_argument("--num-ablations", type=int, default=64)
     p.set_defaults(func=cmd_contextcite)
     p = sub.add_parser("subsets", help="the documents' Shapley values (rag.explain's, one forward per subset) on "
                                        "explained rows")
-    p.add_argument("which", choices=["zoo", "smollm2_own", "smollm2_own_heldout_dev", "smollm2_own_heldout_test"])
+    p.add_argument("which", choices=["zoo", *SMOLLM2_OWN_PARTS])
     p.set_defaults(func=cmd_subsets)
     p = sub.add_parser("report")
     p.set_defaults(func=cmd_report)
