@@ -18,7 +18,7 @@ from einops import reduce
 from ..errors import InvalidInputError, UnknownNameError, UnsupportedModelError
 from ..patching import AttentionTap, tapped
 from .sequence import Sequence
-from .static_prefix import StaticPrefix
+from .static_prefix import StaticPrefix, skipped_tokens
 
 
 def model_logits(model, seq: Sequence, prefix: StaticPrefix | None = None, **inputs) -> torch.Tensor:
@@ -136,7 +136,7 @@ class EmbeddingSpace:
 
     def logits(self, model, seq: Sequence, points: torch.Tensor, prefix: StaticPrefix | None = None) -> torch.Tensor:
         dtype = model.get_input_embeddings().weight.dtype
-        start = 0 if prefix is None else prefix.length
+        start = skipped_tokens(prefix)
         return model_logits(model, seq, prefix, inputs_embeds=points[:, start:].to(dtype))
 
     def reduce(self, contribution: torch.Tensor, target: int = 0) -> tuple[torch.Tensor, None]:
@@ -200,7 +200,7 @@ class AttentionSpace:
     def logits(self, model, seq: Sequence, points: torch.Tensor, prefix: StaticPrefix | None = None) -> torch.Tensor:
         # unbind, not points[:, i] per layer: each indexing's backward fills a zero tensor of all layers, so the
         # backward pass would write layers x the gradient's size (measured: a third of SmolLM2's backward time).
-        start = 0 if prefix is None else prefix.length
+        start = skipped_tokens(prefix)
         tap = AttentionTap(replace=dict(zip(self.chosen, points[..., start:, :].unbind(1))))
         with tapped(tap):
             return model_logits(model, seq, prefix, input_ids=seq.input_ids[:, start:].expand(points.shape[0], -1))
@@ -270,7 +270,7 @@ class MaskSpace:
 
     def logits(self, model, seq: Sequence, points: torch.Tensor, prefix: StaticPrefix | None = None) -> torch.Tensor:
         """The visibility stays on every key (the prefix's keys come from its cache); only later tokens run."""
-        start = 0 if prefix is None else prefix.length
+        start = skipped_tokens(prefix)
         tap = AttentionTap(visibility=dict(zip(self.chosen, points.unbind(1))))
         with tapped(tap):
             return model_logits(model, seq, prefix, input_ids=seq.input_ids[:, start:].expand(points.shape[0], -1))

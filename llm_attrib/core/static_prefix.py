@@ -48,6 +48,11 @@ class StaticPrefix:
         return unmoved(space, points, self.head, self.length)
 
 
+def skipped_tokens(prefix: StaticPrefix | None) -> int:
+    """How many leading tokens a forward leaves out: the prefix's (their keys and values come from its cache)."""
+    return 0 if prefix is None else prefix.length
+
+
 def unmoved(space, points: torch.Tensor, x: torch.Tensor, length: int) -> bool:
     """Whether every point (B, *S) equals x (*S, or its first `length` tokens) on the first `length` tokens."""
     head, own = points.narrow(space.token_axis, 0, length), x.narrow(space.token_axis, 0, length)
