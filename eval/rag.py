@@ -951,10 +951,15 @@ def pooled_real_text_section() -> str:
     import pandas as pd
 
     frames = []
-    for part in ("smollm2_own", smollm2_part("own", "replication")):
-        ran = [r for r in read_rows(RESULTS / f"{part}.jsonl") if r.get("methods") and r["correct"]]
+    for data in ("real_text", "replication"):
+        part = smollm2_part("own", data)
+        known = {r["id"] for r in read_rows(RESULTS / f"{data_prefix(data)}_knows.jsonl") if r["known"]}
+        ran = [r for r in read_rows(RESULTS / f"{part}.jsonl") if r.get("methods") and r["id"] in known]
         frames.append(pd.DataFrame(metric_rows(ran, load_contextcite(part)[0])).assign(sample=part))
+    in_both = set.intersection(*(set(f["method"]) for f in frames))  # a method run on one sample only is left out
     frame = pd.concat(frames)
+    frame = frame[frame["method"].isin(in_both)]
+    counts = frame.groupby("sample")["id"].nunique()
     paired = frame[frame["method"].isin(["shapley", "contextcite"])].pivot_table(
         index="id", columns="method", values="spearman").dropna()
     difference = ""
@@ -965,8 +970,8 @@ def pooled_real_text_section() -> str:
                       f"{int((d > 0).sum())}, lower on {int((d < 0).sum())}, equal on {int((d == 0).sum())}).")
     return f"""## 3h. Both real-text samples together (the rule in notes.md, "A second real-text sample")
 
-The correctly answered examples of section 3 and section 3g, pooled: {frame.groupby("sample")["id"].nunique().to_dict()}
-examples.{difference}
+The correctly answered examples of section 3 ({counts.get("smollm2_own", 0)}) and section 3g
+({counts.get("smollm2_own_replication", 0)}), pooled; the methods run on both.{difference}
 
 {smollm2_table(frame)}"""
 
