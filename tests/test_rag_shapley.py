@@ -124,3 +124,37 @@ def test_the_source_document_carries_the_answer_on_the_rag_model(zoo, tmp_path):
     loaded = rag.RagExplanation.load(tmp_path / "r.json")
     assert torch.equal(loaded.shapley.values, result.shapley.values) and loaded.shapley.exact
     assert rag.RagExplanation.load(tmp_path / "r.json").to_html().count("Shapley") >= 1
+
+
+@pytest.mark.parametrize("arch, attention", [(arch, attention) for arch in ("llama", "gpt2", "opt", "mistral_gqa")
+                                              for attention in ("eager", "sdpa")] + [("gemma2", "eager")])
+def test_batched_removals_equal_one_subset_per_forward(arch, attention):
+    """Subsets known in advance run right-padded in shared forwards: every value equals its own forward's (prompts
+    of different lengths, so rows carry padding; absolute and rotary positions, a sliding window), and
+    internal_batch_size caps the rows of a forward."""
+    from tiny_models import tiny_model
+    from tiny_tokenizer import tiny_tokenizer
+
+    model, vocab_size = tiny_model(arch, attn_implementation=attention)
+    tokenizer = tiny_tokenizer(vocab_size, extra=(".",))
+    template = rag.Template(prompt="w10 {documents} w11 {question}", document="w12 {text}", separator=" ")
+    documents = as_documents(["w1 w2 w3 w4 w5 w6 w7.", "w8 w9.", "w20 w21 w22 w23.", "w24."])
+    answer_ids = tokenizer("w30 w31 w32", add_special_tokens=False)["input_ids"]
+    everyone = [[d for d in range(4) if mask >> d & 1] for mask in range(16)]
+
+    def evaluated(internal_batch_size):
+        rows = []  # subsets per forward, as the progress bar is told
+        attributor = llm_attrib.Attributor(model, tokenizer, internal_batch_size=internal_batch_size,
+                                           show_progress=False)
+        subsets = DocumentSubsets(attributor, "w40 w41", documents, template, answer_ids, [(0, 1), (1, 3)],
+                                  on_forward=rows.append)
+        subsets.evaluate(everyone)
+        return torch.stack([subsets(kept) for kept in everyone]), rows
+
+    batched, n_batched = evaluated(None)
+    capped, n_capped = evaluated(5)
+    alone, n_alone = evaluated(1)
+    assert (n_batched, n_capped, n_alone) == ([16], [5, 5, 5, 1], [1] * 16)  # asked again afterwards: no forward
+    torch.testing.assert_close(batched, alone, rtol=0, atol=1e-5)
+    torch.testing.assert_close(capped, alone, rtol=0, atol=1e-5)
+    assert batched.shape == (16, 2) and torch.isfinite(batched).all()

@@ -133,6 +133,18 @@ def target_probabilities(model, seq: Sequence) -> torch.Tensor:
     return target_log_probabilities(model, seq).exp()
 
 
+def logits_at(model, ids: torch.Tensor, attention: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
+    """(B, K, V) logits of rows `ids` (B, L) under `attention` (B, L) at each row's positions `read` (B, K); the
+    LM head runs only at the positions some row reads, where the model allows it. Call without a graph."""
+    inputs = dict(input_ids=ids, attention_mask=attention.long(), use_cache=False)
+    positions = read.unique()  # sorted
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        out = model(**inputs, logits_to_keep=positions).logits  # (B, len(positions), V)
+    else:
+        out = model(**inputs).logits[:, positions]
+    return out.gather(1, torch.searchsorted(positions, read)[..., None].expand(-1, -1, out.shape[-1]))
+
+
 def _forward_rows(
     model, seq: Sequence, target_index: torch.Tensor, keep: torch.Tensor, removal: str, replacement: int, pad: int
 ) -> torch.Tensor:
@@ -177,13 +189,7 @@ def _forward_rows(
                     "bin_rounding='floor' and only_positive=True can make a bin empty)."
                 )
             width = int(read.max()) + 1  # later tokens cannot influence the read positions
-            inputs = dict(input_ids=ids[:, :width], attention_mask=attention[:, :width].long(), use_cache=False)
-            positions = read.unique()  # sorted
-            if "logits_to_keep" in inspect.signature(model.forward).parameters:
-                out = model(**inputs, logits_to_keep=positions).logits  # (B, len(positions), V)
-            else:
-                out = model(**inputs).logits[:, positions]
-            logits = out.gather(1, torch.searchsorted(positions, read)[..., None].expand(-1, -1, out.shape[-1]))  # (B, K, V)
+            logits = logits_at(model, ids[:, :width], attention[:, :width], read)
     log_probs = logits.float().log_softmax(-1).gather(-1, classes[..., None])[..., 0]
     probs = (log_probs * member).sum(-1).exp()
     if not torch.isfinite(probs).all():

@@ -11,40 +11,69 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from ..attributor import Attributor
-from ..metrics._perturb import target_log_probabilities
+from ..metrics._perturb import logits_at, padding_token
 from .prompt import Document, Template, build_prompt
 
+ROW_TOKENS = 4096  # tokens per removal forward: a short prompt's subsets share a few forwards, a long one runs alone
 
-def segment_log_probs(attributor: Attributor, prompt, answer_ids: list[int],
-                      segments: list[tuple[int, int]]) -> torch.Tensor:
-    """(S,) log p(segment | prompt, earlier answer) of each answer segment, teacher-forced in one forward."""
-    seq = attributor.sequence(prompt, answer=answer_ids)
-    seq.answer_segments = segments
-    return target_log_probabilities(attributor.model, seq).cpu()
+
+def segment_log_probs(attributor: Attributor, prompts: list, answer_ids: list[int], segments: list[tuple[int, int]],
+                      on_forward: Callable[[int], object] | None = None) -> torch.Tensor:
+    """(N, S) log p(segment | prompt, earlier answer) of each answer segment after each of N prompts, teacher-forced.
+    The prompts go right-padded into forwards of at most ROW_TOKENS tokens (fewer rows if the Attributor's
+    internal_batch_size says so): a causal row never attends to the padding after it. `on_forward` is told how
+    many prompts each forward ran."""
+    seqs = [attributor.sequence(prompt, answer=answer_ids) for prompt in prompts]
+    seqs[0].answer_segments = segments
+    members = seqs[0].segment_matrix()  # (T, S): the same answer after every prompt
+    rows = max(1, ROW_TOKENS // max(seq.length for seq in seqs))
+    rows = min(rows, attributor.internal_batch_size or rows)
+    pad = padding_token(attributor.tokenizer)
+    out = []
+    for start in range(0, len(seqs), rows):
+        chunk = seqs[start:start + rows]
+        ids = pad_sequence([seq.input_ids[0] for seq in chunk], batch_first=True, padding_value=pad)
+        attention = pad_sequence([torch.ones_like(seq.input_ids[0]) for seq in chunk], batch_first=True)
+        read = torch.stack([seq.target_positions for seq in chunk])  # (B, T)
+        with torch.no_grad():
+            logits = logits_at(attributor.model, ids, attention, read)
+        targets = chunk[0].target_ids.expand(len(chunk), -1)[..., None]
+        out.append(logits.float().log_softmax(-1).gather(-1, targets)[..., 0] @ members)
+        if on_forward is not None:
+            on_forward(len(chunk))
+    return torch.cat(out).cpu()
 
 
 class DocumentSubsets:
     """(S,) answer segment log-probabilities with a subset of the documents kept, each subset run once, so
-    leave-one-out, the verdicts' removals and the Shapley values share their forwards."""
+    leave-one-out, the verdicts' removals and the Shapley values share their forwards; subsets known in advance
+    (`evaluate`) share batched forwards."""
 
     def __init__(self, attributor: Attributor, question: str, documents: list[Document], template: Template,
                  answer_ids: list[int], segments: list[tuple[int, int]], system: str | None = None,
                  on_forward: Callable[[int], object] | None = None):
         self.attributor, self.question, self.documents, self.template = attributor, question, documents, template
         self.answer_ids, self.segments, self.system = answer_ids, segments, system
-        self.on_forward = on_forward  # told of each forward run (a progress bar's update)
+        self.on_forward = on_forward  # told how many subsets each forward ran (a progress bar's update)
         self.values: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def evaluate(self, subsets: Iterable[Iterable[int]]) -> None:
+        """Run every subset (each an iterable of kept documents) not run yet, in batched forwards."""
+        keys = list(dict.fromkeys(tuple(sorted(set(kept))) for kept in subsets))
+        keys = [key for key in keys if key not in self.values]
+        if not keys:
+            return
+        prompts = [build_prompt(self.attributor.tokenizer, self.question, self.documents, self.template, list(key),
+                                self.system).prompt for key in keys]
+        values = segment_log_probs(self.attributor, prompts, self.answer_ids, self.segments, self.on_forward)
+        self.values.update(zip(keys, values))
 
     def __call__(self, kept: Iterable[int]) -> torch.Tensor:
         key = tuple(sorted(set(kept)))
-        if key not in self.values:
-            prompt = build_prompt(self.attributor.tokenizer, self.question, self.documents, self.template, list(key),
-                                  self.system).prompt
-            self.values[key] = segment_log_probs(self.attributor, prompt, self.answer_ids, self.segments)
-            if self.on_forward is not None:
-                self.on_forward(1)
+        self.evaluate([key])
         return self.values[key]
 
     def without(self, removed: Iterable[int]) -> torch.Tensor:

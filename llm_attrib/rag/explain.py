@@ -126,9 +126,14 @@ def explain(
             "pass thresholds=.", UncalibratedWarning, stacklevel=2)
     if verify or shapley:
         exact = shapley and 2 ** len(docs) <= shapley_budget  # then every subset, verify's among them
-        with tqdm(total=2 ** len(docs) if exact else None, desc="removing documents", unit="forward", delay=1.0,
+        with tqdm(total=2 ** len(docs) if exact else None, desc="removing documents", unit="subset", delay=1.0,
                   leave=False, disable=not show_progress) as bar, counting_forwards(model) as forwards:
             subsets = DocumentSubsets(attributor, question, docs, layout, answer_ids, runs, system, bar.update)
+            everyone = range(len(docs))
+            if exact:  # the subsets known in advance share batched forwards
+                subsets.evaluate([d for d in everyone if mask >> d & 1] for mask in range(2 ** len(docs)))
+            elif verify:
+                subsets.evaluate([everyone, [], *([d for d in everyone if d != left] for left in everyone)])
             if verify:
                 result.verdicts, result.leave_one_out = check(subsets, result, thresholds)
             if shapley:
