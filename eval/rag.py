@@ -8,6 +8,10 @@
     python eval/rag.py contextcite zoo            # 4. ContextCite on the rows above (its own venv, transformers 4.x)
     python eval/rag.py contextcite smollm2_own    #    -> eval/results/rag/contextcite_{zoo,smollm2_own}.json
                                                   #    (smollm2: the rows of --answer expected)
+    python eval/rag.py subsets smollm2_own        # 3e. the documents' Shapley values on explained rows
+    python eval/rag.py smollm2 --data replication # 3g. a second real-text sample (then contextcite/subsets
+                                                  #     smollm2_own_replication)
+    python eval/rag.py batching --threads 2       # 3i. batched removal forwards against one per forward
     python eval/rag.py report                     # eval/results/rag_debugging.md from the rows (no model)
 
 Every example is first answered greedily by the model; only the examples it answers correctly (its answer equals
@@ -573,6 +577,58 @@ def cmd_subsets(args) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def cmd_batching(args) -> None:
+    """Seconds to evaluate every subset of documents on SmolLM2 as rag.explain(..., shapley=True) does (right-padded
+    rows sharing forwards) against one subset per forward (internal_batch_size=1), on the real-text rows with 4 or
+    5 documents (their own answers); which runs first alternates per row, and the two must agree to 1e-3 nats."""
+    model, tokenizer = llm_attrib.zoo.load("smollm2")
+    path = RESULTS / "batching.jsonl"
+    rows = [r for r in read_rows(RESULTS / "smollm2_own.jsonl") if r.get("methods") and r["n_documents"] >= 4]
+    for k, row in enumerate(rows[:args.n]):
+        docs = as_documents(row["documents"])
+        answer_ids = tokenizer(row["answer"], add_special_tokens=False)["input_ids"]
+        everyone = [[d for d in range(len(docs)) if mask >> d & 1] for mask in range(2 ** len(docs))]
+        timed = {}
+        for batch in ((None, 1) if k % 2 == 0 else (1, None)):
+            forwards = []
+            subsets = DocumentSubsets(Attributor(model, tokenizer, internal_batch_size=batch, show_progress=False),
+                                      row["question"], docs, TEMPLATES["default"], answer_ids, [(0, len(answer_ids))],
+                                      on_forward=forwards.append)
+            started = time.perf_counter()
+            subsets.evaluate(everyone)
+            timed[batch] = (time.perf_counter() - started, len(forwards),
+                            torch.stack([subsets(kept) for kept in everyone])[:, 0])
+        if (timed[None][2] - timed[1][2]).abs().max() > 1e-3:
+            raise SystemExit(f"{row['id']}: batched subset values differ from one subset per forward")
+        out = {"id": row["id"], "n_documents": len(docs), "n_subsets": len(everyone), "code": commit(),
+               "threads": torch.get_num_threads(), "seconds_batched": timed[None][0], "forwards_batched": timed[None][1],
+               "seconds_one_per_forward": timed[1][0]}
+        append(path, out)
+        print(out, flush=True)
+    save_settings("batching", args)
+
+
+def batching_section() -> str:
+    rows = read_rows(RESULTS / "batching.jsonl")
+    if not rows:
+        return ""
+    lines = ["| documents | rows | subsets | forwards (batched) | seconds, one subset per forward | seconds, batched | "
+             "speed-up (median) |", "|---|---|---|---|---|---|---|"]
+    for n in sorted({r["n_documents"] for r in rows}):
+        group = [r for r in rows if r["n_documents"] == n]
+        ratio = np.median([r["seconds_one_per_forward"] / r["seconds_batched"] for r in group])
+        lines.append(f"| {n} | {len(group)} | {group[0]['n_subsets']} | {np.mean([r['forwards_batched'] for r in group]):.1f} | "
+                     f"{np.mean([r['seconds_one_per_forward'] for r in group]):.2f} | "
+                     f"{np.mean([r['seconds_batched'] for r in group]):.2f} | {ratio:.2f}x |")
+    return f"""## 3i. Removing documents in batched forwards (SmolLM2)
+
+`python eval/rag.py batching --threads {rows[0]['threads']}` (code {rows[0]['code']}): every subset of the documents
+of the real-text rows with 4 or 5 documents, the model's own answers, as `rag.explain(..., shapley=True)` runs them
+(right-padded rows, up to 4096 tokens per forward) against one subset per forward; equal to 1e-3 nats on every row.
+
+{chr(10).join(lines)}"""
+
+
 def banzhaf(values: list[float]) -> list[float]:
     """Exact Banzhaf values from the 2^D subset values: each player's marginal contribution averaged over every
     subset of the others."""
@@ -699,6 +755,7 @@ def cmd_report(args) -> None:
     if speed:
         parts.append(speed_section(settings.get("speed", {}), speed))
     parts.append(sampled_shapley_section())
+    parts.append(batching_section())
     parts.append(decompositions_section())
     parts.append((RESULTS / "notes.md").read_text() if (RESULTS / "notes.md").exists() else "")
     REPORT.write_text("\n\n".join(p.strip() for p in parts if p.strip()) + "\n")
@@ -1164,6 +1221,10 @@ def main() -> None:
                                        "explained rows")
     p.add_argument("which", choices=["zoo", *SMOLLM2_OWN_PARTS])
     p.set_defaults(func=cmd_subsets)
+    p = sub.add_parser("batching", help="every subset's forward, batched as rag.explain runs them, against one "
+                                        "subset per forward (SmolLM2)")
+    p.add_argument("--n", type=int, default=12, help="rows with 4 or 5 documents")
+    p.set_defaults(func=cmd_batching)
     p = sub.add_parser("report")
     p.set_defaults(func=cmd_report)
     for name in ("zoo", "smollm2"):
@@ -1178,7 +1239,7 @@ def main() -> None:
     if args.fresh:
         names = {"zoo": ["zoo.jsonl"], "verdicts": ["verdicts.jsonl"],
                  "smollm2": [f"{smollm2_part(args.answer, args.data, args.split)}.jsonl"] if args.part == "smollm2" else [],
-                 "speed": ["speed.jsonl"]}.get(args.part, [])
+                 "speed": ["speed.jsonl"], "batching": ["batching.jsonl"]}.get(args.part, [])
         for name in names:
             (RESULTS / name).unlink(missing_ok=True)
     args.func(args)
