@@ -129,9 +129,9 @@ def test_the_source_document_carries_the_answer_on_the_rag_model(zoo, tmp_path):
 @pytest.mark.parametrize("arch, attention", [(arch, attention) for arch in ("llama", "gpt2", "opt", "mistral_gqa")
                                               for attention in ("eager", "sdpa")] + [("gemma2", "eager")])
 def test_batched_removals_equal_one_subset_per_forward(arch, attention):
-    """Subsets known in advance run right-padded in shared forwards: every value equals its own forward's (prompts
-    of different lengths, so rows carry padding; absolute and rotary positions, a sliding window), and
-    internal_batch_size caps the rows of a forward."""
+    """One subset per forward by default; with internal_batch_size, subsets known in advance share left-padded
+    forwards, and every value equals its own forward's (prompts of different lengths, so rows carry padding;
+    absolute and rotary positions, a sliding window)."""
     from tiny_models import tiny_model
     from tiny_tokenizer import tiny_tokenizer
 
@@ -151,10 +151,10 @@ def test_batched_removals_equal_one_subset_per_forward(arch, attention):
         subsets.evaluate(everyone)
         return torch.stack([subsets(kept) for kept in everyone]), rows
 
-    batched, n_batched = evaluated(None)
+    alone, n_alone = evaluated(None)
+    batched, n_batched = evaluated(16)
     capped, n_capped = evaluated(5)
-    alone, n_alone = evaluated(1)
-    assert (n_batched, n_capped, n_alone) == ([16], [5, 5, 5, 1], [1] * 16)  # asked again afterwards: no forward
+    assert (n_alone, n_batched, n_capped) == ([1] * 16, [16], [5, 5, 5, 1])  # asked again afterwards: no forward
     torch.testing.assert_close(batched, alone, rtol=0, atol=1e-5)
     torch.testing.assert_close(capped, alone, rtol=0, atol=1e-5)
     assert batched.shape == (16, 2) and torch.isfinite(batched).all()

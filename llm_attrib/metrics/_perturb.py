@@ -133,10 +133,11 @@ def target_probabilities(model, seq: Sequence) -> torch.Tensor:
     return target_log_probabilities(model, seq).exp()
 
 
-def logits_at(model, ids: torch.Tensor, attention: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
-    """(B, K, V) logits of rows `ids` (B, L) under `attention` (B, L) at each row's positions `read` (B, K); the
-    LM head runs only at the positions some row reads, where the model allows it. Call without a graph."""
-    inputs = dict(input_ids=ids, attention_mask=attention.long(), use_cache=False)
+def logits_at(model, read: torch.Tensor, **inputs) -> torch.Tensor:
+    """(B, K, V) logits of a batch of rows (`inputs`: input_ids, attention_mask, ...) at each row's positions
+    `read` (B, K); the LM head runs only at the positions some row reads, where the model allows it. Call without
+    a graph."""
+    inputs["use_cache"] = False
     positions = read.unique()  # sorted
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
         out = model(**inputs, logits_to_keep=positions).logits  # (B, len(positions), V)
@@ -189,7 +190,7 @@ def _forward_rows(
                     "bin_rounding='floor' and only_positive=True can make a bin empty)."
                 )
             width = int(read.max()) + 1  # later tokens cannot influence the read positions
-            logits = logits_at(model, ids[:, :width], attention[:, :width], read)
+            logits = logits_at(model, read, input_ids=ids[:, :width], attention_mask=attention[:, :width].long())
     log_probs = logits.float().log_softmax(-1).gather(-1, classes[..., None])[..., 0]
     probs = (log_probs * member).sum(-1).exp()
     if not torch.isfinite(probs).all():
