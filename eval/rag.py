@@ -745,6 +745,11 @@ def cmd_report(args) -> None:
         held = read_rows(RESULTS / f"{part}.jsonl")
         if held:
             parts.append(heldout_section(split, settings.get(part, {}), held, *load_contextcite(part)))
+    speed = read_rows(RESULTS / "speed.jsonl")
+    if speed:
+        parts.append(speed_section(settings.get("speed", {}), speed))
+    parts.append(sampled_shapley_section())
+    parts.append(decompositions_section())
     part = smollm2_part("own", "replication")
     replication = read_rows(RESULTS / f"{part}.jsonl")
     if replication:
@@ -752,12 +757,7 @@ def cmd_report(args) -> None:
                                      read_rows(RESULTS / f"{data_prefix('replication')}_knows.jsonl"),
                                      *load_contextcite(part), answer="own", data="replication"))
         parts.append(pooled_real_text_section())
-    speed = read_rows(RESULTS / "speed.jsonl")
-    if speed:
-        parts.append(speed_section(settings.get("speed", {}), speed))
-    parts.append(sampled_shapley_section())
     parts.append(batching_section())
-    parts.append(decompositions_section())
     parts.append((RESULTS / "notes.md").read_text() if (RESULTS / "notes.md").exists() else "")
     REPORT.write_text("\n\n".join(p.strip() for p in parts if p.strip()) + "\n")
     print(REPORT.read_text())

@@ -83,6 +83,9 @@ def explain(
             `verify`'s), else estimated from sampled orders (seeded, with standard errors, `exact=False`).
         retriever: (encoder, tokenizer) of a bi-encoder; explains each document's similarity to the question.
         max_new_tokens: generation length when `answer` is None.
+        internal_batch_size: path points per forward (None: as many as memory holds), and prompts per removal
+            forward (None: one; on a GPU give more, the subsets known in advance then share forwards).
+        show_progress: progress bars on long work, as for `Attributor`.
     """
     if granularity not in GRANULARITIES:
         raise UnknownNameError(f"unknown granularity {granularity!r}; choose one of {list(GRANULARITIES)}.")
