@@ -18,16 +18,17 @@ from ..attributor import Attributor
 from ..metrics._perturb import logits_at, padding_token
 from .prompt import Document, Template, build_prompt
 
+
 def segment_log_probs(attributor: Attributor, prompts: list, answer_ids: list[int], segments: list[tuple[int, int]],
                       on_forward: Callable[[int], object] | None = None) -> torch.Tensor:
     """(N, S) log p(segment | prompt, earlier answer) of each answer segment after each of N prompts, teacher-forced.
 
     One prompt per forward unless the Attributor's internal_batch_size asks for more: on a CPU batching gains
     nothing (SmolLM2, 16 or 32 prompts of ~200 tokens in one forward: 1.07x and 0.78x, `eval/rag.py batching`);
-    a GPU, which runs a batch about as fast as one prompt, should gain. A
-    batch is padded on the left with each row's own positions, so the answer sits at the same positions in every
-    row and the LM head runs only there; a model that takes no position ids runs one prompt per forward.
-    `on_forward` is told how many prompts each forward ran."""
+    a GPU, which runs a batch about as fast as one prompt, should gain. A batch is padded on the left with each
+    row's own positions, so the answer sits at the same positions in every row and the LM head runs only there;
+    a model that takes no position ids runs one prompt per forward. `on_forward` is told how many prompts each
+    forward ran."""
     seqs = [attributor.sequence(prompt, answer=answer_ids) for prompt in prompts]
     seqs[0].answer_segments = segments
     members = seqs[0].segment_matrix()  # (T, S): the same answer after every prompt
@@ -60,7 +61,7 @@ def segment_log_probs(attributor: Attributor, prompts: list, answer_ids: list[in
 class DocumentSubsets:
     """(S,) answer segment log-probabilities with a subset of the documents kept, each subset run once, so
     leave-one-out, the verdicts' removals and the Shapley values share their forwards; subsets known in advance
-    (`evaluate`) share batched forwards."""
+    (`evaluate`) can share batched forwards (the Attributor's internal_batch_size)."""
 
     def __init__(self, attributor: Attributor, question: str, documents: list[Document], template: Template,
                  answer_ids: list[int], segments: list[tuple[int, int]], system: str | None = None,
@@ -71,7 +72,7 @@ class DocumentSubsets:
         self.values: dict[tuple[int, ...], torch.Tensor] = {}
 
     def evaluate(self, subsets: Iterable[Iterable[int]]) -> None:
-        """Run every subset (each an iterable of kept documents) not run yet, in batched forwards."""
+        """Run every subset (each an iterable of kept documents) not run yet, internal_batch_size per forward."""
         keys = list(dict.fromkeys(tuple(sorted(set(kept))) for kept in subsets))
         keys = [key for key in keys if key not in self.values]
         if not keys:

@@ -133,7 +133,7 @@ def explain(
                   leave=False, disable=not show_progress) as bar, counting_forwards(model) as forwards:
             subsets = DocumentSubsets(attributor, question, docs, layout, answer_ids, runs, system, bar.update)
             everyone = range(len(docs))
-            if exact:  # the subsets known in advance share batched forwards
+            if exact:  # the subsets known in advance, batched when internal_batch_size asks
                 subsets.evaluate([d for d in everyone if mask >> d & 1] for mask in range(2 ** len(docs)))
             elif verify:
                 subsets.evaluate([everyone, [], *([d for d in everyone if d != left] for left in everyone)])
