@@ -68,10 +68,10 @@ from llm_attrib.zoo.tasks import RAG_FOOD, RAG_NAMES, RAG_PLACE
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "rag"
 REPORT = HERE / "results" / "rag_debugging.md"
-DATASETS = {  # name -> rag examples; "heldout": fictional entities, written for #15, split into dev and test;
-    "real_text": HERE / "data" / "real_text.jsonl",  # "replication": a second sample of real-text rag examples
-    "heldout": HERE / "data" / "rag_heldout.jsonl",
-    "replication": HERE / "data" / "rag_real_replication.jsonl",
+DATASETS = {  # name -> rag examples
+    "real_text": HERE / "data" / "real_text.jsonl",
+    "heldout": HERE / "data" / "rag_heldout.jsonl",  # fictional entities, written for #15, split into dev and test
+    "replication": HERE / "data" / "rag_real_replication.jsonl",  # a second real-text sample, written for #15
 }
 SMOLLM2_OWN_PARTS = ("smollm2_own", "smollm2_own_heldout_dev", "smollm2_own_heldout_test", "smollm2_own_replication")
 CONTEXTCITE_PYTHON = Path("/work/.venvs/contextcite/bin/python")
