@@ -557,7 +557,7 @@ def cmd_subsets(args) -> None:
         subsets = DocumentSubsets(attributor, row["question"], docs, TEMPLATES["zoo" if on_zoo else "default"],
                                   answer_ids, [(0, len(answer_ids))])
         started = time.perf_counter()
-        result = document_shapley(subsets, len(docs))
+        result = document_shapley(subsets.stack, len(docs))
         seconds = time.perf_counter() - started
         values = {sum(1 << d for d in kept): float(v[0]) for kept, v in subsets.values.items()}
         full = (1 << len(docs)) - 1
@@ -1111,6 +1111,11 @@ SAMPLED_BUDGETS = {4: (8, 12), 5: (8, 16, 24)}  # forwards below 2^D, where rag.
 SAMPLED_SEEDS = 5
 
 
+def looked_up(values: torch.Tensor):
+    """`document_shapley`'s log_probs from stored coalition values (2^D, S), row m the subset with bits m."""
+    return lambda subsets: values[[sum(1 << d for d in kept) for kept in subsets]]
+
+
 def sampled_shapley_section() -> str:
     """How close sampled orders come to the exact Shapley values, replayed on the stored subset values of the
     SmolLM2 rows with 4 and 5 documents (no forward: each sampled subset is looked up)."""
@@ -1131,8 +1136,7 @@ def sampled_shapley_section() -> str:
             for values in games:
                 exact = exact_shapley(values)[:, 0]
                 for seed in range(SAMPLED_SEEDS):
-                    result = document_shapley(lambda kept: values[sum(1 << d for d in kept)], n_documents,
-                                              budget=budget, seed=seed)
+                    result = document_shapley(looked_up(values), n_documents, budget=budget, seed=seed)
                     estimate, stderr = result.values[:, 0], result.stderr[:, 0]
                     error = (estimate - exact).abs()
                     stats.append((result.n_subsets, result.n_orders, spearman(estimate.numpy(), exact.numpy()),

@@ -17,13 +17,12 @@ from llm_attrib.rag.shapley import document_shapley, exact_shapley
 
 
 def game(values: torch.Tensor):
-    """log_probs(kept) over a table of 2^D coalition values, counting calls."""
+    """log_probs(subsets) over a table of 2^D coalition values, recording every subset asked."""
     calls = []
 
-    def log_probs(kept):
-        kept = list(kept)
-        calls.append(kept)
-        return values[sum(1 << d for d in kept)]
+    def log_probs(subsets):
+        calls.extend(subsets)
+        return values[[sum(1 << d for d in kept) for kept in subsets]]
 
     return log_probs, calls
 
@@ -70,8 +69,10 @@ def test_exact_within_budget_sampled_beyond_it():
     assert torch.equal(exact.stderr, torch.zeros_like(exact.values))
     torch.testing.assert_close(exact.full, values[-1]) and torch.testing.assert_close(exact.empty, values[0])
 
-    sampled = document_shapley(game(values)[0], 4, budget=10, seed=3)
+    log_probs, calls = game(values)
+    sampled = document_shapley(log_probs, 4, budget=10, seed=3)
     assert not sampled.exact and sampled.n_subsets < 16 and sampled.n_orders % 2 == 0
+    assert len(calls) == len({tuple(kept) for kept in calls}) == sampled.n_subsets  # each subset asked once
     torch.testing.assert_close(sampled.values.sum(0), values[-1] - values[0])  # every order telescopes
     assert (sampled.stderr > 0).any()
     again = document_shapley(game(values)[0], 4, budget=10, seed=3)

@@ -82,6 +82,12 @@ class DocumentSubsets:
         values = segment_log_probs(self.attributor, prompts, self.answer_ids, self.segments, self.on_forward)
         self.values.update(zip(keys, values))
 
+    def stack(self, subsets: Iterable[Iterable[int]]) -> torch.Tensor:
+        """(N, S) the values of N subsets, run together where not run yet (`document_shapley`'s `log_probs`)."""
+        subsets = [list(kept) for kept in subsets]
+        self.evaluate(subsets)
+        return torch.stack([self(kept) for kept in subsets])
+
     def __call__(self, kept: Iterable[int]) -> torch.Tensor:
         key = tuple(sorted(set(kept)))
         self.evaluate([key])

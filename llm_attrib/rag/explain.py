@@ -128,19 +128,16 @@ def explain(
             "supported sentences can read 'unsupported'. Calibrate for this model with rag.calibrate(...) and "
             "pass thresholds=.", UncalibratedWarning, stacklevel=2)
     if verify or shapley:
-        exact = shapley and 2 ** len(docs) <= shapley_budget  # then every subset, verify's among them
+        exact = shapley and 2 ** len(docs) <= shapley_budget  # every subset runs: the progress bar knows its total
         with tqdm(total=2 ** len(docs) if exact else None, desc="removing documents", unit="subset", delay=1.0,
                   leave=False, disable=not show_progress) as bar, counting_forwards(model) as forwards:
             subsets = DocumentSubsets(attributor, question, docs, layout, answer_ids, runs, system, bar.update)
-            everyone = range(len(docs))
-            if exact:  # the subsets known in advance, batched when internal_batch_size asks
-                subsets.evaluate([d for d in everyone if mask >> d & 1] for mask in range(2 ** len(docs)))
-            elif verify:
-                subsets.evaluate([everyone, [], *([d for d in everyone if d != left] for left in everyone)])
+            if shapley:  # first: with every subset, verify's are among them
+                result.shapley = document_shapley(subsets.stack, len(docs), budget=shapley_budget)
             if verify:
+                everyone = range(len(docs))
+                subsets.evaluate([everyone, [], *([d for d in everyone if d != left] for left in everyone)])
                 result.verdicts, result.leave_one_out = check(subsets, result, thresholds)
-            if shapley:
-                result.shapley = document_shapley(subsets, len(docs), budget=shapley_budget)
         ablation_forwards = forwards[0]
     if retriever is not None:
         from .retriever import rank_and_explain

@@ -75,57 +75,67 @@ def exact_shapley(values: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def sampled_shapley(value: Callable[[int], torch.Tensor], n_players: int, budget: int,
-                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(values, stderr, orders) from random orders, each paired with its reverse (antithetic: the pair's
-    marginals are negatively correlated), drawn without repetition until `budget` distinct subsets have been
-    evaluated (at least two pairs, for a standard error). `value(mask)` is memoised by the caller. Every order's
-    marginals sum to full - empty, so the estimate keeps completeness."""
-    full = (1 << n_players) - 1
-    pairs, seen, drawn = [], {0, full}, set()
-    while (len(seen) < budget or len(pairs) < 2) and len(drawn) < math.factorial(n_players):
+def sample_orders(n_players: int, budget: int, generator: torch.Generator) -> list[list[int]]:
+    """Random orders of the players, each followed by its reverse (antithetic: the pair's marginals are negatively
+    correlated), drawn without repetition until their prefixes cover `budget` distinct subsets (at least two
+    pairs, for a standard error). They depend on nothing but the generator, so every subset they need is known
+    before any forward."""
+    seen, drawn, orders = {0, (1 << n_players) - 1}, set(), []
+    while (len(seen) < budget or len(orders) < 4) and len(drawn) < math.factorial(n_players):
         order = torch.randperm(n_players, generator=generator).tolist()
         if tuple(order) in drawn:  # an order already drawn (or its reverse) adds nothing
             continue
         drawn.update({tuple(order), tuple(order[::-1])})
-        pair = []
         for sequence in (order, order[::-1]):
-            marginal, mask, before = [None] * n_players, 0, value(0)
-            for player in sequence:
-                mask |= 1 << player
-                seen.add(mask)
-                after = value(mask)
-                marginal[player] = (after - before).double()
-                before = after
-            pair.append(torch.stack(marginal))
-        pairs.append((pair[0] + pair[1]) / 2)
-    stacked = torch.stack(pairs)  # (pairs, D, S)
-    stderr = stacked.std(0) / math.sqrt(len(pairs))
-    return stacked.mean(0), stderr, 2 * len(pairs)
+            orders.append(sequence)
+            seen.update(prefix_masks(sequence))
+    return orders
 
 
-def document_shapley(log_probs: Callable[[list[int]], torch.Tensor], n_documents: int, budget: int = DEFAULT_BUDGET,
-                     seed: int = 0) -> DocumentShapley:
-    """Shapley values of `n_documents` documents, where `log_probs(kept)` is the answer segments' log-probabilities
-    (S,) with only the `kept` documents in the prompt. Exact when 2^D <= budget, else sampled to about `budget`
+def prefix_masks(order: list[int]) -> list[int]:
+    """The subsets (as bit masks) an order passes through, after each of its players joins."""
+    masks, mask = [], 0
+    for player in order:
+        mask |= 1 << player
+        masks.append(mask)
+    return masks
+
+
+def order_average(values: dict[int, torch.Tensor], orders: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, stderr) (D, S): the players' marginal contributions averaged over `orders` (pairs of an order and
+    its reverse), from the coalition values `values[mask]` (S,). Every order's marginals sum to full - empty, so
+    the estimate keeps completeness."""
+    marginals = []
+    for order in orders:
+        marginal, before = [None] * len(order), values[0]
+        for player, mask in zip(order, prefix_masks(order)):
+            marginal[player], before = values[mask] - before, values[mask]
+        marginals.append(torch.stack(marginal))
+    pairs = torch.stack(marginals).unflatten(0, (-1, 2)).mean(1)  # (pairs, D, S)
+    return pairs.mean(0), pairs.std(0) / math.sqrt(len(pairs))
+
+
+def document_shapley(log_probs: Callable[[list[list[int]]], torch.Tensor], n_documents: int,
+                     budget: int = DEFAULT_BUDGET, seed: int = 0) -> DocumentShapley:
+    """Shapley values of `n_documents` documents, where `log_probs(subsets)` is the answer segments'
+    log-probabilities (N, S) with only each subset's documents (a list of kept documents) in the prompt, asked once
+    for every subset needed, so they can share forwards. Exact when 2^D <= budget, else sampled to about `budget`
     forwards (at least two pairs of orders; exact after all if those visited every subset)."""
     if n_documents < 1:
         raise InvalidInputError("Shapley values need at least one document.")
     if budget < 2:
         raise InvalidInputError(f"budget={budget} forwards cannot evaluate even all and none of the documents; give "
                                 "at least 2 (2^D for exact values).")
-    cache: dict[int, torch.Tensor] = {}
-
-    def value(mask: int) -> torch.Tensor:
-        if mask not in cache:
-            cache[mask] = log_probs([d for d in range(n_documents) if mask >> d & 1]).double()
-        return cache[mask]
-
     n_subsets = 1 << n_documents
-    if n_subsets > budget:
-        values, stderr, orders = sampled_shapley(value, n_documents, budget, torch.Generator().manual_seed(seed))
-    if n_subsets <= budget or len(cache) == n_subsets:  # every subset (or the sampled orders happened to visit all)
-        values = exact_shapley(torch.stack([value(m) for m in range(n_subsets)]))
-        stderr, orders = torch.zeros_like(values), math.factorial(n_documents)
-    return DocumentShapley(values=values, full=value(n_subsets - 1), empty=value(0), exact=len(cache) == n_subsets,
-                           stderr=stderr, n_subsets=len(cache), n_orders=orders)
+    orders = sample_orders(n_documents, budget, torch.Generator().manual_seed(seed)) if n_subsets > budget else None
+    masks = range(n_subsets) if orders is None else sorted({0, n_subsets - 1}.union(*map(prefix_masks, orders)))
+    table = log_probs([[d for d in range(n_documents) if mask >> d & 1] for mask in masks]).double()
+    values = dict(zip(masks, table))
+    exact = len(values) == n_subsets  # every subset (or the sampled orders happened to visit all)
+    if exact:
+        shapley, n_orders = exact_shapley(table), math.factorial(n_documents)
+        stderr = torch.zeros_like(shapley)
+    else:
+        (shapley, stderr), n_orders = order_average(values, orders), len(orders)
+    return DocumentShapley(values=shapley, full=values[n_subsets - 1], empty=values[0], exact=exact, stderr=stderr,
+                           n_subsets=len(values), n_orders=n_orders)
