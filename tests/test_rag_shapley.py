@@ -159,3 +159,30 @@ def test_batched_removals_equal_one_subset_per_forward(arch, attention):
     torch.testing.assert_close(batched, alone, rtol=0, atol=1e-5)
     torch.testing.assert_close(capped, alone, rtol=0, atol=1e-5)
     assert batched.shape == (16, 2) and torch.isfinite(batched).all()
+
+
+def test_rag_explain_batches_its_removals_when_asked(zoo):
+    """internal_batch_size reaches the removal forwards (sampled orders included: 7 documents at a budget of 40),
+    and the values, leave-one-out and forward count stay those of one subset per forward."""
+    model, tokenizer = zoo
+    example = llm_attrib.zoo.examples("rag", n=1, seed=43)[0]
+    question, documents = example["question"], example["document_texts"]
+    documents = documents + [d for d in llm_attrib.zoo.examples("rag", n=2, seed=44)[1]["document_texts"]
+                             if d not in documents][:7 - len(documents)]
+    runs, rows = {}, {}
+    for batch in (None, 16):
+        rows[batch] = []  # sequences per model call
+        hook = model.register_forward_pre_hook(
+            lambda module, args, kwargs, seen=rows[batch]: seen.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+        try:
+            runs[batch] = rag.explain(model, tokenizer, question, documents, template="zoo", granularity="answer",
+                                      shapley=True, shapley_budget=40, internal_batch_size=batch, show_progress=False,
+                                      method="attention")
+        finally:
+            hook.remove()
+    one, batched = runs[None], runs[16]
+    assert max(rows[None]) == 1 and max(rows[16]) == 16
+    assert len(documents) == 7 and not one.shapley.exact and one.shapley.n_subsets == batched.shapley.n_subsets
+    torch.testing.assert_close(batched.shapley.values, one.shapley.values, rtol=0, atol=1e-4)
+    torch.testing.assert_close(batched.leave_one_out, one.leave_one_out, rtol=0, atol=1e-4)
+    assert batched.cost["n_forward_ablation"] == one.cost["n_forward_ablation"]
