@@ -22,7 +22,7 @@ from .ablation import DocumentSubsets
 from .explanation import RagExplanation, cited_documents
 from .prompt import TEMPLATES, Template, as_documents, build_prompt
 from .sentences import split_sentences
-from .shapley import DEFAULT_BUDGET, document_shapley
+from .shapley import DEFAULT_BUDGET, check_budget, document_shapley
 from .verdicts import THRESHOLDS, judge
 
 GRANULARITIES = ("sentence", "answer", "token")
@@ -93,9 +93,7 @@ def explain(
         raise UnknownNameError(f"unknown scope {scope!r}; choose one of {list(SCOPES)}.")
     started = time.perf_counter()
     docs = as_documents(documents)
-    if not isinstance(shapley_budget, int) or shapley_budget < 2:
-        raise InvalidInputError(f"shapley_budget={shapley_budget!r} forwards cannot evaluate even all and none of the "
-                                f"documents; give an integer of at least 2 (2^D = {2 ** len(docs)} for exact values).")
+    check_budget(shapley_budget, len(docs), "shapley_budget")
     layout = resolve_template(template)
     built = build_prompt(tokenizer, question, docs, layout, system=system)
     attributor = Attributor(model, tokenizer, internal_batch_size=internal_batch_size, show_progress=show_progress)
@@ -135,8 +133,6 @@ def explain(
             if shapley:  # first: with every subset, verify's are among them
                 result.shapley = document_shapley(subsets.stack, len(docs), budget=shapley_budget)
             if verify:
-                everyone = range(len(docs))
-                subsets.evaluate([everyone, [], *([d for d in everyone if d != left] for left in everyone)])
                 result.verdicts, result.leave_one_out = check(subsets, result, thresholds)
         ablation_forwards = forwards[0]
     if retriever is not None:
@@ -223,9 +219,10 @@ def answer_sentences(seq) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]
 def check(subsets: DocumentSubsets, result: RagExplanation, thresholds: tuple[float, float]):
     """Verdicts per answer sentence and the leave-one-out table (documents, sentences), from removing documents."""
     n_documents = len(subsets.documents)
-    full = subsets.full
-    leave_one_out = full[None] - torch.stack([subsets.without([d]) for d in range(n_documents)])  # (D, S)
-    drop_all = full - subsets(())  # (S,) every document removed
+    everyone = list(range(n_documents))
+    full, *alone, none = subsets.stack([everyone, *([d for d in everyone if d != left] for left in everyone), []])
+    leave_one_out = full[None] - torch.stack(alone)  # (D, S)
+    drop_all = full - none  # (S,) every document removed
     by_doc = result.sentence_document_scores()
     verdicts = []
     for s in range(len(result.answer_sentences)):

@@ -75,6 +75,13 @@ def exact_shapley(values: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def check_budget(budget: int, n_documents: int, name: str = "budget") -> None:
+    """Refuse a forward budget that cannot hold even the answer with all documents and with none."""
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 2:
+        raise InvalidInputError(f"{name}={budget!r} forwards cannot evaluate even all and none of the documents; give "
+                                f"an integer of at least 2 (2^D = {2 ** n_documents} for exact values).")
+
+
 def sample_orders(n_players: int, budget: int, generator: torch.Generator) -> list[list[int]]:
     """Random orders of the players, each followed by its reverse (antithetic: the pair's marginals are negatively
     correlated), drawn without repetition until their prefixes cover `budget` distinct subsets (at least two
@@ -123,9 +130,7 @@ def document_shapley(log_probs: Callable[[list[list[int]]], torch.Tensor], n_doc
     forwards (at least two pairs of orders; exact after all if those visited every subset)."""
     if n_documents < 1:
         raise InvalidInputError("Shapley values need at least one document.")
-    if budget < 2:
-        raise InvalidInputError(f"budget={budget} forwards cannot evaluate even all and none of the documents; give "
-                                "at least 2 (2^D for exact values).")
+    check_budget(budget, n_documents)
     n_subsets = 1 << n_documents
     orders = sample_orders(n_documents, budget, torch.Generator().manual_seed(seed)) if n_subsets > budget else None
     masks = range(n_subsets) if orders is None else sorted({0, n_subsets - 1}.union(*map(prefix_masks, orders)))
