@@ -595,9 +595,8 @@ def cmd_batching(args) -> None:
                                       row["question"], docs, TEMPLATES["default"], answer_ids, [(0, len(answer_ids))],
                                       on_forward=forwards.append)
             started = time.perf_counter()
-            subsets.evaluate(everyone)
-            timed[batch] = (time.perf_counter() - started, len(forwards),
-                            torch.stack([subsets(kept) for kept in everyone])[:, 0])
+            values = subsets.stack(everyone)[:, 0]
+            timed[batch] = (time.perf_counter() - started, len(forwards), values)
         if (timed[32][2] - timed[None][2]).abs().max() > 1e-3:
             raise SystemExit(f"{row['id']}: batched subset values differ from one subset per forward")
         out = {"id": row["id"], "n_documents": len(docs), "n_subsets": len(everyone), "code": commit(),
