@@ -10,7 +10,7 @@ Rows stream to --output and an interrupted run resumes there. Runs offline on th
 import argparse
 
 import llm_attrib
-from llm_attrib import Attributor
+from llm_attrib import Attributor, parallel
 from llm_attrib.evaluate import evaluate
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,3 +30,4 @@ result = evaluate(Attributor(model, tokenizer, show_progress=False),
                   llm_attrib.zoo.examples(args.task, n=args.n, seed=0), methods, output=args.output)
 columns = ["aopc_comprehensiveness", "aopc_sufficiency", "hit@1", "auprc"]
 print(result.summary[[(c, "mean") for c in columns]].round(3).to_string())
+parallel.finish()

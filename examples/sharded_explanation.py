@@ -40,6 +40,7 @@ def main() -> None:
         explanation.print()
         if args.output:
             explanation.save(args.output)
+    parallel.finish()
 
 
 if __name__ == "__main__":

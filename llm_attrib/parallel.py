@@ -52,6 +52,15 @@ def wait_for_everyone() -> None:
     state().wait_for_everyone()
 
 
+def finish() -> None:
+    """End a launched run: wait for every process, then close the process group. A process that exits while its
+    gloo group is still open can abort ("terminate called without an active exception") when another one is
+    still working, e.g. the main process saving the result. A single process has nothing to close."""
+    if n_processes() > 1:
+        wait_for_everyone()
+        state().destroy_process_group()
+
+
 _SHARDING: contextvars.ContextVar[bool] = contextvars.ContextVar("llm_attrib_sharding", default=False)
 
 
