@@ -26,7 +26,8 @@ class Verdict:
     """Whether the documents support one answer sentence, decided by ablation of the cited documents.
 
     Attributes:
-        label: "supported", "unsupported" or "uncertain".
+        label: "supported", "unsupported" or "uncertain"; "uncalibrated" when the thresholds were not calibrated
+            for the model at hand (margins in nats do not carry over between models): read the margin instead.
         drop_cited: nats the sentence's log-probability loses when the cited documents are removed.
         drop_other: the same when one other document is removed, averaged over the others (a gain counts as 0;
             0 with no other document).
@@ -42,6 +43,7 @@ class Verdict:
     margin: float
     thresholds: tuple[float, float]
     drop_all: float | None = None
+    calibrated: bool = True
 
 
 @dataclass
@@ -82,6 +84,8 @@ class RagExplanation:
         shapley: each document's Shapley value for each answer sentence (`DocumentShapley`), when `shapley=True`.
         retrieval: the retriever's explanation of each document's similarity to the question, when given.
         scope: what moved along the path: "documents" (the rest of the prompt stayed real) or "prompt".
+        truncated: the generated answer was cut by `max_new_tokens` before it ended (its last sentence may be
+            unfinished).
         cost: the attribution's (`explanation.cost`), "n_forward_ablation" (the forwards that removed documents:
             leave-one-out, verdicts, Shapley values) and
             "seconds" for the whole call (prompt, generation, attribution, verdicts).
@@ -103,6 +107,7 @@ class RagExplanation:
     retrieval: list[dict[str, Any]] | None = None
     cost: dict[str, float] = field(default_factory=dict)
     scope: str = "documents"
+    truncated: bool = False
 
     @property
     def document_scores(self) -> torch.Tensor:
