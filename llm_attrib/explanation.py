@@ -51,6 +51,8 @@ class Explanation:
             answer's token ids.
         answer_segments: the target-index runs [start, end) of the rows of an answer-level explanation (None:
             the whole answer, or per-token rows).
+        notes: plain-words warnings about the input or the result that a reader must see beside the scores (e.g.
+            many prompt tokens unknown to the tokenizer); renderers show them.
     """
 
     scores: torch.Tensor
@@ -75,6 +77,7 @@ class Explanation:
     converged: bool | None = None
     answer_level: bool = False
     answer_segments: list[tuple[int, int]] | None = None
+    notes: list[str] = field(default_factory=list)
 
     def segments(self) -> list[tuple[int, int]] | None:
         """The answer runs behind the rows: None for per-token rows, [(0, T)] for the whole answer."""
@@ -164,6 +167,7 @@ class Explanation:
             converged=self.converged,
             answer_level=self.answer_level,
             answer_segments=self.answer_segments,
+            notes=self.notes,
         )
 
     def to_dict(self) -> dict[str, Any]:
