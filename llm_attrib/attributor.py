@@ -18,6 +18,7 @@ from .core.chat import outside_spans, render_chat
 from .core.engine import check_finite
 from .core.memory import (MAX_CHUNK, SHORT_PROMPTS, budget_bytes, bytes_at, checked_optional, length_polynomial,
                           measured_chunk, saved_bytes)
+from .core.progress import progress
 from .core.sequence import Sequence, build_sequence, check_segments, readable_tokens, special_token_mask
 from .core.spaces import make_space
 from .core.targets import Target, resolve_target
@@ -333,7 +334,17 @@ class Attributor:
             )
         batch = checked_optional(self.internal_batch_size if internal_batch_size is None else internal_batch_size,
                                  "internal_batch_size")
-        seq = self.sequence(prompt, answer, target_class, max_new_tokens, **(generation_kwargs or {}))
+        with progress(self.show_progress) as bar:
+            if answer is None and target_class is None and not is_classifier(self.model):
+                bar.phase("generating")
+            seq = self.sequence(prompt, answer, target_class, max_new_tokens, **(generation_kwargs or {}))
+            rows = len(answer_segments or [0]) if getattr(target, "answer_level", target == "answer") else seq.n_targets
+            bar.phase(f"attributing {rows} target{'s' if rows != 1 else ''} ({method}, {space})")
+            return self._explain(seq, prompt, chosen, the_space, method, space, target, foil, answer_segments,
+                                 attribute_to, batch, keep_head_scores, method_params)
+
+    def _explain(self, seq, prompt, chosen, the_space, method, space, target, foil, answer_segments, attribute_to,
+                 batch, keep_head_scores, method_params) -> Explanation:
         markup = seq.keep.clone()
         if attribute_to is not None:
             seq.keep = seq.keep | ~covered(seq, attribute_to)
@@ -352,14 +363,18 @@ class Attributor:
               parallel.sharding(self.shard_points), counting_forwards(self.model) as forwards):
             problem = Problem(self.model, self.tokenizer, seq, the_space, target_fn, batch or MAX_CHUNK,
                               self.show_progress)
+            # every method is guarded (one without gradients keeps no less in its forward), so a prompt that
+            # cannot fit stops here with the figures rather than in the allocator
+            chunk = measured_chunk(self._bytes_per_point(problem), budget, batch,
+                                   f"{seq.length} tokens in the {space} space")
             if chosen.uses_gradients:
-                problem.internal_batch_size = measured_chunk(self._bytes_per_point(problem), budget, batch,
-                                                             f"{seq.length} tokens in the {space} space")
+                problem.internal_batch_size = chunk
             result = chosen.attribute(problem, **method_params)
             probs = target_probabilities(self.model, seq)  # per target, or the whole answer's
             n_forward_all = int(parallel.sum_across(torch.tensor(forwards, device=seq.input_ids.device))[0])
         check_finite(probs, "target probabilities")
         check_finite(result.scores, f"attribution scores ({method})")
+        notes = input_notes(self.tokenizer, seq, markup) + magnitude_notes(result.scores, method)
         converged = convergence(result.completeness_error, result.settings.get("tolerance"), method)
         n = seq.n_inputs
         params = {
@@ -402,6 +417,7 @@ class Attributor:
             converged=converged,
             answer_level=seq.answer_level,
             answer_segments=seq.answer_segments if seq.answer_level else None,
+            notes=notes,
         )
 
 
@@ -423,6 +439,41 @@ def covered(seq: Sequence, spans: list[tuple[int, int]]) -> torch.Tensor:
     return torch.tensor(inside, device=seq.input_ids.device)
 
 
+UNKNOWN_SHARE = 0.1  # above this share of <unk> among the prompt's content tokens, the result carries a note
+ABSURD_MAGNITUDE = 1e6  # a |score| beyond this, in units of a log-probability or a logit, is a numerical failure
+
+
+def input_notes(tokenizer, seq: Sequence, markup: torch.Tensor) -> list[str]:
+    """A note (and a warning) when many of the prompt's content tokens are unknown to the tokenizer: the model
+    never saw those words, so the scores say nothing about them."""
+    unknown_id = getattr(tokenizer, "unk_token_id", None)
+    if unknown_id is None:
+        return []
+    ids = seq.input_ids[0, : seq.n_prompt].cpu()
+    content = ~markup[: seq.n_prompt].cpu()
+    n_content = int(content.sum())
+    n_unknown = int(((ids == unknown_id) & content).sum())
+    if not n_content or n_unknown / n_content <= UNKNOWN_SHARE:
+        return []
+    note = (f"{n_unknown} of {n_content} prompt tokens ({n_unknown / n_content:.0%}) are unknown to the tokenizer "
+            f"(each became {tokenizer.unk_token!r}): the model never saw those words, so their scores say nothing "
+            "about them; use a model whose vocabulary covers the text.")
+    warnings.warn(note, UserWarning, stacklevel=4)
+    return [note]
+
+
+def magnitude_notes(scores: torch.Tensor, method: str) -> list[str]:
+    """A note (and a warning) for finite but absurd scores: an overflowing model, not an attribution."""
+    peak = float(scores.detach().abs().max()) if scores.numel() else 0.0
+    if peak <= ABSURD_MAGNITUDE:
+        return []
+    note = (f"{method}: a score of magnitude {peak:.3g} is far beyond what a log-probability can carry; the model's "
+            "numbers overflow (low precision, extreme weights or inputs), so these scores are not meaningful even if "
+            "they sum up; run the model in float32.")
+    warnings.warn(note, UserWarning, stacklevel=4)
+    return [note]
+
+
 DEFAULT_TOLERANCE = 0.01
 
 
@@ -440,6 +491,6 @@ def convergence(errors: torch.Tensor, tolerance: float | None, method: str) -> b
             f"{float(finite.max()):.1%}); these scores are not a converged integral. Raise n_steps / max_steps, "
             "or see Explanation.completeness_error.",
             ConvergenceWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     return not missed

@@ -202,9 +202,9 @@ def _legend(has_fixed: bool, has_evidence: bool) -> Text:
     """One line in plain words: what the colours (and the dimming) mean."""
     legend = Text()
     legend.append(" red ", style=_style(0.8))
-    legend.append(" raised the answer's probability ")
+    legend.append(" made the answer likelier ")
     legend.append(" blue ", style=_style(-0.8))
-    legend.append(" lowered it")
+    legend.append(" less likely")
     if has_fixed:
         legend.append("  grey", style="dim")
         legend.append(": fixed template")
