@@ -450,9 +450,9 @@ def input_notes(tokenizer, seq: Sequence, markup: torch.Tensor) -> list[str]:
     if unknown_id is None:
         return []
     ids = seq.input_ids[0, : seq.n_prompt].cpu()
-    content = ~markup[: seq.n_prompt].cpu()
-    n_content = int(content.sum())
-    n_unknown = int(((ids == unknown_id) & content).sum())
+    unknown = ids == unknown_id  # the unknown token counts as special, but it stands for the user's words
+    content = ~markup[: seq.n_prompt].cpu() | unknown
+    n_content, n_unknown = int(content.sum()), int(unknown.sum())
     if not n_content or n_unknown / n_content <= UNKNOWN_SHARE:
         return []
     note = (f"{n_unknown} of {n_content} prompt tokens ({n_unknown / n_content:.0%}) are unknown to the tokenizer "
