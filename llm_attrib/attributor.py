@@ -94,6 +94,18 @@ def check_causal(model, ids: list[int]) -> None:
         )
 
 
+def check_unicode(text: str, what: str) -> None:
+    """Refuse text with lone surrogates (e.g. undecodable bytes read with surrogateescape): tokenizers reject it
+    raw, and a report of it could not be written."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InvalidInputError(
+            f"{what} is not valid Unicode: {error.reason} at character {error.start} ({text[error.start]!r}); "
+            "decode the source text with errors='replace' or remove the stray surrogate."
+        ) from None
+
+
 def context_length(model, tokenizer) -> int:
     limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
     return min([n for n in limits if isinstance(n, int) and 0 < n < 10**9] or [10**9])
@@ -170,13 +182,7 @@ class Attributor:
             text, spans = prompt, [(0, len(prompt))]
         else:
             raise InvalidInputError(f"prompt must be a string or a list of chat messages, got {type(prompt).__name__}.")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as error:
-            raise InvalidInputError(
-                f"the prompt is not valid Unicode: {error.reason} at character {error.start} ({text[error.start]!r}); "
-                "decode the source text with errors='replace' or remove the stray surrogate."
-            ) from None
+        check_unicode(text, "the prompt")
         encoding = self.tokenizer(text, add_special_tokens=not isinstance(prompt, list), return_offsets_mapping=True)
         if not text.strip() or not encoding["input_ids"]:
             raise InvalidInputError("the prompt is empty; give some text to explain.")
@@ -241,6 +247,7 @@ class Attributor:
             check_causal(self.model, ids)
             self._causal_checked = True
         if isinstance(answer, str):
+            check_unicode(answer, "the answer")
             answer_ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
             unknown = self.tokenizer.unk_token_id
             if unknown is not None and unknown in answer_ids:
