@@ -171,11 +171,6 @@ def _run_explain(args: argparse.Namespace) -> int:
     _check_output(args.json)
     _check_text(args.prompt, "--prompt")
     _check_text(args.answer, "--answer")
-    if args.target is not None and (args.target < 0 or (args.whole_answer and args.target > 0)
-                                    or (args.answer is None and args.target >= args.max_new_tokens)):
-        most = 1 if args.whole_answer else args.max_new_tokens
-        raise InvalidInputError(f"--target {args.target} does not exist: this run explains at most {most} target(s), "
-                                f"numbered from 0.")
     prompt = _read_prompt(args)
     example = None
     if args.model:
@@ -187,6 +182,11 @@ def _run_explain(args: argparse.Namespace) -> int:
         if args.space is None and "attention" in get_method(args.method).spaces:
             args.space = "attention"
         args.whole_answer = args.whole_answer or not args.per_token
+    if args.target is not None and (args.target < 0 or (args.whole_answer and args.target > 0)
+                                    or (args.answer is None and args.target >= args.max_new_tokens)):
+        most = 1 if args.whole_answer else args.max_new_tokens
+        raise InvalidInputError(f"--target {args.target} does not exist: this run explains at most {most} target(s), "
+                                f"numbered from 0.")
     model, tokenizer = _load(args.model or "rag", args.no_progress)
     if args.target is not None and args.answer is not None and not args.whole_answer:
         n_targets = len(tokenizer(args.answer, add_special_tokens=False)["input_ids"])
@@ -209,8 +209,8 @@ def _run_explain(args: argparse.Namespace) -> int:
     written = _save_outputs(args, lambda: exp.to_html(target=args.target), exp.save)
     from .render.terminal import print_explanation
 
-    print_explanation(exp if args.tokens else exp.words(), target=args.target,
-                      template_spans=example and example["template_spans"], evidence_spans=example and example["evidence"])
+    known = {"template_spans": example["template_spans"], "evidence_spans": example["evidence"]} if example else {}
+    print_explanation(exp if args.tokens else exp.words(), target=args.target, **known)
     _announce(written)
     return 0
 
