@@ -187,7 +187,7 @@ def _run_explain(args: argparse.Namespace) -> int:
         most = 1 if args.whole_answer else args.max_new_tokens
         raise InvalidInputError(f"--target {args.target} does not exist: this run explains at most {most} target(s), "
                                 f"numbered from 0.")
-    model, tokenizer = _load(args.model or "rag", args.no_progress)
+    model, tokenizer = _load(args.model, "rag", args.no_progress)
     if args.target is not None and args.answer is not None and not args.whole_answer:
         n_targets = len(tokenizer(args.answer, add_special_tokens=False)["input_ids"])
         if args.target >= n_targets:
@@ -215,14 +215,24 @@ def _run_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(name: str, no_progress: bool):
-    """The model and tokenizer, the transformers loading bars replaced by one labelled line."""
+def _load(model: str | None, zoo_name: str, no_progress: bool):
+    """The --model (or, without one, the zoo model `zoo_name`) and its tokenizer, the transformers loading bars
+    replaced by one labelled line."""
     from transformers.utils import logging as hf_logging
+
+    from . import zoo
 
     hf_logging.disable_progress_bar()
     if not no_progress and sys.stderr.isatty():
-        print(f"loading {_model_label(name)} ...", file=sys.stderr, flush=True)
-    return load_model(name)
+        print(f"loading {_model_label(model or zoo_name)} ...", file=sys.stderr, flush=True)
+    if model:
+        return load_model(model)
+    try:
+        return zoo.load(zoo_name)
+    except OSError as err:
+        raise InvalidInputError(
+            f"the zoo model {zoo_name!r} could not be loaded ({_first_line(err)}); pass --model PATH_OR_HUB_ID."
+        ) from err
 
 
 def _model_label(name: str) -> str:
@@ -344,7 +354,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         read_rows(args.output, check_only=True)  # a file that is not this command's rows: refused before the work
     if args.zoo not in zoo.NAMES:
         raise InvalidInputError(f"--zoo {args.zoo!r} is not a zoo task; choose one of {', '.join(zoo.NAMES)}.")
-    model, tokenizer = _load(args.model or args.zoo, args.no_progress)
+    model, tokenizer = _load(args.model, args.zoo, args.no_progress)
     examples = examples if examples is not None else zoo.examples(args.zoo, n=args.n, seed=args.seed)
     attributor = Attributor(model, tokenizer, show_progress=False)
     result = evaluate(attributor, examples, specs, output=args.output, show_progress=not args.no_progress)
@@ -420,9 +430,9 @@ def _run_rag(args: argparse.Namespace) -> int:
     if args.model:
         if args.question is None or documents is None:
             raise InvalidInputError("with --model, give --question TEXT and --documents FILE.")
-        model, tokenizer = _load(args.model, args.no_progress)
+        model, tokenizer = _load(args.model, "rag", args.no_progress)
     else:
-        model, tokenizer = _load("rag", args.no_progress)
+        model, tokenizer = _load(None, "rag", args.no_progress)
         template = template or "zoo"
         if args.question is None and documents is None:
             example = zoo.examples("rag", n=1, seed=0)[0]
@@ -481,6 +491,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"llm-attrib: error: {safe(_first_line(err))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: outputs are written whole or not at all, so one line is enough
+        print("llm-attrib: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
