@@ -347,11 +347,14 @@ class Attributor:
             seq = self.sequence(prompt, answer, target_class, max_new_tokens, **(generation_kwargs or {}))
             rows = len(answer_segments or [0]) if getattr(target, "answer_level", target == "answer") else seq.n_targets
             bar.phase(f"attributing {rows} target{'s' if rows != 1 else ''} ({method}, {space})")
-            return self._explain(seq, prompt, chosen, the_space, method, space, target, foil, answer_segments,
-                                 attribute_to, batch, keep_head_scores, method_params)
+            return self._attribute(seq, chosen=chosen, the_space=the_space, method=method, space=space, target=target,
+                                   foil=foil, answer_segments=answer_segments, attribute_to=attribute_to, batch=batch,
+                                   keep_head_scores=keep_head_scores, method_params=method_params)
 
-    def _explain(self, seq, prompt, chosen, the_space, method, space, target, foil, answer_segments, attribute_to,
-                 batch, keep_head_scores, method_params) -> Explanation:
+    def _attribute(self, seq: Sequence, *, chosen, the_space, method: str, space: str, target, foil,
+                   answer_segments, attribute_to, batch: int | None, keep_head_scores: bool,
+                   method_params: dict[str, Any]) -> Explanation:
+        """The attribution of a prepared sequence, under the explanation's progress bar (see `explain`)."""
         markup = seq.keep.clone()
         if attribute_to is not None:
             seq.keep = seq.keep | ~covered(seq, attribute_to)
