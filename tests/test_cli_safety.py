@@ -286,3 +286,29 @@ def test_one_labelled_bar_per_explanation(attributor, monkeypatch):
 def test_help_does_not_import_torch():
     code = "import sys; from llm_attrib.cli import build_parser; build_parser().format_help(); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("version", ["v2", "v1"])
+def test_the_cgroup_memory_limit_is_read(tmp_path, monkeypatch, version):
+    from llm_attrib.core import memory
+
+    proc = tmp_path / "proc" / "self"
+    proc.mkdir(parents=True)
+    if version == "v2":
+        (proc / "cgroup").write_text("0::/job\n")
+        group = tmp_path / "sys" / "fs" / "cgroup" / "job"
+        limit, usage = "memory.max", "memory.current"
+    else:
+        (proc / "cgroup").write_text("5:cpu:/\n4:memory:/job\n")
+        group = tmp_path / "sys" / "fs" / "cgroup" / "memory" / "job"
+        limit, usage = "memory.limit_in_bytes", "memory.usage_in_bytes"
+    group.mkdir(parents=True)
+    (group / limit).write_text(f"{3 * 2**30}\n")
+    (group / usage).write_text(f"{2**30}\n")
+    read = memory._cgroup_number
+    assert read(limit, root=str(tmp_path)) == 3 * 2**30
+    monkeypatch.setattr(memory, "_cgroup_number", lambda name: read(name, root=str(tmp_path)))
+    assert memory.process_limit_bytes() <= 2 * 2**30  # the limit less what the group already uses
+    assert memory.available_bytes(torch.device("cpu")) <= 2 * 2**30
+    (group / limit).write_text("max\n")
+    assert read(limit, root=str(tmp_path)) is None  # no limit

@@ -72,23 +72,23 @@ def _status_bytes(field: str) -> int:
     return 0
 
 
-def _cgroup_number(name: str) -> int | None:
-    """A number from this process's cgroup folder (v2 unified, or the v1 memory controller); None if absent or
-    unlimited ("max")."""
+def _cgroup_number(name: str, root: str = "/") -> int | None:
+    """A number from this process's cgroup folder (v2 unified, or the v1 memory controller) under `root`; None if
+    absent or unlimited ("max")."""
     folders = []
     try:
-        with open("/proc/self/cgroup") as groups:
+        with open(os.path.join(root, "proc/self/cgroup")) as groups:
             for line in groups:
                 _, controllers, path = line.rstrip("\n").split(":", 2)
                 if controllers == "":
-                    folders.append(f"/sys/fs/cgroup{path}")
+                    folders.append(f"sys/fs/cgroup{path}")
                 elif "memory" in controllers.split(","):
-                    folders.append(f"/sys/fs/cgroup/memory{path}")
+                    folders.append(f"sys/fs/cgroup/memory{path}")
     except (OSError, ValueError):
         return None
-    for folder in folders + ["/sys/fs/cgroup", "/sys/fs/cgroup/memory"]:
+    for folder in folders + ["sys/fs/cgroup", "sys/fs/cgroup/memory"]:
         try:
-            with open(os.path.join(folder, name)) as f:
+            with open(os.path.join(root, folder, name)) as f:
                 text = f.read().strip()
         except OSError:
             continue
