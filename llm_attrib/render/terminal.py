@@ -10,6 +10,7 @@ set the window title or write the clipboard.
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from pathlib import PurePath
 from typing import TYPE_CHECKING
@@ -57,9 +58,10 @@ def safe_token(token: str) -> str:
 
 
 def model_label(name: str) -> str:
-    """A model's short name: the zoo name or the folder's last part, never a whole filesystem path."""
+    """A model's short name: the zoo name or the folder's last part (without the zoo cache's content hash, as in
+    `smollm2-b179c9523d0e`), never a whole filesystem path."""
     name = str(name or "").rstrip("/\\")
-    return safe(PurePath(name).name or name) if name else "unknown model"
+    return safe(re.sub(r"-[0-9a-f]{12}$", "", PurePath(name).name or name)) if name else "unknown model"
 
 
 def print_explanation(
@@ -132,7 +134,7 @@ def _renderable(exp: "Explanation", target: int | None, top_k: int, template_spa
             top.append(("  " if i else "") + safe_token(exp.input_tokens[j]), style=_style(float(norm[t, j])))
             top.append(f" {fmt_score(score)}", style="dim")
         body = [_coloured_text(exp, norm[t].tolist(), fixed_norm[t].tolist(), fixed.tolist(), evidence, t), top]
-        if fixed.any():
+        if fixed.any() and _share(scores[t], fixed) >= 0.005:
             body.append(Text(f"fixed template and markup (dimmed, not ranked): {_share(scores[t], fixed):.0%} of the "
                              "total |score|", style="dim"))
         parts.append(Panel(Group(*body), title=title, title_align="left"))
