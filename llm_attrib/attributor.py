@@ -152,17 +152,20 @@ class Attributor:
     def vocab_size(self) -> int:
         return self.model.get_input_embeddings().num_embeddings
 
-    def _bytes_per_point(self, problem: Problem) -> int:
-        """What one path point of this problem keeps for its backward, measured on the model: directly for a
-        short prompt, else from three short prompts once per space and answer shape."""
+    def _bytes_per_point(self, problem: Problem, gradients: bool = True) -> int:
+        """What one path point of this problem keeps for its backward (or, for a method without gradients, the
+        explicand in the space, which it holds), measured on the model: directly for a short prompt, else from
+        three short prompts once per space and answer shape."""
         seq, space = problem.seq, problem.space
         weight = self.model.get_input_embeddings().weight
         key = (space.name, repr(getattr(space, "layers", None)), seq.n_targets, seq.n_outputs, weight.dtype,
-               weight.device)
+               weight.device, gradients)
 
         def measure(n_prompt: int) -> int:
             keep = torch.cat([torch.arange(n_prompt), torch.arange(seq.n_prompt, seq.length)])
             short = dataclasses.replace(seq, input_ids=seq.input_ids[:, keep], n_prompt=n_prompt, keep=seq.keep[keep])
+            if not gradients:
+                return space.point(self.model, short).nbytes
             return saved_bytes(lambda points: problem.scores_of(short, points), space.point(self.model, short),
                                self.model)
 
@@ -373,12 +376,15 @@ class Attributor:
               parallel.sharding(self.shard_points), counting_forwards(self.model) as forwards):
             problem = Problem(self.model, self.tokenizer, seq, the_space, target_fn, batch or MAX_CHUNK,
                               self.show_progress)
-            # every method is guarded (one without gradients keeps no less in its forward), so a prompt that
-            # cannot fit stops here with the figures rather than in the allocator
-            chunk = measured_chunk(self._bytes_per_point(problem), budget, batch,
-                                   f"{seq.length} tokens in the {space} space")
+            # a prompt that cannot fit stops here with the figures rather than in the allocator: path points for
+            # gradient methods, the explicand in the space for those that read it whole (raw attention)
             if chosen.uses_gradients:
-                problem.internal_batch_size = chunk
+                problem.internal_batch_size = measured_chunk(
+                    self._bytes_per_point(problem), budget, batch,
+                    f"one path point of {seq.length} tokens in the {space} space")
+            elif getattr(chosen, "keeps_point", False):
+                measured_chunk(self._bytes_per_point(problem, gradients=False), budget, None,
+                               f"method {method!r} over {seq.length} tokens")
             result = chosen.attribute(problem, **method_params)
             probs = target_probabilities(self.model, seq)  # per target, or the whole answer's
             n_forward_all = int(parallel.sum_across(torch.tensor(forwards, device=seq.input_ids.device))[0])

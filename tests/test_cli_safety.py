@@ -233,10 +233,24 @@ def test_resume_recomputes_a_group_torn_at_a_line_end(attributor, tmp_path):
     assert len(path.read_text().splitlines()) == 9
 
 
-def test_every_method_is_guarded_by_the_memory_budget(attributor):
-    with pytest.raises(InvalidInputError, match="memory budget"):
-        Attributor(attributor.model, attributor.tokenizer, memory_budget=1, show_progress=False).explain(
-            "w1 w2 w3 w4", "w5", method="attention")
+def test_raw_attention_is_guarded_by_the_bytes_of_every_layers_attention(attributor):
+    """The attention method holds (layers, heads, L, L) float32 at once: a budget of exactly that (times the
+    transient allowance) passes and one byte less is refused before the work, also when the size is
+    extrapolated from short prompts (L = 41 > 32); the random method holds nothing and is never refused."""
+    from llm_attrib.core.memory import TRANSIENT_FACTOR
+
+    prompt = " ".join(f"w{i % 50}" for i in range(40))  # 40 words + <bos>, then the answer's token
+    config = attributor.model.config
+    needed = int(TRANSIENT_FACTOR * config.num_hidden_layers * config.num_attention_heads * 42 * 42 * 4)
+
+    def run(budget: int, method: str = "attention"):
+        return Attributor(attributor.model, attributor.tokenizer, memory_budget=budget, show_progress=False).explain(
+            prompt, "w5", method=method)
+
+    assert run(needed).scores.shape == (1, 41)  # 41 prompt inputs; the sequence with its target is 42
+    with pytest.raises(InvalidInputError, match="method 'attention' over 42 tokens .*memory budget"):
+        run(needed - 1)
+    assert run(1, method="random").scores.shape == (1, 41)
 
 
 def test_the_automatic_budget_reads_the_address_space_limit():

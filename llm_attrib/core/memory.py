@@ -150,7 +150,7 @@ def measured_chunk(per_point: int, budget: int, requested: int | None, what: str
     fits = int(budget // (TRANSIENT_FACTOR * per_point))
     if fits < 1:
         raise InvalidInputError(
-            f"one path point of {what} keeps {TRANSIENT_FACTOR * per_point / 2**20:.0f} MiB (measured), and the "
+            f"{what} keeps {TRANSIENT_FACTOR * per_point / 2**20:.0f} MiB (measured), and the "
             f"memory budget is {budget / 2**20:.0f} MiB; raise memory_budget, shorten the prompt, choose fewer "
             "attention layers (layers=...), or use space='embeddings'."
         )
