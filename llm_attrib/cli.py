@@ -99,7 +99,8 @@ def _add_explain_arguments(parser: argparse.ArgumentParser) -> None:
                         help="send the prompt as one user message through the tokenizer's chat template (instruct models)")
     parser.add_argument("--method", default="ig", metavar="NAME", help="attribution method (default: ig)")
     parser.add_argument("--space", default=None, metavar="NAME",
-                        help="embeddings, attention or mask (default: the method's own: attention for rpi, embeddings for ig)")
+                        help="embeddings, attention or mask (default: the method's own: attention for rpi, embeddings for ig; "
+                             "the built-in example: attention, chosen in eval/results/first_picture.md)")
     parser.add_argument("--n-steps", type=_positive, default=None, metavar="N",
                         help="path steps of path methods such as ig (default: the method's own; ig: 5, one Boole "
                              "panel per target, refined where the error is)")
@@ -108,7 +109,8 @@ def _add_explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=int, nargs="+", metavar="L",
                         help="attention layers of the attention or mask space (default: all)")
     parser.add_argument("--whole-answer", action="store_true",
-                        help="explain the whole answer, log p(answer | prompt), as one target (one gradient per path point)")
+                        help="explain the whole answer, log p(answer | prompt), as one target (one gradient per path point; "
+                             "the default of the built-in example)")
     parser.add_argument("--per-token", action="store_true",
                         help="with no --model and --prompt: one row per answer token instead of the whole answer")
     parser.add_argument("--tokens", action="store_true", help="show scores over tokens (default: over words)")
