@@ -326,3 +326,14 @@ def test_the_cgroup_memory_limit_is_read(tmp_path, monkeypatch, version):
     assert memory.available_bytes(torch.device("cpu")) <= 2 * 2**30
     (group / limit).write_text("max\n")
     assert read(limit, root=str(tmp_path)) is None  # no limit
+
+
+def test_ctrl_c_ends_with_one_line_and_exit_130(model_dir, monkeypatch, capsys):  # noqa: F811
+    import llm_attrib.attributor as attributor
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(attributor.Attributor, "explain", interrupted)
+    assert main(["explain", "--model", str(model_dir), "--prompt", PROMPT, "--no-progress"]) == 130
+    assert capsys.readouterr().err == "llm-attrib: interrupted\n"
