@@ -362,3 +362,83 @@ def test_bypassing_models_are_refused(arch):
     with prepared(model, hook_attention=False):
         assert not any(p.requires_grad for p in model.parameters())
     assert [p.requires_grad for p in model.parameters()] == flags
+
+
+# ------------------------------------------------------------------------------------------- other threads
+
+
+def test_other_threads_run_the_model_as_loaded():
+    """A thread that runs plain forwards and `generate` on the zoo model as loaded (sdpa) while another thread
+    explains in the attention and mask spaces gets exactly the logits it gets alone, 300 of 300: only the
+    package's own forwards go through the hook. (Switching the model-wide implementation made nearly every one of
+    them differ: eager instead of sdpa arithmetic, and bidirectional attention for a forward straddling a switch.)"""
+    import threading
+
+    import llm_attrib
+    from llm_attrib import Attributor
+
+    model, tokenizer = llm_attrib.zoo.load("rag")
+    assert model.config._attn_implementation == "sdpa"
+    example = llm_attrib.zoo.examples("rag", n=1, seed=0)[0]
+    ids = tokenizer(example["prompt"], return_tensors="pt").input_ids
+
+    def generated() -> torch.Tensor:
+        out = model.generate(ids, max_new_tokens=2, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id)
+        return torch.stack(out.logits)
+
+    with torch.no_grad():
+        alone = {"forward": model(ids).logits, "generate": generated()}
+
+    explaining, done, failures, explained = threading.Event(), threading.Event(), [], [0]
+
+    def explain() -> None:
+        attributor = Attributor(model, tokenizer, show_progress=False)
+        try:
+            while not done.is_set():
+                for space in ("attention", "mask"):
+                    explaining.set()
+                    attributor.explain(example["prompt"], answer=example["answer"], space=space, method="saliency")
+                    explaining.clear()
+                    explained[0] += 1
+        except BaseException as error:  # reported by the main thread
+            failures.append(error)
+            explaining.clear()
+
+    explainer = threading.Thread(target=explain)
+    explainer.start()
+    wrong, overlapped = [], 0
+    try:
+        for i in range(300):
+            during = explaining.is_set()
+            kind = "generate" if i % 3 == 0 else "forward"
+            with torch.no_grad():
+                got = generated() if kind == "generate" else model(ids).logits
+            overlapped += during or explaining.is_set()
+            if not torch.equal(got, alone[kind]):
+                wrong.append((i, kind, (got - alone[kind]).abs().max().item()))
+    finally:
+        done.set()
+        explainer.join()
+    assert not failures, failures
+    assert overlapped >= 100 and explained[0] >= 4  # the explanations really ran beside the forwards
+    assert wrong == [], f"{len(wrong)} of 300 forwards differ from the model alone: {wrong[:5]}"
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_hooked_attention_without_a_mask_stays_causal():
+    """Handed no mask (as transformers does where SDPA's `is_causal` flag replaces one), the hooked function attends
+    causally for a causal module, exactly as with the explicit causal mask, and fully for a bidirectional one."""
+    g = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(2, 4, 6, 8, generator=g) for _ in range(3))
+    causal = torch.zeros(6, 6).masked_fill(~torch.ones(6, 6, dtype=torch.bool).tril(), torch.finfo(torch.float32).min)
+    module = torch.nn.Module().eval()
+    out, probs = patching.hooked_attention(module, query, key, value, None, scaling=0.3)
+    expected, expected_probs = patching.hooked_attention(module, query, key, value, causal, scaling=0.3)
+    assert torch.equal(out, expected) and torch.equal(probs, expected_probs)
+    assert probs[..., 0, 1:].abs().max().item() == 0.0
+    module.is_causal = False
+    _, probs = patching.hooked_attention(module, query, key, value, None, scaling=0.3)
+    assert probs[..., 0, 1:].min().item() > 0.0
+    _, probs = patching.hooked_attention(module, query, key, value, None, scaling=0.3, is_causal=True)
+    assert torch.equal(probs, expected_probs)
