@@ -4,6 +4,7 @@ explanation, runs a method, and packages the result as an `Explanation`."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import time
 import warnings
@@ -53,22 +54,33 @@ def is_classifier(model) -> bool:
 MEASURED_BYTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+# The counters open in this context (thread or task): a model's forward counts only for the call that runs it.
+_COUNTERS: contextvars.ContextVar[tuple[list[int], ...]] = contextvars.ContextVar("llm_attrib_counters", default=())
+
+
 @contextlib.contextmanager
 def counting_forwards(model) -> Iterator[list[int]]:
-    """Counts the sequences the model runs forward inside the block (a batch of B counts B): the whole cost of a
-    call, its checks and memory probe included, which the methods' own counts (path points) leave out."""
+    """Counts the sequences the model runs forward inside the block in the calling thread or task (a batch of B
+    counts B): the whole cost of a call, its checks and memory probe included, which the methods' own counts (path
+    points) leave out. Forwards that other threads run on the same model meanwhile are not this call's cost."""
     count = [0]
 
     def add(_module, args, kwargs):
+        if not any(counter is count for counter in _COUNTERS.get()):
+            return
         inputs = next((v for v in (kwargs.get("input_ids"), kwargs.get("inputs_embeds"), *args)
                        if isinstance(v, torch.Tensor)), None)
         count[0] += 1 if inputs is None else inputs.shape[0]
 
-    handle = model.register_forward_pre_hook(add, with_kwargs=True)
+    handle = None
+    token = _COUNTERS.set(_COUNTERS.get() + (count,))
     try:
+        handle = model.register_forward_pre_hook(add, with_kwargs=True)
         yield count
     finally:
-        handle.remove()
+        if handle is not None:
+            handle.remove()
+        _COUNTERS.reset(token)
 
 
 def check_causal(model, ids: list[int]) -> None:

@@ -442,3 +442,139 @@ def test_hooked_attention_without_a_mask_stays_causal():
     assert probs[..., 0, 1:].min().item() > 0.0
     _, probs = patching.hooked_attention(module, query, key, value, None, scaling=0.3, is_causal=True)
     assert torch.equal(probs, expected_probs)
+
+
+def test_counting_forwards_counts_only_the_calling_threads_forwards():
+    """The cost counter of a call counts its own forwards, not those another thread runs on the same model
+    meanwhile (each thread's counter sees exactly its own, nested counters in one thread both count)."""
+    import threading
+
+    from llm_attrib.attributor import counting_forwards
+
+    model, vocab = tiny_model("llama")
+    kwargs, _ = _inputs(model, vocab, "llama", pad=False)  # a batch of 2 sequences
+    started, done, counts, overlap = threading.Barrier(2), threading.Event(), {}, [0]
+
+    def other() -> None:
+        with counting_forwards(model) as count:
+            started.wait()
+            while not done.is_set():
+                _forward(model, kwargs)
+                overlap[0] += 1
+        counts["other"] = (count[0], overlap[0])
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    with counting_forwards(model) as outer:
+        started.wait()
+        for _ in range(20):
+            with counting_forwards(model) as inner:
+                _forward(model, kwargs)
+    done.set()
+    thread.join()
+    assert (outer[0], inner[0]) == (40, 2)
+    assert counts["other"][0] == 2 * counts["other"][1] and counts["other"][1] > 0
+
+
+# ------------------------------------------------------------------------------------------- interrupts
+
+
+class Interrupt(BaseException):
+    """Stands for a KeyboardInterrupt arriving at one point of applying or undoing a change."""
+
+
+def _model_state(model) -> tuple:
+    owners = {patching._owner(config) for config in patching._configs(model)}
+    return (
+        [p.requires_grad for p in model.parameters()],
+        model.config._attn_implementation,
+        {owner: vars(owner)["_attn_implementation"] for owner in owners},
+    )
+
+
+def _raising_on_call(param, n: int):
+    """Make the n-th call of `param.requires_grad_` (1: while freezing, 2: while restoring) raise `Interrupt` once
+    its flag is set: an interrupt arriving between two steps."""
+    calls, original = [0], param.requires_grad_
+
+    def requires_grad_(flag=True):
+        calls[0] += 1
+        original(flag)
+        if calls[0] == n:
+            raise Interrupt
+        return param
+
+    param.requires_grad_ = requires_grad_
+    return calls
+
+
+@pytest.mark.parametrize("when", ["applying", "undoing"])
+def test_an_interrupt_while_freezing_or_unfreezing_leaves_every_flag_restored(when):
+    model, _ = tiny_model("llama")
+    flags = _mixed_flags(model)
+    before = _model_state(model)
+    params = list(model.parameters())
+    calls = _raising_on_call(params[len(params) // 2], 1 if when == "applying" else 2)
+    with pytest.raises(Interrupt):
+        with prepared(model, hook_attention=True):
+            assert when == "undoing", "the block must not run when freezing was interrupted"
+    assert calls[0] == 2  # frozen, then put back despite the interrupt
+    assert _model_state(model) == before and [p.requires_grad for p in params] == flags
+    assert patching._CHANGES.get(model, {}) == {}
+    with prepared(model, hook_attention=True):  # and the next call works normally
+        assert not any(p.requires_grad for p in model.parameters())
+    assert _model_state(model) == before
+
+
+@pytest.mark.parametrize("step", ["registering the undo", "entering the context"])
+def test_an_interrupt_between_applying_and_registering_leaves_nothing_applied(step, monkeypatch):
+    """An interrupt after a change is applied but before its undo is registered (or before the calling context is
+    marked) puts the change back at once."""
+    model, vocab = tiny_model("llama_gqa")
+    flags = _mixed_flags(model)
+    before = _model_state(model)
+    kwargs, _ = _inputs(model, vocab, "llama_gqa", pad=True)
+    reference = _forward(model, kwargs).logits
+
+    def interrupt(*args, **kwargs):
+        raise Interrupt
+
+    monkeypatch.setattr(patching, "_Change" if step == "registering the undo" else "_context_set", interrupt)
+    for hook in (False, True) if step == "registering the undo" else (True,):
+        with pytest.raises(Interrupt):
+            with prepared(model, hook_attention=hook):
+                pytest.fail("the block must not run")
+        assert _model_state(model) == before and [p.requires_grad for p in model.parameters()] == flags
+    monkeypatch.undo()
+    with attention_hooked(model), tapped(AttentionTap(record=True)) as tap:
+        assert torch.equal(_forward(model, kwargs).logits, reference)
+    assert len(tap.recorded) == model.config.num_hidden_layers
+    assert _model_state(model) == before
+
+
+@pytest.mark.parametrize("when", ["applying", "undoing"])
+def test_ctrl_c_while_changing_the_model_is_delivered_after_it(when):
+    """A real SIGINT raised in the middle of freezing (or unfreezing) the parameters arrives as KeyboardInterrupt
+    once the change is whole: applied and undone, or undone, never half."""
+    import signal
+
+    model, _ = tiny_model("gpt2")
+    flags = _mixed_flags(model)
+    before = _model_state(model)
+    params = list(model.parameters())
+    target, original, calls = params[len(params) // 2], params[len(params) // 2].requires_grad_, [0]
+
+    def requires_grad_(flag=True):
+        calls[0] += 1
+        if calls[0] == (1 if when == "applying" else 2):
+            signal.raise_signal(signal.SIGINT)
+        return original(flag)
+
+    target.requires_grad_ = requires_grad_
+    ran = []
+    with pytest.raises(KeyboardInterrupt):
+        with prepared(model, hook_attention=True):
+            ran.append(True)
+    assert ran == ([] if when == "applying" else [True])
+    assert _model_state(model) == before and [p.requires_grad for p in params] == flags
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
