@@ -216,7 +216,8 @@ def test_replacement_takes_effect(arch):
         assert all(p.grad is None for p in model.parameters())
 
 
-POSITIONS_FROM_MASK = {"opt"}  # counts positions over the attention mask, so a masked token shifts the rest
+# Count positions (OPT) or ALiBi distances (Falcon with ALiBi) over the attention mask, so a masked token shifts the rest.
+POSITIONS_FROM_MASK = {"opt", "falcon_alibi"}
 
 
 @pytest.mark.parametrize("arch", [a for a in ARCHITECTURES if a not in POSITIONS_FROM_MASK])
