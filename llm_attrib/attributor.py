@@ -26,7 +26,7 @@ from .errors import ConvergenceWarning, InvalidInputError, UnsupportedModelError
 from .explanation import Explanation
 from .methods import Problem, get_method
 from .metrics._perturb import target_probabilities
-from .patching import prepared
+from .patching import loaded_implementation, prepared
 
 Prompt = str | list[dict[str, str]]
 
@@ -81,6 +81,16 @@ def counting_forwards(model) -> Iterator[list[int]]:
         if handle is not None:
             handle.remove()
         _COUNTERS.reset(token)
+
+
+def attention_arithmetic(model, hooked: bool) -> str:
+    """Which attention arithmetic the explanation's forwards used: the hooked (eager) one in the attention and mask
+    spaces, which differs by float rounding from the model as loaded (e.g. sdpa) that generation and the metrics
+    run; see docs/guides/models.md."""
+    loaded = loaded_implementation(model)
+    if not hooked or loaded == "eager":
+        return "eager" if hooked else loaded
+    return f"eager (hooked; the model as loaded runs {loaded})"
 
 
 def check_causal(model, ids: list[int]) -> None:
@@ -380,6 +390,7 @@ class Attributor:
             "target": describe(target),
             "foil": foil,
             "layers": getattr(the_space, "chosen", None) or None,
+            "attention_implementation": attention_arithmetic(self.model, the_space.uses_attention_hook),
         }
         if seq.is_classifier:
             labels = getattr(self.model.config, "id2label", {}) or {}

@@ -309,6 +309,13 @@ def _resolve_per_context(owner: type) -> Callable[[], None]:
     return functools.partial(setattr, owner, "_attn_implementation", original)
 
 
+def loaded_implementation(model: PreTrainedModel) -> str:
+    """The attention implementation `model` runs outside llm-attrib's own forwards (e.g. "sdpa"), also when asked
+    from inside an attention-space call."""
+    with _context_set(_HOOKED, ()):
+        return str(model.config._attn_implementation)
+
+
 @contextlib.contextmanager
 def attention_hooked(model: PreTrainedModel) -> Iterator[None]:
     """Run `model`'s forwards in the calling context (thread, task) through llm-attrib's attention function; every

@@ -8,6 +8,7 @@ and every change to the model must be undone on exit, also on exceptions and Key
 
 from __future__ import annotations
 
+import sys
 import types
 
 import pytest
@@ -336,6 +337,40 @@ def test_architecture_lists_are_disjoint():
     assert not set(ARCHITECTURES) & set(BYPASSING)
 
 
+def _architectures_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "eval" / "architectures.py"
+    spec = importlib.util.spec_from_file_location("eval_architectures", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass resolves annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module, path.parent.parent / "docs" / "guides" / "models.md"
+
+
+def test_architecture_table_matches_the_checks():
+    """The guide's architecture table is what `eval/architectures.py` checks on the installed transformers: every
+    hookable architecture equal to eager attention, every other one refused clearly; on the transformers version the
+    table was generated with, row for row (a newer release that moves an architecture is reported, not hidden)."""
+    import transformers
+
+    script, guide = _architectures_script()
+    checks = script.check_all()
+    assert [c.arch for c in checks if c.hooks] == ARCHITECTURES
+    assert all(c.equal for c in checks if c.hooks), [c for c in checks if c.hooks and not c.equal]
+    assert all(c.refused_clearly for c in checks if not c.hooks), [c for c in checks if not c.hooks]
+    documented = script.generated_table(guide.read_text())
+    assert documented is not None, f"{guide} lost its generated architectures table"
+    checked = script.table(checks)
+    if documented.splitlines()[0] != checked.splitlines()[0]:
+        changed = sorted(set(checked.splitlines()[2:]) ^ set(documented.splitlines()[2:]))
+        pytest.skip(f"the guide's table was generated with another transformers version than "
+                    f"{transformers.__version__}; regenerate it (python eval/architectures.py --write {guide.name}). "
+                    f"Rows that differ: {changed or 'none'}")
+    assert documented == checked
+
+
 @pytest.mark.parametrize("arch", BYPASSING)
 def test_bypassing_models_are_refused(arch):
     model, vocab = tiny_model(arch)
@@ -399,9 +434,11 @@ def test_other_threads_run_the_model_as_loaded():
             while not done.is_set():
                 for space in ("attention", "mask"):
                     explaining.set()
-                    attributor.explain(example["prompt"], answer=example["answer"], space=space, method="saliency")
+                    exp = attributor.explain(example["prompt"], answer=example["answer"], space=space,
+                                             method="saliency")
                     explaining.clear()
                     explained[0] += 1
+                    assert exp.params["attention_implementation"] == "eager (hooked; the model as loaded runs sdpa)"
         except BaseException as error:  # reported by the main thread
             failures.append(error)
             explaining.clear()
