@@ -223,13 +223,14 @@ def frozen(model: PreTrainedModel) -> Iterator[None]:
         )
 
     def apply() -> Callable[[], None]:
-        flags = [(p, p.requires_grad) for p in model.parameters()]
-        for p, _ in flags:
+        flags = {name: p.requires_grad for name, p in model.named_parameters()}
+        for p in model.parameters():
             p.requires_grad_(False)
 
         def undo() -> None:
-            for p, flag in flags:
-                p.requires_grad_(flag)
+            # by name: an offload hook (Accelerate) replaces a module's parameter objects at every forward
+            for name, p in model.named_parameters():
+                p.requires_grad_(flags.get(name, p.requires_grad))
 
         return undo
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 
 from ..errors import InvalidInputError
+from .placement import execution_devices
 
 HEADROOM = 0.7
 # Beyond the saved tensors a point holds the forward's transients: on a 4-layer, d=256 Llama over a 2000-token
@@ -43,21 +44,28 @@ def checked_optional(value: object, name: str) -> int | None:
 
 
 def budget_bytes(model, memory_budget: int | None = None) -> int:
-    """The bytes path points may use: `memory_budget`, or a share of the device's free memory."""
+    """The bytes path points may use: `memory_budget`, or a share of the free memory of the device that has the
+    least of it among those the model computes on (a chunk's activations pass through each of them)."""
     if memory_budget is not None:
         return memory_budget
-    return int(HEADROOM * available_bytes(model.get_input_embeddings().weight.device))
+    return int(HEADROOM * min(available_bytes(device) for device in execution_devices(model)))
 
 
 def saved_bytes(scores: Callable[[torch.Tensor], torch.Tensor], point: torch.Tensor, model) -> int:
     """Bytes one path point really keeps: every tensor its forward saves for the backward, counted once per
-    storage, the model's parameters excluded (they are there anyway), plus its gradient and contribution."""
-    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storage, the model's parameters excluded (they are there anyway, or, offloaded, loaded once per chunk), plus
+    its gradient and contribution. An offloaded model's weights are looked up as each tensor is saved, because
+    its hooks give a module its weights only while it runs."""
+
+    def weights() -> set[int]:
+        return {p.untyped_storage().data_ptr() for p in model.parameters() if p.device.type != "meta"}
+
+    held, offloaded = weights(), any(p.device.type == "meta" for p in model.parameters())
     saved: dict[int, int] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameters:
+        if storage.data_ptr() not in held and not (offloaded and storage.data_ptr() in weights()):
             saved[storage.data_ptr()] = storage.nbytes()
         return tensor
 

@@ -1,0 +1,200 @@
+"""Models placed by Accelerate explain exactly as the plain model does: layers spread by a device map (real
+`dispatch_model` hooks, every entry "cpu" on this machine), CPU and disk offload (weights on `meta`, loaded by the
+hooks at each forward), `from_pretrained(device_map=..., offload_folder=...)`, and a model built on `meta` and
+then loaded and dispatched. Broken placements are refused before any work, with the model left as it was."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from accelerate import cpu_offload, disk_offload, dispatch_model, init_empty_weights, load_checkpoint_and_dispatch
+from transformers import AutoModelForCausalLM
+from tiny_tokenizer import tiny_llama, tiny_tokenizer
+
+import llm_attrib
+from llm_attrib import InvalidInputError, UnsupportedModelError, rag
+from llm_attrib.core.memory import saved_bytes
+from llm_attrib.core.placement import execution_devices, input_device
+from llm_attrib.core.spaces import EmbeddingSpace
+
+PROMPT, ANSWER = "w1 w2 w3 w4 w5", "w6 w7"
+FAST = {"n_steps": 8, "quadrature": "gauss-legendre"}
+SPREAD = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.norm": "cpu",
+          "model.rotary_emb": "cpu", "lm_head": "disk"}
+
+
+def build(placement: str, folder) -> torch.nn.Module:
+    """The tiny Llama, placed as named (`folder`: a fresh temporary directory)."""
+    model = tiny_llama()
+    if placement == "plain":
+        return model
+    if placement == "device_map":
+        return dispatch_model(model, {k: "cpu" for k in SPREAD}, force_hooks=True)
+    if placement == "cpu_offload":
+        return cpu_offload(model, execution_device="cpu")
+    if placement == "disk_offload":
+        return disk_offload(model, str(folder / "offload"), execution_device="cpu")
+    model.save_pretrained(folder / "saved")
+    if placement == "from_pretrained":
+        return AutoModelForCausalLM.from_pretrained(folder / "saved", device_map=SPREAD,
+                                                    offload_folder=str(folder / "offload")).eval()
+    assert placement == "meta_dispatched"
+    with init_empty_weights():
+        empty = type(model)(model.config).eval()
+    return load_checkpoint_and_dispatch(empty, str(folder / "saved"), device_map=SPREAD,
+                                        offload_folder=str(folder / "offload"))
+
+
+PLACED = ["device_map", "cpu_offload", "disk_offload", "from_pretrained", "meta_dispatched"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    built = {name: build(name, tmp_path_factory.mktemp(name)) for name in ["plain", *PLACED]}
+    return built, tiny_tokenizer()
+
+
+def scores(model, tokenizer, **kwargs) -> torch.Tensor:
+    return llm_attrib.Attributor(model, tokenizer, show_progress=False).explain(PROMPT, ANSWER, **kwargs).scores
+
+
+def test_placements_are_real(models):
+    """Each placed model is what its name says: hooks on every placed module, and under offload weights on meta."""
+    built, _ = models
+    for name in PLACED:
+        model = built[name]
+        assert hasattr(model.model.embed_tokens, "_hf_hook"), name
+        assert input_device(model) == torch.device("cpu") and execution_devices(model) == [torch.device("cpu")]
+    assert all(p.device.type == "cpu" for p in built["device_map"].parameters())
+    assert built["disk_offload"].lm_head.weight.device.type == "meta"
+    assert built["cpu_offload"].model.embed_tokens.weight.device.type == "meta"
+    assert built["from_pretrained"].model.layers[1].mlp.up_proj.weight.device.type == "meta"
+    assert built["meta_dispatched"].lm_head.weight.device.type == "meta"
+
+
+@pytest.mark.parametrize("placement", PLACED)
+@pytest.mark.parametrize("space", ["embeddings", "attention", "mask"])
+def test_every_space_equals_the_plain_model(models, placement, space):
+    built, tokenizer = models
+    expected = scores(built["plain"], tokenizer, method="ig", space=space, **FAST)
+    got = scores(built[placement], tokenizer, method="ig", space=space, **FAST)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method, params", [
+    ("ig2", {"references": ["w9 w10 w11", "w12 w13", "w20 w21 w22 w23"], "n_references": 2, "n_steps": 4,
+             "quadrature": "gauss-legendre", "segment_steps": 1}),
+    ("rpi", {"space": "embeddings", "n_baselines": 2, "seed": 3, **FAST}),
+    ("rpi", {"space": "attention", "n_baselines": 2, "seed": 3, **FAST}),
+    ("saliency", {}),
+    ("input_x_gradient", {"space": "mask"}),
+    ("attention", {}),
+])
+def test_every_method_equals_the_plain_model_under_disk_offload(models, method, params):
+    """Disk offload is the hardest placement: every weight, the embedding's included, lives on disk between forwards."""
+    built, tokenizer = models
+    expected = scores(built["plain"], tokenizer, method=method, **params)
+    got = scores(built["disk_offload"], tokenizer, method=method, **params)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_explaining_an_offloaded_model_leaves_it_as_it_was(models):
+    """Offload hooks replace a module's parameter objects at each forward: the flags come back all the same."""
+    built, tokenizer = models
+    model = built["disk_offload"]
+    before = state_of(model)
+    scores(model, tokenizer, method="ig", space="attention", **FAST)
+    assert_unchanged(before, state_of(model))
+
+
+def test_offloaded_point_keeps_the_bytes_of_the_plain_one(models):
+    """The memory measurement counts activations only: weights an offload hook loads for a forward are not
+    charged to every path point (they would make a big offloaded model refuse any chunk)."""
+    built, tokenizer = models
+    attributor = llm_attrib.Attributor(built["plain"], tokenizer)
+    seq = attributor.sequence(PROMPT, ANSWER)
+    space = EmbeddingSpace()
+
+    def measured(model) -> int:
+        return saved_bytes(lambda p: space.logits(model, seq, p).sum(-1), space.point(model, seq), model)
+
+    assert measured(built["disk_offload"]) == measured(built["plain"])
+
+
+def test_rag_explain_on_an_offloaded_zoo_model_equals_the_plain_one(tmp_path):
+    model, tokenizer = llm_attrib.zoo.load("rag")
+    example = llm_attrib.zoo.examples("rag", n=1, seed=31)[0]
+    run = dict(template="zoo", space="mask", show_progress=False, n_steps=8, quadrature="gauss-legendre",
+               verify=False)
+    expected = rag.explain(model, tokenizer, example["question"], example["document_texts"], **run)
+    offloaded = disk_offload(copy.deepcopy(model), str(tmp_path), execution_device="cpu")
+    got = rag.explain(offloaded, tokenizer, example["question"], example["document_texts"], **run)
+    assert got.answer == expected.answer
+    torch.testing.assert_close(got.explanation.scores, expected.explanation.scores, atol=1e-5, rtol=0)
+
+
+def state_of(model) -> dict:
+    """Everything an explanation could leave changed: parameters and their flags, attention, hooks."""
+    return {
+        "parameters": {n: (p.device, p.requires_grad, None if p.device.type == "meta" else p.detach().clone())
+                       for n, p in model.named_parameters()},
+        "attention": model.config._attn_implementation,
+        "hooks": {n: (repr(getattr(m, "_hf_hook", None)), len(m._forward_hooks), len(m._forward_pre_hooks))
+                  for n, m in model.named_modules()},
+    }
+
+
+def assert_unchanged(before: dict, after: dict) -> None:
+    assert before["attention"] == after["attention"] and before["hooks"] == after["hooks"]
+    assert before["parameters"].keys() == after["parameters"].keys()
+    for name, (device, grad, value) in before["parameters"].items():
+        assert after["parameters"][name][:2] == (device, grad), name
+        assert value is None or torch.equal(value, after["parameters"][name][2]), name
+
+
+class NoGradLinear(torch.nn.Linear):
+    """A layer that computes outside autograd, as a quantized kernel without a backward does."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return super().forward(x)
+
+
+def meta_without_hooks() -> torch.nn.Module:
+    with init_empty_weights():
+        return type(tiny_llama())(tiny_llama().config).eval()
+
+
+def map_missing_a_module() -> torch.nn.Module:
+    model = dispatch_model(tiny_llama(), {k: "cpu" for k in SPREAD}, force_hooks=True)
+    model.hf_device_map = {k: v for k, v in model.hf_device_map.items() if k != "lm_head"}
+    return model
+
+
+def quantized_without_gradient() -> torch.nn.Module:
+    model = tiny_llama()
+    old = model.model.layers[1].mlp.down_proj
+    layer = NoGradLinear(old.in_features, old.out_features, bias=False)
+    layer.load_state_dict(old.state_dict())
+    model.model.layers[1].mlp.down_proj = layer
+    return model
+
+
+@pytest.mark.parametrize("make, error, words", [
+    (meta_without_hooks, InvalidInputError, ["'meta' device", "model.embed_tokens.weight", "load_checkpoint_and_dispatch"]),
+    (map_missing_a_module, InvalidInputError, ["hf_device_map gives no device to lm_head.weight", "dispatch_model"]),
+    (quantized_without_gradient, UnsupportedModelError, ["gradients cannot flow", "model.layers.1.mlp.down_proj (NoGradLinear) gives no gradient",
+                                                         "method='attention'"]),
+])
+def test_bad_placement_is_refused_before_any_work_and_the_model_is_unchanged(make, error, words):
+    model, tokenizer = make(), tiny_tokenizer()
+    before = state_of(model)
+    attributor = llm_attrib.Attributor(model, tokenizer, show_progress=False)
+    with llm_attrib.attributor.counting_forwards(model) as forwards, pytest.raises(error) as raised:
+        attributor.explain(PROMPT, method="ig", **FAST)  # no answer: generating it would be work
+    message = str(raised.value)
+    assert "\n" not in message and all(w in message for w in words), message
+    assert forwards[0] <= 1  # at most the gradient probe, no generation
+    assert_unchanged(before, state_of(model))
