@@ -32,6 +32,8 @@ def build(placement: str, folder) -> torch.nn.Module:
         return model
     if placement == "device_map":
         return dispatch_model(model, {k: "cpu" for k in SPREAD}, force_hooks=True)
+    if placement == "block_offload":  # the embedding's weights held by the hook of the block around it
+        return dispatch_model(model, {"model": "disk", "lm_head": "cpu"}, offload_dir=str(folder / "offload"))
     if placement == "cpu_offload":
         return cpu_offload(model, execution_device="cpu")
     if placement == "disk_offload":
@@ -47,7 +49,7 @@ def build(placement: str, folder) -> torch.nn.Module:
                                         offload_folder=str(folder / "offload"))
 
 
-PLACED = ["device_map", "cpu_offload", "disk_offload", "from_pretrained", "meta_dispatched"]
+PLACED = ["device_map", "block_offload", "cpu_offload", "disk_offload", "from_pretrained", "meta_dispatched"]
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +67,11 @@ def test_placements_are_real(models):
     built, _ = models
     for name in PLACED:
         model = built[name]
-        assert hasattr(model.model.embed_tokens, "_hf_hook"), name
+        assert hasattr(model.model.embed_tokens if name != "block_offload" else model.model, "_hf_hook"), name
         assert input_device(model) == torch.device("cpu") and execution_devices(model) == [torch.device("cpu")]
     assert all(p.device.type == "cpu" for p in built["device_map"].parameters())
     assert built["disk_offload"].lm_head.weight.device.type == "meta"
+    assert built["block_offload"].model.embed_tokens.weight.device.type == "meta"
     assert built["cpu_offload"].model.embed_tokens.weight.device.type == "meta"
     assert built["from_pretrained"].model.layers[1].mlp.up_proj.weight.device.type == "meta"
     assert built["meta_dispatched"].lm_head.weight.device.type == "meta"
