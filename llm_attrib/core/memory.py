@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 
 import torch
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from ..errors import InvalidInputError
 from .placement import execution_devices
@@ -51,6 +52,16 @@ def budget_bytes(model, memory_budget: int | None = None) -> int:
     return int(HEADROOM * min(available_bytes(device) for device in execution_devices(model)))
 
 
+def storages(tensor: torch.Tensor) -> dict[int, int]:
+    """Address -> bytes of the storages behind a tensor; a tensor subclass (a quantized weight) holds its data
+    in inner tensors and has no storage of its own."""
+    if is_traceable_wrapper_subclass(tensor):
+        names, _ = tensor.__tensor_flatten__()
+        return {k: v for name in names for k, v in storages(getattr(tensor, name)).items()}
+    storage = tensor.untyped_storage()
+    return {storage.data_ptr(): storage.nbytes()}
+
+
 def saved_bytes(scores: Callable[[torch.Tensor], torch.Tensor], point: torch.Tensor, model) -> int:
     """Bytes one path point really keeps: every tensor its forward saves for the backward, counted once per
     storage, the model's parameters excluded (they are there anyway, or, offloaded, loaded once per chunk), plus
@@ -58,15 +69,15 @@ def saved_bytes(scores: Callable[[torch.Tensor], torch.Tensor], point: torch.Ten
     its hooks give a module its weights only while it runs."""
 
     def weights() -> set[int]:
-        return {p.untyped_storage().data_ptr() for p in model.parameters() if p.device.type != "meta"}
+        return {address for p in model.parameters() if p.device.type != "meta" for address in storages(p)}
 
     held, offloaded = weights(), any(p.device.type == "meta" for p in model.parameters())
     saved: dict[int, int] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in held and not (offloaded and storage.data_ptr() in weights()):
-            saved[storage.data_ptr()] = storage.nbytes()
+        for address, size in storages(tensor).items():
+            if address not in held and not (offloaded and address in weights()):
+                saved[address] = size
         return tensor
 
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
