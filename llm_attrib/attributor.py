@@ -113,17 +113,18 @@ def check_gradients(model) -> None:
 
     weighted = [(n, m) for n, m in model.named_modules() if next(m.parameters(recurse=False), None) is not None]
     handles = [module.register_forward_hook(watch(name)) for name, module in weighted]
-    failure = None
     try:
         with torch.enable_grad():
             logits = model(inputs_embeds=embeds, **({} if is_classifier(model) else {"use_cache": False})).logits
-            if not blocked:
-                torch.autograd.grad(logits.float().sum(), embeds)
-    except (RuntimeError, NotImplementedError) as error:
-        failure = str(error).splitlines()[0][:200]
     finally:
         for handle in handles:
             handle.remove()
+    failure = None
+    if not blocked:
+        try:
+            torch.autograd.grad(logits.float().sum(), embeds)
+        except (RuntimeError, NotImplementedError) as error:  # a kernel without a backward
+            failure = str(error).splitlines()[0][:200]
     if blocked or failure:
         cause = f"the backward fails ({failure})" if failure else \
             f"{blocked[0]}{f' and {len(blocked) - 1} more layers' if len(blocked) > 1 else ''} gives no gradient"
