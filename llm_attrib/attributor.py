@@ -16,9 +16,10 @@ import torch
 from . import __version__, parallel
 from .core.chat import outside_spans, render_chat
 from .core.engine import check_finite
+from .core.gradient_flow import check_gradients
 from .core.memory import (MAX_CHUNK, SHORT_PROMPTS, budget_bytes, bytes_at, checked_optional, length_polynomial,
                           measured_chunk, saved_bytes)
-from .core.placement import check_placement, compute_dtype, embedding_rows, input_device
+from .core.placement import check_placement, compute_dtype, input_device
 from .core.sequence import Sequence, build_sequence, check_segments, readable_tokens, special_token_mask
 from .core.spaces import make_space
 from .core.targets import Target, resolve_target
@@ -91,47 +92,6 @@ def check_causal(model, ids: list[int]) -> None:
             f"{name} is not a causal language model: its output at a position changes when a later token changes, "
             "so it sees the tokens it would predict and there is no generation to explain. Use a decoder-only LM "
             "(AutoModelForCausalLM), or for classification a *ForSequenceClassification model with target_class=."
-        )
-
-
-def check_gradients(model) -> None:
-    """Refuse, before any work, a model through which gradients do not flow: a layer with weights whose output
-    needs no gradient although its input does (a quantized kernel run outside autograd) would drop its share
-    from every gradient method without a sign, and a backward that fails (a kernel without one) would fail deep
-    inside torch. Checked on a 4-token probe."""
-    probe = torch.arange(4, device=input_device(model))[None] % model.get_input_embeddings().num_embeddings
-    embeds = embedding_rows(model, probe).detach().requires_grad_(True)
-    blocked: list[str] = []
-
-    def watch(name: str):
-        def check(module, inputs, output):
-            first = output[0] if isinstance(output, tuple) else output
-            needs = any(isinstance(i, torch.Tensor) and i.requires_grad for i in inputs)
-            if needs and isinstance(first, torch.Tensor) and not first.requires_grad:
-                blocked.append(f"{name} ({type(module).__name__})")
-        return check
-
-    weighted = [(n, m) for n, m in model.named_modules() if next(m.parameters(recurse=False), None) is not None]
-    handles = [module.register_forward_hook(watch(name)) for name, module in weighted]
-    try:
-        with torch.enable_grad():
-            logits = model(inputs_embeds=embeds, **({} if is_classifier(model) else {"use_cache": False})).logits
-    finally:
-        for handle in handles:
-            handle.remove()
-    failure = None
-    if not blocked:
-        try:
-            torch.autograd.grad(logits.float().sum(), embeds)
-        except (RuntimeError, NotImplementedError) as error:  # a kernel without a backward
-            failure = str(error).splitlines()[0][:200]
-    if blocked or failure:
-        cause = f"the backward fails ({failure})" if failure else \
-            f"{blocked[0]}{f' and {len(blocked) - 1} more layers' if len(blocked) > 1 else ''} gives no gradient"
-        raise UnsupportedModelError(
-            f"gradients cannot flow through {type(model).__name__}: {cause}. Gradient methods need every layer to "
-            "have a backward: load the model unquantized or with a quantization whose layers have one, or use "
-            "method='attention'."
         )
 
 
@@ -378,7 +338,7 @@ class Attributor:
                                  "internal_batch_size")
         check_placement(self.model)
         if chosen.uses_gradients and not self._gradients_checked:
-            check_gradients(self.model)
+            check_gradients(self.model, is_classifier(self.model))
             self._gradients_checked = True
         seq = self.sequence(prompt, answer, target_class, max_new_tokens, **(generation_kwargs or {}))
         markup = seq.keep.clone()
