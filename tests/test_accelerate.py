@@ -165,6 +165,18 @@ class NoGradLinear(torch.nn.Linear):
             return super().forward(x)
 
 
+# A kernel autograd cannot see into (as bitsandbytes' CPU 4-bit one): its output claims a gradient, and PyTorch's
+# fallback for an op without an autograd kernel gives its input none.
+_KERNELS = torch.library.Library("llm_attrib_test", "DEF")
+_KERNELS.define("opaque_linear(Tensor x, Tensor w) -> Tensor")
+_KERNELS.impl("opaque_linear", lambda x, w: torch.from_numpy(x.detach().numpy() @ w.detach().numpy().T), "CPU")
+
+
+class OpaqueKernelLinear(torch.nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.llm_attrib_test.opaque_linear(x, self.weight)
+
+
 def meta_without_hooks() -> torch.nn.Module:
     with init_empty_weights():
         return type(tiny_llama())(tiny_llama().config).eval()
@@ -176,13 +188,17 @@ def map_missing_a_module() -> torch.nn.Module:
     return model
 
 
-def quantized_without_gradient() -> torch.nn.Module:
+def quantized_without_gradient(layer_class=NoGradLinear) -> torch.nn.Module:
     model = tiny_llama()
     old = model.model.layers[1].mlp.down_proj
-    layer = NoGradLinear(old.in_features, old.out_features, bias=False)
+    layer = layer_class(old.in_features, old.out_features, bias=False)
     layer.load_state_dict(old.state_dict())
     model.model.layers[1].mlp.down_proj = layer
     return model
+
+
+def kernel_without_backward() -> torch.nn.Module:
+    return quantized_without_gradient(OpaqueKernelLinear)
 
 
 @pytest.mark.parametrize("make, error, words", [
@@ -190,6 +206,9 @@ def quantized_without_gradient() -> torch.nn.Module:
     (map_missing_a_module, InvalidInputError, ["hf_device_map gives no device to lm_head.weight", "dispatch_model"]),
     (quantized_without_gradient, UnsupportedModelError, ["gradients cannot flow", "model.layers.1.mlp.down_proj (NoGradLinear) gives no gradient",
                                                          "method='attention'"]),
+    pytest.param(kernel_without_backward, UnsupportedModelError,
+                 ["model.layers.1.mlp.down_proj (OpaqueKernelLinear) gives no gradient (its kernel has no backward)"],
+                 marks=pytest.mark.filterwarnings("ignore:.*an autograd kernel was not registered")),
 ])
 def test_bad_placement_is_refused_before_any_work_and_the_model_is_unchanged(make, error, words):
     model, tokenizer = make(), tiny_tokenizer()
