@@ -15,6 +15,7 @@ from tiny_tokenizer import tiny_llama, tiny_tokenizer
 
 import llm_attrib
 from llm_attrib import InvalidInputError, UnsupportedModelError, rag
+from llm_attrib.core import memory
 from llm_attrib.core.memory import saved_bytes
 from llm_attrib.core.placement import execution_devices, input_device
 from llm_attrib.core.spaces import EmbeddingSpace
@@ -124,6 +125,18 @@ def test_offloaded_point_keeps_the_bytes_of_the_plain_one(models):
         return saved_bytes(lambda p: space.logits(model, seq, p).sum(-1), space.point(model, seq), model)
 
     assert measured(built["disk_offload"]) == measured(built["plain"])
+
+
+def test_the_budget_is_read_on_the_device_with_the_least_free_memory(monkeypatch):
+    """A chunk's activations pass through every device the model computes on: the budget is the smallest share.
+    The second device is a hook's execution device as Accelerate records it (an index means a GPU); nothing runs
+    on it here."""
+    model = dispatch_model(tiny_llama(), {k: "cpu" for k in SPREAD}, force_hooks=True)
+    model.lm_head._hf_hook.execution_device = 1
+    free = {torch.device("cpu"): 10 * 2**30, torch.device("cuda", 1): 2**30}
+    monkeypatch.setattr(memory, "available_bytes", lambda device: free[device])
+    assert execution_devices(model) == [torch.device("cpu"), torch.device("cuda", 1)]
+    assert memory.budget_bytes(model) == int(memory.HEADROOM * 2**30)
 
 
 def test_rag_explain_on_an_offloaded_zoo_model_equals_the_plain_one(tmp_path):

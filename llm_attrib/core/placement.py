@@ -11,9 +11,8 @@ place that knows; the rest of the package asks it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import contextlib
+from collections.abc import Iterator
 
 import torch
 from torch import nn
