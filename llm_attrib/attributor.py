@@ -213,6 +213,7 @@ class Attributor:
         **generation_kwargs: Any,
     ) -> Sequence:
         """Tokenise the prompt and fix the targets: the given answer, the generated one, or the class."""
+        check_placement(self.model)
         text, ids, offsets, markup = self._encode_prompt(prompt)
         if is_classifier(self.model):
             if answer is not None:
@@ -336,7 +337,7 @@ class Attributor:
             )
         batch = checked_optional(self.internal_batch_size if internal_batch_size is None else internal_batch_size,
                                  "internal_batch_size")
-        check_placement(self.model)
+        check_placement(self.model)  # before the gradient probe; sequence() checks again for its other callers
         if chosen.uses_gradients and not self._gradients_checked:
             check_gradients(self.model, is_classifier(self.model))
             self._gradients_checked = True

@@ -232,4 +232,7 @@ def test_bad_placement_is_refused_before_any_work_and_the_model_is_unchanged(mak
     message = str(raised.value)
     assert "\n" not in message and all(w in message for w in words), message
     assert forwards[0] <= 2  # at most the gradient probe (without, then with gradients), no generation
+    if error is InvalidInputError:  # placement is also checked where rag.explain starts: generating the answer
+        with pytest.raises(error):
+            attributor.sequence(PROMPT)
     assert_unchanged(before, state_of(model))
