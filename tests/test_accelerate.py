@@ -18,7 +18,10 @@ from llm_attrib import InvalidInputError, UnsupportedModelError, rag
 from llm_attrib.core import memory
 from llm_attrib.core.memory import saved_bytes
 from llm_attrib.core.placement import execution_devices, input_device
-from llm_attrib.core.spaces import EmbeddingSpace
+from llm_attrib.attributor import covered
+from llm_attrib.core.spaces import EmbeddingSpace, make_space
+from llm_attrib.core.static_prefix import prefix_length, static_prefix
+from llm_attrib.patching import prepared
 
 PROMPT, ANSWER = "w1 w2 w3 w4 w5", "w6 w7"
 FAST = {"n_steps": 8, "quadrature": "gauss-legendre"}
@@ -101,6 +104,24 @@ def test_every_method_equals_the_plain_model_under_disk_offload(models, method, 
     built, tokenizer = models
     expected = scores(built["plain"], tokenizer, method=method, **params)
     got = scores(built["disk_offload"], tokenizer, method=method, **params)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("space", ["embeddings", "mask"])
+def test_the_static_prefix_runs_from_the_cache_under_offload(models, space):
+    """Tokens no path point moves run once and later chunks reuse their cache: under disk offload the cached
+    forward reproduces the model's logits (so the prefix is used), and the scores equal the plain model's."""
+    built, tokenizer = models
+    prompt = "w1 w2 w3 w4 w5 w6 w7 w8 w9 w10 w11 w12"
+    span = [(prompt.index("w10"), len(prompt))]
+    model = built["disk_offload"]
+    seq = llm_attrib.Attributor(model, tokenizer).sequence(prompt, ANSWER)
+    seq.keep = seq.keep | ~covered(seq, span)
+    chosen = make_space(space)
+    with prepared(model, hook_attention=chosen.uses_attention_hook):
+        assert static_prefix(model, seq, chosen, chosen.point(model, seq), prefix_length(seq)) is not None
+    expected, got = (llm_attrib.Attributor(m, tokenizer, show_progress=False).explain(
+        prompt, ANSWER, space=space, attribute_to=span, **FAST).scores for m in (built["plain"], model))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
