@@ -69,7 +69,7 @@ def _loaded(model: nn.Module, embedding: nn.Module) -> Iterator[None]:
     if embedding.weight.device.type != "meta" or _offloads(embedding):
         yield
         return
-    owner = next(m for m in model.modules() if _offloads(m) and any(s is embedding for s in m.modules()))
+    owner = [m for m in model.modules() if _offloads(m) and any(s is embedding for s in m.modules())][-1]  # innermost
     hook = owner._hf_hook
     hook.pre_forward(owner)
     try:
