@@ -108,7 +108,8 @@ class Attributor:
         tokenizer: its tokenizer (a fast tokenizer, for character offsets).
         internal_batch_size: path points per forward pass; default None: as many as `memory_budget` holds at
             the bytes one point of this model, prompt and space keeps (measured once per shape), at most 64.
-        memory_budget: bytes the path points of one chunk may use; default 70% of the device's free memory.
+        memory_budget: bytes the path points of one chunk may use; default 70% of the free memory of the device
+            with the least of it among those the model computes on (one device, unless Accelerate spread it).
         show_progress: show a progress bar on work longer than about a second.
         shard_points: under `accelerate launch` (or torchrun) with several processes, split the gradient
             evaluations of each explanation across them and add the sums (every process must explain the same
