@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--spaces", nargs="+", default=["embeddings", "mask"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     model, tokenizer = llm_attrib.zoo.load("smollm2")
     quantized = int8_copy(pretrained_path("smollm2"))
     linear = quantized.model.layers[0].mlp.up_proj.weight
@@ -84,11 +85,10 @@ def main() -> None:
                       f"{' '.join(f'{v:.3f}' for v in values)}, completeness float32 "
                       f"{max(rows[-1]['float32']):.2%} int8 {max(rows[-1]['int8']):.2%}, "
                       f"{base_seconds:.0f}s / {seconds:.0f}s", flush=True)
-    write(rows, args, type(linear).__name__)
+    write(rows, args, type(linear).__name__, commit)
 
 
-def write(rows: list[dict], args, weight_type: str) -> None:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+def write(rows: list[dict], args, weight_type: str, commit: str) -> None:
     lines = [
         "# Weight-only int8 (torchao) against float32 on SmolLM2-135M-Instruct",
         "",
