@@ -160,6 +160,23 @@ def test_the_budget_is_read_on_the_device_with_the_least_free_memory(monkeypatch
     assert memory.budget_bytes(model) == int(memory.HEADROOM * 2**30)
 
 
+def test_the_budget_leaves_room_for_the_offloaded_weights_a_backward_holds(models, monkeypatch):
+    """Autograd keeps every layer's weights from the forward until the backward: under offload they are all
+    loaded at once, so the budget is the free share less their bytes, and a model whose weights cannot all be
+    held is refused with what to do (the attention method, without a backward, still runs)."""
+    built, tokenizer = models
+    model = built["disk_offload"]
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 10 * weights)
+    assert memory.budget_bytes(model) == int(memory.HEADROOM * 10 * weights) - weights
+    assert memory.budget_bytes(built["plain"]) == int(memory.HEADROOM * 10 * weights)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: weights)
+    attributor = llm_attrib.Attributor(model, tokenizer, show_progress=False)
+    with pytest.raises(InvalidInputError, match="holds all its weights offloaded to cpu at once"):
+        attributor.explain(PROMPT, ANSWER, **FAST)
+    assert attributor.explain(PROMPT, ANSWER, method="attention").scores.shape[0] == 2
+
+
 def test_rag_explain_on_an_offloaded_zoo_model_equals_the_plain_one(tmp_path):
     model, tokenizer = llm_attrib.zoo.load("rag")
     example = llm_attrib.zoo.examples("rag", n=1, seed=31)[0]

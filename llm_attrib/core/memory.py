@@ -17,7 +17,7 @@ import torch
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from ..errors import InvalidInputError
-from .placement import execution_devices
+from .placement import execution_devices, offloaded_bytes
 
 HEADROOM = 0.7
 # Beyond the saved tensors a point holds the forward's transients: on a 4-layer, d=256 Llama over a 2000-token
@@ -45,11 +45,23 @@ def checked_optional(value: object, name: str) -> int | None:
 
 
 def budget_bytes(model, memory_budget: int | None = None) -> int:
-    """The bytes path points may use: `memory_budget`, or a share of the free memory of the device that has the
-    least of it among those the model computes on (a chunk's activations pass through each of them)."""
+    """The bytes the path points of a gradient method may use: `memory_budget`, or a share of the free memory of
+    the device that has the least of it among those the model computes on (a chunk's activations pass through
+    each of them), less the offloaded weights a backward holds there."""
     if memory_budget is not None:
         return memory_budget
-    return int(HEADROOM * min(available_bytes(device) for device in execution_devices(model)))
+    loaded = offloaded_bytes(model)
+    free = {device: int(HEADROOM * available_bytes(device)) for device in execution_devices(model)}
+    device = min(free, key=lambda d: free[d] - loaded.get(d, 0))
+    if free[device] <= loaded.get(device, 0):
+        raise InvalidInputError(
+            f"a backward through this offloaded model holds all its weights offloaded to {device} at once "
+            f"({loaded[device] / 2**30:.2f} GiB: autograd keeps each layer's weights for the gradient of its input), "
+            f"more than the {free[device] / 2**30:.2f} GiB the budget allows there ({HEADROOM:.0%} of the free "
+            "memory). Offload less to that device, quantize the weights, pass memory_budget= to override, or use "
+            "method='attention'."
+        )
+    return free[device] - loaded.get(device, 0)
 
 
 def storages(tensor: torch.Tensor) -> dict[int, int]:

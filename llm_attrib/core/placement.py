@@ -105,6 +105,27 @@ def _covered(name: str, device_map: dict[str, object]) -> bool:
     return any(key == "" or name == key or name.startswith(key + ".") for key in device_map)
 
 
+def _offloading_owner(modules: dict[str, nn.Module], tensor_name: str) -> nn.Module | None:
+    """The innermost module around a tensor whose Accelerate hook loads it for a forward, if any."""
+    chain = tensor_name.split(".")[:-1]
+    scopes = [".".join(chain[:i]) for i in range(len(chain) + 1)]
+    owners = [modules[scope] for scope in scopes if scope in modules and _offloads(modules[scope])]
+    return owners[-1] if owners else None
+
+
+def offloaded_bytes(model: nn.Module) -> dict[torch.device, int]:
+    """Bytes of the offloaded weights, per device their hooks load them on. A backward holds all of them at
+    once: autograd keeps each layer's weights from the forward for the gradient of its input."""
+    modules = dict(model.named_modules())
+    loaded: dict[torch.device, int] = {}
+    for name, weight in model.named_parameters():
+        owner = _offloading_owner(modules, name) if weight.device.type == "meta" else None
+        if owner is not None:
+            device = _execution_device(owner)
+            loaded[device] = loaded.get(device, 0) + weight.numel() * weight.element_size()
+    return loaded
+
+
 def check_placement(model: nn.Module) -> None:
     """Refuse, before any work, a model whose weights cannot be used as placed: a weight on `meta` that no
     offload hook loads (the checkpoint was never loaded into it), or an `hf_device_map` that gives some module
@@ -113,14 +134,10 @@ def check_placement(model: nn.Module) -> None:
     device_map = getattr(model, "hf_device_map", None) or {}
     unloaded, unmapped = [], []
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        owner = name.rpartition(".")[0]
-        if device_map and not _covered(owner, device_map):
+        if device_map and not _covered(name.rpartition(".")[0], device_map):
             unmapped.append(name)
-        if tensor.device.type == "meta":
-            chain = owner.split(".") if owner else []
-            scopes = [".".join(chain[:i]) for i in range(len(chain) + 1)]
-            if not any(_offloads(modules[scope]) for scope in scopes if scope in modules):
-                unloaded.append(name)
+        if tensor.device.type == "meta" and _offloading_owner(modules, name) is None:
+            unloaded.append(name)
     if unloaded:
         raise InvalidInputError(
             f"{type(model).__name__} has weights on the 'meta' device with no offload hook to load them "
