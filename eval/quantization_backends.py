@@ -1,6 +1,7 @@
 """Which quantization backends explain here: each scheme loaded through transformers' quantization config on a
 small random Llama (hidden 128, so every backend's block sizes fit), then IG over embeddings and over the mask.
 
+    pip install torchao && pip install --no-deps bitsandbytes optimum-quanto   # --no-deps: keep torch as it is
     python eval/quantization_backends.py
 
 Per backend: the weight class, and per space the worst completeness error (16 Gauss-Legendre nodes, no
