@@ -53,6 +53,8 @@ def is_classifier(model) -> bool:
 # Per model, what a path point keeps for its backward as a function of prompt length (see _bytes_per_point):
 # shared by every Attributor of the model, so a new one (rag.explain makes one per call) does not measure again.
 MEASURED_BYTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Models whose layers were checked to pass gradients (check_gradients), once per model for the same reason.
+GRADIENTS_CHECKED: weakref.WeakSet = weakref.WeakSet()
 
 
 @contextlib.contextmanager
@@ -133,7 +135,6 @@ class Attributor:
         self.show_progress = show_progress
         self.shard_points = shard_points
         self._causal_checked = False
-        self._gradients_checked = False
 
     @property
     def device(self) -> torch.device:
@@ -339,9 +340,9 @@ class Attributor:
         batch = checked_optional(self.internal_batch_size if internal_batch_size is None else internal_batch_size,
                                  "internal_batch_size")
         check_placement(self.model)  # before the gradient probe; sequence() checks again for its other callers
-        if chosen.uses_gradients and not self._gradients_checked:
+        if chosen.uses_gradients and self.model not in GRADIENTS_CHECKED:
             check_gradients(self.model, is_classifier(self.model))
-            self._gradients_checked = True
+            GRADIENTS_CHECKED.add(self.model)
         seq = self.sequence(prompt, answer, target_class, max_new_tokens, **(generation_kwargs or {}))
         markup = seq.keep.clone()
         if attribute_to is not None:
