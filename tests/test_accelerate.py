@@ -1,7 +1,7 @@
 """Models placed by Accelerate explain exactly as the plain model does: layers spread by a device map (real
 `dispatch_model` hooks, every entry "cpu" on this machine), CPU and disk offload (weights on `meta`, loaded by the
-hooks at each forward), `from_pretrained(device_map=..., offload_folder=...)`, and a model built on `meta` and
-then loaded and dispatched. Broken placements are refused before any work, with the model left as it was."""
+hooks at each forward; also a whole block around the embedding offloaded), `from_pretrained(device_map=...,
+offload_folder=...)`, and a model built on `meta` and then loaded and dispatched. Broken placements are refused before any work, with the model left as it was."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from tiny_tokenizer import tiny_llama, tiny_tokenizer
 
 import llm_attrib
 from llm_attrib import InvalidInputError, UnsupportedModelError, rag
+from llm_attrib.attributor import covered
 from llm_attrib.core import memory
 from llm_attrib.core.memory import saved_bytes
 from llm_attrib.core.placement import execution_devices, input_device
-from llm_attrib.attributor import covered
 from llm_attrib.core.spaces import EmbeddingSpace, make_space
 from llm_attrib.core.static_prefix import prefix_length, static_prefix
 from llm_attrib.patching import prepared
