@@ -17,8 +17,10 @@ import torch
 from . import __version__, parallel
 from .core.chat import outside_spans, render_chat
 from .core.engine import check_finite
+from .core.gradient_flow import check_gradients
 from .core.memory import (MAX_CHUNK, SHORT_PROMPTS, budget_bytes, bytes_at, checked_optional, length_polynomial,
                           measured_chunk, saved_bytes)
+from .core.placement import check_placement, compute_dtype, input_device
 from .core.sequence import Sequence, build_sequence, check_segments, readable_tokens, special_token_mask
 from .core.spaces import make_space
 from .core.targets import Target, resolve_target
@@ -52,6 +54,8 @@ def is_classifier(model) -> bool:
 # Per model, what a path point keeps for its backward as a function of prompt length (see _bytes_per_point):
 # shared by every Attributor of the model, so a new one (rag.explain makes one per call) does not measure again.
 MEASURED_BYTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Models whose layers were checked to pass gradients (check_gradients), once per model for the same reason.
+GRADIENTS_CHECKED: weakref.WeakSet = weakref.WeakSet()
 
 
 # The counters open in this context (thread or task): a model's forward counts only for the call that runs it.
@@ -102,7 +106,7 @@ def check_causal(model, ids: list[int]) -> None:
         raise UnsupportedModelError(
             f"{name} is an encoder-decoder model; llm-attrib explains decoder-only causal LMs and sequence classifiers."
         )
-    probe = torch.tensor([ids[:8] + [ids[0]]], device=model.get_input_embeddings().weight.device)
+    probe = torch.tensor([ids[:8] + [ids[0]]], device=input_device(model))
     changed = probe.clone()
     changed[0, -1] = (probe[0, -1] + 1) % model.get_input_embeddings().num_embeddings
     with torch.no_grad():
@@ -128,7 +132,8 @@ class Attributor:
         tokenizer: its tokenizer (a fast tokenizer, for character offsets).
         internal_batch_size: path points per forward pass; default None: as many as `memory_budget` holds at
             the bytes one point of this model, prompt and space keeps (measured once per shape), at most 64.
-        memory_budget: bytes the path points of one chunk may use; default 70% of the device's free memory.
+        memory_budget: bytes the path points of one chunk may use; default 70% of the free memory of the device
+            with the least of it among those the model computes on (one device, unless Accelerate spread it).
         show_progress: show a progress bar on work longer than about a second.
         shard_points: under `accelerate launch` (or torchrun) with several processes, split the gradient
             evaluations of each explanation across them and add the sums (every process must explain the same
@@ -155,7 +160,8 @@ class Attributor:
 
     @property
     def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
+        """Where inputs go: the embedding's device, or the execution device of Accelerate's hooks."""
+        return input_device(self.model)
 
     @property
     def vocab_size(self) -> int:
@@ -165,9 +171,8 @@ class Attributor:
         """What one path point of this problem keeps for its backward, measured on the model: directly for a
         short prompt, else from three short prompts once per space and answer shape."""
         seq, space = problem.seq, problem.space
-        weight = self.model.get_input_embeddings().weight
-        key = (space.name, repr(getattr(space, "layers", None)), seq.n_targets, seq.n_outputs, weight.dtype,
-               weight.device)
+        key = (space.name, repr(getattr(space, "layers", None)), seq.n_targets, seq.n_outputs,
+               compute_dtype(self.model), self.device)
 
         def measure(n_prompt: int) -> int:
             keep = torch.cat([torch.arange(n_prompt), torch.arange(seq.n_prompt, seq.length)])
@@ -232,6 +237,7 @@ class Attributor:
         **generation_kwargs: Any,
     ) -> Sequence:
         """Tokenise the prompt and fix the targets: the given answer, the generated one, or the class."""
+        check_placement(self.model)
         text, ids, offsets, markup = self._encode_prompt(prompt)
         if is_classifier(self.model):
             if answer is not None:
@@ -355,11 +361,15 @@ class Attributor:
             )
         batch = checked_optional(self.internal_batch_size if internal_batch_size is None else internal_batch_size,
                                  "internal_batch_size")
+        check_placement(self.model)  # before the gradient probe; sequence() checks again for its other callers
+        if chosen.uses_gradients and self.model not in GRADIENTS_CHECKED:
+            check_gradients(self.model, is_classifier(self.model))
+            GRADIENTS_CHECKED.add(self.model)
         seq = self.sequence(prompt, answer, target_class, max_new_tokens, **(generation_kwargs or {}))
         markup = seq.keep.clone()
         if attribute_to is not None:
             seq.keep = seq.keep | ~covered(seq, attribute_to)
-        budget = budget_bytes(self.model, self.memory_budget)
+        budget = budget_bytes(self.model, self.memory_budget) if chosen.uses_gradients else None
         n_vocab = self.model.config.num_labels if seq.is_classifier else self.vocab_size
         target_fn = resolve_target(target or ("logit" if seq.is_classifier else "log_prob"), foil, n_vocab)
         if getattr(target_fn, "answer_level", False):

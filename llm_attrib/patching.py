@@ -354,13 +354,15 @@ def frozen(model: PreTrainedModel) -> Iterator[None]:
         )
 
     def apply() -> Callable[[], None]:
-        flags = [(p, p.requires_grad) for p in model.parameters()]
+        flags = {name: p.requires_grad for name, p in model.named_parameters()}
 
         def undo() -> None:
-            _run_all(functools.partial(p.requires_grad_, flag) for p, flag in flags)
+            # by name: an offload hook (Accelerate) replaces a module's parameter objects at every forward
+            _run_all(functools.partial(p.requires_grad_, flags.get(name, p.requires_grad))
+                     for name, p in model.named_parameters())
 
         try:
-            for p, _ in flags:
+            for p in model.parameters():
                 p.requires_grad_(False)
         except BaseException:
             undo()
