@@ -525,3 +525,21 @@ def test_options_with_candidates_equal_one_at_a_time(case):
         torch.testing.assert_close(default[key], plain[key])
     with pytest.raises(InvalidInputError, match="only_positive"):
         faithfulness(attr, (seq, scores), metrics, only_positive="yes")
+
+
+def test_lower_layers_never_import_the_front():
+    """Imports run one way: core, metrics and methods never import the attributor (or anything above it), even
+    inside a function, so no circle can form."""
+    import ast
+    from pathlib import Path
+
+    import llm_attrib
+
+    root = Path(llm_attrib.__file__).parent
+    upper = {"attributor", "evaluate", "cli", "rag"}
+    for folder in ("core", "metrics", "methods"):
+        for path in (root / folder).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.level >= 2:  # from llm_attrib's own top level
+                    names = [node.module] if node.module else [alias.name for alias in node.names]
+                    assert not any(name.split(".")[0] in upper for name in names), f"{path.name} imports {names}"
