@@ -4,7 +4,9 @@ GradPath starts at the explicand x (input embeddings) and takes `n_steps` normal
 on the representation distance D = ||rep(gamma_j) - rep(x_ref)||^2 towards each counterfactual reference:
 gamma_{j+1} = gamma_j - eta * grad D / max(||grad D||, eps). Its last point is GradCF, the counterfactual
 baseline. The attribution is the mean over references of the path integral of dF/dx along the GradPath, a
-path method whose completeness holds against F(x) - F(GradCF).
+path method whose completeness holds against F(x) - F(GradCF). A reference that is the explicand itself (same
+ids, or its representation) would be its own GradCF, a path of length zero: it is dropped and the result says
+so (`extra["references_dropped"]`).
 
 For generation every target gets its own GradPaths: the representation is read where that target is
 predicted, every input it sees moves (earlier generated tokens included), and only references whose outcome

@@ -7,16 +7,20 @@ target (or per example) by a faithfulness metric psi.
 Paper defaults, kept: attention space, the third layer from the end, all heads; linear beta schedule
 1e-4..0.02, T = t = 500; R = 24 baselines; the map of a target is its own query row, mean over heads
 (`aggregation="paper"`; `"completeness"` sums over layers, heads and rows instead). Our defaults differ in
-two places, each with the paper's setting one option away: the lines are integrated with score-guided
-quadrature to a tolerance (the paper: `quadrature="riemann-right", n_steps=30`), and psi is evaluated on a
-perturbation the default evaluation does not use (`SELECTION`), where the paper and its code select on the
-test metric itself, which reports an in-sample best of R as the result. The reference code (rpiconf/rpi)
-differs from the paper in three more places: noise scale `1 - abar_t` (`noise_scale="code"`), the averaged
-gradient multiplied by A (`multiply_by="input"`) and the plain mean of 31 points (`quadrature="riemann-inclusive"`).
+three places, each with the paper's setting one option away: the lines are integrated with score-guided
+quadrature to a tolerance (the paper: `quadrature="riemann-right", n_steps=30`); the integrand is the path
+integral's (A - b) * mean gradient (`multiply_by="difference"`); and psi is evaluated on a perturbation the
+default evaluation does not use (`SELECTION`, its bins moved per example to token counts no evaluation bin
+has), where the paper and its code select on the test metric itself, which reports an in-sample best of R as
+the result. The reference code (rpiconf/rpi) differs from the paper's text in more places: noise scale
+`1 - abar_t` (`noise_scale="code"`), each gradient weighed by the interpolated attention it was taken at and
+the mean multiplied by A (`multiply_by="input_x_point"`, its `is_gradient_x_input=True`; `"input"` is its
+`False`), and the plain mean of 31 points (`quadrature="riemann-inclusive"`).
 
-Attention baselines are zero where the model's mask forbids attention (future tokens, padding, outside a
-sliding window). The reference code explains only the last position, where nothing is in the future; for
-token-wise generation, noise on future keys would let a target see the tokens after it.
+Only what moves is noised, as by every other baseline: the attention paid to markup keys and to tokens outside
+`attribute_to` keeps its value, and entries the model's mask forbids (future tokens, padding, outside a
+sliding window) stay zero. The reference code explains only the last position, where nothing is in the future,
+and for prompted LLMs noises only the rows (queries) of the explained text, keeping the task prompt's rows.
 """
 
 from __future__ import annotations
