@@ -1,6 +1,8 @@
 """IG2: GradPath and its attributions in closed form, completeness, reference selection, no NaN at zero
 gradients, and the ablations."""
 
+import json
+
 import pytest
 import torch
 
@@ -165,9 +167,13 @@ def test_the_explicand_is_never_its_own_reference(lm):
     assert own != seq.target_ids[0]  # the premise: by outcome alone, the prompt is a counterfactual for target 0
     torch.testing.assert_close(with_self.scores[0], alone.scores[0], atol=1e-6, rtol=1e-5)
     # for the second target (predicted after "w5") the prompt is another input, so a true counterfactual
-    assert with_self.extra["references_used"] == [[1, 2, 3], [0, 1, 2, 3]]
+    assert [u["references"] for u in with_self.extra["references_used"]] == [[1, 2, 3], [0, 1, 2, 3]]
     dropped = [d for d in with_self.extra["references_dropped"] if d["target"] == 0]
     assert dropped[0]["reference"] == 0 and dropped[0]["reason"] == "the explicand itself"
+    from llm_attrib import Explanation
+
+    loaded = Explanation.from_dict(json.loads(json.dumps(with_self.to_dict())))
+    assert loaded.extra["references_dropped"] == with_self.extra["references_dropped"]
 
 
 def test_a_classifier_class_other_than_the_predicted_one_drops_the_explicand():

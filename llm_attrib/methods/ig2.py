@@ -343,7 +343,9 @@ class IG2:
                     used.append(mine)
                     dropped += [{"target": t, **d} for d in lost]
                 goals = [torch.stack([read[i].representation for i in mine]) for mine in used]
-                record = {"references_used": used, "references_dropped": dropped}
+                # Dicts, not a ragged list of lists, so the record survives `Explanation.save`/`load` as it is.
+                record = {"references_used": [{"target": t, "references": mine} for t, mine in enumerate(used)],
+                          "references_dropped": dropped}
             if step_size is None:
                 step_size = 2 * float((x - neutral).norm()) / n_steps
             weight = model.get_input_embeddings().weight
