@@ -4,6 +4,7 @@ zoo comparison of RPI's integrands and selections.
     python eval/method_fixes.py ig2-self            # IG2 map with the explicand among 4 references / without
     python eval/method_fixes.py rpi-outside         # max |RPI score| outside attribute_to on rag (IG: 0)
     python eval/method_fixes.py rpi --n 16 --tasks rag    # integrands x selections, 16 examples (and recall)
+    python eval/method_fixes.py token-error --n 4   # the per-token error estimate against a fine rule
 
 Run under the code to measure (PYTHONPATH=<worktree>); `ig2-self` and `rpi-outside` only use options that exist
 before and after the fix. The `rpi` table is the default evaluation (deletion, ERASER's 1/5/10/20/50%, AOPC
@@ -132,11 +133,46 @@ def rpi(n: int, tasks: list[str]) -> None:
                   f"{float(t['shares'].sum()):.0f} of {len(t['shares'])} |")
 
 
+def token_error(n: int) -> None:
+    """The per-token error estimate against the actual error, from a fine rule on the same paths: IG2 on recall
+    (2 references, the same saved GradPath with 8 Gauss-Legendre nodes per step) and RPI on rag (the same seed's
+    baselines, 64 Gauss-Legendre nodes per line, the chosen candidate). Over every prompt token of every target."""
+    print("| method | task | tokens | max actual error / max abs score | max estimate / max abs score | "
+          "tokens with actual <= estimate | max completeness error |\n|---|---|---|---|---|---|---|")
+    for method, task in (("ig2", "recall"), ("rpi", "rag")):
+        model, tokenizer = llm_attrib.zoo.load(task)
+        attr = Attributor(model, tokenizer, show_progress=False)
+        examples = llm_attrib.zoo.examples(task, n=n, seed=310)
+        references = [e["prompt"] for e in llm_attrib.zoo.examples(task, n=4, seed=311)]
+        actual, estimate, size, complete = [], [], [], []
+        for example in examples:
+            prompt, answer = example["prompt"], example["answer"]
+            if method == "ig2":
+                exp = attr.explain(prompt, answer=answer, method="ig2", references=references, n_references=2,
+                                   keep_gradpath=True)
+                fine = attr.explain(prompt, answer=answer, method="ig2", gradpath=exp.extra["gradpath"],
+                                    quadrature="gauss-legendre", segment_steps=8).scores
+            else:
+                exp = attr.explain(prompt, answer=answer, method="rpi")
+                again = attr.explain(prompt, answer=answer, method="rpi", quadrature="gauss-legendre", n_steps=64,
+                                     tolerance=None)
+                fine = again.extra["candidates"][exp.extra["chosen"], torch.arange(len(exp.scores))]
+            n_prompt = exp.n_prompt_tokens
+            actual.append((exp.scores - fine)[:, :n_prompt].abs().flatten())
+            estimate.append(exp.extra["token_error"][:, :n_prompt].flatten())
+            size.append(exp.scores[:, :n_prompt].abs().max(1).values.repeat_interleave(n_prompt))
+            complete.append(exp.completeness_error)
+        a, e, m = torch.cat(actual), torch.cat(estimate), torch.cat(size)
+        print(f"| {method} | {task} | {len(a)} | {float((a / m).max()):.4f} | {float((e / m).max()):.4f} | "
+              f"{float((a <= e + 1e-7).float().mean()):.1%} | {float(torch.cat(complete).max()):.4f} |")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["ig2-self", "rpi-outside", "rpi"])
+    parser.add_argument("what", choices=["ig2-self", "rpi-outside", "rpi", "token-error"])
     parser.add_argument("--n", type=int, default=24)
     parser.add_argument("--tasks", nargs="+", default=["rag", "recall"])
     args = parser.parse_args()
     print(f"commit {commit()}, torch {torch.__version__}, 1 thread")
-    {"ig2-self": ig2_self, "rpi-outside": rpi_outside}.get(args.what, lambda: rpi(args.n, args.tasks))()
+    {"ig2-self": ig2_self, "rpi-outside": rpi_outside, "token-error": lambda: token_error(args.n),
+     "rpi": lambda: rpi(args.n, args.tasks)}[args.what]()

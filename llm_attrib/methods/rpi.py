@@ -38,6 +38,7 @@ from ..core.paths import Routes, StraightPaths
 from ..core.quadrature import checked_steps
 from ..core.quadrature import quadrature as quadrature_rule
 from ..errors import InvalidInputError, UnknownNameError
+from ..metrics._perturb import bin_counts
 from .base import MethodResult, Problem, register_method, reject_unknown
 
 
@@ -117,9 +118,9 @@ def disjoint_bins(bins: tuple[float, ...], n_removable: int, avoid: tuple[float,
     count not taken yet (ties upwards; all n tokens is no choice, since it perturbs every candidate alike); they
     come back as percentages that ceil-round to exactly those counts, with the counts. Where no count is free
     (a prompt of a few removable tokens), the bins stay as given."""
-    taken = {math.ceil(b * n_removable / 100) for b in avoid}
+    taken = set(bin_counts(avoid, n_removable))
     free = [c for c in range(1, n_removable) if c not in taken]
-    wanted = [math.ceil(b * n_removable / 100) for b in bins]
+    wanted = bin_counts(bins, n_removable)
     if not free:
         return bins, wanted
     counts: list[int] = []
@@ -251,7 +252,8 @@ class RandomizedPathIntegration:
         if selection_bins == "disjoint":
             options["bins"], counts = disjoint_bins(tuple(options.get("bins", EVALUATION_BINS)), n_removable)
         else:
-            counts = [math.ceil(float(b) * n_removable / 100) for b in options.get("bins", EVALUATION_BINS)]
+            counts = bin_counts(tuple(options.get("bins", EVALUATION_BINS)), n_removable,
+                                options.get("bin_rounding", "ceil"))
         psi_scores, higher_is_better = score_candidates(problem, candidates[..., :n], psi, options)
         best = psi_scores.argmax(0) if higher_is_better else psi_scores.argmin(0)  # (T,)
         if select == "per_example":
@@ -267,7 +269,7 @@ class RandomizedPathIntegration:
         if integral.token_error is not None:
             error = integral.detail_error.mean((2, 3)) if aggregation == "paper" else integral.token_error
             extra_error["token_error"] = error[best, targets][..., :n].abs()
-        evaluation_counts = sorted({math.ceil(b * n_removable / 100) for b in EVALUATION_BINS})
+        evaluation_counts = bin_counts(EVALUATION_BINS, n_removable)
         return MethodResult(
             scores=candidates[best, targets],
             completeness_error=completeness,
