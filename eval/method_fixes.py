@@ -98,7 +98,7 @@ def rpi(n: int, tasks: list[str]) -> None:
         attr = Attributor(model, tokenizer, show_progress=False)
         examples = llm_attrib.zoo.examples(task, n=n, seed=300)
         rows: dict[tuple[str, str], dict[str, list[float]]] = {}
-        for example in examples:
+        for done, example in enumerate(examples, 1):
             for label, params in INTEGRANDS.items():
                 exp = attr.explain(example["prompt"], answer=example["answer"], method="rpi", **params)
                 seq = sequence_of(exp, model, tokenizer)
@@ -117,20 +117,25 @@ def rpi(n: int, tasks: list[str]) -> None:
                         got, mean = v[chosen, targets], v.mean(0)
                         row.setdefault(metric, []).extend(got.tolist())
                         row.setdefault(metric + " kept", []).extend(((got - mean) / (best - mean)).tolist())
-        n_targets = len(next(iter(rows.values()))["aopc_sufficiency"])
-        print(f"\n### {task} ({n} examples, seed 300, {n_targets} targets)\n")
-        print("| integrand | selection | aopc_sufficiency (lower better) | aopc_comprehensiveness (higher better) | "
-              "in-sample advantage kept, suff / comp | examples whose selection shares a token count with the "
-              "evaluation |")
-        print("|---|---|---|---|---|---|")
-        for (label, selection), row in rows.items():
-            t = {k: torch.tensor(v) for k, v in row.items()}
-            ci = {k: 1.96 * float(v.std()) / len(v) ** 0.5 for k, v in t.items()}
-            print(f"| {label} | {selection} | {float(t['aopc_sufficiency'].mean()):.4f} ± {ci['aopc_sufficiency']:.4f} | "
-                  f"{float(t['aopc_comprehensiveness'].mean()):.4f} ± {ci['aopc_comprehensiveness']:.4f} | "
-                  f"{float(t['aopc_sufficiency kept'].nanmean()):.2f} / "
-                  f"{float(t['aopc_comprehensiveness kept'].nanmean()):.2f} | "
-                  f"{float(t['shares'].sum()):.0f} of {len(t['shares'])} |")
+            print_table(task, done, rows)  # after every example, so a stopped run still reports what it did
+
+
+def print_table(task: str, n: int, rows: dict[tuple[str, str], dict[str, list[float]]]) -> None:
+    """The table of one task so far: the default evaluation per integrand and selection."""
+    n_targets = len(next(iter(rows.values()))["aopc_sufficiency"])
+    print(f"\n### {task} ({n} examples, seed 300, {n_targets} targets)\n", flush=True)
+    print("| integrand | selection | aopc_sufficiency (lower better) | aopc_comprehensiveness (higher better) | "
+          "in-sample advantage kept, suff / comp | examples whose selection shares a token count with the "
+          "evaluation |")
+    print("|---|---|---|---|---|---|")
+    for (label, selection), row in rows.items():
+        t = {k: torch.tensor(v) for k, v in row.items()}
+        ci = {k: 1.96 * float(v.std()) / len(v) ** 0.5 for k, v in t.items()}
+        print(f"| {label} | {selection} | {float(t['aopc_sufficiency'].mean()):.4f} ± {ci['aopc_sufficiency']:.4f} | "
+              f"{float(t['aopc_comprehensiveness'].mean()):.4f} ± {ci['aopc_comprehensiveness']:.4f} | "
+              f"{float(t['aopc_sufficiency kept'].nanmean()):.2f} / "
+              f"{float(t['aopc_comprehensiveness kept'].nanmean()):.2f} | "
+              f"{float(t['shares'].sum()):.0f} of {len(t['shares'])} |", flush=True)
 
 
 def token_error(n: int) -> None:
