@@ -237,3 +237,15 @@ def test_the_reference_codes_integrand_weighs_each_gradient_by_its_point(attribu
     rows = x[:, :, seq.target_positions, : plain.scores.shape[1]].permute(2, 0, 1, 3)  # (T, layers, H, L)
     torch.testing.assert_close(weighed.head_scores, plain.head_scores * rows, atol=1e-7, rtol=1e-5)
     assert weighed.params["multiply_by"] == "input_x_point" and torch.isnan(weighed.completeness_error).all()
+
+
+def test_rag_explain_with_rpi_moves_only_the_documents(attributor):
+    """rag.explain passes the documents as attribute_to: under RPI the question and template score exactly 0."""
+    from llm_attrib import rag
+
+    template = rag.Template(prompt="w10 {documents} w11 {question}", document="w12 {text}", titled="w12 {title} w13 {text}",
+                            separator=" ")
+    result = rag.explain(attributor.model, attributor.tokenizer, "w30 w31", ["w1 w2 w3", "w7 w8", "w20 w21"],
+                         answer=" w50 w51", template=template, method="rpi", granularity="answer", verify=False,
+                         show_progress=False, **FAST)
+    assert abs(result.other_score) < 1e-6 and result.explanation.prompt_scores.abs().sum() > 0  # was 0.59
