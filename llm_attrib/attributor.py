@@ -21,6 +21,7 @@ from .core.gradient_flow import check_gradients
 from .core.memory import (MAX_CHUNK, SHORT_PROMPTS, budget_bytes, bytes_at, checked_optional, length_polynomial,
                           measured_chunk, saved_bytes)
 from .core.placement import check_placement, compute_dtype, input_device
+from .core.model_kind import context_length, is_classifier
 from .core.sequence import Sequence, build_sequence, check_segments, readable_tokens, special_token_mask
 from .core.spaces import make_space
 from .core.targets import Target, resolve_target
@@ -44,11 +45,6 @@ def describe(value: Any) -> Any:
     if hasattr(value, "num_rows"):
         return f"dataset of {value.num_rows}"
     return value
-
-
-def is_classifier(model) -> bool:
-    """Sequence classifiers explain a class; everything else is treated as a causal LM."""
-    return type(model).__name__.endswith("ForSequenceClassification")
 
 
 # Per model, what a path point keeps for its backward as a function of prompt length (see _bytes_per_point):
@@ -117,11 +113,6 @@ def check_causal(model, ids: list[int]) -> None:
             "so it sees the tokens it would predict and there is no generation to explain. Use a decoder-only LM "
             "(AutoModelForCausalLM), or for classification a *ForSequenceClassification model with target_class=."
         )
-
-
-def context_length(model, tokenizer) -> int:
-    limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
-    return min([n for n in limits if isinstance(n, int) and 0 < n < 10**9] or [10**9])
 
 
 class Attributor:
