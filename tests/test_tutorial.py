@@ -20,7 +20,7 @@ def test_tutorial_notebook_runs(tmp_path, monkeypatch):
                       for output in cell.outputs if output.output_type == "stream" and output.name == "stdout")
     assert "converged: True" in printed
     top = next(line for line in printed.splitlines() if line.startswith("top document:"))
-    found, relevant = (int(part.rsplit(" ", 1)[1]) for part in top.split("|"))
+    found, relevant = (int(part.split()[-1]) for part in top.split("|"))
     assert found == relevant
     summary = notebook.cells[-2].outputs[0]["data"]["text/plain"]
     assert "ig_attention" in summary and "random" in summary
