@@ -4,6 +4,7 @@ explanation, runs a method, and packages the result as an `Explanation`."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import time
 import warnings
@@ -16,8 +17,11 @@ import torch
 from . import __version__, parallel
 from .core.chat import outside_spans, render_chat
 from .core.engine import check_finite
+from .core.gradient_flow import check_gradients
 from .core.memory import (MAX_CHUNK, SHORT_PROMPTS, budget_bytes, bytes_at, checked_optional, length_polynomial,
                           measured_chunk, saved_bytes)
+from .core.model_kind import context_length, is_classifier
+from .core.placement import check_placement, compute_dtype, input_device
 from .core.progress import progress
 from .core.sequence import Sequence, build_sequence, check_segments, readable_tokens, special_token_mask
 from .core.spaces import make_space
@@ -26,7 +30,7 @@ from .errors import ConvergenceWarning, InvalidInputError, UnsupportedModelError
 from .explanation import Explanation
 from .methods import Problem, get_method
 from .metrics._perturb import target_probabilities
-from .patching import prepared
+from .patching import loaded_implementation, prepared
 
 Prompt = str | list[dict[str, str]]
 
@@ -44,32 +48,50 @@ def describe(value: Any) -> Any:
     return value
 
 
-def is_classifier(model) -> bool:
-    """Sequence classifiers explain a class; everything else is treated as a causal LM."""
-    return type(model).__name__.endswith("ForSequenceClassification")
-
-
 # Per model, what a path point keeps for its backward as a function of prompt length (see _bytes_per_point):
 # shared by every Attributor of the model, so a new one (rag.explain makes one per call) does not measure again.
 MEASURED_BYTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Models whose layers were checked to pass gradients (check_gradients), once per model for the same reason.
+GRADIENTS_CHECKED: weakref.WeakSet = weakref.WeakSet()
+
+
+# The counters open in this context (thread or task): a model's forward counts only for the call that runs it.
+_COUNTERS: contextvars.ContextVar[tuple[list[int], ...]] = contextvars.ContextVar("llm_attrib_counters", default=())
 
 
 @contextlib.contextmanager
 def counting_forwards(model) -> Iterator[list[int]]:
-    """Counts the sequences the model runs forward inside the block (a batch of B counts B): the whole cost of a
-    call, its checks and memory probe included, which the methods' own counts (path points) leave out."""
+    """Counts the sequences the model runs forward inside the block in the calling thread or task (a batch of B
+    counts B): the whole cost of a call, its checks and memory probe included, which the methods' own counts (path
+    points) leave out. Forwards that other threads run on the same model meanwhile are not this call's cost."""
     count = [0]
 
     def add(_module, args, kwargs):
+        if not any(counter is count for counter in _COUNTERS.get()):
+            return
         inputs = next((v for v in (kwargs.get("input_ids"), kwargs.get("inputs_embeds"), *args)
                        if isinstance(v, torch.Tensor)), None)
         count[0] += 1 if inputs is None else inputs.shape[0]
 
-    handle = model.register_forward_pre_hook(add, with_kwargs=True)
+    handle = None
+    token = _COUNTERS.set(_COUNTERS.get() + (count,))
     try:
+        handle = model.register_forward_pre_hook(add, with_kwargs=True)
         yield count
     finally:
-        handle.remove()
+        if handle is not None:
+            handle.remove()
+        _COUNTERS.reset(token)
+
+
+def attention_arithmetic(model, hooked: bool) -> str:
+    """Which attention arithmetic the explanation's forwards used: the hooked (eager) one in the attention and mask
+    spaces, which differs by float rounding from the model as loaded (e.g. sdpa) that generation and the metrics
+    run; see docs/guides/models.md."""
+    loaded = loaded_implementation(model)
+    if not hooked or loaded == "eager":
+        return "eager" if hooked else loaded
+    return f"eager (hooked; the model as loaded runs {loaded})"
 
 
 def check_causal(model, ids: list[int]) -> None:
@@ -81,7 +103,7 @@ def check_causal(model, ids: list[int]) -> None:
         raise UnsupportedModelError(
             f"{name} is an encoder-decoder model; llm-attrib explains decoder-only causal LMs and sequence classifiers."
         )
-    probe = torch.tensor([ids[:8] + [ids[0]]], device=model.get_input_embeddings().weight.device)
+    probe = torch.tensor([ids[:8] + [ids[0]]], device=input_device(model))
     changed = probe.clone()
     changed[0, -1] = (probe[0, -1] + 1) % model.get_input_embeddings().num_embeddings
     with torch.no_grad():
@@ -106,11 +128,6 @@ def check_unicode(text: str, what: str) -> None:
         ) from None
 
 
-def context_length(model, tokenizer) -> int:
-    limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
-    return min([n for n in limits if isinstance(n, int) and 0 < n < 10**9] or [10**9])
-
-
 class Attributor:
     """Explains a HuggingFace model's outputs token by token.
 
@@ -119,7 +136,8 @@ class Attributor:
         tokenizer: its tokenizer (a fast tokenizer, for character offsets).
         internal_batch_size: path points per forward pass; default None: as many as `memory_budget` holds at
             the bytes one point of this model, prompt and space keeps (measured once per shape), at most 64.
-        memory_budget: bytes the path points of one chunk may use; default 70% of the device's free memory.
+        memory_budget: bytes the path points of one chunk may use; default 70% of the free memory of the device
+            with the least of it among those the model computes on (one device, unless Accelerate spread it).
         show_progress: show a progress bar on work longer than about a second.
         shard_points: under `accelerate launch` (or torchrun) with several processes, split the gradient
             evaluations of each explanation across them and add the sums (every process must explain the same
@@ -146,7 +164,8 @@ class Attributor:
 
     @property
     def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
+        """Where inputs go: the embedding's device, or the execution device of Accelerate's hooks."""
+        return input_device(self.model)
 
     @property
     def vocab_size(self) -> int:
@@ -157,9 +176,8 @@ class Attributor:
         explicand in the space, which it holds), measured on the model: directly for a short prompt, else from
         three short prompts once per space and answer shape."""
         seq, space = problem.seq, problem.space
-        weight = self.model.get_input_embeddings().weight
-        key = (space.name, repr(getattr(space, "layers", None)), seq.n_targets, seq.n_outputs, weight.dtype,
-               weight.device, gradients)
+        key = (space.name, repr(getattr(space, "layers", None)), seq.n_targets, seq.n_outputs,
+               compute_dtype(self.model), self.device, gradients)
 
         def measure(n_prompt: int) -> int:
             keep = torch.cat([torch.arange(n_prompt), torch.arange(seq.n_prompt, seq.length)])
@@ -220,6 +238,7 @@ class Attributor:
         **generation_kwargs: Any,
     ) -> Sequence:
         """Tokenise the prompt and fix the targets: the given answer, the generated one, or the class."""
+        check_placement(self.model)
         text, ids, offsets, markup = self._encode_prompt(prompt)
         if is_classifier(self.model):
             if answer is not None:
@@ -344,6 +363,10 @@ class Attributor:
             )
         batch = checked_optional(self.internal_batch_size if internal_batch_size is None else internal_batch_size,
                                  "internal_batch_size")
+        check_placement(self.model)  # before the gradient probe; sequence() checks again for its other callers
+        if chosen.uses_gradients and self.model not in GRADIENTS_CHECKED:
+            check_gradients(self.model, is_classifier(self.model))
+            GRADIENTS_CHECKED.add(self.model)
         with progress(self.show_progress) as bar:
             if answer is None and target_class is None and not is_classifier(self.model):
                 bar.phase("generating")
@@ -361,7 +384,8 @@ class Attributor:
         markup = seq.keep.clone()
         if attribute_to is not None:
             seq.keep = seq.keep | ~covered(seq, attribute_to)
-        budget = budget_bytes(self.model, self.memory_budget)
+        guarded = chosen.uses_gradients or getattr(chosen, "keeps_point", False)
+        budget = budget_bytes(self.model, self.memory_budget) if guarded else None
         n_vocab = self.model.config.num_labels if seq.is_classifier else self.vocab_size
         target_fn = resolve_target(target or ("logit" if seq.is_classifier else "log_prob"), foil, n_vocab)
         if getattr(target_fn, "answer_level", False):
@@ -399,6 +423,7 @@ class Attributor:
             "target": describe(target),
             "foil": foil,
             "layers": getattr(the_space, "chosen", None) or None,
+            "attention_implementation": attention_arithmetic(self.model, the_space.uses_attention_hook),
         }
         if seq.is_classifier:
             labels = getattr(self.model.config, "id2label", {}) or {}

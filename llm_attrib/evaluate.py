@@ -186,7 +186,7 @@ def evaluate(
     metrics=DEFAULT_METRICS,
     bins=ERASER_BINS,
     removal: str = "delete",
-    normalisation: str = "eraser",
+    normalisation: str = "bins_plus_one",
     batch_size: int = 32,
     show_progress: bool = True,
 ) -> Evaluation:

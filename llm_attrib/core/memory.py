@@ -14,8 +14,10 @@ import os
 from collections.abc import Callable
 
 import torch
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from ..errors import InvalidInputError
+from .placement import execution_devices, offloaded_bytes
 
 HEADROOM = 0.7
 # Beyond the saved tensors a point holds the forward's transients: on a 4-layer, d=256 Llama over a 2000-token
@@ -104,22 +106,51 @@ def checked_optional(value: object, name: str) -> int | None:
 
 
 def budget_bytes(model, memory_budget: int | None = None) -> int:
-    """The bytes path points may use: `memory_budget`, or a share of the device's free memory."""
+    """The bytes the path points of a gradient method may use: `memory_budget`, or a share of the free memory of
+    the device that has the least of it among those the model computes on (a chunk's activations pass through
+    each of them), less the offloaded weights a backward holds there."""
     if memory_budget is not None:
         return memory_budget
-    return int(HEADROOM * available_bytes(model.get_input_embeddings().weight.device))
+    loaded = offloaded_bytes(model)
+    free = {device: int(HEADROOM * available_bytes(device)) for device in execution_devices(model)}
+    device = min(free, key=lambda d: free[d] - loaded.get(d, 0))
+    if free[device] <= loaded.get(device, 0):
+        raise InvalidInputError(
+            f"a backward through this offloaded model holds all its weights offloaded to {device} at once "
+            f"({loaded[device] / 2**30:.2f} GiB: autograd keeps each layer's weights for the gradient of its input), "
+            f"more than the {free[device] / 2**30:.2f} GiB the budget allows there ({HEADROOM:.0%} of the free "
+            "memory). Offload less to that device, quantize the weights, pass memory_budget= to override, or use "
+            "method='attention'."
+        )
+    return free[device] - loaded.get(device, 0)
+
+
+def storages(tensor: torch.Tensor) -> dict[int, int]:
+    """Address -> bytes of the storages behind a tensor; a tensor subclass (a quantized weight) holds its data
+    in inner tensors and has no storage of its own."""
+    if is_traceable_wrapper_subclass(tensor):
+        names, _ = tensor.__tensor_flatten__()
+        return {k: v for name in names for k, v in storages(getattr(tensor, name)).items()}
+    storage = tensor.untyped_storage()
+    return {storage.data_ptr(): storage.nbytes()}
 
 
 def saved_bytes(scores: Callable[[torch.Tensor], torch.Tensor], point: torch.Tensor, model) -> int:
     """Bytes one path point really keeps: every tensor its forward saves for the backward, counted once per
-    storage, the model's parameters excluded (they are there anyway), plus its gradient and contribution."""
-    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storage, the model's parameters excluded (they are there anyway, or, offloaded, loaded once per chunk), plus
+    its gradient and contribution. An offloaded model's weights are looked up as each tensor is saved, because
+    its hooks give a module its weights only while it runs."""
+
+    def weights() -> set[int]:
+        return {address for p in model.parameters() if p.device.type != "meta" for address in storages(p)}
+
+    held, offloaded = weights(), any(p.device.type == "meta" for p in model.parameters())
     saved: dict[int, int] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameters:
-            saved[storage.data_ptr()] = storage.nbytes()
+        for address, size in storages(tensor).items():
+            if address not in held and not (offloaded and address in weights()):
+                saved[address] = size
         return tensor
 
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):

@@ -18,6 +18,7 @@ from einops import reduce
 from ..errors import InvalidInputError, NumericalError, UnknownNameError, UnsupportedModelError
 from ..patching import AttentionTap, tapped
 from .sequence import Sequence
+from .placement import compute_dtype, embedding_rows
 from .static_prefix import StaticPrefix, skipped_tokens
 
 
@@ -35,15 +36,16 @@ def model_logits(model, seq: Sequence, prefix: StaticPrefix | None = None, **inp
     return model(**inputs, **cache).logits[:, positions]
 
 
-def neutral_token_id(tokenizer, embedding: torch.nn.Embedding) -> int:
+def neutral_token_id(tokenizer, model) -> int:
     """A token that carries no content: pad, else unk, else mask, else eos.
 
     Tokens whose embedding is the zero vector (an untrained `padding_idx` row) are skipped: with RMSNorm the
     zero vector makes the IG integrand nearly singular near the baseline.
     """
+    n_vocab = model.get_input_embeddings().num_embeddings
     for name in ("pad_token_id", "unk_token_id", "mask_token_id", "eos_token_id"):
         token = getattr(tokenizer, name, None)
-        if isinstance(token, int) and 0 <= token < embedding.num_embeddings and embedding.weight[token].abs().max() > 0:
+        if isinstance(token, int) and 0 <= token < n_vocab and embedding_rows(model, torch.tensor(token)).abs().max() > 0:
             return token
     raise InvalidInputError(
         "the tokenizer has no pad, unk, mask or eos token with a non-zero embedding to build the neutral "
@@ -104,15 +106,14 @@ class EmbeddingSpace:
     token_axis: ClassVar[int] = -2  # a point's tokens run along this axis (see StaticPrefix)
 
     def point(self, model, seq: Sequence) -> torch.Tensor:
-        with torch.no_grad():
-            return model.get_input_embeddings()(seq.input_ids)[0].float()
+        return embedding_rows(model, seq.input_ids)[0].float()
 
     def baseline(self, spec, model, tokenizer, seq: Sequence, x: torch.Tensor) -> torch.Tensor:
         """neutral (default): every non-special token replaced by a neutral token; zeros; a token id; a tensor."""
         if isinstance(spec, torch.Tensor):
             return _custom_baseline(spec, x, self.name)
         if spec in (None, "neutral"):
-            token = neutral_token_id(tokenizer, model.get_input_embeddings())
+            token = neutral_token_id(tokenizer, model)
         elif isinstance(spec, int) and not isinstance(spec, bool):
             token = spec
             if not 0 <= token < model.get_input_embeddings().num_embeddings:
@@ -126,8 +127,7 @@ class EmbeddingSpace:
                 f"unknown embeddings baseline {spec!r}; use 'neutral', 'zeros', a token id, or a tensor shaped {tuple(x.shape)}."
             )
         ids = torch.where(seq.keep, seq.input_ids[0], torch.full_like(seq.input_ids[0], token))
-        with torch.no_grad():
-            return model.get_input_embeddings()(ids[None])[0].float()
+        return embedding_rows(model, ids[None])[0].float()
 
     @staticmethod
     def prefix(points: torch.Tensor, length: int) -> torch.Tensor:
@@ -135,9 +135,8 @@ class EmbeddingSpace:
         return points[:, :length]
 
     def logits(self, model, seq: Sequence, points: torch.Tensor, prefix: StaticPrefix | None = None) -> torch.Tensor:
-        dtype = model.get_input_embeddings().weight.dtype
         start = skipped_tokens(prefix)
-        return model_logits(model, seq, prefix, inputs_embeds=points[:, start:].to(dtype))
+        return model_logits(model, seq, prefix, inputs_embeds=points[:, start:].to(compute_dtype(model)))
 
     def reduce(self, contribution: torch.Tensor, target: int = 0) -> tuple[torch.Tensor, None]:
         """(..., L, D) -> per token (..., L), the same for every target."""
