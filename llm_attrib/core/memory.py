@@ -114,7 +114,7 @@ def budget_bytes(model, memory_budget: int | None = None) -> int:
     loaded = offloaded_bytes(model)
     free = {device: int(HEADROOM * available_bytes(device)) for device in execution_devices(model)}
     device = min(free, key=lambda d: free[d] - loaded.get(d, 0))
-    if free[device] <= loaded.get(device, 0):
+    if loaded.get(device, 0) and free[device] <= loaded[device]:  # nothing free and nothing offloaded: 0 below
         raise InvalidInputError(
             f"a backward through this offloaded model holds all its weights offloaded to {device} at once "
             f"({loaded[device] / 2**30:.2f} GiB: autograd keeps each layer's weights for the gradient of its input), "
