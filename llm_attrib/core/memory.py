@@ -105,13 +105,14 @@ def checked_optional(value: object, name: str) -> int | None:
     return value
 
 
-def budget_bytes(model, memory_budget: int | None = None) -> int:
+def budget_bytes(model, memory_budget: int | None = None, backward: bool = True) -> int:
     """The bytes the path points of a gradient method may use: `memory_budget`, or a share of the free memory of
     the device that has the least of it among those the model computes on (a chunk's activations pass through
-    each of them), less the offloaded weights a backward holds there."""
+    each of them), less the offloaded weights a backward holds there (`backward=False`, for a method that only
+    runs forward: nothing held)."""
     if memory_budget is not None:
         return memory_budget
-    loaded = offloaded_bytes(model)
+    loaded = offloaded_bytes(model) if backward else {}
     free = {device: int(HEADROOM * available_bytes(device)) for device in execution_devices(model)}
     device = min(free, key=lambda d: free[d] - loaded.get(d, 0))
     if loaded.get(device, 0) and free[device] <= loaded[device]:  # nothing free and nothing offloaded: 0 below
