@@ -27,14 +27,75 @@ MAX_CHUNK = 64
 
 
 def available_bytes(device: torch.device) -> int:
-    """Free memory on the device: CUDA's free memory, else the host's available physical memory."""
+    """Free memory on the device: CUDA's free memory; on the host the smallest of the available physical memory
+    and what this process's limits leave (`process_limit_bytes`)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        host = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
-        return 8 * 2**30
+        host = 8 * 2**30
+    limit = process_limit_bytes()
+    return host if limit is None else max(0, min(host, limit))
+
+
+def process_limit_bytes() -> int | None:
+    """What the process may still allocate under its own limits, or None without one: the address-space rlimit
+    (RLIMIT_AS, e.g. `ulimit -v`) less the address space in use, and the cgroup's memory limit (v2 memory.max,
+    v1 memory.limit_in_bytes, as containers and job schedulers set) less its current usage. The host's free
+    memory says nothing of these, and a point sized by it dies in the allocator."""
+    room = []
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            room.append(soft - _status_bytes("VmSize"))
+    except (ImportError, OSError, ValueError):
+        pass
+    for limit_file, usage_file in (("memory.max", "memory.current"), ("memory.limit_in_bytes", "memory.usage_in_bytes")):
+        limit, usage = _cgroup_number(limit_file), _cgroup_number(usage_file)
+        if limit is not None and limit < 2**60:
+            room.append(limit - (usage or 0))
+            break
+    return min(room) if room else None
+
+
+def _status_bytes(field: str) -> int:
+    """A size field of /proc/self/status (e.g. VmSize), in bytes; 0 where there is none."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _cgroup_number(name: str, root: str = "/") -> int | None:
+    """A number from this process's cgroup folder (v2 unified, or the v1 memory controller) under `root`; None if
+    absent or unlimited ("max")."""
+    folders = []
+    try:
+        with open(os.path.join(root, "proc/self/cgroup")) as groups:
+            for line in groups:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if controllers == "":
+                    folders.append(f"sys/fs/cgroup{path}")
+                elif "memory" in controllers.split(","):
+                    folders.append(f"sys/fs/cgroup/memory{path}")
+    except (OSError, ValueError):
+        return None
+    for folder in folders + ["sys/fs/cgroup", "sys/fs/cgroup/memory"]:
+        try:
+            with open(os.path.join(root, folder, name)) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        return None if text == "max" else int(text) if text.isdigit() else None
+    return None
 
 
 def checked_optional(value: object, name: str) -> int | None:
@@ -120,7 +181,7 @@ def measured_chunk(per_point: int, budget: int, requested: int | None, what: str
     fits = int(budget // (TRANSIENT_FACTOR * per_point))
     if fits < 1:
         raise InvalidInputError(
-            f"one path point of {what} keeps {TRANSIENT_FACTOR * per_point / 2**20:.0f} MiB (measured), and the "
+            f"{what} keeps {TRANSIENT_FACTOR * per_point / 2**20:.0f} MiB (measured), and the "
             f"memory budget is {budget / 2**20:.0f} MiB; raise memory_budget, shorten the prompt, choose fewer "
             "attention layers (layers=...), or use space='embeddings'."
         )

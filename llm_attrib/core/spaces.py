@@ -15,7 +15,7 @@ from typing import ClassVar
 import torch
 from einops import reduce
 
-from ..errors import InvalidInputError, UnknownNameError, UnsupportedModelError
+from ..errors import InvalidInputError, NumericalError, UnknownNameError, UnsupportedModelError
 from ..patching import AttentionTap, tapped
 from .sequence import Sequence
 from .placement import compute_dtype, embedding_rows
@@ -250,17 +250,37 @@ class MaskSpace:
         return start
 
     def _check_visible(self, model, seq: Sequence, start: torch.Tensor) -> None:
-        """Every query must still see some key at the baseline: a row with nothing visible has no softmax."""
-        tap = AttentionTap(visibility=dict(zip(self.chosen, start[:, None].unbind(0))),
-                           least_visible=torch.tensor(1.0, device=start.device))
-        run_tapped(model, seq, tap)
-        if not tap.least_visible > 0:
+        """Every query must still see some key at the baseline: a row with nothing visible has no softmax. A
+        failure says what happened: a token with no visible key before it, a visible share too small for the
+        dtype (underflow), or attention that is NaN or inf on the input itself."""
+        least = self._least_visible(model, seq, start)
+        if torch.isfinite(least) and least > 0:
+            return
+        if not bool((start.cummax(-1).values > 0).all()):  # some query has no visible key at or before it
             raise InvalidInputError(
                 "space='mask' needs every token to see at least one visible token at the baseline, but some query "
                 "sees only tokens that are masked (e.g. the first token of a prompt without a start token). Keep "
                 "the first token visible (a BOS or template token, or attribute_to= spans after it), or use "
                 "space='attention'."
             )
+        dtype = model.get_input_embeddings().weight.dtype
+        if torch.isfinite(self._least_visible(model, seq, torch.ones_like(start))):
+            raise NumericalError(
+                f"space='mask': every token sees a visible token at the baseline, but the visible share of an "
+                f"attention row underflowed to 0 in {dtype} (weights too small to represent), so the renormalised "
+                "attention is NaN; use float32 if the model runs in lower precision, or a baseline with larger visibilities."
+            )
+        raise NumericalError(
+            f"space='mask': the model's attention is NaN or inf on the input itself (in {dtype}), so no attribution "
+            "can be trusted; check the weights for NaN or inf, and use float32 if the model runs in lower precision."
+        )
+
+    def _least_visible(self, model, seq: Sequence, visibility: torch.Tensor) -> torch.Tensor:
+        """The smallest visible share of any attention row with `visibility` (layers, L) on the chosen layers."""
+        tap = AttentionTap(visibility=dict(zip(self.chosen, visibility[:, None].unbind(0))),
+                           least_visible=torch.tensor(1.0, device=visibility.device))
+        run_tapped(model, seq, tap)
+        return tap.least_visible
 
     @staticmethod
     def prefix(points: torch.Tensor, length: int) -> torch.Tensor:

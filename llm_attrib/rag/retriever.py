@@ -219,7 +219,7 @@ def explain_retrieval(
         check_bidirectional(model, q.ids)
         scores = _similarity_scores(model, q.length, d.length, pooling, normalize)
         batch = measured_chunk(saved_bytes(scores, x, model), budget_bytes(model, memory_budget), internal_batch_size,
-                               f"{q.length + d.length} query and document tokens")
+                               f"one path point of {q.length + d.length} query and document tokens")
         run = Run(scores, EmbeddingSpace().reduce, batch, show_progress)
         routes = Routes(torch.stack([start, x]).unsqueeze(0))  # (1 route, 2 vertices, Lq + Ld, D)
         integral, used = guided_integral(run, routes, lambda route: [0], 1, n_steps, tolerance, max_steps, n_probes)
