@@ -169,7 +169,7 @@ def test_verdicts_citations_and_leave_one_out_are_shown(chat):
     page = Page(result.to_html())
     labels = [text.strip() for cls, text in page.classes if cls == "verdict"]
     assert labels == [v.label for v in result.verdicts] and len(labels) == 2
-    assert set(labels) <= {"supported", "unsupported", "uncertain"}
+    assert set(labels) <= {"supported", "unsupported", "uncertain", "uncalibrated"}
     table = [text for cls, text in page.classes if cls == "loo"]
     assert len(table) == 1
     for d in range(len(result.documents)):
@@ -179,6 +179,37 @@ def test_verdicts_citations_and_leave_one_out_are_shown(chat):
     for citation in result.citations:
         for d, score in citation.documents:
             assert f"Document {d + 1}" in citations and f"{score:+.3g}" in citations
+
+
+def test_document_headers_are_shaded_and_add_up(chat):
+    for result in chat.values():
+        page = Page(result.to_html())
+        heads = [text for cls, text in page.classes if cls == "dochead"]
+        assert heads[:2] == ["Document 1 (Mount Fuji):", "Document 2 (Kyoto):"] and heads[2] == "Document 3:"
+        data = blob(page)
+        for r, row in enumerate(data["docScores"]):
+            for d, total in enumerate(row):
+                parts = data["headScores"][r][d] + sum(data["sentScores"][d][r])
+                assert parts == pytest.approx(total, abs=1e-5)  # the header and sentences make the document
+
+
+def test_uncalibrated_verdicts_are_neutral_margins(chat):
+    result = chat["sentence"]
+    verdicts = [dataclasses.replace(v, label="uncalibrated", calibrated=False) for v in result.verdicts]
+    text = dataclasses.replace(result, verdicts=verdicts).to_html()
+    page = Page(text)
+    assert [t.strip() for cls, t in page.classes if cls == "verdict"] == ["uncalibrated", "uncalibrated"]
+    assert "#cf222e" not in re.search(r'id="citations".*?</table>', text, re.S).group(0)  # never the red label
+    for verdict in verdicts:
+        assert f"margin <b class=\"num\">{verdict.margin:+.2f}</b> nats (thresholds not calibrated" in text
+    assert "Uncalibrated:" in text and "unsupported</b>" not in text
+
+
+def test_truncated_answer_is_flagged(chat):
+    result = chat["sentence"]
+    assert 'id="truncated"' not in result.to_html()
+    text = dataclasses.replace(result, truncated=True).to_html()
+    assert 'id="truncated"' in text and "Answer truncated." in text
 
 
 def test_shapley_values_are_shown_beside_leave_one_out(chat):
