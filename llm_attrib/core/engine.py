@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from .. import parallel
 from ..errors import NumericalError
 from .paths import Paths, taken
+from .progress import current
 
 Scores = Callable[[torch.Tensor], torch.Tensor]
 Reduce = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor | None]]
@@ -148,7 +149,11 @@ def integrate(
                 detail[p, column] += detail_part
 
     chunks = parallel.my_chunks(_chunks(paths, internal_batch_size))
-    for index in tqdm(chunks, desc="attributing", delay=1.0, leave=False, disable=not show_progress):
+    bar = current()  # the explanation's one bar, when an Attributor runs this
+    for index in chunks if bar is not None else tqdm(chunks, desc="attributing", delay=1.0, leave=False,
+                                                      disable=not show_progress):
+        if bar is not None:
+            bar.advance()
         path_ids = paths.path_of(index)
         if target_of is not None:
             own = target_of(index)

@@ -27,6 +27,7 @@ import torch
 from ..core.engine import Integral, integrate
 from ..core.guided import SCORE_GUIDED, check_budget, guided_integral
 from ..core.paths import PolylinePaths, Routes
+from ..core.placement import compute_dtype, embedding_range, embedding_rows
 from ..core.quadrature import checked_steps
 from ..core.quadrature import quadrature as quadrature_rule
 from ..errors import InvalidInputError, UnknownNameError
@@ -156,7 +157,6 @@ def read_references(problem: Problem, references: Any, represent: Callable[[torc
     if isinstance(references, str):
         references = [references]
     seq, device = problem.seq, problem.seq.input_ids.device
-    embed = problem.model.get_input_embeddings()
     read, enough = [], 0
     for item in references:
         prompt = item if isinstance(item, str) else item.get("prompt") if isinstance(item, dict) else None
@@ -164,7 +164,8 @@ def read_references(problem: Problem, references: Any, represent: Callable[[torc
             raise InvalidInputError(f"a reference must be a prompt string or a dict with a 'prompt', got {item!r}.")
         ids, result = outcome(problem.model, problem.tokenizer, prompt, device, seq.is_classifier)
         with torch.no_grad():
-            representation = represent(embed(torch.tensor([ids], device=device)), 0 if seq.is_classifier else len(ids) - 1)
+            representation = represent(embedding_rows(problem.model, torch.tensor([ids], device=device)),
+                                       0 if seq.is_classifier else len(ids) - 1)
         read.append(Reference(ids, representation[0], result))
         enough += result not in seq.target_ids.tolist() and ids != seq.input_ids[0, :len(ids)].tolist()
         if enough == limit:
@@ -329,7 +330,7 @@ class IG2:
         x = problem.point()
         neutral = space.baseline(baseline, model, problem.tokenizer, seq, x)
         represent = representation_fn(model, seq, rep_layer)
-        dtype = model.get_input_embeddings().weight.dtype
+        dtype = compute_dtype(model)
 
         def rep(embeddings: torch.Tensor, at: int) -> torch.Tensor:
             return represent(embeddings.to(dtype), at).float()
@@ -356,8 +357,7 @@ class IG2:
                 goals, record = counterfactual_goals(problem, x, rep, positions, read, n_references)
             if step_size is None:
                 step_size = 2 * float((x - neutral).norm()) / n_steps
-            weight = model.get_input_embeddings().weight
-            bounds = (float(weight.min()), float(weight.max())) if clip else None
+            bounds = embedding_range(model) if clip else None
             vertices, owner = [], []
             for t, (position, goal) in enumerate(zip(positions, goals)):
                 # Every input the target sees moves, earlier generated tokens included; markup stays put.

@@ -59,6 +59,7 @@ from typing import ClassVar
 
 import torch
 
+from ..core.placement import input_device
 from ..core.model_kind import is_classifier
 from ..core.sequence import Sequence, padded_mask, readable_tokens, special_token_mask
 from ..errors import InvalidInputError, SelectionLeakWarning, UnknownNameError
@@ -317,7 +318,7 @@ def sequence_of(explanation, model, tokenizer) -> Sequence:
     """Rebuild the explained `Sequence` from an `Explanation` (inputs plus the last target)."""
     ids, n_prompt = list(explanation.input_ids), explanation.n_prompt_tokens
     targets = list(explanation.target_ids)
-    device = model.get_input_embeddings().weight.device
+    device = input_device(model)
     classifier = is_classifier(model)
     n_inputs = len(explanation.input_ids)
     vocabulary = model.get_input_embeddings().num_embeddings
