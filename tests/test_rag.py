@@ -223,19 +223,29 @@ def test_thresholds_are_calibrated_from_known_margins():
         rag.calibrate([1.0], [0.0, 1.0])
 
 
-def test_default_thresholds_on_another_model_are_flagged(chat_lm):
-    """The thresholds are nats on the zoo model; on any other model the default ones come with a warning, and
-    thresholds of one's own do not."""
-    from llm_attrib import UncalibratedWarning
-
+def test_verdicts_are_uncalibrated_on_a_model_without_thresholds(chat_lm, zoo, tmp_path):
+    """Margins are nats of one model: a model with no shipped thresholds gets "uncalibrated" verdicts that keep their
+    margins (and survive a save), thresholds of one's own label them, the zoo model is found by its weights (not its
+    path) in any dtype, and thresholds that are not two finite numbers with low <= high are refused."""
     model, tokenizer = chat_lm
-    with pytest.warns(UncalibratedWarning, match="rag.calibrate"):
-        rag.explain(model, tokenizer, "w30", ["w1 w2", "w3"], answer=" w50", template=TINY, method="saliency",
-                    show_progress=False)
-    import warnings
+    result = rag.explain(model, tokenizer, "w30", ["w1 w2", "w3"], answer=" w50", template=TINY, method="saliency",
+                         show_progress=False)
+    verdict = result.verdicts[0]
+    assert (verdict.label, verdict.calibrated, verdict.thresholds) == ("uncalibrated", False, None)
+    assert verdict.margin == pytest.approx(verdict.drop_cited - verdict.drop_other)
+    result.save(tmp_path / "r.json")
+    assert rag.RagExplanation.load(tmp_path / "r.json").verdicts[0] == verdict
+    own = rag.explain(model, tokenizer, "w30", ["w1 w2", "w3"], answer=" w50", template=TINY, method="saliency",
+                      thresholds=(0.5, 1.0), show_progress=False).verdicts[0]
+    assert own.calibrated and own.thresholds == (0.5, 1.0) and own.label in ("supported", "unsupported", "uncertain")
+    assert own.margin == pytest.approx(verdict.margin)
+    for bad in ((20, 1), (float("nan"), 1.0), (0.0, float("inf")), (1.0,), "ab"):
+        with pytest.raises(InvalidInputError, match="thresholds"):
+            rag.explain(model, tokenizer, "w30", ["w1 w2"], answer=" w50", template=TINY, method="saliency",
+                        thresholds=bad, show_progress=False)
+    zoo_model, _ = zoo
+    assert rag.calibrated_thresholds(zoo_model) == rag.THRESHOLDS
+    import copy
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UncalibratedWarning)
-        result = rag.explain(model, tokenizer, "w30", ["w1 w2", "w3"], answer=" w50", template=TINY,
-                             method="saliency", thresholds=(0.5, 1.0), show_progress=False)
-    assert result.verdicts[0].thresholds == (0.5, 1.0)
+    assert rag.calibrated_thresholds(copy.deepcopy(zoo_model).to(torch.bfloat16)) == rag.THRESHOLDS
+    assert rag.calibrated_thresholds(model) is None

@@ -32,7 +32,7 @@ class Verdict:
         drop_other: the same when one other document is removed, averaged over the others (a gain counts as 0;
             0 with no other document).
         margin: drop_cited - drop_other, the statistic compared with the thresholds.
-        thresholds: (low, high): unsupported below low, supported at or above high.
+        thresholds: (low, high): unsupported below low, supported at or above high; None when uncalibrated.
         drop_all: nats lost when every document is removed. Near zero, the model says the sentence without any
             document (from what it knows): no document carried it, so no ranking of them can, whatever the label.
     """
@@ -41,7 +41,7 @@ class Verdict:
     drop_cited: float
     drop_other: float
     margin: float
-    thresholds: tuple[float, float]
+    thresholds: tuple[float, float] | None
     drop_all: float | None = None
     calibrated: bool = True
 
@@ -120,15 +120,42 @@ class RagExplanation:
         return self.document_scores.sum(0)
 
     @property
+    def header_spans(self) -> list[Span]:
+        """Each document's label ("Document 2 (Mount Fuji):"), the part of its span before its first sentence."""
+        return [(start, spans[0][0] if spans else end) for (start, end), spans in zip(self.document_spans, self.sentence_spans)]
+
+    @property
+    def header_scores(self) -> torch.Tensor:
+        """(rows, documents): each document's label; with the sentence scores it adds up to the document's score."""
+        return self._partition_scores()[0]
+
+    @property
     def sentence_scores(self) -> list[torch.Tensor]:
-        """For each document, (rows, its sentences)."""
-        flat = [span for spans in self.sentence_spans for span in spans]
-        scores = self.explanation.aggregate(flat).scores
-        out, at = [], 0
+        """For each document, (rows, its sentences). A token belongs to the sentence its first character falls in,
+        white space before a sentence counting as the sentence's (a byte-level token " It" is the next sentence's
+        first word), so label and sentences partition the document: they add up to `document_scores`."""
+        return self._partition_scores()[1]
+
+    def _partition_scores(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        text = self.explanation.text
+        flat = []
+        for (start, end), (head_start, head_end), spans in zip(self.document_spans, self.header_spans, self.sentence_spans):
+            label_end = len(text[head_start:head_end].rstrip()) + head_start
+            flat.append((head_start, label_end) if label_end > head_start else None)
+            bounds = [label_end] + [b for _, b in spans[:-1]] + [end]
+            flat += [(bounds[k], bounds[k + 1]) for k in range(len(spans))]
+        scores = self.explanation.aggregate([span for span in flat if span is not None]).scores
+        columns, at = [], 0
+        for span in flat:
+            columns.append(scores[:, at] if span is not None else scores.new_zeros(len(scores)))
+            at += span is not None
+        headers, sentences, at = [], [], 0
         for spans in self.sentence_spans:
-            out.append(scores[:, at:at + len(spans)])
-            at += len(spans)
-        return out
+            headers.append(columns[at])
+            sentences.append(torch.stack(columns[at + 1:at + 1 + len(spans)], 1) if spans
+                             else scores.new_zeros(len(scores), 0))
+            at += 1 + len(spans)
+        return torch.stack(headers, 1), sentences
 
     @property
     def answer_sentence_scores(self) -> list[torch.Tensor]:
@@ -215,7 +242,8 @@ class RagExplanation:
         data["answer_sentences"] = [tuple(s) for s in data["answer_sentences"]]
         data["answer_sentence_spans"] = [tuple(s) for s in data["answer_sentence_spans"]]
         if data.get("verdicts") is not None:
-            data["verdicts"] = [Verdict(**{**v, "thresholds": tuple(v["thresholds"])}) for v in data["verdicts"]]
+            data["verdicts"] = [Verdict(**{**v, "thresholds": None if v["thresholds"] is None else tuple(v["thresholds"])})
+                                for v in data["verdicts"]]
         if data.get("shapley") is not None:
             data["shapley"] = DocumentShapley.from_dict(data["shapley"])
         if data.get("leave_one_out") is not None:

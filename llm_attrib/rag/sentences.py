@@ -17,7 +17,7 @@ _END = re.compile(r"[.!?]+[\"')\]]*(?=\s)|\n\s*\n")
 _WORD_BEFORE = re.compile(r"(\S+)$")
 
 
-def split_sentences(text: str) -> list[tuple[int, int]]:
+def split_sentences(text: str, language: str | None = None) -> list[tuple[int, int]]:
     """(start, end) of each sentence of `text`, white space trimmed; an empty text has none."""
     spans, start = [], 0
     for match in _END.finditer(text):

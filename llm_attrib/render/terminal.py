@@ -186,8 +186,9 @@ def print_rag_explanation(result, console: Console | None = None) -> None:
     console = console or Console()
     exp = result.explanation
     status = {True: "converged", False: "NOT converged (see completeness error)", None: ""}[exp.converged]
+    cut = "; TRUNCATED by max_new_tokens" if result.truncated else ""
     console.print(Panel(Text(result.answer.strip()), title=f"answer to: {result.question}",
-                        subtitle=f"{exp.method} over {exp.space}, {result.granularity} rows {status}"))
+                        subtitle=f"{exp.method} over {exp.space}, {result.granularity} rows {status}{cut}"))
     ranking = Table(title="documents, by what they carried of the whole answer")
     shapley = None if result.shapley is None else result.shapley.values.sum(1)  # the whole answer's, in nats
     columns = ("rank", "document", "score") + (("Shapley (nats)",) if shapley is not None else ()) + ("text",)
@@ -196,7 +197,7 @@ def print_rag_explanation(result, console: Console | None = None) -> None:
     scores = result.answer_document_scores
     for rank, d in enumerate(result.ranking, 1):
         document = result.documents[d]
-        label = f"{d}" + (f" ({document.title})" if document.title else "")
+        label = f"{d + 1}" + (f" ({document.title})" if document.title else "")
         text = document.text if len(document.text) <= 90 else document.text[:87] + "..."
         extra = () if shapley is None else (f"{float(shapley[d]):+.2f}",)
         ranking.add_row(str(rank), label, fmt_score(float(scores[d])), *extra, text)
@@ -205,7 +206,7 @@ def print_rag_explanation(result, console: Console | None = None) -> None:
     for column in ("answer", "cited documents", "top sentence", "verdict"):
         citations.add_column(column)
     for citation in result.citations:
-        docs = ", ".join(f"{d} ({fmt_score(s)})" for d, s in citation.documents) or "none"
+        docs = ", ".join(f"{d + 1} ({fmt_score(s)})" for d, s in citation.documents) or "none"
         if citation.sentences:
             d, k, _ = citation.sentences[0]
             start, end = result.sentence_spans[d][k]
