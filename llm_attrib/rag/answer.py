@@ -17,13 +17,16 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from .sentences import split_sentences
 
 _PARAGRAPH = re.compile(r"\n[ \t\r\f\v]*\n")
+_INTRODUCES = (":", "\uff1a")  # "The answer is:" then a blank line: the answer follows it
 
 
 def answer_end(text: str, max_sentences: int | None, language: str | None = None) -> int | None:
-    """Where the answer in `text` ends: the first blank line after its first content, or the end of its
-    `max_sentences`-th sentence once a further sentence has begun; None while it may still go on."""
+    """Where the answer in `text` ends: the first blank line after its first content (unless what precedes it
+    ends in a colon, introducing what follows), or the end of its `max_sentences`-th sentence once a further
+    sentence has begun; None while it may still go on."""
     body = len(text) - len(text.lstrip())
-    paragraph = _PARAGRAPH.search(text, body)
+    paragraph = next((m for m in _PARAGRAPH.finditer(text, body) if not text[:m.start()].rstrip().endswith(_INTRODUCES)),
+                     None)
     head = text if paragraph is None else text[:paragraph.start()]
     if max_sentences is not None:
         sentences = split_sentences(head, language)

@@ -7,6 +7,7 @@ one gradient per sentence and path point), the whole answer (cheapest), or every
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -107,6 +108,9 @@ def explain(
     if max_sentences is not None and (isinstance(max_sentences, bool) or not isinstance(max_sentences, int)
                                       or max_sentences < 1):
         raise InvalidInputError(f"max_sentences must be a positive integer or None, got {max_sentences!r}.")
+    if language is not None and not (isinstance(language, str) and re.fullmatch(r"[A-Za-z]{2,3}([-_][A-Za-z0-9]+)*", language)):
+        raise InvalidInputError(f"language must be an ISO 639 code such as 'en', 'de' or 'ja' (or None to detect it), "
+                                f"got {language!r}.")
     layout = resolve_template(template)
     built = build_prompt(tokenizer, question, docs, layout, system=system, language=language)
     attributor = Attributor(model, tokenizer, internal_batch_size=internal_batch_size, show_progress=show_progress)
