@@ -43,16 +43,19 @@ _STOPWORDS = {
     "pt": "o a os as e de que um uma para com não do da em se".split(),
     "nl": "de het een en is van dat niet op te met zijn voor".split(),
 }
+_LETTERS = {"de": "äöüß", "fr": "çœèêëàâîïôûù«»", "es": "ñ¿¡áíóú", "pt": "ãõç", "it": "àèìòù", "nl": "ĳ"}
 
 
 def detect_language(text: str) -> str:
     """An ISO 639-1 code for `text`, enough to choose sentence rules: by script (kana is Japanese, Han without kana
-    Chinese, ...), and for Latin script by the most frequent function words among seven languages (English when
-    none is found)."""
+    Chinese, ...), and for Latin script by function words and letters typical of seven languages (English when none
+    is found)."""
     for code, script in _SCRIPTS:
         if script.search(text):
             return code
     words = re.findall(r"[^\W\d_]+", text.lower())
-    counts = {code: sum(word in stop for word in words) for code, stop in _STOPWORDS.items()}
+    lowered = text.lower()
+    counts = {code: sum(word in stop for word in words) + sum(lowered.count(c) for c in _LETTERS.get(code, ""))
+              for code, stop in _STOPWORDS.items()}
     best = max(counts, key=counts.get)
     return best if counts[best] > 0 else "en"
