@@ -328,6 +328,8 @@ def _run_rag(args: argparse.Namespace) -> int:
     from .render.terminal import print_rag_explanation
 
     get_method(args.method, args.space)  # fail on a bad name before loading anything
+    if args.thresholds is not None:
+        rag.verdicts.check_thresholds(args.thresholds)
     _check_output(args.html)
     _check_output(args.json)
     if args.no_progress:

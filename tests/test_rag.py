@@ -304,3 +304,19 @@ def test_verdicts_are_uncalibrated_on_a_model_without_thresholds(chat_lm, zoo, t
 
     assert rag.calibrated_thresholds(copy.deepcopy(zoo_model).to(torch.bfloat16)) == rag.THRESHOLDS
     assert rag.calibrated_thresholds(model) is None
+
+
+def test_the_cli_passes_thresholds_and_refuses_bad_ones(tmp_path, capsys):
+    """`llm-attrib rag --thresholds LOW HIGH` labels with the given thresholds; (20, 1) is refused with exit code 2
+    before any model is loaded; the terminal numbers documents from 1, as the prompt ("Document 1: ...") does."""
+    from llm_attrib.cli import main
+
+    assert main(["rag", "--thresholds", "20", "1", "--no-progress"]) == 2
+    assert "low <= high" in capsys.readouterr().err
+    out = tmp_path / "r.json"
+    assert main(["rag", "--space", "attention", "--thresholds", "0.5", "1.5", "--json", str(out), "--no-progress"]) == 0
+    result = rag.RagExplanation.load(out)
+    assert result.verdicts[0].thresholds == (0.5, 1.5) and result.verdicts[0].calibrated
+    printed = capsys.readouterr().out
+    top = result.top_document
+    assert f"│    1 │ {top + 1} " in printed

@@ -546,7 +546,7 @@ def _citations(result: "RagExplanation") -> str:
             f"<td>{docs}</td><td>{sentences}</td><td>{_verdict_html(verdict)}</td></tr>"
         )
     thresholds = ""
-    if result.verdicts:
+    if result.verdicts and result.verdicts[0].thresholds is not None:  # None: uncalibrated, margins only
         low, high = result.verdicts[0].thresholds
         thresholds = (
             f" A verdict removes the cited documents and compares what the sentence loses (drop cited) with what it "
