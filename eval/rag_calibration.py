@@ -107,11 +107,12 @@ def pairs(rows: list[dict], kinds=("bare", "own")) -> list[tuple[str, dict]]:
 
 def report(args) -> None:
     rows = [json.loads(line) for line in ROWS.read_text().splitlines()]
-    by_split = {split: [r for r in rows if r["split"] == split] for split in ("calibration", "report")}
-    cal = [p for _, p in pairs(by_split["calibration"])]
+    by_split = {"calibration": [r for r in rows if r["split"] == "calibration"],
+                "report": [r for r in rows if r["split"] == "report" and r["id"] >= args.report_from]}
+    cal = [p for _, p in pairs(by_split["calibration"], tuple(args.kinds))]
     thresholds = rag.calibrate([p["supported"]["margin"] for p in cal], [p["unsupported"]["margin"] for p in cal])
     print(f"thresholds = ({thresholds[0]:.2f}, {thresholds[1]:.2f}) nats from the calibration split's {len(cal)} "
-          f"answers (bare and own pooled)\n")
+          f"answers ({' and '.join(args.kinds)}); report rows from {args.report_from}\n")
     print("| split | answers | judged | unsupported flagged: precision | recall | supported answers: supported / uncertain / unsupported |")
     print("|---|---|---|---|---|---|")
     for split, part in by_split.items():
@@ -145,7 +146,10 @@ def main() -> None:
     runner = sub.add_parser("run")
     runner.add_argument("--shard", default="0/1")
     runner.add_argument("--threads", type=int, default=1)
-    sub.add_parser("report")
+    reporter = sub.add_parser("report")
+    reporter.add_argument("--kinds", nargs="+", default=["bare", "own"], choices=["bare", "own"],
+                          help="answers the thresholds are calibrated on (the second rule: bare)")
+    reporter.add_argument("--report-from", default="rc-020", help="first report row counted (the second rule: rc-025)")
     args = parser.parse_args()
     run(args) if args.command == "run" else report(args)
 
