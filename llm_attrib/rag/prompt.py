@@ -60,7 +60,7 @@ class Template:
         chat: render as one user message through the tokenizer's chat template; None: when the tokenizer has one.
     """
 
-    prompt: str = "Answer the question using the documents.\n\n{documents}\n\nQuestion: {question}"
+    prompt: str = "Answer the question in one sentence, using the documents.\n\n{documents}\n\nQuestion: {question}"
     document: str = "Document {index}: {text}"
     titled: str = "Document {index} ({title}): {text}"
     separator: str = "\n"
