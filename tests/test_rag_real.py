@@ -23,14 +23,17 @@ def smollm2():
 
 
 def test_the_default_run_answers_from_the_document_that_states_it(smollm2):
-    """The README's question, no answer given: the answer ends with the model's turn (not cut by max_new_tokens),
-    the Mount Fuji document carries it most, and the verdicts use SmolLM2's own thresholds. The parts of every
-    document (its label and its sentences) add up to its score on this byte-level tokenizer."""
+    """The README's question, no answer given: the answer ends with the model's turn (not cut by max_new_tokens)
+    and the Mount Fuji document carries it most. No thresholds are calibrated for SmolLM2
+    (eval/results/rag/calibration.md), so the verdicts say so and keep their margins. The parts of every document
+    (its label and its sentences) add up to its score on this byte-level tokenizer."""
     result = rag.explain(*smollm2, "What is the highest mountain in Japan?", MOUNTAINS, show_progress=False)
+    print(result.answer, result.ranking, result.answer_document_scores, result.verdicts, result.leave_one_out)
     assert "Fuji" in result.citations[0].sentence and not result.truncated
     assert result.top_document == 1
-    assert all(v.calibrated and v.label != "unsupported" for v in result.verdicts)
-    assert rag.calibrated_thresholds(smollm2[0]) == result.verdicts[0].thresholds
+    assert rag.calibrated_thresholds(smollm2[0]) is None
+    assert all(v.label == "uncalibrated" and not v.calibrated and v.thresholds is None for v in result.verdicts)
+    assert all(v.margin == pytest.approx(v.drop_cited - v.drop_other) for v in result.verdicts)
     parts = result.header_scores + torch.stack([s.sum(1) for s in result.sentence_scores], 1)
     torch.testing.assert_close(parts, result.document_scores, rtol=0, atol=1e-5)
 

@@ -121,8 +121,13 @@ class RagExplanation:
 
     @property
     def header_spans(self) -> list[Span]:
-        """Each document's label ("Document 2 (Mount Fuji):"), the part of its span before its first sentence."""
-        return [(start, spans[0][0] if spans else end) for (start, end), spans in zip(self.document_spans, self.sentence_spans)]
+        """Each document's label ("Document 2 (Mount Fuji):"): its span before its first sentence, trailing white
+        space left out ((start, start) for a layout without a label)."""
+        text = self.explanation.text
+        out = []
+        for (start, end), spans in zip(self.document_spans, self.sentence_spans):
+            out.append((start, start + len(text[start:spans[0][0] if spans else end].rstrip())))
+        return out
 
     @property
     def header_scores(self) -> torch.Tensor:
@@ -137,25 +142,15 @@ class RagExplanation:
         return self._partition_scores()[1]
 
     def _partition_scores(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        text = self.explanation.text
-        flat = []
-        for (start, end), (head_start, head_end), spans in zip(self.document_spans, self.header_spans, self.sentence_spans):
-            label_end = len(text[head_start:head_end].rstrip()) + head_start
-            flat.append((head_start, label_end) if label_end > head_start else None)
-            bounds = [label_end] + [b for _, b in spans[:-1]] + [end]
-            flat += [(bounds[k], bounds[k + 1]) for k in range(len(spans))]
-        scores = self.explanation.aggregate([span for span in flat if span is not None]).scores
-        columns, at = [], 0
-        for span in flat:
-            columns.append(scores[:, at] if span is not None else scores.new_zeros(len(scores)))
-            at += span is not None
-        headers, sentences, at = [], [], 0
-        for spans in self.sentence_spans:
-            headers.append(columns[at])
-            sentences.append(torch.stack(columns[at + 1:at + 1 + len(spans)], 1) if spans
-                             else scores.new_zeros(len(scores), 0))
-            at += 1 + len(spans)
-        return torch.stack(headers, 1), sentences
+        parts = []  # per document: its label, then its sentences, each reaching back to where the previous part ended
+        for (start, end), (_, label_end), spans in zip(self.document_spans, self.header_spans, self.sentence_spans):
+            bounds = [start, label_end] + [b for _, b in spans[:-1]] + ([end] if spans else [])
+            parts.append(list(zip(bounds, bounds[1:])))
+        scores = self.explanation.aggregate([(a, b) for doc in parts for a, b in doc if b > a]).scores
+        columns, zero = iter(scores.unbind(1)), scores.new_zeros(len(scores))
+        values = [[next(columns) if b > a else zero for a, b in doc] for doc in parts]
+        sentences = [torch.stack(v[1:], 1) if len(v) > 1 else scores.new_zeros(len(scores), 0) for v in values]
+        return torch.stack([v[0] for v in values], 1), sentences
 
     @property
     def answer_sentence_scores(self) -> list[torch.Tensor]:
