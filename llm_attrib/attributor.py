@@ -384,8 +384,7 @@ class Attributor:
         markup = seq.keep.clone()
         if attribute_to is not None:
             seq.keep = seq.keep | ~covered(seq, attribute_to)
-        guarded = chosen.uses_gradients or getattr(chosen, "keeps_point", False)
-        budget = budget_bytes(self.model, self.memory_budget, backward=chosen.uses_gradients) if guarded else None
+        budget = budget_bytes(self.model, self.memory_budget, backward=chosen.uses_gradients)
         n_vocab = self.model.config.num_labels if seq.is_classifier else self.vocab_size
         target_fn = resolve_target(target or ("logit" if seq.is_classifier else "log_prob"), foil, n_vocab)
         if getattr(target_fn, "answer_level", False):
