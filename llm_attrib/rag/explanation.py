@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import InvalidInputError
-from ..explanation import Explanation, _jsonable, _none_to_nan, read_json, write_json
+from ..explanation import Explanation, _jsonable, _none_to_nan
 from .prompt import Document
 from .shapley import DocumentShapley
 
@@ -86,6 +86,8 @@ class RagExplanation:
         scope: what moved along the path: "documents" (the rest of the prompt stayed real) or "prompt".
         truncated: the generated answer was cut by `max_new_tokens` before it ended (its last sentence may be
             unfinished).
+        newer_fields: keys of a file saved by a newer version that this one does not know, kept as read (and
+            written back by `save`).
         cost: the attribution's (`explanation.cost`), "n_forward_ablation" (the forwards that removed documents:
             leave-one-out, verdicts, Shapley values) and
             "seconds" for the whole call (prompt, generation, attribution, verdicts).
@@ -108,6 +110,7 @@ class RagExplanation:
     cost: dict[str, float] = field(default_factory=dict)
     scope: str = "documents"
     truncated: bool = False
+    newer_fields: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def document_scores(self) -> torch.Tensor:
@@ -196,38 +199,68 @@ class RagExplanation:
         return pd.DataFrame(rows)
 
     def to_dict(self) -> dict[str, Any]:
-        data = {key: _jsonable(value) for key, value in asdict(self).items() if key not in ("explanation", "shapley")}
+        """JSON-friendly dict (tensors as nested lists, NaN as null), in the format `rag.schema.RagExplanationFile`."""
+        from ..schema import FORMAT_VERSION
+        from .schema import KIND
+
+        skip = ("explanation", "shapley", "newer_fields")
+        data = {key: _jsonable(value) for key, value in asdict(self).items() if key not in skip}
         data["explanation"] = self.explanation.to_dict()
         data["shapley"] = None if self.shapley is None else self.shapley.to_dict()
-        data["kind"] = "llm-attrib rag explanation"
-        return data
+        data["kind"] = KIND
+        data["format_version"] = FORMAT_VERSION
+        return {**self.newer_fields, **data}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RagExplanation":
-        if not isinstance(data, dict) or data.get("kind") != "llm-attrib rag explanation":
-            raise InvalidInputError("this is not an llm-attrib RAG explanation; load files written by RagExplanation.save().")
-        data = {k: v for k, v in data.items() if k != "kind"}
-        data["explanation"] = Explanation.from_dict(data["explanation"])
-        data["documents"] = [Document(**d) for d in data["documents"]]
-        data["document_spans"] = [tuple(s) for s in data["document_spans"]]
-        data["sentence_spans"] = [[tuple(s) for s in spans] for spans in data["sentence_spans"]]
-        data["question_span"] = tuple(data["question_span"])
-        data["answer_sentences"] = [tuple(s) for s in data["answer_sentences"]]
-        data["answer_sentence_spans"] = [tuple(s) for s in data["answer_sentence_spans"]]
-        if data.get("verdicts") is not None:
-            data["verdicts"] = [Verdict(**{**v, "thresholds": tuple(v["thresholds"])}) for v in data["verdicts"]]
-        if data.get("shapley") is not None:
-            data["shapley"] = DocumentShapley.from_dict(data["shapley"])
-        if data.get("leave_one_out") is not None:
-            data["leave_one_out"] = torch.tensor(_none_to_nan(data["leave_one_out"]))
-        return cls(**data)
+        """A RAG explanation from `to_dict`'s format, validated (types, shapes, sizes, spans inside the text);
+        InvalidInputError otherwise."""
+        from ..schema import validated
+        from .schema import KIND, RagExplanationFile
+
+        if not isinstance(data, dict) or data.get("kind") != KIND:
+            raise InvalidInputError("this is not an llm-attrib RAG explanation; load files written by "
+                                    "RagExplanation.save().")
+        file = validated(RagExplanationFile, data, "RagExplanation")
+        explanation = Explanation.from_file(file.explanation)
+        spans = lambda pairs: [tuple(p) for p in pairs]  # noqa: E731
+        shapley = None
+        if file.shapley is not None:
+            shapley = DocumentShapley.from_dict(file.shapley.model_dump())
+        return cls(
+            question=file.question,
+            documents=[Document(text=d.text, title=d.title, id=d.id) for d in file.documents],
+            answer=file.answer,
+            explanation=explanation,
+            granularity=file.granularity,
+            document_spans=spans(file.document_spans),
+            sentence_spans=[spans(s) for s in file.sentence_spans],
+            question_span=tuple(file.question_span),
+            answer_sentences=spans(file.answer_sentences),
+            answer_sentence_spans=spans(file.answer_sentence_spans),
+            verdicts=None if file.verdicts is None else [
+                Verdict(**{**v.model_dump(exclude=set(v.model_extra or {})), "thresholds": tuple(v.thresholds)})
+                for v in file.verdicts],
+            leave_one_out=None if file.leave_one_out is None else torch.tensor(_none_to_nan(file.leave_one_out)),
+            shapley=shapley,
+            retrieval=file.retrieval,
+            cost=file.cost,
+            scope=file.scope,
+            truncated=file.truncated,
+            newer_fields=dict(file.model_extra or {}),
+        )
 
     def save(self, path: str | Path) -> None:
         """Strict JSON (NaN as null)."""
+        from ..schema import write_json
+
         write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "RagExplanation":
+        """A RAG explanation saved by `save`, validated; InvalidInputError for anything else."""
+        from ..schema import read_json
+
         return cls.from_dict(read_json(path, "RagExplanation"))
 
     def to_html(self, **kwargs: Any) -> str:
