@@ -400,8 +400,16 @@ def _add_rag_arguments(parser: argparse.ArgumentParser) -> None:
                              "(exact from all 2^D subsets up to 64 forwards, sampled orders beyond)")
     parser.add_argument("--retriever", metavar="PATH",
                         help="a bi-encoder folder (sentence-transformers style) to explain each document's similarity")
-    parser.add_argument("--max-new-tokens", type=_positive, default=64, metavar="N",
-                        help="tokens to generate when --answer is not given (default: 64)")
+    parser.add_argument("--max-new-tokens", type=_positive, default=128, metavar="N",
+                        help="the most tokens to generate when --answer is not given; an answer cut by it is flagged "
+                             "truncated (default: 128)")
+    parser.add_argument("--max-sentences", type=_positive, default=3, metavar="N",
+                        help="the generated answer ends at the end of turn, a blank line or after N sentences (default: 3)")
+    parser.add_argument("--thresholds", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="verdict thresholds in nats, calibrated for this model (default: the ones shipped for it, "
+                             "else verdicts say 'uncalibrated' and show their margins)")
+    parser.add_argument("--language", metavar="CODE",
+                        help="the documents' language for sentence splitting, e.g. de or ja (default: detected)")
     parser.add_argument("--html", type=Path, metavar="FILE", help="write the self-contained HTML report here")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the result as JSON here (RagExplanation.load reads it)")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
@@ -422,6 +430,8 @@ def _run_rag(args: argparse.Namespace) -> int:
     from .render.terminal import print_rag_explanation
 
     get_method(args.method, args.space)  # fail on a bad name before loading anything
+    if args.thresholds is not None:
+        rag.verdicts.check_thresholds(args.thresholds)
     _check_output(args.html)
     _check_output(args.json)
     for text, flag in ((args.question, "--question"), (args.answer, "--answer"), (args.system, "--system"),
@@ -452,7 +462,8 @@ def _run_rag(args: argparse.Namespace) -> int:
     result = rag.explain(
         model, tokenizer, args.question, documents, args.answer, template=template, system=args.system,
         method=args.method, space=args.space, granularity=args.granularity, verify=not args.no_verify,
-        shapley=args.shapley, retriever=retriever, max_new_tokens=args.max_new_tokens, show_progress=not args.no_progress,
+        shapley=args.shapley, retriever=retriever, max_new_tokens=args.max_new_tokens, max_sentences=args.max_sentences,
+        thresholds=args.thresholds, language=args.language, show_progress=not args.no_progress,
         **_method_params(args.param),
     )
     written = _save_outputs(args, result.to_html, result.save)

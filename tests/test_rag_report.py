@@ -169,7 +169,7 @@ def test_verdicts_citations_and_leave_one_out_are_shown(chat):
     page = Page(result.to_html())
     labels = [text.strip() for cls, text in page.classes if cls == "verdict"]
     assert labels == [v.label for v in result.verdicts] and len(labels) == 2
-    assert set(labels) <= {"supported", "unsupported", "uncertain", "uncalibrated"}
+    assert set(labels) == {"uncalibrated"}  # the tiny model has no calibrated thresholds: margins only
     table = [text for cls, text in page.classes if cls == "loo"]
     assert len(table) == 1
     for d in range(len(result.documents)):

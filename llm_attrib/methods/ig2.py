@@ -218,6 +218,25 @@ def counterfactuals_of(target: int, target_id: int, references: list[Reference],
     return chosen, dropped
 
 
+def counterfactual_goals(problem: Problem, x: torch.Tensor, rep: Callable[[torch.Tensor, int], torch.Tensor],
+                         positions: list[int], read: list[Reference], limit: int
+                         ) -> tuple[list[torch.Tensor], dict[str, Any]]:
+    """Each target's counterfactual representations (n_t, R), and the record of the references used and dropped
+    (dicts, not a ragged list of lists, so it survives `Explanation.save`/`load` as it is)."""
+    seq = problem.seq
+    used, dropped = [], []
+    for t, (position, target_id) in enumerate(zip(positions, seq.target_ids.tolist())):
+        own_ids = seq.input_ids[0, : seq.length if seq.is_classifier else position + 1].tolist()
+        with torch.no_grad():
+            own_rep = rep(x[None], position)[0]
+        mine, lost = counterfactuals_of(t, target_id, read, limit, own_ids, own_rep)
+        used.append(mine)
+        dropped += [{"target": t, **d} for d in lost]
+    goals = [torch.stack([read[i].representation for i in mine]) for mine in used]
+    return goals, {"references_used": [{"target": t, "references": mine} for t, mine in enumerate(used)],
+                   "references_dropped": dropped}
+
+
 def given_gradpath(gradpath: Any, x: torch.Tensor, n_targets: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The vertices (P, J + 1, *S) and target of each path (P,) of a saved GradPath, checked against this input."""
     if not isinstance(gradpath, dict) or not {"vertices", "target"} <= set(gradpath):
@@ -335,18 +354,7 @@ class IG2:
             else:
                 read = read_references(problem, references, rep, n_references)
                 n_read = 2 * len(read) + len(positions)  # each: its outcome and representation; the explicand's
-                used, dropped = [], []
-                for t, position in enumerate(positions):
-                    own_ids = seq.input_ids[0, : seq.length if seq.is_classifier else position + 1].tolist()
-                    with torch.no_grad():
-                        own_rep = rep(x[None], position)[0]
-                    mine, lost = counterfactuals_of(t, target_ids[t], read, n_references, own_ids, own_rep)
-                    used.append(mine)
-                    dropped += [{"target": t, **d} for d in lost]
-                goals = [torch.stack([read[i].representation for i in mine]) for mine in used]
-                # Dicts, not a ragged list of lists, so the record survives `Explanation.save`/`load` as it is.
-                record = {"references_used": [{"target": t, "references": mine} for t, mine in enumerate(used)],
-                          "references_dropped": dropped}
+                goals, record = counterfactual_goals(problem, x, rep, positions, read, n_references)
             if step_size is None:
                 step_size = 2 * float((x - neutral).norm()) / n_steps
             bounds = embedding_range(model) if clip else None

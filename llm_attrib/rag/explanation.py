@@ -32,7 +32,7 @@ class Verdict:
         drop_other: the same when one other document is removed, averaged over the others (a gain counts as 0;
             0 with no other document).
         margin: drop_cited - drop_other, the statistic compared with the thresholds.
-        thresholds: (low, high): unsupported below low, supported at or above high.
+        thresholds: (low, high): unsupported below low, supported at or above high; None when uncalibrated.
         drop_all: nats lost when every document is removed. Near zero, the model says the sentence without any
             document (from what it knows): no document carried it, so no ranking of them can, whatever the label.
     """
@@ -41,7 +41,7 @@ class Verdict:
     drop_cited: float
     drop_other: float
     margin: float
-    thresholds: tuple[float, float]
+    thresholds: tuple[float, float] | None
     drop_all: float | None = None
     calibrated: bool = True
 
@@ -123,15 +123,37 @@ class RagExplanation:
         return self.document_scores.sum(0)
 
     @property
-    def sentence_scores(self) -> list[torch.Tensor]:
-        """For each document, (rows, its sentences)."""
-        flat = [span for spans in self.sentence_spans for span in spans]
-        scores = self.explanation.aggregate(flat).scores
-        out, at = [], 0
-        for spans in self.sentence_spans:
-            out.append(scores[:, at:at + len(spans)])
-            at += len(spans)
+    def header_spans(self) -> list[Span]:
+        """Each document's label ("Document 2 (Mount Fuji):"): its span before its first sentence, trailing white
+        space left out ((start, start) for a layout without a label)."""
+        text = self.explanation.text
+        out = []
+        for (start, end), spans in zip(self.document_spans, self.sentence_spans):
+            out.append((start, start + len(text[start:spans[0][0] if spans else end].rstrip())))
         return out
+
+    @property
+    def header_scores(self) -> torch.Tensor:
+        """(rows, documents): each document's label; with the sentence scores it adds up to the document's score."""
+        return self._partition_scores()[0]
+
+    @property
+    def sentence_scores(self) -> list[torch.Tensor]:
+        """For each document, (rows, its sentences). A token belongs to the sentence its first character falls in,
+        white space before a sentence counting as the sentence's (a byte-level token " It" is the next sentence's
+        first word), so label and sentences partition the document: they add up to `document_scores`."""
+        return self._partition_scores()[1]
+
+    def _partition_scores(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        parts = []  # per document: its label, then its sentences, each reaching back to where the previous part ended
+        for (start, end), (_, label_end), spans in zip(self.document_spans, self.header_spans, self.sentence_spans):
+            bounds = [start, label_end] + [b for _, b in spans[:-1]] + ([end] if spans else [])
+            parts.append(list(zip(bounds, bounds[1:])))
+        scores = self.explanation.aggregate([(a, b) for doc in parts for a, b in doc if b > a]).scores
+        columns, zero = iter(scores.unbind(1)), scores.new_zeros(len(scores))
+        values = [[next(columns) if b > a else zero for a, b in doc] for doc in parts]
+        sentences = [torch.stack(v[1:], 1) if len(v) > 1 else scores.new_zeros(len(scores), 0) for v in values]
+        return torch.stack([v[0] for v in values], 1), sentences
 
     @property
     def answer_sentence_scores(self) -> list[torch.Tensor]:
@@ -239,7 +261,7 @@ class RagExplanation:
             answer_sentences=spans(file.answer_sentences),
             answer_sentence_spans=spans(file.answer_sentence_spans),
             verdicts=None if file.verdicts is None else [
-                Verdict(**{**v.model_dump(exclude=set(v.model_extra or {})), "thresholds": tuple(v.thresholds)})
+                Verdict(**{**v.model_dump(exclude=set(v.model_extra or {})), "thresholds": None if v.thresholds is None else tuple(v.thresholds)})
                 for v in file.verdicts],
             leave_one_out=None if file.leave_one_out is None else torch.tensor(_none_to_nan(file.leave_one_out)),
             shapley=shapley,

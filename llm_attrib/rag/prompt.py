@@ -65,7 +65,7 @@ class Template:
         chat: render as one user message through the tokenizer's chat template; None: when the tokenizer has one.
     """
 
-    prompt: str = "Answer the question using the documents.\n\n{documents}\n\nQuestion: {question}"
+    prompt: str = "Answer the question in one sentence, using the documents.\n\n{documents}\n\nQuestion: {question}"
     document: str = "Document {index}: {text}"
     titled: str = "Document {index} ({title}): {text}"
     separator: str = "\n"
@@ -156,8 +156,9 @@ def as_documents(documents) -> list[Document]:
 
 
 def build_prompt(tokenizer, question: str, documents: list[Document], template: Template,
-                 kept: list[int] | None = None, system: str | None = None) -> RagPrompt:
-    """Render `question` and the `kept` documents (default all) with `template`; spans come from the rendering."""
+                 kept: list[int] | None = None, system: str | None = None, language: str | None = None) -> RagPrompt:
+    """Render `question` and the `kept` documents (default all) with `template`; spans come from the rendering
+    (sentences split in `language`, None: detected)."""
     if not isinstance(question, str) or not question.strip():
         raise InvalidInputError("the question is empty; give the question the documents were retrieved for.")
     kept = list(range(len(documents))) if kept is None else kept
@@ -190,7 +191,7 @@ def build_prompt(tokenizer, question: str, documents: list[Document], template: 
     for start, piece, (a, b) in zip(starts, pieces, relative):
         document_spans.append((base + start, base + start + len(piece)))
         sentence_spans.append([(base + start + a + s, base + start + a + e)
-                               for s, e in split_sentences(piece[a:b])])
+                               for s, e in split_sentences(piece[a:b], language)])
     question_at = offset + field_at["question"]
     return RagPrompt(prompt, text, [documents[i] for i in kept], document_spans, sentence_spans,
                      (question_at, question_at + len(question)), kept)

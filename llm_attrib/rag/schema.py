@@ -22,7 +22,7 @@ class VerdictFile(StrictModel):
     drop_cited: float
     drop_other: float
     margin: float
-    thresholds: list[float] = Field(min_length=2, max_length=2)
+    thresholds: list[float] | None = Field(default=None, min_length=2, max_length=2)  # None: uncalibrated
     drop_all: float | None = None
     calibrated: bool = True
 

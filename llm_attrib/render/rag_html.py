@@ -348,9 +348,11 @@ def _citations(result: "RagExplanation") -> list[dict[str, Any]]:
 def _thresholds(result: "RagExplanation") -> dict[str, Any] | None:
     if not result.verdicts:
         return None
+    calibrated = all(v.calibrated and v.thresholds is not None for v in result.verdicts)
+    if not calibrated:  # margins only: no thresholds to state
+        return {"low": None, "high": None, "calibrated": False}
     low, high = result.verdicts[0].thresholds
-    calibrated = all(getattr(v, "calibrated", True) and v.label != "uncalibrated" for v in result.verdicts)
-    return {"low": f"{low:g}", "high": f"{high:g}", "calibrated": calibrated}
+    return {"low": f"{low:g}", "high": f"{high:g}", "calibrated": True}
 
 
 def _leave_one_out(result: "RagExplanation") -> dict[str, Any] | None:
