@@ -286,6 +286,26 @@ class Explanation:
 
         return render_html(self, **kwargs)
 
+    def _repr_html_(self) -> str:
+        """Jupyter's inline display: the HTML page in an iframe."""
+        from .render.html import inline_html
+
+        return inline_html(self.to_html(), f"llm-attrib: {self.method} / {self.space}")
+
+    def __repr__(self) -> str:
+        """A few lines a person reads: what produced it, its size, and the top tokens of the first row."""
+        n_targets, n_inputs = len(self.target_tokens), len(self.input_tokens)
+        state = {True: "converged", False: "NOT converged", None: "no completeness check"}[self.converged]
+        model = f" of {self.model_name.rstrip('/').rsplit('/', 1)[-1]}" if self.model_name else ""
+        rows = "answer part" if self.answer_level else "target"
+        lines = [f"Explanation: {self.method} over {self.space}{model}, {n_targets} {rows}{'s' * (n_targets != 1)} x "
+                 f"{n_inputs} inputs ({self.n_prompt_tokens} prompt), {state}"]
+        if n_targets and self.n_prompt_tokens:
+            top = ", ".join(f"{_short(token)} {score:+.3g}" for token, score in self.top_tokens(0, k=3))
+            lines.append(f"  {_short(self.target_tokens[0])}: {top}")
+        lines += [f"  note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
     def print(self, **kwargs: Any) -> None:
         """Render in the terminal with rich."""
         from .render.terminal import print_explanation
@@ -297,6 +317,11 @@ class Explanation:
         from .render.plot import plot_heatmap
 
         return plot_heatmap(self, **kwargs)
+
+
+def _short(text: str, limit: int = 24) -> str:
+    """A token or text quoted for a one-line summary, cut to `limit` characters."""
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
 def _nan_to_none(value):

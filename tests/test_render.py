@@ -230,3 +230,11 @@ def test_script_json_cannot_end_its_element():
 def test_notes_are_shown(exp):
     page = render_html(dataclasses.replace(exp, notes=["40% of the prompt's tokens are <unk>"]))
     assert "40% of the prompt&#39;s tokens are &lt;unk&gt;" in page
+
+
+def test_repr_is_a_short_summary(exp):
+    text = repr(exp)
+    assert "tensor(" not in text and len(text) < 400 and text.count("\n") <= 3
+    assert text.startswith("Explanation: ig over embeddings of hand-made, 3 targets x 9 inputs (7 prompt)")
+    assert "'&' +0.849" in text  # the first target's top token
+    assert "<iframe" in exp._repr_html_()
