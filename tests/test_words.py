@@ -151,3 +151,19 @@ def test_answer_offsets_are_the_tokenizers_own(answer):
     assert seq.offsets[len(ids):] == [trimmed(*o) for o in whole["offset_mapping"][len(ids):]]
     assert not any("\ufffd" in token for token in seq.tokens)
     assert all(e - s <= 2 or token.strip() == seq.text[s:e] for token, (s, e) in zip(seq.tokens, seq.offsets))
+
+
+def test_a_two_sentence_answer_with_emoji_is_two_rag_rows():
+    """The issue's case: answer offsets wrong inside multi-byte characters split one sentence into several rows."""
+    from llm_attrib.rag.explain import answer_sentences
+
+    tokenizer = TOKENIZERS["smollm2"]()
+    answer = "Mount Fuji is 3776 m high 🗻, café au lait. It is in Japan 😀 naïvely."
+    prompt = "Q:"
+    ids = tokenizer(prompt)["input_ids"]
+    offsets = [tuple(o) for o in tokenizer(prompt, return_offsets_mapping=True)["offset_mapping"]]
+    answer_ids = tokenizer(" " + answer, add_special_tokens=False)["input_ids"]
+    seq = build_sequence(tokenizer, prompt, ids, offsets, answer_ids, torch.device("cpu"), len(tokenizer))
+    runs, spans = answer_sentences(seq)
+    assert [seq.text[a:b] for a, b in spans] == ["Mount Fuji is 3776 m high 🗻, café au lait.", "It is in Japan 😀 naïvely."]
+    assert len(runs) == 2 and runs[0][0] == 0 and runs[-1][1] == len(answer_ids)
