@@ -72,10 +72,12 @@ def score_guided_ig(
     integral, used = guided_integral(problem.run, routes, lambda route: list(range(n_targets)), n_targets,
                                      n_steps, tolerance, max_steps, n_probes)
     steps = used[0].tolist()
-    return MethodResult.from_integral(
+    result = MethodResult.from_integral(
         integral, n_steps=steps if len(set(steps)) > 1 else steps[0], quadrature=SCORE_GUIDED,
         tolerance=tolerance, n_probes=n_probes,
     )
+    result.extra["token_error"] = integral.token_error[0, :, : problem.seq.n_inputs].abs()
+    return result
 
 
 @register_method("ig")

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..attributor import Attributor, context_length, counting_forwards
+from ..core.progress import progress
 from ..errors import InvalidInputError, UncalibratedWarning, UnknownNameError
 from ..methods.base import get_method
 from .ablation import DocumentSubsets
@@ -97,7 +97,9 @@ def explain(
     built = build_prompt(tokenizer, question, docs, layout, system=system)
     attributor = Attributor(model, tokenizer, internal_batch_size=internal_batch_size, show_progress=show_progress)
     check_fits(attributor, built, docs, 0 if answer is not None else max_new_tokens)
-    seq = attributor.sequence(built.prompt, answer=answer, max_new_tokens=max_new_tokens)
+    with progress(show_progress) as bar:
+        bar.phase("generating" if answer is None else "reading the answer")
+        seq = attributor.sequence(built.prompt, answer=answer, max_new_tokens=max_new_tokens)
     answer_ids = seq.target_ids.tolist()
     if answer is None:  # the generated answer, cut at its end-of-turn token
         answer_ids = until_end(tokenizer, answer_ids)
@@ -126,9 +128,9 @@ def explain(
             "pass thresholds=.", UncalibratedWarning, stacklevel=2)
     if verify or shapley:
         exact = shapley and 2 ** len(docs) <= shapley_budget  # every subset runs: the progress bar knows its total
-        with tqdm(total=2 ** len(docs) if exact else None, desc="removing documents", unit="subset", delay=1.0,
-                  leave=False, disable=not show_progress) as bar, counting_forwards(model) as forwards:
-            subsets = DocumentSubsets(attributor, question, docs, layout, answer_ids, runs, system, bar.update)
+        with progress(show_progress) as bar, counting_forwards(model) as forwards:
+            bar.phase("verifying documents (removing subsets)", total=2 ** len(docs) if exact else None)
+            subsets = DocumentSubsets(attributor, question, docs, layout, answer_ids, runs, system, bar.advance)
             if shapley:  # first: with every subset, verify's are among them
                 result.shapley = document_shapley(subsets.stack, len(docs), budget=shapley_budget)
             if verify:

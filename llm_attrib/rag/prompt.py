@@ -35,6 +35,11 @@ def _check_fields(what: str, layout: str, required: set[str], allowed: set[str])
         names = [name for _, name, spec, conv in string.Formatter().parse(layout) if name is not None]
     except ValueError as error:
         raise InvalidInputError(f"the {what} {layout!r} is not a format string ({error}); write literal braces as {{{{ }}}}.") from None
+    decorated = [f"{{{name}{'!' + conv if conv else ''}{':' + spec if spec else ''}}}"
+                 for _, name, spec, conv in string.Formatter().parse(layout) if name is not None and (spec or conv)]
+    if decorated:
+        raise InvalidInputError(f"the {what} {layout!r} decorates its fields ({', '.join(decorated)}); fields are "
+                                "placed as written, so write them plainly (e.g. {documents}).")
     missing = sorted(required - set(names))
     unknown = sorted(set(names) - allowed)
     repeated = sorted({n for n in names if names.count(n) > 1})
@@ -115,6 +120,9 @@ def as_documents(documents) -> list[Document]:
     """Strings or dicts with "text" (and optional "title", "id") as `Document`s, checked."""
     if isinstance(documents, (str, bytes)) or not hasattr(documents, "__iter__"):
         raise InvalidInputError("documents must be a list of strings or of dicts with a 'text' key.")
+    if isinstance(documents, (dict, set, frozenset)):  # iterating would take a dict's keys, or a random order
+        raise InvalidInputError(f"documents is a {type(documents).__name__}; pass a list (e.g. list(documents.values()) "
+                                "for texts keyed by id), in retrieval order.")
     out = []
     for i, doc in enumerate(documents):
         if isinstance(doc, Document):
