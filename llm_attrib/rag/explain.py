@@ -94,7 +94,7 @@ def explain(
     started = time.perf_counter()
     docs = as_documents(documents)
     check_budget(shapley_budget, len(docs), "shapley_budget")
-    layout = resolve_template(template)
+    layout = resolve_template(template, tokenizer)
     built = build_prompt(tokenizer, question, docs, layout, system=system)
     attributor = Attributor(model, tokenizer, internal_batch_size=internal_batch_size, show_progress=show_progress)
     check_fits(attributor, built, docs, 0 if answer is not None else max_new_tokens)
@@ -160,7 +160,11 @@ def is_calibration_model(model) -> bool:
     return bool(name) and Path(name).resolve() == Path(path("rag")).resolve()
 
 
-def resolve_template(template: Template | str | None) -> Template:
+def resolve_template(template: Template | str | None, tokenizer=None) -> Template:
+    """The layout asked for; None: the default chat layout, or the plain one (which ends in "Answer:", so the
+    answer follows a cue, not the question mark) for a tokenizer without a chat template (e.g. a base model)."""
+    if template is None and tokenizer is not None and not getattr(tokenizer, "chat_template", None):
+        return TEMPLATES["plain"]
     if template is None or isinstance(template, Template):
         return template or Template()
     if isinstance(template, str):
