@@ -14,7 +14,8 @@ references: the other prompts, whose answers differ).
 
 RAG: the real-text rag set that eval/rag.py runs on SmolLM2 (`eval/data/real_text.jsonl`), laid out with the plain
 template (`rag.TEMPLATES["plain"]`, which `rag.explain` picks for a tokenizer without a chat template). Every
-example is first answered greedily (24 tokens); "known" when the reply contains the expected answer. For the known
+example is first answered greedily (24 tokens); "known" when the first line of the reply (a base model goes on
+with the next "Question:") contains the expected answer. For the known
 ones the closed-book reply (every document removed) says whether the model needs the documents. Known examples are
 then explained, those that need the documents first, with the expected answer after "Answer:" (" Canberra") as
 `answer=`, granularity="answer": leave-one-out (1 + documents forwards), IG over the mask (`rag.explain`'s default),
@@ -80,7 +81,7 @@ def cmd_convergence(args) -> None:
     attributor = load()
     path = RESULTS / "convergence.jsonl"
     done = {(r["prompt"], r.get("method", "ig"), r["space"], r.get("quadrature"), r.get("n_steps")) for r in read_rows(path)}
-    for prompt, answer in PROMPTS:
+    for prompt, answer in PROMPTS[:args.n_prompts]:
         for space in SPACES:
             runs = [dict(quadrature="gauss-legendre", n_steps=n, tolerance=None) for n in NODES] + [dict()]
             for params in runs:
@@ -103,29 +104,38 @@ def examples() -> list[dict]:
 
 
 def reply(attributor: Attributor, question: str, documents: list[str], kept: list[int] | None = None) -> str:
+    """The greedy 24-token reply. A base model goes on past its answer with the next "Question: ..." of the
+    pattern, so only the reply's first line is its answer (`first_line`)."""
     built = build_prompt(attributor.tokenizer, question, as_documents(documents), PLAIN, kept)
     ids = attributor.sequence(built.prompt, max_new_tokens=24).target_ids
     return attributor.tokenizer.decode(ids, skip_special_tokens=True)
 
 
+def first_line(text: str) -> str:
+    return text.strip().split("\n")[0]
+
+
+def holds(answer: str, text: str | None) -> bool:
+    return text is not None and answer.lower() in first_line(text).lower()
+
+
 def cmd_rag(args) -> None:
     attributor = load()
     model, tokenizer = attributor.model, attributor.tokenizer
-    RESULTS.mkdir(parents=True, exist_ok=True)
     knows_path, path = RESULTS / "rag_knows.jsonl", RESULTS / "rag.jsonl"
     decided = {r["id"]: r for r in read_rows(knows_path)}
-    for ex in examples():  # every example's answer and closed-book reply first, before any attribution
+    by_id = {ex["id"]: ex for ex in examples()[:args.limit]}
+    for ex in by_id.values():  # every example's reply and closed-book reply first, before any attribution
         if ex["id"] not in decided:
             row = {"id": ex["id"], "reply": reply(attributor, ex["question"], ex["documents"])}
-            row["known"] = ex["answer"].lower() in row["reply"].lower()
-            if row["known"]:
+            if holds(ex["answer"], row["reply"]):
                 row["closed_book"] = reply(attributor, ex["question"], ex["documents"], kept=[])
-                row["knows_closed_book"] = ex["answer"].lower() in row["closed_book"].lower()
             append(knows_path, row)
             decided[ex["id"]] = row
             print(json.dumps(row), flush=True)
-    chosen = [ex for ex in examples() if decided[ex["id"]]["known"]]
-    chosen.sort(key=lambda ex: decided[ex["id"]]["knows_closed_book"])  # stable: the set's order within each group
+    known = {i for i, r in decided.items() if holds(by_id[i]["answer"], r["reply"])}
+    closed = {i for i in known if holds(by_id[i]["answer"], decided[i].get("closed_book"))}
+    chosen = sorted((ex for ex in by_id.values() if ex["id"] in known), key=lambda ex: ex["id"] in closed)
     done = done_ids(path)
     started = time.perf_counter()
     for ex in chosen:
@@ -137,7 +147,7 @@ def cmd_rag(args) -> None:
         answer = " " + ex["answer"]
         row = {"id": ex["id"], "question": ex["question"], "documents": ex["documents"], "answer": answer,
                "relevant": ex["relevant_document"], "n_documents": len(ex["documents"]),
-               "knows_closed_book": decided[ex["id"]]["knows_closed_book"], **stamp()}
+               "knows_closed_book": ex["id"] in closed, **stamp()}
         row.update(ablations(attributor, ex["question"], ex["documents"], PLAIN, answer))
         row["methods"] = run_methods(model, tokenizer, ex["question"], ex["documents"], "plain", answer, ex["id"],
                                      RAG_METHODS)
@@ -165,8 +175,9 @@ def cmd_report(args) -> None:
     needs = frame[frame["id"].isin({r["id"] for r in rows if not r["knows_closed_book"]})]
     carried = frame[frame["id"].isin({r["id"] for r in rows if r["leave_one_out"][r["relevant"]] >= 0.5
                                       and int(np.argmax(r["leave_one_out"])) == r["relevant"]})]
-    n_known = sum(r["known"] for r in knows)
-    n_closed = sum(bool(r.get("knows_closed_book")) for r in knows)
+    answers = {ex["id"]: ex["answer"] for ex in examples()}
+    n_known = sum(holds(answers[r["id"]], r["reply"]) for r in knows)
+    n_closed = sum(holds(answers[r["id"]], r.get("closed_book")) for r in knows)
     print("## Convergence and cost\n\n" + "\n".join(lines))
     print(f"\n## RAG\n\nknown {n_known} of {len(knows)}, of which {n_closed} also closed-book; explained {len(rows)}; "
           f"commits {sorted({r['commit'] for r in conv + rows})}")
@@ -179,9 +190,11 @@ def cmd_report(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("convergence")
+    p = sub.add_parser("convergence")
+    p.add_argument("--n-prompts", type=int, default=len(PROMPTS), help="the first n of PROMPTS (then RPI and IG2)")
     p = sub.add_parser("rag")
     p.add_argument("--minutes", type=float, default=40, help="stop explaining after this many minutes")
+    p.add_argument("--limit", type=int, default=None, help="only the first n rag examples of the set")
     sub.add_parser("report")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
