@@ -19,7 +19,7 @@ with the next "Question:") contains the expected answer. For the known
 ones the closed-book reply (every document removed) says whether the model needs the documents. Known examples are
 then explained, those that need the documents first, with the expected answer after "Answer:" (" Canberra") as
 `answer=`, granularity="answer": leave-one-out (1 + documents forwards), IG over the mask (`rag.explain`'s default),
-raw attention and a random draw, as eval/rag.py's rows (its `ablations` and `run_methods`).
+raw attention and a random draw, as eval/rag.py's rows (eval/rag_runs.py's `ablations` and `run_methods`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ from llm_attrib.rag.prompt import TEMPLATES, as_documents, build_prompt
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from rag import ablations, append, commit, done_ids, metric_rows, read_rows, run_methods, smollm2_table  # noqa: E402
+from rag_data import append, commit, done_ids, read_rows  # noqa: E402
+from rag_report import metric_rows, smollm2_table  # noqa: E402
+from rag_runs import ablations, run_methods  # noqa: E402
 
 RESULTS = HERE / "results" / "gemma3"
 REPORT = HERE / "results" / "gemma3.md"

@@ -67,7 +67,8 @@ def methods_for(task: str) -> dict[str, MethodSpec]:
         MethodSpec("random", "random"),
         MethodSpec("captum_lig", captum_lig),
         MethodSpec("rpi", "rpi"),
-        MethodSpec("rpi_in_sample", "rpi", {"psi_options": {"removal": "delete", "bins": ERASER_BINS}}),
+        MethodSpec("rpi_in_sample", "rpi", {"psi_options": {"removal": "delete", "bins": ERASER_BINS},
+                                            "selection_bins": "as_given"}),
         MethodSpec("rpi_t_uniform", "rpi", {"t": (1, 500)}),
         MethodSpec("rpi_completeness", "rpi", {"aggregation": "completeness"}),
         MethodSpec("ig2", "ig2", {"references": references, "n_references": IG2_REFERENCES}),
@@ -171,8 +172,8 @@ def write_index(n: int, seconds: float) -> None:
         "sum / 6 as in the ERASER paper, with ERASER's released code's convention (mean over the bins, x6/5) in brackets; "
         "removal by deletion; log-odds replaces the top 20% with the mask/unk token. hit@1 and AUPRC exclude "
         "the task's fixed template tokens (the prediction is made at the last template token, which every "
-        "prompt shares). `rpi` selects its map by aopc_sufficiency under replacement at bins 2/15/30/40% (a "
-        "perturbation these tables do not use); `rpi_in_sample` selects on the reported deletion metric itself, as "
+        "prompt shares). `rpi` selects its map by aopc_sufficiency under replacement at bins near 2/15/30/40%, moved per "
+        "example to token counts no ERASER bin has (a perturbation these tables do not use, selection_bins='disjoint'); `rpi_in_sample` selects on the reported deletion metric itself, as "
         "the paper does, and its cell is marked (in-sample): it is the best of 24 candidates on that very number. "
         f"`rpi_t_uniform` draws each baseline's diffusion time uniformly in 1..500; `rpi_completeness` sums over "
         "layers, heads and query rows instead of the paper's target row. IG2 uses {IG2_REFERENCES} "

@@ -1,4 +1,4 @@
-"""Do IG, RPI and IG2 converge on the real model? The README's table for SmolLM2-135M-Instruct, reproduced.
+"""Do IG, RPI and IG2 converge on the real model? Reproduces eval/results/real_llm_convergence.md (SmolLM2).
 
     python eval/real_llm_convergence.py [--threads 2]
 

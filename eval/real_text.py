@@ -261,7 +261,7 @@ def main() -> None:
     (args.output / f"summary_{name}.md").write_text(
         f"# Real-text evaluation on SmolLM2-135M-Instruct ({', '.join(args.kinds)})\n\n"
         f"{frame['id'].nunique()} examples, from the row streams {streams} (each written by one "
-        "`python eval/real_text.py` run; see the README for the commands)\n\n" + text + "\n")
+        "`python eval/real_text.py` run; see README.md beside this page for the commands)\n\n" + text + "\n")
     print(text)
 
 

@@ -8,6 +8,7 @@ Rows stream to --output and an interrupted run resumes there. Runs offline on th
 """
 
 import argparse
+import sys
 
 import llm_attrib
 from llm_attrib import Attributor, parallel
@@ -19,7 +20,11 @@ parser.add_argument("--n", type=int, default=20, help="examples")
 parser.add_argument("--output", default="compare_methods.jsonl", help="rows (JSON lines), resumable")
 args = parser.parse_args()
 
-model, tokenizer = llm_attrib.zoo.load(args.task)
+try:
+    model, tokenizer = llm_attrib.zoo.load(args.task)
+except llm_attrib.MissingPackageError as err:  # an optional model whose package is not installed
+    print(f"compare_methods.py: {err}", file=sys.stderr)
+    sys.exit(2)
 methods = [
     "ig",
     {"label": "ig_attention", "method": "ig", "space": "attention"},

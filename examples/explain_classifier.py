@@ -11,7 +11,11 @@ import sys
 import llm_attrib
 from llm_attrib import Attributor
 
-model, tokenizer = llm_attrib.zoo.load("sentiment")
+try:
+    model, tokenizer = llm_attrib.zoo.load("sentiment")
+except llm_attrib.MissingPackageError as err:  # an optional model whose package is not installed
+    print(f"explain_classifier.py: {err}", file=sys.stderr)
+    sys.exit(2)
 sentence = sys.argv[1] if len(sys.argv) > 1 else "honestly , the concert was not very enjoyable in the end ."
 explanation = Attributor(model, tokenizer, show_progress=False).explain(sentence).words()
 print(f"{sentence!r} -> {explanation.target_tokens[0]} (p={explanation.target_probs[0]:.3f})")

@@ -10,6 +10,7 @@ document's exact character span (known from how the message was built, not found
 """
 
 import argparse
+import sys
 
 import llm_attrib
 from llm_attrib import Attributor
@@ -29,7 +30,11 @@ parser.add_argument("--max-steps", type=int, default=512, help="gradient evaluat
 parser.add_argument("--html", help="write the HTML heatmap here")
 args = parser.parse_args()
 
-model, tokenizer = llm_attrib.zoo.load("smollm2")
+try:
+    model, tokenizer = llm_attrib.zoo.load("smollm2")
+except llm_attrib.MissingPackageError as err:  # an optional model whose package is not installed
+    print(f"explain_real_llm.py: {err}", file=sys.stderr)
+    sys.exit(2)
 intro = "Answer the question using the documents.\n\n"
 content, spans = intro, []
 for i, document in enumerate(DOCUMENTS):

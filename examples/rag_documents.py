@@ -13,6 +13,7 @@ Runs offline: the embedded `rag` zoo model, whose examples know the source docum
 """
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -32,7 +33,11 @@ args = parser.parse_args()
 torch.set_num_threads(max(1, torch.get_num_threads()))
 
 if args.smollm2:
-    model, tokenizer = llm_attrib.zoo.load("smollm2")
+    try:
+        model, tokenizer = llm_attrib.zoo.load("smollm2")
+    except llm_attrib.MissingPackageError as err:  # an optional model whose package is not installed
+        print(f"rag_documents.py: {err}", file=sys.stderr)
+        sys.exit(2)
     documents = [
         "Mount Kilimanjaro is the highest mountain in Africa. It is a dormant volcano in Tanzania.",
         {"title": "Japan", "text": "Mount Fuji is the highest mountain in Japan. It last erupted in 1707."},

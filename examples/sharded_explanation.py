@@ -10,6 +10,7 @@ across processes, so a long explanation uses every device. The main process prin
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -28,7 +29,11 @@ def main() -> None:
     parser.add_argument("--output", type=Path, help="save the explanation as JSON here (main process)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    model, tokenizer = llm_attrib.zoo.load(args.model)
+    try:
+        model, tokenizer = llm_attrib.zoo.load(args.model)
+    except llm_attrib.MissingPackageError as err:  # an optional model whose package is not installed
+        print(f"sharded_explanation.py: {err}", file=sys.stderr)
+        sys.exit(2)
     attributor = Attributor(model, tokenizer, show_progress=False, shard_points=True)
     prompt = llm_attrib.zoo.examples(args.model, n=1, seed=123)[0]["prompt"]
     fixed = {"tolerance": None} if args.quadrature != "score-guided" else {}

@@ -4,6 +4,7 @@ explanation, runs a method, and packages the result as an `Explanation`."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import time
 import warnings
@@ -16,8 +17,12 @@ import torch
 from . import __version__, parallel
 from .core.chat import outside_spans, render_chat
 from .core.engine import check_finite
+from .core.gradient_flow import check_gradients
 from .core.memory import (MAX_CHUNK, SHORT_PROMPTS, budget_bytes, bytes_at, checked_optional, length_polynomial,
                           measured_chunk, saved_bytes)
+from .core.placement import check_placement, compute_dtype, input_device
+from .core.model_kind import context_length, is_classifier
+from .core.progress import progress
 from .core.sequence import Sequence, build_sequence, check_segments, readable_tokens, special_token_mask
 from .core.spaces import make_space
 from .core.targets import Target, resolve_target
@@ -25,7 +30,7 @@ from .errors import ConvergenceWarning, InvalidInputError, UnsupportedModelError
 from .explanation import Explanation
 from .methods import Problem, get_method
 from .metrics._perturb import target_probabilities
-from .patching import prepared
+from .patching import loaded_implementation, prepared
 
 Prompt = str | list[dict[str, str]]
 
@@ -43,32 +48,50 @@ def describe(value: Any) -> Any:
     return value
 
 
-def is_classifier(model) -> bool:
-    """Sequence classifiers explain a class; everything else is treated as a causal LM."""
-    return type(model).__name__.endswith("ForSequenceClassification")
-
-
 # Per model, what a path point keeps for its backward as a function of prompt length (see _bytes_per_point):
 # shared by every Attributor of the model, so a new one (rag.explain makes one per call) does not measure again.
 MEASURED_BYTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Models whose layers were checked to pass gradients (check_gradients), once per model for the same reason.
+GRADIENTS_CHECKED: weakref.WeakSet = weakref.WeakSet()
+
+
+# The counters open in this context (thread or task): a model's forward counts only for the call that runs it.
+_COUNTERS: contextvars.ContextVar[tuple[list[int], ...]] = contextvars.ContextVar("llm_attrib_counters", default=())
 
 
 @contextlib.contextmanager
 def counting_forwards(model) -> Iterator[list[int]]:
-    """Counts the sequences the model runs forward inside the block (a batch of B counts B): the whole cost of a
-    call, its checks and memory probe included, which the methods' own counts (path points) leave out."""
+    """Counts the sequences the model runs forward inside the block in the calling thread or task (a batch of B
+    counts B): the whole cost of a call, its checks and memory probe included, which the methods' own counts (path
+    points) leave out. Forwards that other threads run on the same model meanwhile are not this call's cost."""
     count = [0]
 
     def add(_module, args, kwargs):
+        if not any(counter is count for counter in _COUNTERS.get()):
+            return
         inputs = next((v for v in (kwargs.get("input_ids"), kwargs.get("inputs_embeds"), *args)
                        if isinstance(v, torch.Tensor)), None)
         count[0] += 1 if inputs is None else inputs.shape[0]
 
-    handle = model.register_forward_pre_hook(add, with_kwargs=True)
+    handle = None
+    token = _COUNTERS.set(_COUNTERS.get() + (count,))
     try:
+        handle = model.register_forward_pre_hook(add, with_kwargs=True)
         yield count
     finally:
-        handle.remove()
+        if handle is not None:
+            handle.remove()
+        _COUNTERS.reset(token)
+
+
+def attention_arithmetic(model, hooked: bool) -> str:
+    """Which attention arithmetic the explanation's forwards used: the hooked (eager) one in the attention and mask
+    spaces, which differs by float rounding from the model as loaded (e.g. sdpa) that generation and the metrics
+    run; see docs/guides/models.md."""
+    loaded = loaded_implementation(model)
+    if not hooked or loaded == "eager":
+        return "eager" if hooked else loaded
+    return f"eager (hooked; the model as loaded runs {loaded})"
 
 
 def check_causal(model, ids: list[int]) -> None:
@@ -80,7 +103,7 @@ def check_causal(model, ids: list[int]) -> None:
         raise UnsupportedModelError(
             f"{name} is an encoder-decoder model; llm-attrib explains decoder-only causal LMs and sequence classifiers."
         )
-    probe = torch.tensor([ids[:8] + [ids[0]]], device=model.get_input_embeddings().weight.device)
+    probe = torch.tensor([ids[:8] + [ids[0]]], device=input_device(model))
     changed = probe.clone()
     changed[0, -1] = (probe[0, -1] + 1) % model.get_input_embeddings().num_embeddings
     with torch.no_grad():
@@ -93,9 +116,16 @@ def check_causal(model, ids: list[int]) -> None:
         )
 
 
-def context_length(model, tokenizer) -> int:
-    limits = [getattr(model.config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
-    return min([n for n in limits if isinstance(n, int) and 0 < n < 10**9] or [10**9])
+def check_unicode(text: str, what: str) -> None:
+    """Refuse text with lone surrogates (e.g. undecodable bytes read with surrogateescape): tokenizers reject it
+    raw, and a report of it could not be written."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InvalidInputError(
+            f"{what} is not valid Unicode: {error.reason} at character {error.start} ({text[error.start]!r}); "
+            "decode the source text with errors='replace' or remove the stray surrogate."
+        ) from None
 
 
 class Attributor:
@@ -106,7 +136,8 @@ class Attributor:
         tokenizer: its tokenizer (a fast tokenizer, for character offsets).
         internal_batch_size: path points per forward pass; default None: as many as `memory_budget` holds at
             the bytes one point of this model, prompt and space keeps (measured once per shape), at most 64.
-        memory_budget: bytes the path points of one chunk may use; default 70% of the device's free memory.
+        memory_budget: bytes the path points of one chunk may use; default 70% of the free memory of the device
+            with the least of it among those the model computes on (one device, unless Accelerate spread it).
         show_progress: show a progress bar on work longer than about a second.
         shard_points: under `accelerate launch` (or torchrun) with several processes, split the gradient
             evaluations of each explanation across them and add the sums (every process must explain the same
@@ -133,23 +164,26 @@ class Attributor:
 
     @property
     def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
+        """Where inputs go: the embedding's device, or the execution device of Accelerate's hooks."""
+        return input_device(self.model)
 
     @property
     def vocab_size(self) -> int:
         return self.model.get_input_embeddings().num_embeddings
 
-    def _bytes_per_point(self, problem: Problem) -> int:
-        """What one path point of this problem keeps for its backward, measured on the model: directly for a
-        short prompt, else from three short prompts once per space and answer shape."""
+    def _bytes_per_point(self, problem: Problem, gradients: bool = True) -> int:
+        """What one path point of this problem keeps for its backward (or, for a method without gradients, the
+        explicand in the space, which it holds), measured on the model: directly for a short prompt, else from
+        three short prompts once per space and answer shape."""
         seq, space = problem.seq, problem.space
-        weight = self.model.get_input_embeddings().weight
-        key = (space.name, repr(getattr(space, "layers", None)), seq.n_targets, seq.n_outputs, weight.dtype,
-               weight.device)
+        key = (space.name, repr(getattr(space, "layers", None)), seq.n_targets, seq.n_outputs,
+               compute_dtype(self.model), self.device, gradients)
 
         def measure(n_prompt: int) -> int:
             keep = torch.cat([torch.arange(n_prompt), torch.arange(seq.n_prompt, seq.length)])
             short = dataclasses.replace(seq, input_ids=seq.input_ids[:, keep], n_prompt=n_prompt, keep=seq.keep[keep])
+            if not gradients:
+                return space.point(self.model, short).nbytes
             return saved_bytes(lambda points: problem.scores_of(short, points), space.point(self.model, short),
                                self.model)
 
@@ -169,13 +203,7 @@ class Attributor:
             text, spans = prompt, [(0, len(prompt))]
         else:
             raise InvalidInputError(f"prompt must be a string or a list of chat messages, got {type(prompt).__name__}.")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as error:
-            raise InvalidInputError(
-                f"the prompt is not valid Unicode: {error.reason} at character {error.start} ({text[error.start]!r}); "
-                "decode the source text with errors='replace' or remove the stray surrogate."
-            ) from None
+        check_unicode(text, "the prompt")
         encoding = self.tokenizer(text, add_special_tokens=not isinstance(prompt, list), return_offsets_mapping=True)
         if not text.strip() or not encoding["input_ids"]:
             raise InvalidInputError("the prompt is empty; give some text to explain.")
@@ -210,6 +238,7 @@ class Attributor:
         **generation_kwargs: Any,
     ) -> Sequence:
         """Tokenise the prompt and fix the targets: the given answer, the generated one, or the class."""
+        check_placement(self.model)
         text, ids, offsets, markup = self._encode_prompt(prompt)
         if is_classifier(self.model):
             if answer is not None:
@@ -240,6 +269,7 @@ class Attributor:
             check_causal(self.model, ids)
             self._causal_checked = True
         if isinstance(answer, str):
+            check_unicode(answer, "the answer")
             answer_ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
             unknown = self.tokenizer.unk_token_id
             if unknown is not None and unknown in answer_ids:
@@ -333,7 +363,24 @@ class Attributor:
             )
         batch = checked_optional(self.internal_batch_size if internal_batch_size is None else internal_batch_size,
                                  "internal_batch_size")
-        seq = self.sequence(prompt, answer, target_class, max_new_tokens, **(generation_kwargs or {}))
+        check_placement(self.model)  # before the gradient probe; sequence() checks again for its other callers
+        if chosen.uses_gradients and self.model not in GRADIENTS_CHECKED:
+            check_gradients(self.model, is_classifier(self.model))
+            GRADIENTS_CHECKED.add(self.model)
+        with progress(self.show_progress) as bar:
+            if answer is None and target_class is None and not is_classifier(self.model):
+                bar.phase("generating")
+            seq = self.sequence(prompt, answer, target_class, max_new_tokens, **(generation_kwargs or {}))
+            rows = len(answer_segments or [0]) if getattr(target, "answer_level", target == "answer") else seq.n_targets
+            bar.phase(f"attributing {rows} target{'s' if rows != 1 else ''} ({method}, {space})")
+            return self._attribute(seq, chosen=chosen, the_space=the_space, method=method, space=space, target=target,
+                                   foil=foil, answer_segments=answer_segments, attribute_to=attribute_to, batch=batch,
+                                   keep_head_scores=keep_head_scores, method_params=method_params)
+
+    def _attribute(self, seq: Sequence, *, chosen, the_space, method: str, space: str, target, foil,
+                   answer_segments, attribute_to, batch: int | None, keep_head_scores: bool,
+                   method_params: dict[str, Any]) -> Explanation:
+        """The attribution of a prepared sequence, under the explanation's progress bar (see `explain`)."""
         markup = seq.keep.clone()
         if attribute_to is not None:
             seq.keep = seq.keep | ~covered(seq, attribute_to)
@@ -352,14 +399,21 @@ class Attributor:
               parallel.sharding(self.shard_points), counting_forwards(self.model) as forwards):
             problem = Problem(self.model, self.tokenizer, seq, the_space, target_fn, batch or MAX_CHUNK,
                               self.show_progress)
+            # a prompt that cannot fit stops here with the figures rather than in the allocator: path points for
+            # gradient methods, the explicand in the space for those that read it whole (raw attention)
             if chosen.uses_gradients:
-                problem.internal_batch_size = measured_chunk(self._bytes_per_point(problem), budget, batch,
-                                                             f"{seq.length} tokens in the {space} space")
+                problem.internal_batch_size = measured_chunk(
+                    self._bytes_per_point(problem), budget, batch,
+                    f"one path point of {seq.length} tokens in the {space} space")
+            elif getattr(chosen, "keeps_point", False):
+                measured_chunk(self._bytes_per_point(problem, gradients=False), budget, None,
+                               f"method {method!r} over {seq.length} tokens")
             result = chosen.attribute(problem, **method_params)
             probs = target_probabilities(self.model, seq)  # per target, or the whole answer's
             n_forward_all = int(parallel.sum_across(torch.tensor(forwards, device=seq.input_ids.device))[0])
         check_finite(probs, "target probabilities")
         check_finite(result.scores, f"attribution scores ({method})")
+        notes = input_notes(self.tokenizer, seq, markup) + magnitude_notes(result.scores, method)
         converged = convergence(result.completeness_error, result.settings.get("tolerance"), method)
         n = seq.n_inputs
         params = {
@@ -368,6 +422,7 @@ class Attributor:
             "target": describe(target),
             "foil": foil,
             "layers": getattr(the_space, "chosen", None) or None,
+            "attention_implementation": attention_arithmetic(self.model, the_space.uses_attention_hook),
         }
         if seq.is_classifier:
             labels = getattr(self.model.config, "id2label", {}) or {}
@@ -402,6 +457,7 @@ class Attributor:
             converged=converged,
             answer_level=seq.answer_level,
             answer_segments=seq.answer_segments if seq.answer_level else None,
+            notes=notes,
         )
 
 
@@ -423,6 +479,41 @@ def covered(seq: Sequence, spans: list[tuple[int, int]]) -> torch.Tensor:
     return torch.tensor(inside, device=seq.input_ids.device)
 
 
+UNKNOWN_SHARE = 0.1  # above this share of <unk> among the prompt's content tokens, the result carries a note
+ABSURD_MAGNITUDE = 1e6  # a |score| beyond this, in units of a log-probability or a logit, is a numerical failure
+
+
+def input_notes(tokenizer, seq: Sequence, markup: torch.Tensor) -> list[str]:
+    """A note (and a warning) when many of the prompt's content tokens are unknown to the tokenizer: the model
+    never saw those words, so the scores say nothing about them."""
+    unknown_id = getattr(tokenizer, "unk_token_id", None)
+    if unknown_id is None:
+        return []
+    ids = seq.input_ids[0, : seq.n_prompt].cpu()
+    unknown = ids == unknown_id  # the unknown token counts as special, but it stands for the user's words
+    content = ~markup[: seq.n_prompt].cpu() | unknown
+    n_content, n_unknown = int(content.sum()), int(unknown.sum())
+    if not n_content or n_unknown / n_content <= UNKNOWN_SHARE:
+        return []
+    note = (f"{n_unknown} of {n_content} prompt tokens ({n_unknown / n_content:.0%}) are unknown to the tokenizer "
+            f"(each became {tokenizer.unk_token!r}): the model never saw those words, so their scores say nothing "
+            "about them; use a model whose vocabulary covers the text.")
+    warnings.warn(note, UserWarning, stacklevel=4)
+    return [note]
+
+
+def magnitude_notes(scores: torch.Tensor, method: str) -> list[str]:
+    """A note (and a warning) for finite but absurd scores: an overflowing model, not an attribution."""
+    peak = float(scores.detach().abs().max()) if scores.numel() else 0.0
+    if peak <= ABSURD_MAGNITUDE:
+        return []
+    note = (f"{method}: a score of magnitude {peak:.3g} is far beyond what a log-probability can carry; the model's "
+            "numbers overflow (low precision, extreme weights or inputs), so these scores are not meaningful even if "
+            "they sum up; run the model in float32.")
+    warnings.warn(note, UserWarning, stacklevel=4)
+    return [note]
+
+
 DEFAULT_TOLERANCE = 0.01
 
 
@@ -440,6 +531,6 @@ def convergence(errors: torch.Tensor, tolerance: float | None, method: str) -> b
             f"{float(finite.max()):.1%}); these scores are not a converged integral. Raise n_steps / max_steps, "
             "or see Explanation.completeness_error.",
             ConvergenceWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     return not missed

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -26,16 +27,22 @@ def load_model(name_or_path: str):
     classifier, anything else a causal LM.
     """
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from . import zoo
 
     if name_or_path in zoo.NAMES + tuple(zoo.PRETRAINED) and not Path(name_or_path).exists():
-        return zoo.load(name_or_path)
+        try:
+            return zoo.load(name_or_path)
+        except OSError as err:
+            raise InvalidInputError(
+                f"the zoo model {name_or_path!r} could not be loaded ({_first_line(err)}); pass --model PATH_OR_HUB_ID."
+            ) from err
 
     try:
         config = AutoConfig.from_pretrained(name_or_path)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, UnicodeDecodeError) as err:
         raise InvalidInputError(
             f"cannot load a model config from {name_or_path!r} ({_first_line(err)}); "
             "give a local model folder or a hub id that is available offline."
@@ -45,14 +52,14 @@ def load_model(name_or_path: str):
     auto = AutoModelForSequenceClassification if is_classifier else AutoModelForCausalLM
     try:
         model = auto.from_pretrained(name_or_path, dtype=torch.float32)
-    except OSError as err:
+    except (OSError, ValueError, RuntimeError, EOFError, SafetensorError) as err:
         raise InvalidInputError(
             f"{name_or_path!r} has a config but its weights cannot be loaded ({_first_line(err)}); the folder needs "
             "model.safetensors (or pytorch_model.bin), as save_pretrained writes them."
         ) from err
     try:
         tokenizer = load_tokenizer(name_or_path)
-    except (OSError, ValueError, TypeError) as err:
+    except (OSError, ValueError, TypeError, AttributeError, KeyError, UnicodeDecodeError) as err:
         raise InvalidInputError(
             f"{name_or_path!r} has no usable tokenizer ({_first_line(err)}); save it beside the model with "
             "tokenizer.save_pretrained(folder)."
@@ -67,7 +74,7 @@ def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     config = Path(name_or_path) / "tokenizer_config.json"
-    if config.is_file() and json.loads(config.read_text()).get("tokenizer_class") == "PreTrainedTokenizerFast":
+    if config.is_file() and json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class") == "PreTrainedTokenizerFast":
         return PreTrainedTokenizerFast.from_pretrained(name_or_path)
     return AutoTokenizer.from_pretrained(name_or_path)
 
@@ -92,7 +99,8 @@ def _add_explain_arguments(parser: argparse.ArgumentParser) -> None:
                         help="send the prompt as one user message through the tokenizer's chat template (instruct models)")
     parser.add_argument("--method", default="ig", metavar="NAME", help="attribution method (default: ig)")
     parser.add_argument("--space", default=None, metavar="NAME",
-                        help="embeddings, attention or mask (default: the method's own: attention for rpi, embeddings for ig)")
+                        help="embeddings, attention or mask (default: the method's own: attention for rpi, embeddings for ig; "
+                             "the built-in example: attention, chosen in eval/results/first_picture.md)")
     parser.add_argument("--n-steps", type=_positive, default=None, metavar="N",
                         help="path steps of path methods such as ig (default: the method's own; ig: 5, one Boole "
                              "panel per target, refined where the error is)")
@@ -101,7 +109,11 @@ def _add_explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layers", type=int, nargs="+", metavar="L",
                         help="attention layers of the attention or mask space (default: all)")
     parser.add_argument("--whole-answer", action="store_true",
-                        help="explain the whole answer, log p(answer | prompt), as one target (one gradient per path point)")
+                        help="explain the whole answer, log p(answer | prompt), as one target (one gradient per path point; "
+                             "the default of the built-in example)")
+    parser.add_argument("--per-token", action="store_true",
+                        help="with no --model and --prompt: one row per answer token instead of the whole answer")
+    parser.add_argument("--tokens", action="store_true", help="show scores over tokens (default: over words)")
     parser.add_argument("--target", type=int, default=None, metavar="T", help="show only this target index in the terminal")
     parser.add_argument("--html", type=Path, metavar="FILE", help="write a self-contained HTML page here")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the explanation as JSON here (Explanation.load reads it)")
@@ -126,11 +138,16 @@ def _check_output(path: Path | None) -> None:
     """Refuse an output path that cannot be written before any work is done, not after it."""
     if path is None:
         return
+    _check_text(str(path), "an output path")
     if path.is_dir():
         raise InvalidInputError(f"{str(path)!r} is a directory; give a file path to write to.")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise InvalidInputError(f"cannot write {str(path)!r}: permission denied.")
     parent = next((p for p in path.absolute().parents if p.exists()), None)
     if parent is None or not parent.is_dir():
         raise InvalidInputError(f"cannot create {str(path)!r}: {parent} is not a directory.")
+    if not path.exists() and not os.access(parent, os.W_OK | os.X_OK):
+        raise InvalidInputError(f"cannot create {str(path)!r}: {str(parent)!r} is not writable.")
 
 
 def _method_params(pairs: list[str]) -> dict[str, Any]:
@@ -149,71 +166,138 @@ def _method_params(pairs: list[str]) -> dict[str, Any]:
 
 def _run_explain(args: argparse.Namespace) -> int:
     from . import zoo
-    from .attributor import Attributor
     from .methods import get_method
-    from .render.terminal import print_explanation
 
     get_method(args.method, args.space)  # fail on a bad name or path before loading anything
     _check_output(args.html)
     _check_output(args.json)
-    if args.no_progress:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+    _check_text(args.prompt, "--prompt")
+    _check_text(args.answer, "--answer")
     prompt = _read_prompt(args)
+    example = None
     if args.model:
-        model, tokenizer = load_model(args.model)
         if prompt is None:
             raise InvalidInputError("with --model, give --prompt TEXT or --prompt-file FILE.")
-    else:
-        try:
-            model, tokenizer = zoo.load("rag")
-        except OSError as err:
-            raise InvalidInputError(
-                f"the zoo model 'rag' could not be loaded ({_first_line(err)}); pass --model PATH_OR_HUB_ID."
-            ) from err
-        if prompt is None:
-            prompt = zoo.examples("rag", n=1, seed=0)[0]["prompt"]
+    elif prompt is None:  # the built-in first picture: the defaults eval/results/first_picture.md chose
+        example = zoo.examples("rag", n=1, seed=0)[0]
+        prompt = example["prompt"]
+        if args.space is None and "attention" in get_method(args.method).spaces:
+            args.space = "attention"
+        args.whole_answer = args.whole_answer or not args.per_token
+    if args.target is not None and (args.target < 0 or (args.whole_answer and args.target > 0)
+                                    or (args.answer is None and args.target >= args.max_new_tokens)):
+        most = 1 if args.whole_answer else args.max_new_tokens
+        raise InvalidInputError(f"--target {args.target} does not exist: this run explains at most {most} target(s), "
+                                f"numbered from 0.")
+    model, tokenizer = _load(args.model, "rag", args.no_progress)
+    if args.target is not None and args.answer is not None and not args.whole_answer:
+        n_targets = len(tokenizer(args.answer, add_special_tokens=False)["input_ids"])
+        if args.target >= n_targets:
+            raise InvalidInputError(f"--target {args.target} does not exist: the answer has {n_targets} tokens, "
+                                    "numbered from 0.")
     if args.chat:
         prompt = [{"role": "user", "content": prompt}]
     params: dict[str, Any] = _method_params(args.param)
     if args.n_steps is not None:
         params.setdefault("n_steps", args.n_steps)
-    attributor = Attributor(model, tokenizer, show_progress=not args.no_progress)
     if args.whole_answer:
         params["target"] = "answer"
-    exp = attributor.explain(
+    from .attributor import Attributor
+
+    exp = Attributor(model, tokenizer, show_progress=not args.no_progress).explain(
         prompt, args.answer, method=args.method, space=args.space, layers=args.layers,
         max_new_tokens=args.max_new_tokens, **params,
     )
-    print_explanation(exp, target=args.target)
-    _save_outputs(args, lambda: exp.to_html(target=args.target), exp.save)
+    written = _save_outputs(args, lambda: exp.to_html(target=args.target), exp.save)
+    from .render.terminal import print_explanation
+
+    known = {"template_spans": example["template_spans"], "evidence_spans": example["evidence"]} if example else {}
+    print_explanation(exp if args.tokens else exp.words(), target=args.target, **known)
+    _announce(written)
     return 0
+
+
+def _load(model: str | None, zoo_name: str, no_progress: bool):
+    """The --model (or, without one, the zoo model `zoo_name`) and its tokenizer, the transformers loading bars
+    replaced by one labelled line."""
+    from transformers.utils import logging as hf_logging
+
+    from . import zoo
+
+    hf_logging.disable_progress_bar()
+    if not no_progress and sys.stderr.isatty():
+        print(f"loading {_model_label(model or zoo_name)} ...", file=sys.stderr, flush=True)
+    if model:
+        return load_model(model)
+    try:
+        return zoo.load(zoo_name)
+    except OSError as err:
+        raise InvalidInputError(
+            f"the zoo model {zoo_name!r} could not be loaded ({_first_line(err)}); pass --model PATH_OR_HUB_ID."
+        ) from err
+
+
+def _model_label(name: str) -> str:
+    from .render.terminal import model_label
+
+    return model_label(name)
+
+
+def _check_text(text: str | None, flag: str) -> None:
+    """Refuse text that is not valid Unicode (e.g. invalid UTF-8 bytes in the shell argument), before the work
+    rather than when a report is written."""
+    if text is None:
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidInputError(f"{flag} is not valid UTF-8 text (byte {err.start}); pass it as UTF-8.") from None
+
+
+def _read_text(path: Path, flag: str) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise InvalidInputError(f"cannot read {flag} {str(path)!r}: {err.strerror or err}.") from err
+    except UnicodeDecodeError as err:
+        raise InvalidInputError(f"{flag} {str(path)!r} is not UTF-8 text (invalid byte at {err.start}); "
+                                "save it as UTF-8.") from None
 
 
 def _read_prompt(args: argparse.Namespace) -> str | None:
     if args.prompt_file is None:
         return args.prompt
-    try:
-        return args.prompt_file.read_text()
-    except OSError as err:
-        raise InvalidInputError(f"cannot read --prompt-file {str(args.prompt_file)!r}: {err.strerror or err}.") from err
+    return _read_text(args.prompt_file, "--prompt-file")
 
 
 def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise InvalidInputError(f"cannot write {str(path)!r}: {err.strerror or err}.") from err
 
 
-def _save_outputs(args: argparse.Namespace, html: Callable[[], str], save: Callable[[Path], None]) -> None:
-    """--html and --json of a result, each announced."""
+def _save_outputs(args: argparse.Namespace, html: Callable[[], str], save: Callable[[Path], None]) -> list[Path]:
+    """--html and --json of a result, written before anything is printed (so a display problem never loses
+    them); returns the paths written."""
+    written = []
     if args.html:
         _write(args.html, html())
-        print(f"wrote {args.html}")
+        written.append(args.html)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        save(args.json)
-        print(f"wrote {args.json}")
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            save(args.json)
+        except OSError as err:
+            raise InvalidInputError(f"cannot write {str(args.json)!r}: {err.strerror or err}.") from err
+        written.append(args.json)
+    return written
+
+
+def _announce(written: list[Path]) -> None:
+    for path in written:
+        print(f"wrote {path}")
 
 
 # --- evaluate ----------------------------------------------------------------------------------------
@@ -236,14 +320,19 @@ def _add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _read_examples(path: Path, flag: str = "--data") -> list[Any]:
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise InvalidInputError(f"cannot read {flag} {str(path)!r}: {err.strerror or err}.") from err
+    """A JSON list or JSON lines, at least one item, every item an object or a string."""
+    text = _read_text(path, flag)
     try:
         data = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as err:
-        raise InvalidInputError(f"{flag} {str(path)!r} is neither JSON lines nor a JSON list: {err}.") from err
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise InvalidInputError(f"{flag} {str(path)!r} is neither JSON lines nor a JSON list: {_first_line(err)}.") from None
+    if not isinstance(data, list) or not data:
+        raise InvalidInputError(f"{flag} {str(path)!r} holds no items; give at least one, as JSON lines or a JSON list.")
+    for i, item in enumerate(data):
+        if not isinstance(item, (dict, str)):
+            raise InvalidInputError(f"{flag} {str(path)!r}: item {i} is a {type(item).__name__}; each item is a JSON "
+                                    "object (or a string).")
+        _check_text(json.dumps(item, ensure_ascii=False) if isinstance(item, dict) else item, f"{flag} item {i}")
     return data
 
 
@@ -258,16 +347,29 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     for item in args.methods:
         name, _, space = item.partition(":")
         specs.append({"label": item, "method": name, **({"space": space} if space else {})})
-    model, tokenizer = load_model(args.model) if args.model else zoo.load(args.zoo)
-    examples = _read_examples(args.data) if args.data else zoo.examples(args.zoo, n=args.n, seed=args.seed)
+    examples = _read_examples(args.data) if args.data else None
+    if examples is not None and not all(isinstance(e, dict) for e in examples):
+        raise InvalidInputError("--data items are objects with a 'prompt' (and answer?, evidence?, template_spans?).")
+    if args.output is not None and args.output.exists():
+        from .evaluate import read_rows
+
+        read_rows(args.output, check_only=True)  # a file that is not this command's rows: refused before the work
+    if args.zoo not in zoo.NAMES:
+        raise InvalidInputError(f"--zoo {args.zoo!r} is not a zoo task; choose one of {', '.join(zoo.NAMES)}.")
+    model, tokenizer = _load(args.model, args.zoo, args.no_progress)
+    examples = examples if examples is not None else zoo.examples(args.zoo, n=args.n, seed=args.seed)
     attributor = Attributor(model, tokenizer, show_progress=False)
     result = evaluate(attributor, examples, specs, output=args.output, show_progress=not args.no_progress)
-    summary = result.summary.xs("mean", axis=1, level=1)
-    print(summary.to_string(float_format=lambda v: f"{v:.4f}"))
+    written = []
     if args.summary:
         text = result.summary.to_csv() if args.summary.suffix == ".csv" else result.summary.to_string()
         _write(args.summary, text)
-        print(f"wrote {args.summary}")
+        written.append(args.summary)
+    summary = result.summary.xs("mean", axis=1, level=1)
+    from .render.terminal import safe
+
+    print(safe(summary.to_string(float_format=lambda v: f"{v:.4f}")))
+    _announce(written)
     return 0
 
 
@@ -298,8 +400,16 @@ def _add_rag_arguments(parser: argparse.ArgumentParser) -> None:
                              "(exact from all 2^D subsets up to 64 forwards, sampled orders beyond)")
     parser.add_argument("--retriever", metavar="PATH",
                         help="a bi-encoder folder (sentence-transformers style) to explain each document's similarity")
-    parser.add_argument("--max-new-tokens", type=_positive, default=64, metavar="N",
-                        help="tokens to generate when --answer is not given (default: 64)")
+    parser.add_argument("--max-new-tokens", type=_positive, default=128, metavar="N",
+                        help="the most tokens to generate when --answer is not given; an answer cut by it is flagged "
+                             "truncated (default: 128)")
+    parser.add_argument("--max-sentences", type=_positive, default=3, metavar="N",
+                        help="the generated answer ends at the end of turn, a blank line or after N sentences (default: 3)")
+    parser.add_argument("--thresholds", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="verdict thresholds in nats, calibrated for this model (default: the ones shipped for it, "
+                             "else verdicts say 'uncalibrated' and show their margins)")
+    parser.add_argument("--language", metavar="CODE",
+                        help="the documents' language for sentence splitting, e.g. de or ja (default: detected)")
     parser.add_argument("--html", type=Path, metavar="FILE", help="write the self-contained HTML report here")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the result as JSON here (RagExplanation.load reads it)")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
@@ -320,20 +430,21 @@ def _run_rag(args: argparse.Namespace) -> int:
     from .render.terminal import print_rag_explanation
 
     get_method(args.method, args.space)  # fail on a bad name before loading anything
+    if args.thresholds is not None:
+        rag.verdicts.check_thresholds(args.thresholds)
     _check_output(args.html)
     _check_output(args.json)
-    if args.no_progress:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+    for text, flag in ((args.question, "--question"), (args.answer, "--answer"), (args.system, "--system"),
+                       (args.template, "--template")):
+        _check_text(text, flag)
     documents = _read_documents(args.documents) if args.documents else None
     template = args.template
     if args.model:
         if args.question is None or documents is None:
             raise InvalidInputError("with --model, give --question TEXT and --documents FILE.")
-        model, tokenizer = load_model(args.model)
+        model, tokenizer = _load(args.model, "rag", args.no_progress)
     else:
-        model, tokenizer = zoo.load("rag")
+        model, tokenizer = _load(None, "rag", args.no_progress)
         template = template or "zoo"
         if args.question is None and documents is None:
             example = zoo.examples("rag", n=1, seed=0)[0]
@@ -351,11 +462,13 @@ def _run_rag(args: argparse.Namespace) -> int:
     result = rag.explain(
         model, tokenizer, args.question, documents, args.answer, template=template, system=args.system,
         method=args.method, space=args.space, granularity=args.granularity, verify=not args.no_verify,
-        shapley=args.shapley, retriever=retriever, max_new_tokens=args.max_new_tokens, show_progress=not args.no_progress,
+        shapley=args.shapley, retriever=retriever, max_new_tokens=args.max_new_tokens, max_sentences=args.max_sentences,
+        thresholds=args.thresholds, language=args.language, show_progress=not args.no_progress,
         **_method_params(args.param),
     )
+    written = _save_outputs(args, result.to_html, result.save)
     print_rag_explanation(result)
-    _save_outputs(args, result.to_html, result.save)
+    _announce(written)
     return 0
 
 
@@ -387,8 +500,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except LlmAttribError as err:
-        print(f"llm-attrib: error: {_first_line(err)}", file=sys.stderr)
+        from .render.terminal import safe
+
+        print(f"llm-attrib: error: {safe(_first_line(err))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: outputs are written whole or not at all, so one line is enough
+        print("llm-attrib: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Evaluate attribution methods over a dataset: one row per example x target x method, streamed to disk.
 
 Rows are appended to a JSON-lines file as each (example, method) pair finishes, in one write, so an
-interrupted run resumes where it stopped with no duplicated or lost rows (a torn last line is dropped).
+interrupted run resumes where it stopped with no duplicated or lost rows: every row carries the size of its
+group (`n_targets`), and a group a kill tore (a torn last line, or a write cut at a line end) is dropped and
+computed again.
 With several processes (Accelerate) each writes its own shard and the main process merges them.
 """
 
@@ -98,6 +100,7 @@ def example_rows(
             "n_forward": exp.cost.get("n_forward"),
             "n_backward": exp.cost.get("n_backward"),
             "seconds": exp.cost.get("seconds"),
+            "n_targets": len(exp.target_tokens),
         }
         rows.append(row)
     return rows
@@ -108,16 +111,45 @@ def _number(value) -> float | None:
     return None if math.isnan(value) else value
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines file; a torn last line (an interrupted write) is cut off the file."""
+def read_rows(path: Path, check_only: bool = False) -> list[dict[str, Any]]:
+    """Rows of a JSON-lines file; a torn last line (an interrupted write) is cut off the file (unless
+    `check_only`). A file that is not rows of `evaluate` is a clear error."""
     if not path.exists():
         return []
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise InvalidInputError(f"cannot read {str(path)!r} to resume: {err.strerror or err}.") from err
     good_end = raw.rfind(b"\n") + 1
-    if good_end < len(raw):
+    if good_end < len(raw) and not check_only:
         with open(path, "r+b") as f:
             f.truncate(good_end)
-    return [json.loads(line) for line in raw[:good_end].decode().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(raw[:good_end].split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            row = None
+        if not isinstance(row, dict) or not {"example", "method", "target_index"} <= row.keys():
+            raise InvalidInputError(
+                f"{str(path)!r} line {number} is not a row written by evaluate, so the file cannot be resumed; "
+                "give a new --output file (or move this one away)."
+            )
+        rows.append(row)
+    return rows
+
+
+def complete_groups(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], set[tuple[Any, Any]]]:
+    """The rows of whole (example, method) groups, and those groups. A group is whole when it holds the
+    `n_targets` rows its writer announced (rows of files from before that field count as whole)."""
+    groups: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["example"], row["method"]), []).append(row)
+    whole = {key for key, members in groups.items()
+             if all(r.get("n_targets", len(members)) == len(members) for r in members)}
+    return [r for r in rows if (r["example"], r["method"]) in whole], whole
 
 
 @dataclass
@@ -133,7 +165,7 @@ def summarise(rows: pd.DataFrame) -> pd.DataFrame:
 
     Targets are the unit: each (example, target) pair counts once.
     """
-    ignore = {"example", "target_index"}
+    ignore = {"example", "target_index", "n_targets"}
     numeric = [c for c in rows.columns if c not in ignore and pd.api.types.is_numeric_dtype(rows[c])]
     grouped = rows.groupby("method", sort=False)[numeric]
     mean, sem, count = grouped.mean(), grouped.sem(), grouped.count()
@@ -154,7 +186,7 @@ def evaluate(
     metrics=DEFAULT_METRICS,
     bins=ERASER_BINS,
     removal: str = "delete",
-    normalisation: str = "eraser",
+    normalisation: str = "bins_plus_one",
     batch_size: int = 32,
     show_progress: bool = True,
 ) -> Evaluation:
@@ -187,8 +219,10 @@ def evaluate(
     options = dict(metrics=metrics, bins=bins, removal=removal, normalisation=normalisation, batch_size=batch_size)
     path = Path(output) if output is not None else None
     shard = _shard_path(path)
-    done_rows = read_rows(shard) if shard is not None else []
-    done = {(r["example"], r["method"]) for r in done_rows}
+    read = read_rows(shard) if shard is not None else []
+    done_rows, done = complete_groups(read)
+    if len(done_rows) < len(read):  # a torn group: rewritten without it, then computed again
+        shard.write_text("".join(json.dumps(r) + "\n" for r in done_rows))
     work = [(i, spec) for i in parallel.my_share(range(len(data))) for spec in specs if (i, spec.label) not in done]
     new_rows: list[dict[str, Any]] = []
     with tqdm(total=len(work), desc="evaluating", disable=not show_progress, delay=1.0) as bar:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +11,6 @@ import torch
 
 from .core.sequence import padded_mask
 from .errors import InvalidInputError
-
-FORMAT_VERSION = 1
 
 
 @dataclass
@@ -53,6 +50,8 @@ class Explanation:
             the whole answer, or per-token rows).
         notes: plain-words warnings about the input or the result that a reader must see beside the scores (e.g.
             many prompt tokens unknown to the tokenizer); renderers show them.
+        newer_fields: keys of a file saved by a newer version that this one does not know, kept as read (and
+            written back by `save`).
     """
 
     scores: torch.Tensor
@@ -78,6 +77,7 @@ class Explanation:
     answer_level: bool = False
     answer_segments: list[tuple[int, int]] | None = None
     notes: list[str] = field(default_factory=list)
+    newer_fields: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def segments(self) -> list[tuple[int, int]] | None:
         """The answer runs behind the rows: None for per-token rows, [(0, T)] for the whole answer."""
@@ -171,38 +171,65 @@ class Explanation:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dict (tensors as nested lists, NaN as null)."""
-        data = {key: _jsonable(value) for key, value in asdict(self).items()}
+        """JSON-friendly dict (tensors as nested lists, NaN as null), in the format `schema.ExplanationFile`."""
+        from .schema import FORMAT_VERSION
+
+        data = {key: _jsonable(value) for key, value in asdict(self).items() if key != "newer_fields"}
         data["format_version"] = FORMAT_VERSION
-        return data
+        return {**self.newer_fields, **data}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Explanation":
-        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
-        missing = sorted(required - set(data)) if isinstance(data, dict) else sorted(required)
-        if missing:
-            raise InvalidInputError(
-                f"this is not an llm-attrib explanation: it lacks {missing}; load files written by Explanation.save()."
-            )
-        data = dict(data)
-        data.pop("format_version", None)
-        data["target_probs"] = _none_to_nan(data["target_probs"])
-        for key in ("scores", "completeness_error", "head_scores"):
-            if data.get(key) is not None:
-                data[key] = torch.tensor(_none_to_nan(data[key]), dtype=torch.float32)
-        data["extra"] = {k: torch.tensor(_none_to_nan(v)) if _is_numeric_list(v) else v
-                         for k, v in data.get("extra", {}).items()}
-        data["input_offsets"] = [tuple(o) for o in data["input_offsets"]]
-        if data.get("answer_segments") is not None:
-            data["answer_segments"] = [tuple(s) for s in data["answer_segments"]]
-        return cls(**data)
+        """An explanation from `to_dict`'s format, validated (types, shapes, sizes); InvalidInputError otherwise."""
+        from .schema import ExplanationFile, validated
+
+        return cls.from_file(validated(ExplanationFile, data, "Explanation"))
+
+    @classmethod
+    def from_file(cls, file) -> "Explanation":
+        """An explanation from its validated file model (`schema.ExplanationFile`)."""
+        n_targets, n_inputs = len(file.target_tokens), len(file.input_tokens)
+        head = None
+        if file.head_scores is not None:
+            head = torch.tensor(_none_to_nan(file.head_scores), dtype=torch.float32)
+        return cls(
+            scores=torch.tensor(file.scores, dtype=torch.float32).reshape(n_targets, n_inputs),
+            input_tokens=file.input_tokens,
+            input_offsets=[tuple(o) for o in file.input_offsets],
+            input_ids=file.input_ids,
+            target_tokens=file.target_tokens,
+            target_ids=file.target_ids,
+            target_probs=_none_to_nan(file.target_probs),
+            completeness_error=torch.tensor(_none_to_nan(file.completeness_error), dtype=torch.float32),
+            text=file.text,
+            n_prompt_tokens=file.n_prompt_tokens,
+            method=file.method,
+            space=file.space,
+            params=file.params,
+            model_name=file.model_name,
+            library_version=file.library_version,
+            head_scores=head,
+            extra={k: _numeric(v) for k, v in file.extra.items()},
+            cost=file.cost,
+            input_markup=file.input_markup,
+            converged=file.converged,
+            answer_level=file.answer_level,
+            answer_segments=None if file.answer_segments is None else [tuple(s) for s in file.answer_segments],
+            notes=file.notes,
+            newer_fields=dict(file.model_extra or {}),
+        )
 
     def save(self, path: str | Path) -> None:
         """Strict JSON (NaN written as null), so any JSON parser reads it."""
+        from .schema import write_json
+
         write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "Explanation":
+        """An explanation saved by `save`, validated; InvalidInputError for anything else."""
+        from .schema import read_json
+
         return cls.from_dict(read_json(path, "Explanation"))
 
     def to_dataframe(self):
@@ -246,18 +273,6 @@ class Explanation:
         return plot_heatmap(self, **kwargs)
 
 
-def write_json(path: str | Path, data: dict[str, Any]) -> None:
-    Path(path).write_text(json.dumps(data, allow_nan=False))
-
-
-def read_json(path: str | Path, kind: str) -> Any:
-    """A saved result's JSON, or a clear error naming the class whose `save()` writes such files."""
-    try:
-        return json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InvalidInputError(f"{path} is not JSON ({error}); load files written by {kind}.save().") from None
-
-
 def _nan_to_none(value):
     if isinstance(value, list):
         return [_nan_to_none(v) for v in value]
@@ -274,6 +289,16 @@ def _is_numeric_list(value) -> bool:
     while isinstance(value, list) and value:
         value = value[0]
     return isinstance(value, (int, float)) and not isinstance(value, bool) or value is None
+
+
+def _numeric(value):
+    """A saved numeric array as a tensor (as `to_dict` wrote it); anything else (ragged, mixed) as it is."""
+    if not isinstance(value, list) or not _is_numeric_list(value):
+        return value
+    try:
+        return torch.tensor(_none_to_nan(value))
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        return value
 
 
 def _jsonable(value):

@@ -1,25 +1,35 @@
 """Every change llm-attrib makes to a model lives here, each one a context manager that restores in `finally`.
 
-Attention is hooked through transformers' own `AttentionInterface`: we register one attention function
-(and the eager mask function, without which the function would receive no mask) under our name, select it
-for the duration of an attribution, and put the previous implementation back afterwards. What the
-function does in a given forward is decided by an `AttentionTap` held in a context variable: record the
+Attention is hooked through transformers' own `AttentionInterface`: we register one attention function (and the
+eager mask function, without which the function would receive no mask) under our name. Only the package's own
+forwards run it: inside `attention_hooked(model)` the model's configs answer `_attn_implementation` with our name in
+the calling context (its thread, or asyncio task) and with the model's own implementation in every other one.
+transformers reads that name once per forward to build the mask and once per layer to pick the attention function,
+so in every forward the two agree, and a forward that another thread runs meanwhile (a plain forward, `generate`)
+runs exactly as the model was loaded. Switching the model-wide implementation instead (`set_attn_implementation`)
+made other threads run our function, and a forward that straddled the switch got the mask of the other
+implementation (sdpa: none, so its attention was bidirectional).
+
+What the function does in a given forward is decided by an `AttentionTap` held in a context variable: record the
 post-softmax probabilities of every layer, replace chosen layers' probabilities with given tensors (a path point
 of the attention space), or scale how visible each key token is in chosen layers (a path point of the mask space).
 
-Changes to a model are shared by overlapping calls (threads, or an explanation started from inside a target
-callable): the first caller applies a change and saves what it replaces, later callers only join, and the last
-one to leave restores the saved state. Per-call save/restore would let one call undo another's change and leave
-the model frozen or hooked for good.
+Changes are shared by overlapping calls (threads, or an explanation started from inside a target callable): the
+first caller applies a change and saves what it replaces, later callers only join, and the last one to leave
+restores the saved state. Per-call save/restore would let one call undo another's change. Applying and undoing are
+atomic with respect to exceptions: a step that fails part-way puts back what was already done, an undo runs every
+step before it raises, and Ctrl-C arriving in the main thread meanwhile is held until the model is whole again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
+import signal
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -55,6 +65,9 @@ class AttentionTap:
 
 
 _TAP: contextvars.ContextVar[AttentionTap | None] = contextvars.ContextVar("llm_attrib_tap", default=None)
+
+# The configs whose attention implementation reads as ours in this context (see `attention_hooked`).
+_HOOKED: contextvars.ContextVar[tuple[object, ...]] = contextvars.ContextVar("llm_attrib_hooked", default=())
 
 
 def _repeat_heads(x: torch.Tensor, n_query_heads: int) -> torch.Tensor:
@@ -109,6 +122,24 @@ def soft_masked(module: nn.Module, probs: torch.Tensor, visibility: torch.Tensor
     return (p * seen / kept).to(probs.dtype), kept
 
 
+def implied_mask(
+    module: nn.Module, query: torch.Tensor, key: torch.Tensor, is_causal: bool | None = None
+) -> torch.Tensor | None:
+    """The additive mask (Lq, Lk) that SDPA applies when it is given none: causal (aligned top-left, as
+    `torch.nn.functional.scaled_dot_product_attention(is_causal=True)`) for a causal module and several queries.
+
+    transformers skips building a causal mask where SDPA's `is_causal` flag does the job; should our function ever
+    be called without one, it must not attend to later tokens."""
+    is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    n_queries, n_keys = query.shape[-2], key.shape[-2]
+    if not (is_causal and n_queries > 1):
+        return None
+    allowed = torch.ones(n_queries, n_keys, dtype=torch.bool, device=query.device).tril()
+    return torch.zeros(n_queries, n_keys, dtype=query.dtype, device=query.device).masked_fill(
+        ~allowed, torch.finfo(query.dtype).min
+    )
+
+
 def hooked_attention(
     module: nn.Module,
     query: torch.Tensor,
@@ -121,6 +152,8 @@ def hooked_attention(
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The attention function registered with transformers: eager attention, tapped by the current `AttentionTap`."""
+    if attention_mask is None:
+        attention_mask = implied_mask(module, query, key, kwargs.get("is_causal"))
     tap = _TAP.get()
     layer = tap.calls if tap is not None else -1
     if tap is not None and layer in tap.replace:
@@ -150,66 +183,164 @@ def supports_attention_hook(model: PreTrainedModel) -> bool:
     return bool(model._can_set_attn_implementation())
 
 
+def _run_all(steps: Iterable[Callable[[], object]]) -> None:
+    """Run every step even when some raise, then raise the first error: an undo is never left half done."""
+    error: BaseException | None = None
+    for step in steps:
+        try:
+            step()
+        except BaseException as raised:  # noqa: BLE001 - re-raised below, after the other steps
+            error = error or raised
+    if error is not None:
+        raise error
+
+
+@contextlib.contextmanager
+def _uninterrupted() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives during the block and deliver it when the block is over, so a change to
+    a model is never interrupted half applied or half undone. Signals reach only the main thread, so elsewhere (and
+    where SIGINT is ignored or left to the system) there is nothing to hold."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.getsignal(signal.SIGINT)
+    if not callable(handler):
+        yield
+        return
+    held: list[tuple] = []
+    signal.signal(signal.SIGINT, lambda *received: held.append(received))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        if held:
+            handler(*held[0])
+
+
+@contextlib.contextmanager
+def _context_set(var: contextvars.ContextVar, value: object) -> Iterator[None]:
+    """Set a context variable for the block (an interrupt cannot come between setting it and the `finally`)."""
+    token = None
+    try:
+        with _uninterrupted():
+            token = var.set(value)
+        yield
+    finally:
+        if token is not None:
+            var.reset(token)
+
+
 @dataclass
 class _Change:
-    """One change applied to a model, how many calls hold it, and how to undo it."""
+    """One change applied to an object, how many calls hold it, and how to undo it."""
 
     users: int
     undo: Callable[[], None]
 
 
 _LOCK = threading.RLock()
-_CHANGES: weakref.WeakKeyDictionary[nn.Module, dict[str, _Change]] = weakref.WeakKeyDictionary()
+_CHANGES: weakref.WeakKeyDictionary[object, dict[str, _Change]] = weakref.WeakKeyDictionary()
 
 
 @contextlib.contextmanager
-def _shared_change(model: nn.Module, kind: str, apply: Callable[[], Callable[[], None]]) -> Iterator[None]:
-    """Hold the change `kind` of `model` for the block: applied by the first holder (`apply` returns its undo),
-    undone when the last holder leaves, whatever the interleaving of holders."""
-    with _LOCK:
-        changes = _CHANGES.setdefault(model, {})
-        if kind not in changes:
-            changes[kind] = _Change(0, apply())
-        changes[kind].users += 1
+def _shared_change(owner: object, kind: str, apply: Callable[[], Callable[[], None]]) -> Iterator[None]:
+    """Hold the change `kind` of `owner` (a model, or a class) for the block: applied by the first holder (`apply`
+    returns its undo, and puts back what it did if it fails), undone when the last holder leaves, whatever the
+    interleaving of holders."""
+    joined = False
     try:
+        with _uninterrupted(), _LOCK:
+            changes = _CHANGES.setdefault(owner, {})
+            if kind not in changes:
+                undo = apply()
+                try:
+                    changes[kind] = _Change(0, undo)
+                except BaseException:
+                    undo()
+                    raise
+            changes[kind].users += 1
+            joined = True
         yield
     finally:
-        with _LOCK:
-            change = changes[kind]
-            change.users -= 1
-            if change.users == 0:
-                del changes[kind]
-                change.undo()
+        if joined:
+            with _uninterrupted(), _LOCK:
+                change = changes[kind]
+                change.users -= 1
+                if change.users == 0:
+                    del changes[kind]
+                    change.undo()
+
+
+def _configs(model: PreTrainedModel) -> list[object]:
+    """The configs `set_attn_implementation` would change: the model's, its sub-configs at any depth, and those of
+    sub-models that route attention through the interface (configs are compared by identity: not hashable)."""
+    found = [model.config]
+    queue = [model.config]
+    while queue:
+        config = queue.pop()
+        for key in getattr(config, "sub_configs", None) or {}:
+            sub = getattr(config, key, None)
+            if sub is not None and not any(sub is seen for seen in found):
+                found.append(sub)
+                queue.append(sub)
+    for module in model.modules():
+        if (isinstance(module, PreTrainedModel) and module._can_set_attn_implementation()
+                and not any(module.config is seen for seen in found)):
+            found.append(module.config)
+    return found
+
+
+def _owner(config: object) -> type:
+    """The class that defines the `_attn_implementation` property `config` answers with."""
+    return next(cls for cls in type(config).__mro__ if "_attn_implementation" in vars(cls))
+
+
+def _resolve_per_context(owner: type) -> Callable[[], None]:
+    """Make `owner`'s `_attn_implementation` read as our name for the configs hooked in the current context, and
+    as before everywhere else. Returns the undo."""
+    original = vars(owner)["_attn_implementation"]
+
+    def get(config: object) -> object:
+        if any(config is hooked for hooked in _HOOKED.get()):
+            return ATTENTION_NAME
+        return original.__get__(config, type(config))
+
+    setattr(owner, "_attn_implementation", property(get, original.fset, original.fdel, original.__doc__))
+    return functools.partial(setattr, owner, "_attn_implementation", original)
+
+
+def loaded_implementation(model: PreTrainedModel) -> str:
+    """The attention implementation `model` runs outside llm-attrib's own forwards (e.g. "sdpa"), also when asked
+    from inside an attention-space call."""
+    with _context_set(_HOOKED, ()):
+        return str(model.config._attn_implementation)
 
 
 @contextlib.contextmanager
 def attention_hooked(model: PreTrainedModel) -> Iterator[None]:
-    """Select llm-attrib's attention function for `model`; the previous one is back when the last caller leaves."""
+    """Run `model`'s forwards in the calling context (thread, task) through llm-attrib's attention function; every
+    other context keeps the model's own implementation, and nothing of it is left when the last caller leaves."""
     if not supports_attention_hook(model):
         raise UnsupportedModelError(
             f"{type(model).__name__} computes attention in its own code instead of transformers' "
             "AttentionInterface, so its attention probabilities cannot be hooked. Use space='embeddings' "
             "(methods ig, ig2, rpi, saliency, input_x_gradient all support it) for this model."
         )
-
-    def apply() -> Callable[[], None]:
-        _register()
-        previous = model.config._attn_implementation
-        model.set_attn_implementation(ATTENTION_NAME)
-        return lambda: model.set_attn_implementation(previous)
-
-    with _shared_change(model, "attention", apply):
+    _register()
+    configs = _configs(model)
+    owners = list({id(cls): cls for cls in map(_owner, configs)}.values())
+    with contextlib.ExitStack() as stack:
+        for owner in owners:
+            stack.enter_context(_shared_change(owner, "attention", functools.partial(_resolve_per_context, owner)))
+        stack.enter_context(_context_set(_HOOKED, _HOOKED.get() + tuple(configs)))
         yield
 
 
 @contextlib.contextmanager
 def tapped(tap: AttentionTap) -> Iterator[AttentionTap]:
     """Make `tap` steer the hooked attention for the forwards run inside the block."""
-    token = _TAP.set(tap)
-    try:
+    with _context_set(_TAP, tap):
         yield tap
-    finally:
-        _TAP.reset(token)
 
 
 @contextlib.contextmanager
@@ -223,14 +354,19 @@ def frozen(model: PreTrainedModel) -> Iterator[None]:
         )
 
     def apply() -> Callable[[], None]:
-        flags = [(p, p.requires_grad) for p in model.parameters()]
-        for p, _ in flags:
-            p.requires_grad_(False)
+        flags = {name: p.requires_grad for name, p in model.named_parameters()}
 
         def undo() -> None:
-            for p, flag in flags:
-                p.requires_grad_(flag)
+            # by name: an offload hook (Accelerate) replaces a module's parameter objects at every forward
+            _run_all(functools.partial(p.requires_grad_, flags.get(name, p.requires_grad))
+                     for name, p in model.named_parameters())
 
+        try:
+            for p in model.parameters():
+                p.requires_grad_(False)
+        except BaseException:
+            undo()
+            raise
         return undo
 
     with _shared_change(model, "frozen", apply):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from llm_attrib import Attributor, InvalidInputError, NumericalError, UnknownNameError, UnsupportedModelError
-from tiny_models import BYPASSING, is_encoder, tiny_model
+from tiny_models import ARCHITECTURES, BYPASSING, is_encoder, tiny_model
 from tiny_tokenizer import tiny_bert, tiny_llama, tiny_tokenizer
 
 
@@ -111,6 +111,25 @@ def test_model_bypassing_attention_interface(arch):
     exp = attributor.explain("w1 w2 w3", space="embeddings", **answer)
     assert exp.completeness_error.max() < 1e-2
     assert_unchanged(model, before)
+
+
+MOVED_ONTO_THE_INTERFACE = [arch for arch in ("falcon", "falcon_gqa", "gptj", "codegen") if arch in ARCHITECTURES]
+
+
+@pytest.mark.skipif(not MOVED_ONTO_THE_INTERFACE, reason="no architecture moved onto the attention interface yet")
+@pytest.mark.parametrize("arch", MOVED_ONTO_THE_INTERFACE)
+def test_model_moved_onto_attention_interface_explains_in_every_space(arch):
+    """Architectures that computed attention in their own code in earlier 5.x releases and route it through the
+    interface in the installed one are explained in the attention and mask spaces too (their equality with eager
+    attention is tested in test_patching), and left exactly as they were."""
+    model, vocab = tiny_model(arch)
+    tokenizer = tiny_tokenizer(vocab)  # a start token: the mask space keeps it visible
+    before = state(model)
+    attributor = Attributor(model, tokenizer, show_progress=False)
+    for space in ("attention", "mask"):
+        exp = attributor.explain("w1 w2 w3", answer="w5", space=space)  # steps refined to the 1% tolerance
+        assert exp.completeness_error.max() < 1e-2, space
+        assert_unchanged(model, before)
 
 
 @pytest.mark.parametrize("kwargs, message", [

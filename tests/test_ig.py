@@ -167,7 +167,7 @@ def test_matches_captum_layer_integrated_gradients(lm):
     attributor = Attributor(model, tokenizer, show_progress=False)
     seq = attributor.sequence(PROMPT, answer="w5 w6")
     ids = seq.input_ids
-    baseline_ids = torch.where(seq.keep, ids[0], torch.full_like(ids[0], neutral_token_id(tokenizer, model.get_input_embeddings())))[None]
+    baseline_ids = torch.where(seq.keep, ids[0], torch.full_like(ids[0], neutral_token_id(tokenizer, model)))[None]
     for t in range(2):
         position = seq.n_prompt - 1 + t
         target = int(ids[0, position + 1])
@@ -184,7 +184,7 @@ def test_contrastive_target_is_the_logit_difference(lm):
     model, tokenizer = lm
     exp = explain(lm, answer="w5", target="contrastive", foil=9, n_steps=48)
     seq = Attributor(model, tokenizer).sequence(PROMPT, answer="w5")
-    neutral = neutral_token_id(tokenizer, model.get_input_embeddings())
+    neutral = neutral_token_id(tokenizer, model)
     base_ids = torch.where(seq.keep, seq.input_ids[0], torch.full_like(seq.input_ids[0], neutral))[None]
     w5 = tokenizer.convert_tokens_to_ids("w5")
     with torch.no_grad():

@@ -1,6 +1,8 @@
 """IG2: GradPath and its attributions in closed form, completeness, reference selection, no NaN at zero
 gradients, and the ablations."""
 
+import json
+
 import pytest
 import torch
 
@@ -150,3 +152,56 @@ def test_classifier_uses_the_head_features():
     torch.testing.assert_close(layer.scores, named.scores)
     with pytest.raises(InvalidInputError, match="no module named"):
         attributor.explain(PROMPT, method="ig2", references=["w20"], rep_layer="nope")
+
+
+def test_the_explicand_is_never_its_own_reference(lm):
+    """With answer= forcing tokens the model would not produce, the explicand qualifies by outcome; as its own
+    GradCF its path has length zero and its zero attribution would scale the map by (n - 1) / n. It is dropped,
+    and the result says so."""
+    references = references_for(lm, 3)
+    alone = lm.explain(PROMPT, answer=ANSWER, method="ig2", references=references, n_steps=8)
+    with_self = lm.explain(PROMPT, answer=ANSWER, method="ig2", references=[PROMPT] + references, n_steps=8)
+    seq = lm.sequence(PROMPT, answer=ANSWER)
+    with torch.no_grad():
+        own = int(lm.model(input_ids=seq.input_ids[:, : seq.n_prompt]).logits[0, -1].argmax())
+    assert own != seq.target_ids[0]  # the premise: by outcome alone, the prompt is a counterfactual for target 0
+    torch.testing.assert_close(with_self.scores[0], alone.scores[0], atol=1e-6, rtol=1e-5)
+    # for the second target (predicted after "w5") the prompt is another input, so a true counterfactual
+    assert [u["references"] for u in with_self.extra["references_used"]] == [[1, 2, 3], [0, 1, 2, 3]]
+    dropped = [d for d in with_self.extra["references_dropped"] if d["target"] == 0]
+    assert dropped[0]["reference"] == 0 and dropped[0]["reason"] == "the explicand itself"
+    from llm_attrib import Explanation
+
+    loaded = Explanation.from_dict(json.loads(json.dumps(with_self.to_dict())))
+    assert loaded.extra["references_dropped"] == with_self.extra["references_dropped"]
+
+
+def test_a_classifier_class_other_than_the_predicted_one_drops_the_explicand():
+    attributor = Attributor(tiny_bert(n_labels=2), tiny_tokenizer(64), show_progress=False)
+    with torch.no_grad():
+        predicted = int(attributor.model(**attributor.tokenizer(PROMPT, return_tensors="pt")).logits.argmax())
+    with pytest.raises(InvalidInputError, match="the explicand itself"):
+        attributor.explain(PROMPT, method="ig2", references=[PROMPT], target_class=1 - predicted, n_steps=4)
+
+
+def test_a_saved_gradpath_reproduces_the_result_without_references(lm):
+    first = lm.explain(PROMPT, answer=ANSWER, method="ig2", references=references_for(lm, 3), n_steps=8,
+                       keep_gradpath=True)
+    path = first.extra["gradpath"]
+    assert path["vertices"].shape[:2] == (len(path["target"]), 9)
+    again = lm.explain(PROMPT, answer=ANSWER, method="ig2", gradpath=path)
+    assert torch.equal(again.scores, first.scores) and again.params["gradpath"] == "given"
+    with pytest.raises(InvalidInputError, match="another"):
+        lm.explain("w2 w7 w3 w9 w4 w12", answer=ANSWER, method="ig2", gradpath=path)
+
+
+def test_a_per_token_error_estimate_comes_with_the_scores(lm):
+    """Completeness bounds the sum; the estimate (|Boole - nested Simpson| per token, per reference averaged)
+    sits beside it, one per score, and is larger than the actual error against a fine reference rule."""
+    exp = lm.explain(PROMPT, answer=ANSWER, method="ig2", references=references_for(lm, 2), n_steps=4,
+                     keep_gradpath=True)
+    fine = lm.explain(PROMPT, answer=ANSWER, method="ig2", gradpath=exp.extra["gradpath"],
+                      quadrature="gauss-legendre", segment_steps=16)
+    error = exp.extra["token_error"]
+    assert error.shape == exp.scores.shape and (error >= 0).all()
+    assert ((exp.scores - fine.scores).abs() <= error + 1e-6).all()

@@ -246,14 +246,26 @@ def toy_perturbed():
 def test_aopc_normalisations_by_hand():
     perturbed = toy_perturbed()
     # comprehensiveness per bin: target 0 0.1, 0.2, 0.4, 0.6, 0.7 (sum 2.0); target 1 0, 0, 0, 0.1, 0.2 (sum 0.3)
-    eraser = AopcComprehensiveness("eraser").values(perturbed)["aopc_comprehensiveness"][0]
+    eraser = AopcComprehensiveness("bins_plus_one").values(perturbed)["aopc_comprehensiveness"][0]
     mean = AopcComprehensiveness("mean").values(perturbed)["aopc_comprehensiveness"][0]
     torch.testing.assert_close(eraser, torch.tensor([2.0 / 6, 0.3 / 6]))
     torch.testing.assert_close(mean, torch.tensor([2.0 / 5, 0.3 / 5]))
     # sufficiency target 1: 0, 0.1, 0.2, 0.3, 0.4 -> sum 1.0
-    sufficiency = AopcSufficiency("eraser").values(perturbed)["aopc_sufficiency"][0]
+    sufficiency = AopcSufficiency("bins_plus_one").values(perturbed)["aopc_sufficiency"][0]
     torch.testing.assert_close(sufficiency, torch.tensor([(0.7 + 0.6 + 0.5 + 0.3 + 0.0) / 6, 1.0 / 6]))
-    torch.testing.assert_close(aopc(torch.ones(3), "eraser"), torch.tensor(0.75))
+    torch.testing.assert_close(aopc(torch.ones(3), "bins_plus_one"), torch.tensor(0.75))
+
+
+def test_aopc_conventions_are_named_by_what_they_compute():
+    """The ERASER paper's sum/(|B|+1) is 5/6 of ERASER's released scorer's mean with its 5 bins; the old name
+    "eraser", which fitted both, is refused with a pointer to the two."""
+    perturbed = toy_perturbed()
+    paper = AopcComprehensiveness("bins_plus_one").values(perturbed)["aopc_comprehensiveness"]
+    scorer = AopcComprehensiveness("mean").values(perturbed)["aopc_comprehensiveness"]
+    torch.testing.assert_close(paper, scorer * 5 / 6)
+    assert AopcSufficiency().normalisation == "bins_plus_one"
+    with pytest.raises(UnknownNameError, match="'bins_plus_one'.*'mean'"):
+        AopcComprehensiveness("eraser")
 
 
 def test_update_and_compute_average_over_examples():
@@ -501,15 +513,33 @@ def test_options_with_candidates_equal_one_at_a_time(case):
         alone = faithfulness(attr, (seq, candidates[r]), metrics, **options)
         for key, value in alone.items():
             torch.testing.assert_close(together[key][r], value, atol=2e-6, rtol=1e-5)
-    # explicit options == the preset; defaults unchanged (ceil, every token, "eraser")
+    # explicit options == the preset; defaults unchanged (ceil, every token, "bins_plus_one")
     explicit = faithfulness(attr, (seq, scores), metrics, bins=FERRET_BINS, bin_rounding="floor", only_positive=True,
                             normalisation="distinct", curve_bins=(10, 30, 60))
     for key in explicit:
         torch.testing.assert_close(explicit[key], together[key][0], atol=2e-6, rtol=1e-5)
     default = faithfulness(attr, (seq, scores), metrics, bins=FERRET_BINS)
     plain = faithfulness(attr, (seq, scores), metrics, bins=FERRET_BINS, bin_rounding="ceil", only_positive=False,
-                         normalisation="eraser")
+                         normalisation="bins_plus_one")
     for key in default:
         torch.testing.assert_close(default[key], plain[key])
     with pytest.raises(InvalidInputError, match="only_positive"):
         faithfulness(attr, (seq, scores), metrics, only_positive="yes")
+
+
+def test_lower_layers_never_import_the_front():
+    """Imports run one way: core, metrics and methods never import the attributor (or anything above it), even
+    inside a function, so no circle can form."""
+    import ast
+    from pathlib import Path
+
+    import llm_attrib
+
+    root = Path(llm_attrib.__file__).parent
+    upper = {"attributor", "evaluate", "cli", "rag"}
+    for folder in ("core", "metrics", "methods"):
+        for path in (root / folder).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.level >= 2:  # from llm_attrib's own top level
+                    names = [node.module] if node.module else [alias.name for alias in node.names]
+                    assert not any(name.split(".")[0] in upper for name in names), f"{path.name} imports {names}"

@@ -8,6 +8,7 @@ and every change to the model must be undone on exit, also on exceptions and Key
 
 from __future__ import annotations
 
+import sys
 import types
 
 import pytest
@@ -216,7 +217,8 @@ def test_replacement_takes_effect(arch):
         assert all(p.grad is None for p in model.parameters())
 
 
-POSITIONS_FROM_MASK = {"opt"}  # counts positions over the attention mask, so a masked token shifts the rest
+# Count positions (OPT) or ALiBi distances (Falcon with ALiBi) over the attention mask, so a masked token shifts the rest.
+POSITIONS_FROM_MASK = {"opt", "falcon_alibi"}
 
 
 @pytest.mark.parametrize("arch", [a for a in ARCHITECTURES if a not in POSITIONS_FROM_MASK])
@@ -335,6 +337,40 @@ def test_architecture_lists_are_disjoint():
     assert not set(ARCHITECTURES) & set(BYPASSING)
 
 
+def _architectures_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "eval" / "architectures.py"
+    spec = importlib.util.spec_from_file_location("eval_architectures", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass resolves annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module, path.parent.parent / "docs" / "guides" / "models.md"
+
+
+def test_architecture_table_matches_the_checks():
+    """The guide's architecture table is what `eval/architectures.py` checks on the installed transformers: every
+    hookable architecture equal to eager attention, every other one refused clearly; on the transformers version the
+    table was generated with, row for row (a newer release that moves an architecture is reported, not hidden)."""
+    import transformers
+
+    script, guide = _architectures_script()
+    checks = script.check_all()
+    assert [c.arch for c in checks if c.hooks] == ARCHITECTURES
+    assert all(c.equal for c in checks if c.hooks), [c for c in checks if c.hooks and not c.equal]
+    assert all(c.refused_clearly for c in checks if not c.hooks), [c for c in checks if not c.hooks]
+    documented = script.generated_table(guide.read_text())
+    assert documented is not None, f"{guide} lost its generated architectures table"
+    checked = script.table(checks)
+    if documented.splitlines()[0] != checked.splitlines()[0]:
+        changed = sorted(set(checked.splitlines()[2:]) ^ set(documented.splitlines()[2:]))
+        pytest.skip(f"the guide's table was generated with another transformers version than "
+                    f"{transformers.__version__}; regenerate it (python eval/architectures.py --write {guide.name}). "
+                    f"Rows that differ: {changed or 'none'}")
+    assert documented == checked
+
+
 @pytest.mark.parametrize("arch", BYPASSING)
 def test_bypassing_models_are_refused(arch):
     model, vocab = tiny_model(arch)
@@ -362,3 +398,221 @@ def test_bypassing_models_are_refused(arch):
     with prepared(model, hook_attention=False):
         assert not any(p.requires_grad for p in model.parameters())
     assert [p.requires_grad for p in model.parameters()] == flags
+
+
+# ------------------------------------------------------------------------------------------- other threads
+
+
+def test_other_threads_run_the_model_as_loaded():
+    """A thread that runs plain forwards and `generate` on the zoo model as loaded (sdpa) while another thread
+    explains in the attention and mask spaces gets exactly the logits it gets alone, 300 of 300: only the
+    package's own forwards go through the hook. (Switching the model-wide implementation made nearly every one of
+    them differ: eager instead of sdpa arithmetic, and bidirectional attention for a forward straddling a switch.)"""
+    import threading
+
+    import llm_attrib
+    from llm_attrib import Attributor
+
+    model, tokenizer = llm_attrib.zoo.load("rag")
+    assert model.config._attn_implementation == "sdpa"
+    example = llm_attrib.zoo.examples("rag", n=1, seed=0)[0]
+    ids = tokenizer(example["prompt"], return_tensors="pt").input_ids
+
+    def generated() -> torch.Tensor:
+        out = model.generate(ids, max_new_tokens=2, do_sample=False, output_logits=True,
+                             return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id)
+        return torch.stack(out.logits)
+
+    with torch.no_grad():
+        alone = {"forward": model(ids).logits, "generate": generated()}
+
+    explaining, done, failures, explained = threading.Event(), threading.Event(), [], [0]
+
+    def explain() -> None:
+        attributor = Attributor(model, tokenizer, show_progress=False)
+        try:
+            while not done.is_set():
+                for space in ("attention", "mask"):
+                    explaining.set()
+                    exp = attributor.explain(example["prompt"], answer=example["answer"], space=space,
+                                             method="saliency")
+                    explaining.clear()
+                    explained[0] += 1
+                    assert exp.params["attention_implementation"] == "eager (hooked; the model as loaded runs sdpa)"
+        except BaseException as error:  # reported by the main thread
+            failures.append(error)
+            explaining.clear()
+
+    explainer = threading.Thread(target=explain)
+    explainer.start()
+    wrong, overlapped = [], 0
+    try:
+        for i in range(300):
+            during = explaining.is_set()
+            kind = "generate" if i % 3 == 0 else "forward"
+            with torch.no_grad():
+                got = generated() if kind == "generate" else model(ids).logits
+            overlapped += during or explaining.is_set()
+            if not torch.equal(got, alone[kind]):
+                wrong.append((i, kind, (got - alone[kind]).abs().max().item()))
+    finally:
+        done.set()
+        explainer.join()
+    assert not failures, failures
+    assert overlapped >= 100 and explained[0] >= 4  # the explanations really ran beside the forwards
+    assert wrong == [], f"{len(wrong)} of 300 forwards differ from the model alone: {wrong[:5]}"
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_hooked_attention_without_a_mask_stays_causal():
+    """Handed no mask (as transformers does where SDPA's `is_causal` flag replaces one), the hooked function attends
+    causally for a causal module, exactly as with the explicit causal mask, and fully for a bidirectional one."""
+    g = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(2, 4, 6, 8, generator=g) for _ in range(3))
+    causal = torch.zeros(6, 6).masked_fill(~torch.ones(6, 6, dtype=torch.bool).tril(), torch.finfo(torch.float32).min)
+    module = torch.nn.Module().eval()
+    out, probs = patching.hooked_attention(module, query, key, value, None, scaling=0.3)
+    expected, expected_probs = patching.hooked_attention(module, query, key, value, causal, scaling=0.3)
+    assert torch.equal(out, expected) and torch.equal(probs, expected_probs)
+    assert probs[..., 0, 1:].abs().max().item() == 0.0
+    module.is_causal = False
+    _, probs = patching.hooked_attention(module, query, key, value, None, scaling=0.3)
+    assert probs[..., 0, 1:].min().item() > 0.0
+    _, probs = patching.hooked_attention(module, query, key, value, None, scaling=0.3, is_causal=True)
+    assert torch.equal(probs, expected_probs)
+
+
+def test_counting_forwards_counts_only_the_calling_threads_forwards():
+    """The cost counter of a call counts its own forwards, not those another thread runs on the same model
+    meanwhile (each thread's counter sees exactly its own, nested counters in one thread both count)."""
+    import threading
+
+    from llm_attrib.attributor import counting_forwards
+
+    model, vocab = tiny_model("llama")
+    kwargs, _ = _inputs(model, vocab, "llama", pad=False)  # a batch of 2 sequences
+    started, done, counts, overlap = threading.Barrier(2), threading.Event(), {}, [0]
+
+    def other() -> None:
+        with counting_forwards(model) as count:
+            started.wait()
+            while not done.is_set():
+                _forward(model, kwargs)
+                overlap[0] += 1
+        counts["other"] = (count[0], overlap[0])
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    with counting_forwards(model) as outer:
+        started.wait()
+        for _ in range(20):
+            with counting_forwards(model) as inner:
+                _forward(model, kwargs)
+    done.set()
+    thread.join()
+    assert (outer[0], inner[0]) == (40, 2)
+    assert counts["other"][0] == 2 * counts["other"][1] and counts["other"][1] > 0
+
+
+# ------------------------------------------------------------------------------------------- interrupts
+
+
+class Interrupt(BaseException):
+    """Stands for a KeyboardInterrupt arriving at one point of applying or undoing a change."""
+
+
+def _model_state(model) -> tuple:
+    owners = {patching._owner(config) for config in patching._configs(model)}
+    return (
+        [p.requires_grad for p in model.parameters()],
+        model.config._attn_implementation,
+        {owner: vars(owner)["_attn_implementation"] for owner in owners},
+    )
+
+
+def _raising_on_call(param, n: int):
+    """Make the n-th call of `param.requires_grad_` (1: while freezing, 2: while restoring) raise `Interrupt` once
+    its flag is set: an interrupt arriving between two steps."""
+    calls, original = [0], param.requires_grad_
+
+    def requires_grad_(flag=True):
+        calls[0] += 1
+        original(flag)
+        if calls[0] == n:
+            raise Interrupt
+        return param
+
+    param.requires_grad_ = requires_grad_
+    return calls
+
+
+@pytest.mark.parametrize("when", ["applying", "undoing"])
+def test_an_interrupt_while_freezing_or_unfreezing_leaves_every_flag_restored(when):
+    model, _ = tiny_model("llama")
+    flags = _mixed_flags(model)
+    before = _model_state(model)
+    params = list(model.parameters())
+    calls = _raising_on_call(params[len(params) // 2], 1 if when == "applying" else 2)
+    with pytest.raises(Interrupt):
+        with prepared(model, hook_attention=True):
+            assert when == "undoing", "the block must not run when freezing was interrupted"
+    assert calls[0] == 2  # frozen, then put back despite the interrupt
+    assert _model_state(model) == before and [p.requires_grad for p in params] == flags
+    assert patching._CHANGES.get(model, {}) == {}
+    with prepared(model, hook_attention=True):  # and the next call works normally
+        assert not any(p.requires_grad for p in model.parameters())
+    assert _model_state(model) == before
+
+
+@pytest.mark.parametrize("step", ["registering the undo", "entering the context"])
+def test_an_interrupt_between_applying_and_registering_leaves_nothing_applied(step, monkeypatch):
+    """An interrupt after a change is applied but before its undo is registered (or before the calling context is
+    marked) puts the change back at once."""
+    model, vocab = tiny_model("llama_gqa")
+    flags = _mixed_flags(model)
+    before = _model_state(model)
+    kwargs, _ = _inputs(model, vocab, "llama_gqa", pad=True)
+    reference = _forward(model, kwargs).logits
+
+    def interrupt(*args, **kwargs):
+        raise Interrupt
+
+    monkeypatch.setattr(patching, "_Change" if step == "registering the undo" else "_context_set", interrupt)
+    for hook in (False, True) if step == "registering the undo" else (True,):
+        with pytest.raises(Interrupt):
+            with prepared(model, hook_attention=hook):
+                pytest.fail("the block must not run")
+        assert _model_state(model) == before and [p.requires_grad for p in model.parameters()] == flags
+    monkeypatch.undo()
+    with attention_hooked(model), tapped(AttentionTap(record=True)) as tap:
+        assert torch.equal(_forward(model, kwargs).logits, reference)
+    assert len(tap.recorded) == model.config.num_hidden_layers
+    assert _model_state(model) == before
+
+
+@pytest.mark.parametrize("when", ["applying", "undoing"])
+def test_ctrl_c_while_changing_the_model_is_delivered_after_it(when):
+    """A real SIGINT raised in the middle of freezing (or unfreezing) the parameters arrives as KeyboardInterrupt
+    once the change is whole: applied and undone, or undone, never half."""
+    import signal
+
+    model, _ = tiny_model("gpt2")
+    flags = _mixed_flags(model)
+    before = _model_state(model)
+    params = list(model.parameters())
+    target, original, calls = params[len(params) // 2], params[len(params) // 2].requires_grad_, [0]
+
+    def requires_grad_(flag=True):
+        calls[0] += 1
+        if calls[0] == (1 if when == "applying" else 2):
+            signal.raise_signal(signal.SIGINT)
+        return original(flag)
+
+    target.requires_grad_ = requires_grad_
+    ran = []
+    with pytest.raises(KeyboardInterrupt):
+        with prepared(model, hook_attention=True):
+            ran.append(True)
+    assert ran == ([] if when == "applying" else [True])
+    assert _model_state(model) == before and [p.requires_grad for p in params] == flags
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -58,6 +58,61 @@ def test_sentences_split_offline():
         "Next"]
 
 
+def test_sentences_split_in_many_languages_with_exact_spans():
+    """Japanese and Chinese full stops, German and Spanish abbreviations and decimals: every span indexes the
+    original text exactly; the language is detected from the text or given."""
+    from llm_attrib.rag.sentences import detect_language
+
+    cases = {
+        "ja": ("東京は日本の首都です。富士山は日本で一番高い山です。高さは3776.24メートルです。",
+               ["東京は日本の首都です。", "富士山は日本で一番高い山です。", "高さは3776.24メートルです。"]),
+        "zh": ("北京是中国的首都。 珠穆朗玛峰高8848.86米。你去过吗？", ["北京是中国的首都。", "珠穆朗玛峰高8848.86米。", "你去过吗？"]),
+        "de": ("Dr. Müller wohnt in Berlin.  Der Preis stieg um 3,5 Prozent, d.h. stärker als erwartet.\n\nJa!",
+               ["Dr. Müller wohnt in Berlin.", "Der Preis stieg um 3,5 Prozent, d.h. stärker als erwartet.", "Ja!"]),
+        "es": ("El Sr. García vive en Madrid. ¿Vienes mañana?", ["El Sr. García vive en Madrid.", "¿Vienes mañana?"]),
+    }
+    for language, (text, sentences) in cases.items():
+        assert detect_language(text) == language
+        for given in (None, language):
+            spans = split_sentences(text, given)
+            assert [text[a:b] for a, b in spans] == sentences
+            assert all(b <= c for (_, b), (c, _) in zip(spans, spans[1:]))
+    assert split_sentences("") == [] and split_sentences(" \n ") == []
+
+
+def test_the_generated_answer_ends_at_its_paragraph_or_sentence_budget():
+    from llm_attrib.rag.answer import answer_end
+
+    text = "Mount Fuji is the highest mountain in Japan. It is 3,776 m tall. Mount Kilimanjaro is in Africa."
+    assert answer_end(text, 1) == text.index(" It") and answer_end(text, 2) == text.index(" Mount K")
+    assert answer_end(text, 3) is None and answer_end(text, None) is None  # it may still go on
+    assert answer_end("\n\nFuji.\n\nKilimanjaro.", None) == len("\n\nFuji.")
+    assert answer_end("The answer is:\n\nFuji.\n\nMore", 3) == len("The answer is:\n\nFuji.")
+    assert answer_end("富士山です。高いです。次です。", 2) == len("富士山です。高いです。")
+
+
+def test_an_answer_cut_by_max_new_tokens_is_flagged_and_the_parts_add_up(tmp_path):
+    """A model that can never end (no special token, no full stop, no line break) is cut by max_new_tokens: the
+    result says so, and keeps it through a save. Each document's label and sentences add up to its score."""
+    tokenizer = tiny_tokenizer(64, bos=False, extra=(".",))
+    model = tiny_llama(context=96)
+    model.generation_config.suppress_tokens = [0, 1, 2, 3, tokenizer.convert_tokens_to_ids(".")]
+    result = rag.explain(model, tokenizer, "w30", DOCS, template=TINY, max_new_tokens=5, method="saliency",
+                         verify=False, show_progress=False)
+    assert result.truncated and len(result.explanation.target_tokens) >= 1
+    assert len(result.answer.split()) == 5
+    result.save(tmp_path / "r.json")
+    loaded = rag.RagExplanation.load(tmp_path / "r.json")
+    assert loaded.truncated
+    text = result.explanation.text
+    assert [text[a:b].strip() for a, b in result.header_spans] == ["w12", "w12 w9 w13", "w12"]
+    parts = result.header_scores + torch.stack([s.sum(1) for s in result.sentence_scores], 1)
+    torch.testing.assert_close(parts, result.document_scores, rtol=0, atol=1e-6)
+    torch.testing.assert_close(loaded.header_scores, result.header_scores)
+    assert not rag.explain(model, tokenizer, "w30", DOCS, answer=" w50", template=TINY, method="saliency",
+                           verify=False, show_progress=False).truncated
+
+
 @pytest.mark.parametrize("space", ["embeddings", "attention", "mask"])
 def test_the_source_document_comes_first_on_the_rag_model(zoo, space):
     """Ground truth: the answer is copied from one document; the ranking, the citation and leave-one-out find it,
@@ -223,19 +278,45 @@ def test_thresholds_are_calibrated_from_known_margins():
         rag.calibrate([1.0], [0.0, 1.0])
 
 
-def test_default_thresholds_on_another_model_are_flagged(chat_lm):
-    """The thresholds are nats on the zoo model; on any other model the default ones come with a warning, and
-    thresholds of one's own do not."""
-    from llm_attrib import UncalibratedWarning
-
+def test_verdicts_are_uncalibrated_on_a_model_without_thresholds(chat_lm, zoo, tmp_path):
+    """Margins are nats of one model: a model with no shipped thresholds gets "uncalibrated" verdicts that keep their
+    margins (and survive a save), thresholds of one's own label them, the zoo model is found by its weights (not its
+    path) in any dtype, and thresholds that are not two finite numbers with low <= high are refused."""
     model, tokenizer = chat_lm
-    with pytest.warns(UncalibratedWarning, match="rag.calibrate"):
-        rag.explain(model, tokenizer, "w30", ["w1 w2", "w3"], answer=" w50", template=TINY, method="saliency",
-                    show_progress=False)
-    import warnings
+    result = rag.explain(model, tokenizer, "w30", ["w1 w2", "w3"], answer=" w50", template=TINY, method="saliency",
+                         show_progress=False)
+    verdict = result.verdicts[0]
+    assert (verdict.label, verdict.calibrated, verdict.thresholds) == ("uncalibrated", False, None)
+    assert verdict.margin == pytest.approx(verdict.drop_cited - verdict.drop_other)
+    result.save(tmp_path / "r.json")
+    assert rag.RagExplanation.load(tmp_path / "r.json").verdicts[0] == verdict
+    own = rag.explain(model, tokenizer, "w30", ["w1 w2", "w3"], answer=" w50", template=TINY, method="saliency",
+                      thresholds=(0.5, 1.0), show_progress=False).verdicts[0]
+    assert own.calibrated and own.thresholds == (0.5, 1.0) and own.label in ("supported", "unsupported", "uncertain")
+    assert own.margin == pytest.approx(verdict.margin)
+    for bad in ((20, 1), (float("nan"), 1.0), (0.0, float("inf")), (1.0,), "ab"):
+        with pytest.raises(InvalidInputError, match="thresholds"):
+            rag.explain(model, tokenizer, "w30", ["w1 w2"], answer=" w50", template=TINY, method="saliency",
+                        thresholds=bad, show_progress=False)
+    zoo_model, _ = zoo
+    assert rag.calibrated_thresholds(zoo_model) == rag.THRESHOLDS
+    import copy
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UncalibratedWarning)
-        result = rag.explain(model, tokenizer, "w30", ["w1 w2", "w3"], answer=" w50", template=TINY,
-                             method="saliency", thresholds=(0.5, 1.0), show_progress=False)
-    assert result.verdicts[0].thresholds == (0.5, 1.0)
+    assert rag.calibrated_thresholds(copy.deepcopy(zoo_model).to(torch.bfloat16)) == rag.THRESHOLDS
+    assert rag.calibrated_thresholds(model) is None
+
+
+def test_the_cli_passes_thresholds_and_refuses_bad_ones(tmp_path, capsys):
+    """`llm-attrib rag --thresholds LOW HIGH` labels with the given thresholds; (20, 1) is refused with exit code 2
+    before any model is loaded; the terminal numbers documents from 1, as the prompt ("Document 1: ...") does."""
+    from llm_attrib.cli import main
+
+    assert main(["rag", "--thresholds", "20", "1", "--no-progress"]) == 2
+    assert "low <= high" in capsys.readouterr().err
+    out = tmp_path / "r.json"
+    assert main(["rag", "--space", "attention", "--thresholds", "0.5", "1.5", "--json", str(out), "--no-progress"]) == 0
+    result = rag.RagExplanation.load(out)
+    assert result.verdicts[0].thresholds == (0.5, 1.5) and result.verdicts[0].calibrated
+    printed = capsys.readouterr().out
+    top = result.top_document
+    assert f"│    1 │ {top + 1} " in printed

@@ -169,7 +169,7 @@ def test_verdicts_citations_and_leave_one_out_are_shown(chat):
     page = Page(result.to_html())
     labels = [text.strip() for cls, text in page.classes if cls == "verdict"]
     assert labels == [v.label for v in result.verdicts] and len(labels) == 2
-    assert set(labels) <= {"supported", "unsupported", "uncertain"}
+    assert set(labels) == {"uncalibrated"}  # the tiny model has no calibrated thresholds: margins only
     table = [text for cls, text in page.classes if cls == "loo"]
     assert len(table) == 1
     for d in range(len(result.documents)):
@@ -179,6 +179,37 @@ def test_verdicts_citations_and_leave_one_out_are_shown(chat):
     for citation in result.citations:
         for d, score in citation.documents:
             assert f"Document {d + 1}" in citations and f"{score:+.3g}" in citations
+
+
+def test_document_headers_are_shaded_and_add_up(chat):
+    for result in chat.values():
+        page = Page(result.to_html())
+        heads = [text for cls, text in page.classes if cls == "dochead"]
+        assert heads[:2] == ["Document 1 (Mount Fuji):", "Document 2 (Kyoto):"] and heads[2] == "Document 3:"
+        data = blob(page)
+        for r, row in enumerate(data["docScores"]):
+            for d, total in enumerate(row):
+                parts = data["headScores"][r][d] + sum(data["sentScores"][d][r])
+                assert parts == pytest.approx(total, abs=1e-5)  # the header and sentences make the document
+
+
+def test_uncalibrated_verdicts_are_neutral_margins(chat):
+    result = chat["sentence"]
+    verdicts = [dataclasses.replace(v, label="uncalibrated", calibrated=False) for v in result.verdicts]
+    text = dataclasses.replace(result, verdicts=verdicts).to_html()
+    page = Page(text)
+    assert [t.strip() for cls, t in page.classes if cls == "verdict"] == ["uncalibrated", "uncalibrated"]
+    assert "#cf222e" not in re.search(r'id="citations".*?</table>', text, re.S).group(0)  # never the red label
+    for verdict in verdicts:
+        assert f"margin <b class=\"num\">{verdict.margin:+.2f}</b> nats (thresholds not calibrated" in text
+    assert "Uncalibrated:" in text and "unsupported</b>" not in text
+
+
+def test_truncated_answer_is_flagged(chat):
+    result = chat["sentence"]
+    assert 'id="truncated"' not in result.to_html()
+    text = dataclasses.replace(result, truncated=True).to_html()
+    assert 'id="truncated"' in text and "Answer truncated." in text
 
 
 def test_shapley_values_are_shown_beside_leave_one_out(chat):
@@ -294,10 +325,17 @@ def _sentence_colours(driver) -> dict[tuple[int, int], tuple[int, int, int]]:
     return out
 
 
-def _expected(scores: list[torch.Tensor]) -> dict[tuple[int, int], float]:
-    """Sentence -> normalised score in [-1, 1] (by the largest |score| over all documents' sentences)."""
+def _headers(result, rows: list[int]) -> torch.Tensor:
+    """(documents,) the selection's score of each document's header: the document's score minus its sentences'."""
+    sentences = torch.stack([s[rows].sum(0).sum() for s in result.sentence_scores])
+    return result.document_scores[rows].sum(0) - sentences
+
+
+def _expected(scores: list[torch.Tensor], headers: torch.Tensor) -> dict[tuple[int, int], float]:
+    """Sentence -> normalised score in [-1, 1] (by the largest |score| over all documents' sentences and headers:
+    one scale for every shaded part of a document)."""
     flat = {(d, s): float(v) for d, row in enumerate(scores) for s, v in enumerate(row.tolist())}
-    peak = max(abs(v) for v in flat.values()) or 1.0
+    peak = max([abs(v) for v in flat.values()] + headers.abs().tolist()) or 1.0
     return {key: v / peak for key, v in flat.items()}
 
 
@@ -327,16 +365,16 @@ def test_selecting_rows_reshades_the_documents_in_a_browser(chat, tmp_path):
     try:
         driver.get(path.as_uri())
         whole = _sentence_colours(driver)
-        _check_shading(whole, _expected(result.answer_sentence_scores))  # the default selection is the whole answer
+        _check_shading(whole, _expected(result.answer_sentence_scores, _headers(result, [0, 1])))  # the default selection is the whole answer
         rows = driver.find_elements(By.CSS_SELECTOR, ".row")
         assert len(rows) == 2
         rows[1].click()
         second = _sentence_colours(driver)
         assert second != whole
-        _check_shading(second, _expected([s[1] for s in result.sentence_scores]))
+        _check_shading(second, _expected([s[1] for s in result.sentence_scores], _headers(result, [1])))
         assert "sel" in rows[1].get_attribute("class").split()
         ActionChains(driver).move_to_element(rows[0]).perform()  # hovering previews the first row...
-        _check_shading(_sentence_colours(driver), _expected([s[0] for s in result.sentence_scores]))
+        _check_shading(_sentence_colours(driver), _expected([s[0] for s in result.sentence_scores], _headers(result, [0])))
         ActionChains(driver).move_to_element(driver.find_element(By.TAG_NAME, "h1")).perform()
         assert _sentence_colours(driver) == second  # ...and leaving it returns to the pinned row
         ranks = {int(card.get_attribute("data-d")): card.find_element(By.CSS_SELECTOR, ".rank").text
@@ -352,7 +390,7 @@ def test_selecting_rows_reshades_the_documents_in_a_browser(chat, tmp_path):
         assert shaded > 0 and set(_sentence_colours(driver).values()) == {(0, 0, 0)}
         driver.find_element(By.CSS_SELECTOR, 'input[value="sentence"]').click()
         driver.find_element(By.CSS_SELECTOR, '#citations tr[data-key="s0"]').click()  # a citation selects its sentence
-        _check_shading(_sentence_colours(driver), _expected([s[0] for s in result.sentence_scores]))
+        _check_shading(_sentence_colours(driver), _expected([s[0] for s in result.sentence_scores], _headers(result, [0])))
         screenshot = tmp_path / "rag_report.png"
         driver.save_screenshot(str(screenshot))
         assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 10_000

@@ -166,16 +166,15 @@ def test_byte_fragments_show_the_text_they_cover_and_split_answers_are_refused(a
 def test_rag_document_shapley_values_on_the_real_model(smollm2):
     """A real-text rag example (rag-069): the document that states the answer carries it, the Shapley values add up
     to the answer's log-probability with every document minus with none, and leave-one-out shares their subsets."""
-    from llm_attrib import UncalibratedWarning, rag
+    from llm_attrib import rag
 
     question = "What language is mainly spoken in Brazil?"
     documents = ["Dutch is the official language of Suriname, a small country on the northern coast of South America.",
                  "The main language spoken in Brazil is Portuguese, a legacy of the country's long colonial history "
                  "under Portugal.",
                  "French is an official language of Haiti, along with Haitian Creole, which most people speak at home."]
-    with pytest.warns(UncalibratedWarning):
-        result = rag.explain(*smollm2, question, documents, answer="Portuguese", method="attention",
-                             granularity="answer", shapley=True, show_progress=False)
+    result = rag.explain(*smollm2, question, documents, answer="Portuguese", method="attention",
+                         granularity="answer", shapley=True, show_progress=False)
     shapley = result.shapley
     assert shapley.exact and shapley.n_subsets == 8 and result.cost["n_forward_ablation"] == 8
     torch.testing.assert_close(shapley.values.sum(0), shapley.full - shapley.empty, rtol=0, atol=1e-9)

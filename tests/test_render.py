@@ -202,3 +202,31 @@ def test_classifier_explanation_has_no_hidden_cells():
     page = render_html(exp)
     assert "cell na" not in page and '"lm": false' in page
     assert "positive" in explanation_text(exp)
+
+
+def test_cost_fields_are_text_not_markup(exp, tmp_path):
+    """Stored XSS probe: a cost field holding markup is shown as text (the page once wrote it unescaped)."""
+    probe = "<img src=x onerror=alert(1)>"
+    page = render_html(dataclasses.replace(exp, cost={"n_forward": probe, "n_backward": 2, "seconds": 0.5}))
+    assert probe not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert len(re.findall(r"<script\b", page)) == 2 and "<img" not in page
+    path = tmp_path / "crafted.json"
+    data = exp.to_dict()
+    data["cost"] = {"n_forward": probe}
+    path.write_text(json.dumps(data))
+    with pytest.raises(InvalidInputError, match="cost"):  # and a crafted file is refused on load
+        Explanation.load(path)
+
+
+def test_script_json_cannot_end_its_element():
+    from llm_attrib.render.templating import script_json
+
+    data = {"text": "</script><!-- & \u2028\u2029 'x' \"y\""}
+    text = str(script_json(data))
+    assert not set("<>&\u2028\u2029") & set(text)
+    assert json.loads(text) == data
+
+
+def test_notes_are_shown(exp):
+    page = render_html(dataclasses.replace(exp, notes=["40% of the prompt's tokens are <unk>"]))
+    assert "40% of the prompt&#39;s tokens are &lt;unk&gt;" in page

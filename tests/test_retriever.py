@@ -256,7 +256,7 @@ def test_cross_encoder_goes_through_the_classifier_path():
     assert exp.input_markup[8] and exp.input_markup[0] and not exp.input_markup[9]
     assert exp.converged and float(exp.completeness_error[0]) <= 0.01
     ids = torch.tensor([tokenizer(exp.text)["input_ids"]])
-    neutral = neutral_token_id(tokenizer, model.get_input_embeddings())  # [UNK]: BERT's [PAD] row starts at zero
+    neutral = neutral_token_id(tokenizer, model)  # [UNK]: BERT's [PAD] row starts at zero
     blank = torch.where(torch.tensor([exp.input_markup]), ids, torch.full_like(ids, neutral))
     with torch.no_grad():
         relevance, baseline = (float(model(input_ids=i).logits[0, 0]) for i in (ids, blank))

@@ -88,7 +88,7 @@ def test_noiseless_single_baseline_is_ig_from_the_scaled_attention(attributor):
     space = AttentionSpace(layers=[0, 2])
     with attention_hooked(attributor.model):
         x = space.point(attributor.model, seq)
-    scaled = math.sqrt(alpha_bar("linear", 500)[-1].item()) * x
+    scaled = torch.where(seq.keep, x, math.sqrt(alpha_bar("linear", 500)[-1].item()) * x)  # markup keys stay
     ig = attributor.explain(PROMPT, answer=ANSWER, method="ig", space="attention", layers=[0, 2], n_steps=16, baseline=scaled,
                             quadrature="gauss-legendre", tolerance=None)
     torch.testing.assert_close(rpi.scores, ig.scores, atol=1e-6, rtol=1e-5)
@@ -113,6 +113,7 @@ def test_score_guided_candidates_converge_at_the_defaults(attributor):
     exp = attributor.explain(PROMPT, answer=ANSWER, method="rpi", n_baselines=4)
     assert exp.params["quadrature"] == "score-guided" and exp.converged
     assert exp.completeness_error.max() <= 0.01
+    assert exp.extra["token_error"].shape == exp.scores.shape  # a per-score error bar beside completeness
 
 
 def test_selection_uses_a_perturbation_the_evaluation_does_not(attributor):
@@ -123,14 +124,33 @@ def test_selection_uses_a_perturbation_the_evaluation_does_not(attributor):
     from llm_attrib.metrics import faithfulness
     from llm_attrib.methods.rpi import SELECTION
 
-    exp = attributor.explain(PROMPT, answer=ANSWER, method="rpi", **FAST)
-    assert exp.extra["selected_on"] == {"metric": "aopc_sufficiency", "removal": "replace",
-                                        "bins": list(SELECTION["bins"])}
+    exp = attributor.explain(PROMPT, answer=ANSWER, method="rpi", selection_bins="as_given", **FAST)
+    chosen = exp.extra["selected_on"]
+    assert {k: chosen[k] for k in ("metric", "removal", "bins")} == {
+        "metric": "aopc_sufficiency", "removal": "replace", "bins": list(SELECTION["bins"])}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         faithfulness(attributor, exp)
     with pytest.warns(SelectionLeakWarning, match="aopc_sufficiency"):
         faithfulness(attributor, exp, removal="replace", bins=SELECTION["bins"])
+
+
+def test_the_result_says_which_token_counts_selection_shares_with_the_evaluation(attributor):
+    """6 removable tokens: the evaluation's bins (1/5/10/20/50%, ceil) hold 1, 2 and 3 tokens, and the fixed
+    selection bins (2/15/30/40%) 1, 1, 2, 3: all shared. The default moves them to counts no evaluation bin has."""
+    from llm_attrib.methods.rpi import disjoint_bins
+    from llm_attrib.metrics._perturb import bin_counts
+
+    shared = attributor.explain(PROMPT, answer=ANSWER, method="rpi", selection_bins="as_given", **FAST)
+    assert shared.extra["selected_on"]["counts_shared_with_default_evaluation"] == [1, 2, 3]
+    honest = attributor.explain(PROMPT, answer=ANSWER, method="rpi", **FAST)
+    chosen = honest.extra["selected_on"]
+    assert chosen["selection_bins"] == "disjoint" and chosen["counts_shared_with_default_evaluation"] == []
+    assert chosen["token_counts"] == bin_counts(tuple(chosen["bins"]), 6) == [4, 5]
+    for n in range(4, 60):  # the returned percentages round to exactly the free counts
+        bins, counts = disjoint_bins((2.0, 15.0, 30.0, 40.0), n)
+        assert bin_counts(bins, n) == counts and not set(counts) & set(bin_counts((1, 5, 10, 20, 50), n))
+    assert disjoint_bins((2.0, 15.0), 3) == ((2.0, 15.0), [1, 1])  # no free count below all 3: as given
 
 
 def test_defaults_use_the_third_layer_from_the_end(attributor):
@@ -170,7 +190,8 @@ def test_the_harness_marks_a_method_selected_on_the_metric_it_reports(attributor
     from llm_attrib.metrics import ERASER_BINS
 
     examples = [{"prompt": PROMPT, "answer": ANSWER}]
-    in_sample = {"method": "rpi", "label": "rpi-in-sample", "psi_options": {"removal": "delete", "bins": ERASER_BINS}, **FAST}
+    in_sample = {"method": "rpi", "label": "rpi-in-sample", "psi_options": {"removal": "delete", "bins": ERASER_BINS},
+                 "selection_bins": "as_given", **FAST}
     with pytest.warns(SelectionLeakWarning):
         result = evaluate(attributor, examples, [in_sample, {"method": "rpi", **FAST}], show_progress=False)
     marked = result.rows.groupby("method")["selected_on_reported_metric"].all()
@@ -179,3 +200,52 @@ def test_the_harness_marks_a_method_selected_on_the_metric_it_reports(attributor
     for t in range(2):  # in-sample, the reported value is the best of the candidates: the leak the mark warns of
         chosen = rows.loc[("rpi-in-sample", t), "aopc_sufficiency"]
         assert chosen <= rows.loc[("rpi", t), "aopc_sufficiency"] + 1e-6
+
+
+SPAN = (3, 11)  # "w7 w3 w9" of "w1 w7 w3 w9 w4 w12"
+
+
+@pytest.mark.parametrize("options", [
+    {},
+    {"aggregation": "completeness"},
+    {"multiply_by": "input", "quadrature": "riemann-inclusive"},
+    {"multiply_by": "input_x_point", "quadrature": "riemann-inclusive", "noise_scale": "code"},
+])
+def test_tokens_outside_attribute_to_get_exactly_zero(attributor, options):
+    """Only what moves is noised: the attention paid to tokens outside the spans (and to markup) stays at its
+    value on every baseline, so under every integrand they score exactly 0, as under IG."""
+    exp = attributor.explain(PROMPT, answer=ANSWER, method="rpi", attribute_to=[SPAN], **{**FAST, **options})
+    inside = torch.tensor([SPAN[0] <= s < SPAN[1] and e > s for s, e in exp.input_offsets])
+    inside[exp.n_prompt_tokens:] = False
+    assert exp.scores[:, ~inside].abs().max() == 0 and exp.scores[:, inside].abs().max() > 0
+    assert (exp.extra["candidates"][..., ~inside] == 0).all()
+
+
+def test_the_reference_codes_integrand_weighs_each_gradient_by_its_point(attributor):
+    """With one node at the explicand (riemann-right, 1 step) every integrand's point is A itself: per layer,
+    head and key of the target's row, 'input_x_point' is 'input' times A, and 'input' is A times the gradient."""
+    from llm_attrib.core.spaces import AttentionSpace
+    from llm_attrib.patching import attention_hooked
+
+    one = dict(n_baselines=1, n_steps=1, quadrature="riemann-right")
+    plain = attributor.explain(PROMPT, answer=ANSWER, method="rpi", multiply_by="input", **one)
+    weighed = attributor.explain(PROMPT, answer=ANSWER, method="rpi", multiply_by="input_x_point", **one)
+    seq = attributor.sequence(PROMPT, answer=ANSWER)
+    space = AttentionSpace(layers=plain.params["layers"])
+    with attention_hooked(attributor.model):
+        x = space.point(attributor.model, seq)
+    rows = x[:, :, seq.target_positions, : plain.scores.shape[1]].permute(2, 0, 1, 3)  # (T, layers, H, L)
+    torch.testing.assert_close(weighed.head_scores, plain.head_scores * rows, atol=1e-7, rtol=1e-5)
+    assert weighed.params["multiply_by"] == "input_x_point" and torch.isnan(weighed.completeness_error).all()
+
+
+def test_rag_explain_with_rpi_moves_only_the_documents(attributor):
+    """rag.explain passes the documents as attribute_to: under RPI the question and template score exactly 0."""
+    from llm_attrib import rag
+
+    template = rag.Template(prompt="w10 {documents} w11 {question}", document="w12 {text}", titled="w12 {title} w13 {text}",
+                            separator=" ")
+    result = rag.explain(attributor.model, attributor.tokenizer, "w30 w31", ["w1 w2 w3", "w7 w8", "w20 w21"],
+                         answer=" w50 w51", template=template, method="rpi", granularity="answer", verify=False,
+                         show_progress=False, **FAST)
+    assert abs(result.other_score) < 1e-6 and result.explanation.prompt_scores.abs().sum() > 0  # was 0.59

@@ -5,7 +5,10 @@ The weights use a larger init std than the configs' default (0.02) so attention 
 error in scaling, masking or softcapping shows up as a real logit difference.
 
 `ARCHITECTURES` lists the architectures whose attention goes through transformers' AttentionInterface
-(hookable), `BYPASSING` those that compute attention in their own code in this transformers version.
+(hookable), `BYPASSING` those that compute attention in their own code. Both are decided for the installed
+transformers version by the package's own check (`llm_attrib.patching.supports_attention_hook`), never by hand:
+releases move architectures onto the interface (GPT-J and CodeGen in 5.24, Falcon in 5.25), and the tests then
+hold each one to exact equality with eager attention, or to the package's clear refusal.
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import transformers
-from packaging.version import Version
 import transformers as tf
+
+from llm_attrib.patching import supports_attention_hook
 
 VOCAB = 96
 INIT_STD = 0.2
@@ -111,12 +114,28 @@ def _configs() -> dict[str, tuple[type, Callable]]:
         ),
         "bert": (tf.AutoModelForSequenceClassification, lambda: tf.BertConfig(**_ENCODER)),
         "roberta": (tf.AutoModelForSequenceClassification, lambda: tf.RobertaConfig(**_ENCODER, pad_token_id=1)),
-        # Candidates that may bypass the AttentionInterface (checked below).
+        # Architectures that bypassed the AttentionInterface in some 5.x release (checked below).
         "falcon": (
             c,
             lambda: tf.FalconConfig(
                 hidden_size=32, num_hidden_layers=2, num_attention_heads=4, new_decoder_architecture=False,
                 multi_query=False, parallel_attn=True, alibi=False, **_COMMON,
+            ),
+        ),
+        # Falcon with ALiBi: the position bias arrives inside the attention mask.
+        "falcon_alibi": (
+            c,
+            lambda: tf.FalconConfig(
+                hidden_size=32, num_hidden_layers=2, num_attention_heads=4, new_decoder_architecture=False,
+                multi_query=False, parallel_attn=False, alibi=True, **_COMMON,
+            ),
+        ),
+        # Falcon's new decoder architecture (Falcon-40B/180B): grouped key/value heads.
+        "falcon_gqa": (
+            c,
+            lambda: tf.FalconConfig(
+                hidden_size=32, num_hidden_layers=2, num_attention_heads=4, new_decoder_architecture=True,
+                num_kv_heads=2, alibi=False, **_COMMON,
             ),
         ),
         "gptj": (
@@ -169,20 +188,17 @@ _SPECS = _configs()
 
 ENCODERS = ("bert", "roberta", "deberta", "deberta_v2")
 
-# Architectures routed through transformers' AttentionInterface (in transformers 5.23; checked by the tests
-# with `supports_attention_hook` and by eager equality of the hooked logits).
-ARCHITECTURES = [
-    "llama", "llama_gqa", "mistral", "mistral_gqa", "qwen2", "qwen2_gqa", "qwen3", "qwen3_gqa",
-    "gemma", "gemma_gqa", "gemma2", "phi3", "phi3_gqa", "gpt2", "gpt2_layerscaled", "gpt_neox", "opt", "bert", "roberta",
-]
-if "gpt_oss" in _SPECS:
-    ARCHITECTURES.append("gpt_oss")
 
-# Architectures computing attention in their own code (no AttentionInterface) in this transformers version.
-BYPASSING = ["falcon", "gpt_neo", "bloom", "mpt", "deberta", "deberta_v2"]
+def model_class(arch: str) -> type:
+    """The concrete model class of `arch` in the installed transformers (resolved without building weights)."""
+    auto_class, make_config = _SPECS[arch]
+    return auto_class._model_mapping[type(make_config())]
 
-# GPT-J and CodeGen moved onto the AttentionInterface in transformers 5.24.
-(ARCHITECTURES if Version(transformers.__version__) >= Version("5.24") else BYPASSING).extend(["gptj", "codegen"])
+
+# Every tiny architecture, split by whether the installed transformers routes its attention through the
+# AttentionInterface: the same check the package makes before hooking.
+ARCHITECTURES = [arch for arch in _SPECS if supports_attention_hook(model_class(arch))]
+BYPASSING = [arch for arch in _SPECS if arch not in ARCHITECTURES]
 
 
 def is_encoder(arch: str) -> bool:

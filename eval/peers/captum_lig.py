@@ -10,7 +10,7 @@ import torch
 from captum.attr import LayerIntegratedGradients
 
 from llm_attrib import Attributor, Explanation
-from llm_attrib.attributor import is_classifier
+from llm_attrib.core.model_kind import is_classifier
 
 
 def captum_lig(attributor: Attributor, example: dict) -> Explanation:

@@ -18,15 +18,16 @@ from tqdm.auto import tqdm
 
 from .. import parallel
 from ..errors import NumericalError
-from .paths import Paths
+from .paths import Paths, taken
+from .progress import current
 
 Scores = Callable[[torch.Tensor], torch.Tensor]
 Reduce = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor | None]]
-Contribution = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Contribution = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # gradient, delta, point
 FirstScores = Callable[[torch.Tensor, int], torch.Tensor]  # points, n -> scores of the first n targets
 
 
-def gradient_times_delta(gradient: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+def gradient_times_delta(gradient: torch.Tensor, delta: torch.Tensor, point: torch.Tensor) -> torch.Tensor:
     """The path-integral contribution of one point: its gradient times the displacement it stands for."""
     return gradient * delta
 
@@ -44,6 +45,9 @@ class Integral:
         n_backward: sequences run backward (B per target per chunk).
         point_scores: (N,) for paths whose points each serve one target: that target's score at each point,
             which the forward computed anyway (score-guided refinement reads the scores at its new edges here).
+        token_error, detail_error: (P, T, L) and (P, T, *D), per-token (per-entry) quadrature error estimates
+            where the rule has a nested one (score-guided panels: |Boole - Simpson on the same nodes| summed over
+            the panels, so errors of different panels never cancel in it), else None.
     """
 
     tokens: torch.Tensor
@@ -53,6 +57,8 @@ class Integral:
     n_forward: int
     n_backward: int
     point_scores: torch.Tensor | None = None
+    token_error: torch.Tensor | None = None
+    detail_error: torch.Tensor | None = None
 
     def completeness_error(self) -> torch.Tensor:
         """(P, T) |sum(attr) - (F(x) - F(x'))| / |F(x) - F(x')|."""
@@ -103,7 +109,8 @@ def integrate(
         end: (*S) the explicand x, where every path ends.
         reduce: (contribution (*S), target index) -> (tokens (L,), detail (*D) or None); linear.
         internal_batch_size: path points per forward.
-        contribution: (gradient, delta) -> contribution; gradient x delta for path methods.
+        contribution: (gradient, delta, point) -> contribution; gradient x delta for path methods (others, e.g.
+            RPI's reference-code integrand, also weigh by the point itself).
         show_progress: show a progress bar when the work takes more than a second.
         targets: the targets whose gradients to integrate (default all); the others' rows stay zero. One
             forward still serves them all, so refining a few targets costs only their backward passes.
@@ -142,7 +149,11 @@ def integrate(
                 detail[p, column] += detail_part
 
     chunks = parallel.my_chunks(_chunks(paths, internal_batch_size))
-    for index in tqdm(chunks, desc="attributing", delay=1.0, leave=False, disable=not show_progress):
+    bar = current()  # the explanation's one bar, when an Attributor runs this
+    for index in chunks if bar is not None else tqdm(chunks, desc="attributing", delay=1.0, leave=False,
+                                                      disable=not show_progress):
+        if bar is not None:
+            bar.advance()
         path_ids = paths.path_of(index)
         if target_of is not None:
             own = target_of(index)
@@ -151,7 +162,9 @@ def integrate(
             n_forward += n_rows
             n_backward += n_rows * n_passes
             point_scores[index] = scored
-            contrib = contribution(gradient, deltas)
+            # The default needs no point per node; another hook gets them (a gather of the chunk's points).
+            contrib = (gradient * deltas if contribution is gradient_times_delta
+                       else contribution(gradient, deltas, taken(points, row)))
             for t in own.unique().tolist():
                 accumulate(contrib[own == t], path_ids[own == t], 0, t)
             continue
@@ -165,7 +178,7 @@ def integrate(
             (gradient,) = torch.autograd.grad(out[:, t].sum(), points, retain_graph=t != chosen[-1])
             n_backward += len(index)
             check_finite(gradient, "gradients at a path point")
-            accumulate(contribution(gradient.float(), deltas), path_ids, t, t)
+            accumulate(contribution(gradient.float(), deltas, points.detach()), path_ids, t, t)
     if parallel.is_sharding():
         if tokens is None:  # this process had no chunk: add zeros of the right shape
             token_part, detail_part = reduce(torch.zeros_like(end).float(), 0)

@@ -14,8 +14,10 @@ import os
 from collections.abc import Callable
 
 import torch
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from ..errors import InvalidInputError
+from .placement import execution_devices, offloaded_bytes
 
 HEADROOM = 0.7
 # Beyond the saved tensors a point holds the forward's transients: on a 4-layer, d=256 Llama over a 2000-token
@@ -25,14 +27,75 @@ MAX_CHUNK = 64
 
 
 def available_bytes(device: torch.device) -> int:
-    """Free memory on the device: CUDA's free memory, else the host's available physical memory."""
+    """Free memory on the device: CUDA's free memory; on the host the smallest of the available physical memory
+    and what this process's limits leave (`process_limit_bytes`)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        host = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
-        return 8 * 2**30
+        host = 8 * 2**30
+    limit = process_limit_bytes()
+    return host if limit is None else max(0, min(host, limit))
+
+
+def process_limit_bytes() -> int | None:
+    """What the process may still allocate under its own limits, or None without one: the address-space rlimit
+    (RLIMIT_AS, e.g. `ulimit -v`) less the address space in use, and the cgroup's memory limit (v2 memory.max,
+    v1 memory.limit_in_bytes, as containers and job schedulers set) less its current usage. The host's free
+    memory says nothing of these, and a point sized by it dies in the allocator."""
+    room = []
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            room.append(soft - _status_bytes("VmSize"))
+    except (ImportError, OSError, ValueError):
+        pass
+    for limit_file, usage_file in (("memory.max", "memory.current"), ("memory.limit_in_bytes", "memory.usage_in_bytes")):
+        limit, usage = _cgroup_number(limit_file), _cgroup_number(usage_file)
+        if limit is not None and limit < 2**60:
+            room.append(limit - (usage or 0))
+            break
+    return min(room) if room else None
+
+
+def _status_bytes(field: str) -> int:
+    """A size field of /proc/self/status (e.g. VmSize), in bytes; 0 where there is none."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _cgroup_number(name: str, root: str = "/") -> int | None:
+    """A number from this process's cgroup folder (v2 unified, or the v1 memory controller) under `root`; None if
+    absent or unlimited ("max")."""
+    folders = []
+    try:
+        with open(os.path.join(root, "proc/self/cgroup")) as groups:
+            for line in groups:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if controllers == "":
+                    folders.append(f"sys/fs/cgroup{path}")
+                elif "memory" in controllers.split(","):
+                    folders.append(f"sys/fs/cgroup/memory{path}")
+    except (OSError, ValueError):
+        return None
+    for folder in folders + ["sys/fs/cgroup", "sys/fs/cgroup/memory"]:
+        try:
+            with open(os.path.join(root, folder, name)) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        return None if text == "max" else int(text) if text.isdigit() else None
+    return None
 
 
 def checked_optional(value: object, name: str) -> int | None:
@@ -43,22 +106,51 @@ def checked_optional(value: object, name: str) -> int | None:
 
 
 def budget_bytes(model, memory_budget: int | None = None) -> int:
-    """The bytes path points may use: `memory_budget`, or a share of the device's free memory."""
+    """The bytes the path points of a gradient method may use: `memory_budget`, or a share of the free memory of
+    the device that has the least of it among those the model computes on (a chunk's activations pass through
+    each of them), less the offloaded weights a backward holds there."""
     if memory_budget is not None:
         return memory_budget
-    return int(HEADROOM * available_bytes(model.get_input_embeddings().weight.device))
+    loaded = offloaded_bytes(model)
+    free = {device: int(HEADROOM * available_bytes(device)) for device in execution_devices(model)}
+    device = min(free, key=lambda d: free[d] - loaded.get(d, 0))
+    if free[device] <= loaded.get(device, 0):
+        raise InvalidInputError(
+            f"a backward through this offloaded model holds all its weights offloaded to {device} at once "
+            f"({loaded[device] / 2**30:.2f} GiB: autograd keeps each layer's weights for the gradient of its input), "
+            f"more than the {free[device] / 2**30:.2f} GiB the budget allows there ({HEADROOM:.0%} of the free "
+            "memory). Offload less to that device, quantize the weights, pass memory_budget= to override, or use "
+            "method='attention'."
+        )
+    return free[device] - loaded.get(device, 0)
+
+
+def storages(tensor: torch.Tensor) -> dict[int, int]:
+    """Address -> bytes of the storages behind a tensor; a tensor subclass (a quantized weight) holds its data
+    in inner tensors and has no storage of its own."""
+    if is_traceable_wrapper_subclass(tensor):
+        names, _ = tensor.__tensor_flatten__()
+        return {k: v for name in names for k, v in storages(getattr(tensor, name)).items()}
+    storage = tensor.untyped_storage()
+    return {storage.data_ptr(): storage.nbytes()}
 
 
 def saved_bytes(scores: Callable[[torch.Tensor], torch.Tensor], point: torch.Tensor, model) -> int:
     """Bytes one path point really keeps: every tensor its forward saves for the backward, counted once per
-    storage, the model's parameters excluded (they are there anyway), plus its gradient and contribution."""
-    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storage, the model's parameters excluded (they are there anyway, or, offloaded, loaded once per chunk), plus
+    its gradient and contribution. An offloaded model's weights are looked up as each tensor is saved, because
+    its hooks give a module its weights only while it runs."""
+
+    def weights() -> set[int]:
+        return {address for p in model.parameters() if p.device.type != "meta" for address in storages(p)}
+
+    held, offloaded = weights(), any(p.device.type == "meta" for p in model.parameters())
     saved: dict[int, int] = {}
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in parameters:
-            saved[storage.data_ptr()] = storage.nbytes()
+        for address, size in storages(tensor).items():
+            if address not in held and not (offloaded and address in weights()):
+                saved[address] = size
         return tensor
 
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
@@ -89,7 +181,7 @@ def measured_chunk(per_point: int, budget: int, requested: int | None, what: str
     fits = int(budget // (TRANSIENT_FACTOR * per_point))
     if fits < 1:
         raise InvalidInputError(
-            f"one path point of {what} keeps {TRANSIENT_FACTOR * per_point / 2**20:.0f} MiB (measured), and the "
+            f"{what} keeps {TRANSIENT_FACTOR * per_point / 2**20:.0f} MiB (measured), and the "
             f"memory budget is {budget / 2**20:.0f} MiB; raise memory_budget, shorten the prompt, choose fewer "
             "attention layers (layers=...), or use space='embeddings'."
         )

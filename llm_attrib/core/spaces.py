@@ -15,9 +15,10 @@ from typing import ClassVar
 import torch
 from einops import reduce
 
-from ..errors import InvalidInputError, UnknownNameError, UnsupportedModelError
+from ..errors import InvalidInputError, NumericalError, UnknownNameError, UnsupportedModelError
 from ..patching import AttentionTap, tapped
 from .sequence import Sequence
+from .placement import compute_dtype, embedding_rows
 from .static_prefix import StaticPrefix, skipped_tokens
 
 
@@ -35,15 +36,16 @@ def model_logits(model, seq: Sequence, prefix: StaticPrefix | None = None, **inp
     return model(**inputs, **cache).logits[:, positions]
 
 
-def neutral_token_id(tokenizer, embedding: torch.nn.Embedding) -> int:
+def neutral_token_id(tokenizer, model) -> int:
     """A token that carries no content: pad, else unk, else mask, else eos.
 
     Tokens whose embedding is the zero vector (an untrained `padding_idx` row) are skipped: with RMSNorm the
     zero vector makes the IG integrand nearly singular near the baseline.
     """
+    n_vocab = model.get_input_embeddings().num_embeddings
     for name in ("pad_token_id", "unk_token_id", "mask_token_id", "eos_token_id"):
         token = getattr(tokenizer, name, None)
-        if isinstance(token, int) and 0 <= token < embedding.num_embeddings and embedding.weight[token].abs().max() > 0:
+        if isinstance(token, int) and 0 <= token < n_vocab and embedding_rows(model, torch.tensor(token)).abs().max() > 0:
             return token
     raise InvalidInputError(
         "the tokenizer has no pad, unk, mask or eos token with a non-zero embedding to build the neutral "
@@ -104,15 +106,14 @@ class EmbeddingSpace:
     token_axis: ClassVar[int] = -2  # a point's tokens run along this axis (see StaticPrefix)
 
     def point(self, model, seq: Sequence) -> torch.Tensor:
-        with torch.no_grad():
-            return model.get_input_embeddings()(seq.input_ids)[0].float()
+        return embedding_rows(model, seq.input_ids)[0].float()
 
     def baseline(self, spec, model, tokenizer, seq: Sequence, x: torch.Tensor) -> torch.Tensor:
         """neutral (default): every non-special token replaced by a neutral token; zeros; a token id; a tensor."""
         if isinstance(spec, torch.Tensor):
             return _custom_baseline(spec, x, self.name)
         if spec in (None, "neutral"):
-            token = neutral_token_id(tokenizer, model.get_input_embeddings())
+            token = neutral_token_id(tokenizer, model)
         elif isinstance(spec, int) and not isinstance(spec, bool):
             token = spec
             if not 0 <= token < model.get_input_embeddings().num_embeddings:
@@ -126,8 +127,7 @@ class EmbeddingSpace:
                 f"unknown embeddings baseline {spec!r}; use 'neutral', 'zeros', a token id, or a tensor shaped {tuple(x.shape)}."
             )
         ids = torch.where(seq.keep, seq.input_ids[0], torch.full_like(seq.input_ids[0], token))
-        with torch.no_grad():
-            return model.get_input_embeddings()(ids[None])[0].float()
+        return embedding_rows(model, ids[None])[0].float()
 
     @staticmethod
     def prefix(points: torch.Tensor, length: int) -> torch.Tensor:
@@ -135,9 +135,8 @@ class EmbeddingSpace:
         return points[:, :length]
 
     def logits(self, model, seq: Sequence, points: torch.Tensor, prefix: StaticPrefix | None = None) -> torch.Tensor:
-        dtype = model.get_input_embeddings().weight.dtype
         start = skipped_tokens(prefix)
-        return model_logits(model, seq, prefix, inputs_embeds=points[:, start:].to(dtype))
+        return model_logits(model, seq, prefix, inputs_embeds=points[:, start:].to(compute_dtype(model)))
 
     def reduce(self, contribution: torch.Tensor, target: int = 0) -> tuple[torch.Tensor, None]:
         """(..., L, D) -> per token (..., L), the same for every target."""
@@ -251,17 +250,37 @@ class MaskSpace:
         return start
 
     def _check_visible(self, model, seq: Sequence, start: torch.Tensor) -> None:
-        """Every query must still see some key at the baseline: a row with nothing visible has no softmax."""
-        tap = AttentionTap(visibility=dict(zip(self.chosen, start[:, None].unbind(0))),
-                           least_visible=torch.tensor(1.0, device=start.device))
-        run_tapped(model, seq, tap)
-        if not tap.least_visible > 0:
+        """Every query must still see some key at the baseline: a row with nothing visible has no softmax. A
+        failure says what happened: a token with no visible key before it, a visible share too small for the
+        dtype (underflow), or attention that is NaN or inf on the input itself."""
+        least = self._least_visible(model, seq, start)
+        if torch.isfinite(least) and least > 0:
+            return
+        if not bool((start.cummax(-1).values > 0).all()):  # some query has no visible key at or before it
             raise InvalidInputError(
                 "space='mask' needs every token to see at least one visible token at the baseline, but some query "
                 "sees only tokens that are masked (e.g. the first token of a prompt without a start token). Keep "
                 "the first token visible (a BOS or template token, or attribute_to= spans after it), or use "
                 "space='attention'."
             )
+        dtype = model.get_input_embeddings().weight.dtype
+        if torch.isfinite(self._least_visible(model, seq, torch.ones_like(start))):
+            raise NumericalError(
+                f"space='mask': every token sees a visible token at the baseline, but the visible share of an "
+                f"attention row underflowed to 0 in {dtype} (weights too small to represent), so the renormalised "
+                "attention is NaN; use float32 if the model runs in lower precision, or a baseline with larger visibilities."
+            )
+        raise NumericalError(
+            f"space='mask': the model's attention is NaN or inf on the input itself (in {dtype}), so no attribution "
+            "can be trusted; check the weights for NaN or inf, and use float32 if the model runs in lower precision."
+        )
+
+    def _least_visible(self, model, seq: Sequence, visibility: torch.Tensor) -> torch.Tensor:
+        """The smallest visible share of any attention row with `visibility` (layers, L) on the chosen layers."""
+        tap = AttentionTap(visibility=dict(zip(self.chosen, visibility[:, None].unbind(0))),
+                           least_visible=torch.tensor(1.0, device=visibility.device))
+        run_tapped(model, seq, tap)
+        return tap.least_visible
 
     @staticmethod
     def prefix(points: torch.Tensor, length: int) -> torch.Tensor:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from transformers import Cache
 
+from .placement import compute_dtype
 from .sequence import Sequence
 
 MIN_LENGTH = 8  # shorter prefixes save less than the three forwards that build and check one
@@ -90,5 +91,5 @@ def static_prefix(model, seq: Sequence, space, x: torch.Tensor, length: int) -> 
         prefix = StaticPrefix(length, x.narrow(space.token_axis, 0, length), cache, argument)
         full = space.logits(model, seq, x).float()
         cached = space.logits(model, seq, x, prefix).float()
-    tolerance = max(1e-3, 8 * torch.finfo(model.get_input_embeddings().weight.dtype).eps)
+    tolerance = max(1e-3, 8 * torch.finfo(compute_dtype(model)).eps)
     return prefix if torch.allclose(cached, full, rtol=tolerance, atol=tolerance) else None

@@ -20,6 +20,7 @@ class RawAttention:
     has_completeness = False
     needs_references = False
     uses_gradients = False
+    keeps_point = True  # it holds every layer's attention at once, so the memory guard sizes that
 
     def attribute(self, problem: Problem, **params: Any) -> MethodResult:
         reject_unknown(self.name, params)

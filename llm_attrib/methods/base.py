@@ -84,7 +84,9 @@ class MethodResult:
         scores: (T, L) attribution per target and token.
         completeness_error: (T,), NaN for methods without a completeness property.
         detail: (T, layers, heads, L) for attention-space methods, else None.
-        extra: method-specific results (e.g. RPI's candidate maps), JSON-friendly or tensors.
+        extra: method-specific results (e.g. RPI's candidate maps), JSON-friendly or tensors. Score-guided
+            integrals put "token_error" here: (T, L) |Boole - nested Simpson| per token, an estimate of each
+            score's quadrature error (in score units) beside the completeness error, which bounds only the sum.
         settings: settings the method decided itself (e.g. the steps an adaptive run used), recorded with
             the explanation's parameters.
         n_forward / n_backward: sequences run forward / backward (a batch of B counts B), for cost reports.

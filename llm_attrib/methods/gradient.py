@@ -37,7 +37,7 @@ class Saliency:
 
     def attribute(self, problem: Problem, **params: Any) -> MethodResult:
         reject_unknown(self.name, params)
-        return gradient_at_input(problem, lambda gradient, delta: gradient.abs())
+        return gradient_at_input(problem, lambda gradient, delta, point: gradient.abs())
 
 
 @register_method("input_x_gradient")
@@ -52,4 +52,4 @@ class InputXGradient:
 
     def attribute(self, problem: Problem, **params: Any) -> MethodResult:
         reject_unknown(self.name, params)
-        return gradient_at_input(problem, lambda gradient, delta: gradient * delta)
+        return gradient_at_input(problem, lambda gradient, delta, point: gradient * delta)

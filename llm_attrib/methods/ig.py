@@ -72,10 +72,12 @@ def score_guided_ig(
     integral, used = guided_integral(problem.run, routes, lambda route: list(range(n_targets)), n_targets,
                                      n_steps, tolerance, max_steps, n_probes)
     steps = used[0].tolist()
-    return MethodResult.from_integral(
+    result = MethodResult.from_integral(
         integral, n_steps=steps if len(set(steps)) > 1 else steps[0], quadrature=SCORE_GUIDED,
         tolerance=tolerance, n_probes=n_probes,
     )
+    result.extra["token_error"] = integral.token_error[0, :, : problem.seq.n_inputs].abs()
+    return result
 
 
 @register_method("ig")
@@ -103,9 +105,8 @@ class IntegratedGradients:
         (default 4 per starting panel; none for a one-panel start, whose nodes are its probes).
 
         The default starts every target with one Boole panel (5 gradients) and lets nested bisection put the
-        rest where the error is: on held-out rag and recall zoo examples 16 gradients per target over
-        attention and 34-51 over embeddings, against 27-29 and 38-54 when starting from 7 panels, with rank
-        agreement with a 512-node reference of 0.998-0.9999 on average (`eval/quadrature_budget.py`)."""
+        rest where the error is: fewer gradients than a 7-panel start at the same rank agreement with a fine
+        reference (eval/results/quadrature_budget.md)."""
         reject_unknown(self.name, params)
         if tolerance is not None and not tolerance > 0:
             raise InvalidInputError(f"tolerance must be positive (or None for a fixed n_steps), got {tolerance}.")

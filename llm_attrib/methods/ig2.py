@@ -4,7 +4,9 @@ GradPath starts at the explicand x (input embeddings) and takes `n_steps` normal
 on the representation distance D = ||rep(gamma_j) - rep(x_ref)||^2 towards each counterfactual reference:
 gamma_{j+1} = gamma_j - eta * grad D / max(||grad D||, eps). Its last point is GradCF, the counterfactual
 baseline. The attribution is the mean over references of the path integral of dF/dx along the GradPath, a
-path method whose completeness holds against F(x) - F(GradCF).
+path method whose completeness holds against F(x) - F(GradCF). A reference that is the explicand itself (same
+ids, or its representation) would be its own GradCF, a path of length zero: it is dropped and the result says
+so (`extra["references_dropped"]`).
 
 For generation every target gets its own GradPaths: the representation is read where that target is
 predicted, every input it sees moves (earlier generated tokens included), and only references whose outcome
@@ -25,6 +27,7 @@ import torch
 from ..core.engine import Integral, integrate
 from ..core.guided import SCORE_GUIDED, check_budget, guided_integral
 from ..core.paths import PolylinePaths, Routes
+from ..core.placement import compute_dtype, embedding_range, embedding_rows
 from ..core.quadrature import checked_steps
 from ..core.quadrature import quadrature as quadrature_rule
 from ..errors import InvalidInputError, UnknownNameError
@@ -144,7 +147,8 @@ class Reference:
 def read_references(problem: Problem, references: Any, represent: Callable[[torch.Tensor, int], torch.Tensor],
                     limit: int) -> list[Reference]:
     """The references (prompt strings, dicts with a "prompt", or a `datasets.Dataset`) with their outcomes,
-    read until `limit` of them differ in outcome from every target (or the references run out)."""
+    read until `limit` of them differ in outcome from every target and are not the explicand's own text (or the
+    references run out)."""
     if references is None:
         raise InvalidInputError(
             "IG2 needs counterfactual references: pass references=[...] (prompts, or examples with a 'prompt' "
@@ -153,7 +157,6 @@ def read_references(problem: Problem, references: Any, represent: Callable[[torc
     if isinstance(references, str):
         references = [references]
     seq, device = problem.seq, problem.seq.input_ids.device
-    embed = problem.model.get_input_embeddings()
     read, enough = [], 0
     for item in references:
         prompt = item if isinstance(item, str) else item.get("prompt") if isinstance(item, dict) else None
@@ -161,25 +164,96 @@ def read_references(problem: Problem, references: Any, represent: Callable[[torc
             raise InvalidInputError(f"a reference must be a prompt string or a dict with a 'prompt', got {item!r}.")
         ids, result = outcome(problem.model, problem.tokenizer, prompt, device, seq.is_classifier)
         with torch.no_grad():
-            representation = represent(embed(torch.tensor([ids], device=device)), 0 if seq.is_classifier else len(ids) - 1)
+            representation = represent(embedding_rows(problem.model, torch.tensor([ids], device=device)),
+                                       0 if seq.is_classifier else len(ids) - 1)
         read.append(Reference(ids, representation[0], result))
-        enough += result not in seq.target_ids.tolist()
+        enough += result not in seq.target_ids.tolist() and ids != seq.input_ids[0, :len(ids)].tolist()
         if enough == limit:
             break
     return read
 
 
-def counterfactuals_of(target: int, target_id: int, references: list[Reference], limit: int) -> list[Reference]:
-    """The references whose outcome differs from this target's token (class): only they are counterfactuals
-    for it. None is a clear error: a reference with the target's own outcome gives no counterfactual baseline
-    (the explicand itself gives a path of length zero and all-zero attributions)."""
-    chosen = [r for r in references if r.outcome != target_id][:limit]
+# A reference whose representation is this close to the explicand's (relative to its norm) is the explicand as
+# far as GradPath can tell: its path has length zero. Float rounding between a prefix run alone and inside the
+# longer sequence is ~1e-7 relative; two different texts are O(1) apart.
+SAME_REPRESENTATION = 1e-5
+
+
+def counterfactuals_of(target: int, target_id: int, references: list[Reference], limit: int,
+                       explicand_ids: list[int], explicand_rep: torch.Tensor
+                       ) -> tuple[list[int], list[dict[str, Any]]]:
+    """Which references are counterfactuals for this target: the first `limit` whose outcome differs from the
+    target's token (class) and which are not the explicand itself. Returns their indices and the references
+    dropped on the way, each with its reason.
+
+    A reference with the explicand's own ids (or its representation) is its own GradCF: a path of length zero
+    whose zero attribution would silently shrink the mean over references by (n - 1) / n. It qualifies by outcome
+    whenever the explained outcome is not the model's own (`answer=` forcing another continuation, a classifier
+    class other than the predicted one), so it is dropped by identity, not by outcome. None left is a clear error.
+    """
+    chosen: list[int] = []
+    dropped: list[dict[str, Any]] = []
+    size = float(explicand_rep.norm())
+    for index, reference in enumerate(references):
+        if len(chosen) == limit:
+            break
+        distance = float((reference.representation - explicand_rep).norm())
+        if reference.outcome == target_id:
+            reason = "same outcome as the target"
+        elif reference.ids == explicand_ids:
+            reason = "the explicand itself"
+        elif distance <= SAME_REPRESENTATION * max(size, 1e-12):
+            reason = "zero representation distance to the explicand"
+        else:
+            chosen.append(index)
+            continue
+        dropped.append({"reference": index, "reason": reason, "distance": distance})
     if not chosen:
+        reasons = sorted({d["reason"] for d in dropped}) or ["no references"]
         raise InvalidInputError(
-            f"no reference qualifies for target {target} (token id {target_id}): on every reference the model's "
-            "outcome is that same token, so none is a counterfactual for it. Give references whose outcome differs."
+            f"no reference qualifies for target {target} (token id {target_id}): every reference was dropped "
+            f"({'; '.join(reasons)}). A counterfactual needs another outcome than the target's token and another "
+            "input than the explicand; give references whose outcome differs."
         )
-    return chosen
+    return chosen, dropped
+
+
+def counterfactual_goals(problem: Problem, x: torch.Tensor, rep: Callable[[torch.Tensor, int], torch.Tensor],
+                         positions: list[int], read: list[Reference], limit: int
+                         ) -> tuple[list[torch.Tensor], dict[str, Any]]:
+    """Each target's counterfactual representations (n_t, R), and the record of the references used and dropped
+    (dicts, not a ragged list of lists, so it survives `Explanation.save`/`load` as it is)."""
+    seq = problem.seq
+    used, dropped = [], []
+    for t, (position, target_id) in enumerate(zip(positions, seq.target_ids.tolist())):
+        own_ids = seq.input_ids[0, : seq.length if seq.is_classifier else position + 1].tolist()
+        with torch.no_grad():
+            own_rep = rep(x[None], position)[0]
+        mine, lost = counterfactuals_of(t, target_id, read, limit, own_ids, own_rep)
+        used.append(mine)
+        dropped += [{"target": t, **d} for d in lost]
+    goals = [torch.stack([read[i].representation for i in mine]) for mine in used]
+    return goals, {"references_used": [{"target": t, "references": mine} for t, mine in enumerate(used)],
+                   "references_dropped": dropped}
+
+
+def given_gradpath(gradpath: Any, x: torch.Tensor, n_targets: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The vertices (P, J + 1, *S) and target of each path (P,) of a saved GradPath, checked against this input."""
+    if not isinstance(gradpath, dict) or not {"vertices", "target"} <= set(gradpath):
+        raise InvalidInputError("gradpath= takes the dict an earlier run returned in extra['gradpath'] "
+                                "(explain(..., keep_gradpath=True)), with 'vertices' and 'target'.")
+    vertices, owner = torch.as_tensor(gradpath["vertices"]), torch.as_tensor(gradpath["target"]).long().cpu()
+    if vertices.dim() != x.dim() + 2 or tuple(vertices.shape[2:]) != tuple(x.shape) or vertices.shape[1] < 2:
+        raise InvalidInputError(f"the saved GradPath has shape {tuple(vertices.shape)}, but this input's paths need "
+                                f"(paths, steps + 1, {', '.join(map(str, x.shape))}); was it made for another input?")
+    if owner.shape != vertices.shape[:1] or set(owner.tolist()) != set(range(n_targets)):
+        raise InvalidInputError(f"the saved GradPath's targets {sorted(set(owner.tolist()))} are not this "
+                                f"explanation's {n_targets} targets; was it made for another answer?")
+    vertices = vertices.to(x)
+    if not torch.allclose(vertices[:, 0], x.expand_as(vertices[:, 0]), rtol=1e-4, atol=1e-5):
+        raise InvalidInputError("the saved GradPath does not start at this input's embeddings; it was made for "
+                                "another prompt, answer or model.")
+    return vertices, owner
 
 
 @register_method("ig2")
@@ -209,6 +283,8 @@ class IG2:
         max_steps: int = 512,
         n_probes: int = 32,
         baseline: Any = None,
+        keep_gradpath: bool = False,
+        gradpath: dict[str, torch.Tensor] | None = None,
         **params: Any,
     ) -> MethodResult:
         """
@@ -229,6 +305,12 @@ class IG2:
                 ("riemann-left" with segment_steps=1 is the paper's Eq. 3, sum (gamma_j - gamma_{j+1}) *
                 grad F(gamma_j), whose completeness error is large: see the README).
             tolerance, max_steps, n_probes: as for IG's score-guided quadrature, per (reference, target).
+            keep_gradpath: return the GradPaths in `extra["gradpath"]` ({"vertices": (P, n_steps + 1, L, D),
+                "target": (P,)}; P = references x targets, so this can be large).
+            gradpath: such a dict from an earlier run, integrated as given instead of searched again. GradPath is
+                a chaotic iteration (a float rounding difference at one step can change GradCF), so the saved path
+                is what makes a result reproduce on other hardware. `references`, `n_steps` and the path search's
+                settings are then unused.
         """
         reject_unknown(self.name, params)
         if toward not in ("references", "baseline"):
@@ -248,7 +330,7 @@ class IG2:
         x = problem.point()
         neutral = space.baseline(baseline, model, problem.tokenizer, seq, x)
         represent = representation_fn(model, seq, rep_layer)
-        dtype = model.get_input_embeddings().weight.dtype
+        dtype = compute_dtype(model)
 
         def rep(embeddings: torch.Tensor, at: int) -> torch.Tensor:
             return represent(embeddings.to(dtype), at).float()
@@ -258,30 +340,37 @@ class IG2:
 
         target_ids = seq.target_ids.tolist()
         positions = [0] * len(target_ids) if seq.is_classifier else seq.target_positions.tolist()
-        if toward == "baseline":
-            with torch.no_grad():
-                goals = [rep_at(p)(neutral.unsqueeze(0)) for p in positions]
-            n_refs = [1] * len(target_ids)
+        record: dict[str, Any] = {}
+        if gradpath is not None:  # a saved GradPath: no search, so the numbers reproduce across hardware
+            vertices, owner = given_gradpath(gradpath, x, len(target_ids))
+            goals = None
+            n_refs = torch.bincount(owner, minlength=len(target_ids)).tolist()
+            n_search, n_read = 0, 0  # forwards spent on the GradPath search and on reading references
         else:
-            read = read_references(problem, references, rep, n_references)
-            chosen = [counterfactuals_of(t, target_ids[t], read, n_references) for t in range(len(target_ids))]
-            goals = [torch.stack([r.representation for r in refs]) for refs in chosen]
-            n_refs = [len(refs) for refs in chosen]
-        if step_size is None:
-            step_size = 2 * float((x - neutral).norm()) / n_steps
-        weight = model.get_input_embeddings().weight
-        bounds = (float(weight.min()), float(weight.max())) if clip else None
-        vertices, owner = [], []
-        for t, (position, goal) in enumerate(zip(positions, goals)):
-            # Every input the target sees moves, earlier generated tokens included; markup stays put.
-            sees = torch.arange(seq.length, device=x.device) <= (seq.length if seq.is_classifier else position)
-            movable = (sees & ~seq.keep)[:, None].to(x)
-            vertices += [grad_path(x, rep_at(position), chunk, n_steps, step_size, norm, eps, movable, bounds)
-                         for chunk in goal.split(problem.internal_batch_size)]
-            owner += [t] * len(goal)
-        vertices = torch.cat(vertices)  # (P, n_steps + 1, *S), from x to each GradCF
-        owner = torch.tensor(owner)
-        n_search = n_steps * len(owner)
+            if toward == "baseline":
+                with torch.no_grad():
+                    goals = [rep_at(p)(neutral.unsqueeze(0)) for p in positions]
+                n_read = 0
+            else:
+                read = read_references(problem, references, rep, n_references)
+                n_read = 2 * len(read) + len(positions)  # each: its outcome and representation; the explicand's
+                goals, record = counterfactual_goals(problem, x, rep, positions, read, n_references)
+            if step_size is None:
+                step_size = 2 * float((x - neutral).norm()) / n_steps
+            bounds = embedding_range(model) if clip else None
+            vertices, owner = [], []
+            for t, (position, goal) in enumerate(zip(positions, goals)):
+                # Every input the target sees moves, earlier generated tokens included; markup stays put.
+                sees = torch.arange(seq.length, device=x.device) <= (seq.length if seq.is_classifier else position)
+                movable = (sees & ~seq.keep)[:, None].to(x)
+                vertices += [grad_path(x, rep_at(position), chunk, n_steps, step_size, norm, eps, movable, bounds)
+                             for chunk in goal.split(problem.internal_batch_size)]
+                owner += [t] * len(goal)
+            vertices = torch.cat(vertices)  # (P, n_steps + 1, *S), from x to each GradCF
+            owner = torch.tensor(owner)
+            n_refs = [len(goal) for goal in goals]
+            n_search = n_steps * len(owner)
+        n_steps = vertices.shape[1] - 1
         integral, steps = self._integrate(problem, x, vertices, owner, path, quadrature, segment_steps, n_steps,
                                           tolerance, max_steps, n_probes)
         columns = owner if integral.tokens.shape[1] > 1 else torch.zeros_like(owner)
@@ -291,22 +380,31 @@ class IG2:
         scores = torch.stack([per_path[owner == t].mean(0) for t in range(len(target_ids))])
         gap = torch.stack([(integral.f_end[t] - f_start[owner == t]).mean() for t in range(len(target_ids))])
         completeness = (scores.sum(-1) - gap).abs() / gap.abs().clamp_min(1e-12)
-        goal_rows = torch.cat(goals)
+        extra: dict[str, Any] = {"f_gradcf": f_start, "reference_target": owner, **record}
+        if goals is not None:
+            goal_rows = torch.cat(goals)
 
-        def distance(points: torch.Tensor) -> torch.Tensor:
-            """Each path's representation distance to its goal at `points` (P, *S)."""
-            with torch.no_grad():
-                return torch.stack([(rep(point[None], positions[t])[0] - goal).norm()
-                                    for point, t, goal in zip(points, owner.tolist(), goal_rows)])
+            def distance(points: torch.Tensor) -> torch.Tensor:
+                """Each path's representation distance to its goal at `points` (P, *S)."""
+                with torch.no_grad():
+                    return torch.stack([(rep(point[None], positions[t])[0] - goal).norm()
+                                        for point, t, goal in zip(points, owner.tolist(), goal_rows)])
 
+            extra.update(initial_distance=distance(vertices[:, 0]), final_distance=distance(vertices[:, -1]))
+        if keep_gradpath:
+            extra["gradpath"] = {"vertices": vertices, "target": owner}
+        if integral.token_error is not None:
+            deviation = integral.token_error[mine, columns]  # (P, L)
+            extra["token_error"] = torch.stack([deviation[owner == t].mean(0)
+                                                for t in range(len(target_ids))])[:, : seq.n_inputs].abs()
         return MethodResult(
             scores=scores,
             completeness_error=completeness,
             settings={"n_references": n_refs if len(set(n_refs)) > 1 else n_refs[0], "step_size": step_size,
-                      "quadrature": quadrature, "tolerance": tolerance, "n_steps": n_steps, **steps},
-            extra={"f_gradcf": f_start, "reference_target": owner, "initial_distance": distance(vertices[:, 0]),
-                   "final_distance": distance(vertices[:, -1])},
-            n_forward=integral.n_forward + n_search + sum(n_refs),
+                      "quadrature": quadrature, "tolerance": tolerance, "n_steps": n_steps,
+                      "gradpath": "given" if gradpath is not None else "searched", **steps},
+            extra=extra,
+            n_forward=integral.n_forward + n_search + n_read,
             n_backward=integral.n_backward + n_search,
         )
 

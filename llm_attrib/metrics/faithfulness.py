@@ -7,15 +7,20 @@ the explained class. Every metric is computed per target, from the probabilities
 - comprehensiveness@k = p - p(top-k% removed)                                   (higher is better)
 - sufficiency@k       = p - p(only top-k% kept)                                 (lower is better)
 - log_odds@k          = log p(top-k% replaced by a reference token) - log p     (lower is better)
-- aopc_comprehensiveness, aopc_sufficiency: the per-bin values aggregated over the bins by `normalisation`:
-    "eraser" (default): sum over the |B| bins divided by |B| + 1. This is ERASER's formula
-        1/(|B|+1) * sum_{k=0..|B|} (...), whose extra k = 0 term is the empty bin (nothing removed, value 0);
-        the RPI code does the same (sum of the 5 bins divided by 6). For sufficiency the empty bin would be
-        "keep nothing", which is not 0, but ERASER and RPI still count it as 0, and so does this.
-    "mean": the mean over all the bins.
-    "distinct" (ferret 0.4.2): the mean over the *distinct non-empty* bins only, per candidate and target: a
+- aopc_comprehensiveness, aopc_sufficiency: the per-bin values aggregated over the bins by `normalisation`,
+  one of three conventions, named by what they compute:
+    "bins_plus_one" (default): sum over the |B| bins divided by |B| + 1. The formula of the ERASER paper
+        (DeYoung et al. 2020, Sec. 4), 1/(|B|+1) * sum_{k=0..|B|} (...), whose extra k = 0 term is the empty
+        bin (nothing removed, value 0); the RPI code (rpiconf/rpi) does the same (sum of its 5 bins / 6). For
+        sufficiency the empty bin would be "keep nothing", which is not 0, but the paper and RPI count it as 0,
+        and so does this.
+    "mean": the mean over the |B| bins. ERASER's released scorer (jayded/eraserbenchmark,
+        rationale_benchmark/metrics.py, `compute_aopc_scores`: np.average over the thresholds) computes this,
+        so with ERASER's 5 bins the paper's formula is 5/6 of the released scorer's value.
+    "distinct": the mean over the *distinct non-empty* bins only, per candidate and target (ferret 0.4.2): a
         bin is skipped when it holds 0 tokens or as many tokens as an earlier bin (the same top-k tokens, so
         the same perturbation). If no bin remains, the value is ferret's: comprehensiveness 0, sufficiency 1.
+  The name "eraser" of earlier versions is refused with a pointer to these (ERASER has two conventions).
 - deletion_auc, insertion_auc: p after removing (deletion) or keeping only (insertion) the top-scored tokens,
   as a curve over the fraction x in [0, 1] of removable prompt tokens, and its trapezoid area over x
   (deletion: lower is better, insertion: higher is better). Points: every token count 0..n by default, or
@@ -54,6 +59,8 @@ from typing import ClassVar
 
 import torch
 
+from ..core.placement import input_device
+from ..core.model_kind import is_classifier
 from ..core.sequence import Sequence, padded_mask, readable_tokens, special_token_mask
 from ..errors import InvalidInputError, SelectionLeakWarning, UnknownNameError
 from ._perturb import (
@@ -72,7 +79,8 @@ from ._perturb import (
     top_masks,
 )
 
-NORMALISATIONS = ("eraser", "mean", "distinct")
+NORMALISATIONS = ("bins_plus_one", "mean", "distinct")
+DEFAULT_NORMALISATION = "bins_plus_one"
 TINY = 1e-12  # floor of probabilities under a log
 
 
@@ -179,10 +187,23 @@ def distinct_bins(sizes: torch.Tensor) -> torch.Tensor:
     return (sizes > 0) & ~repeated
 
 
-def aopc(per_bin: torch.Tensor, normalisation: str, sizes: torch.Tensor | None = None, empty: float = 0.0) -> torch.Tensor:
-    """(..., K) values per bin -> (...): sum / (K + 1) ("eraser"), mean ("mean"), or mean over the distinct
-    non-empty bins by `sizes` (..., K) ("distinct"; `empty` where no bin remains)."""
+def check_normalisation(normalisation: str) -> str:
+    """One of `NORMALISATIONS`; the retired name "eraser" gets a pointer to the two conventions ERASER has."""
     if normalisation == "eraser":
+        raise UnknownNameError(
+            "AOPC normalisation 'eraser' is ambiguous and was renamed: the ERASER paper's formula sum/(|B|+1) is "
+            "'bins_plus_one' (the default), ERASER's released scorer's mean over the bins is 'mean'."
+        )
+    if normalisation not in NORMALISATIONS:
+        raise UnknownNameError(f"unknown AOPC normalisation {normalisation!r}; choose one of {list(NORMALISATIONS)}.")
+    return normalisation
+
+
+def aopc(per_bin: torch.Tensor, normalisation: str, sizes: torch.Tensor | None = None, empty: float = 0.0) -> torch.Tensor:
+    """(..., K) values per bin -> (...): sum / (K + 1) ("bins_plus_one"), mean ("mean"), or mean over the
+    distinct non-empty bins by `sizes` (..., K) ("distinct"; `empty` where no bin remains)."""
+    check_normalisation(normalisation)
+    if normalisation == "bins_plus_one":
         return per_bin.sum(-1) / (per_bin.shape[-1] + 1)
     if normalisation == "mean":
         return per_bin.mean(-1)
@@ -195,10 +216,8 @@ def aopc(per_bin: torch.Tensor, normalisation: str, sizes: torch.Tensor | None =
 
 
 class _Aopc(Metric):
-    def __init__(self, normalisation: str = "eraser") -> None:
-        if normalisation not in NORMALISATIONS:
-            raise UnknownNameError(f"unknown AOPC normalisation {normalisation!r}; choose one of {list(NORMALISATIONS)}.")
-        self.normalisation = normalisation
+    def __init__(self, normalisation: str = DEFAULT_NORMALISATION) -> None:
+        self.normalisation = check_normalisation(normalisation)
         super().__init__()
 
     def __repr__(self) -> str:
@@ -255,7 +274,7 @@ AOPC = mean over the distinct non-empty bins. Removal stays the default "delete"
 pass removal="replace" as well for `remove_tokens=False` ([MASK])."""
 
 
-def make_metrics(metrics, normalisation: str = "eraser") -> list[Metric]:
+def make_metrics(metrics, normalisation: str = DEFAULT_NORMALISATION) -> list[Metric]:
     """Names or `Metric` instances -> instances (AOPC metrics built with `normalisation`)."""
     if isinstance(metrics, (str, Metric)):
         metrics = [metrics]
@@ -270,8 +289,7 @@ def make_metrics(metrics, normalisation: str = "eraser") -> list[Metric]:
             raise UnknownNameError(f"unknown metric {metric!r}; choose from {sorted(METRICS)} or pass Metric instances.")
     if not made:
         raise InvalidInputError(f"metrics is empty; choose from {sorted(METRICS)}.")
-    if normalisation not in NORMALISATIONS:
-        raise UnknownNameError(f"unknown AOPC normalisation {normalisation!r}; choose one of {list(NORMALISATIONS)}.")
+    check_normalisation(normalisation)
     return made
 
 
@@ -298,11 +316,9 @@ def selection_leak(explanation, metrics, bins, removal: str) -> str | None:
 
 def sequence_of(explanation, model, tokenizer) -> Sequence:
     """Rebuild the explained `Sequence` from an `Explanation` (inputs plus the last target)."""
-    from ..attributor import is_classifier
-
     ids, n_prompt = list(explanation.input_ids), explanation.n_prompt_tokens
     targets = list(explanation.target_ids)
-    device = model.get_input_embeddings().weight.device
+    device = input_device(model)
     classifier = is_classifier(model)
     n_inputs = len(explanation.input_ids)
     vocabulary = model.get_input_embeddings().num_embeddings
@@ -467,7 +483,7 @@ def score_candidates(
     bins=ERASER_BINS,
     removal: str = "delete",
     replacement: int | None = None,
-    normalisation: str = "eraser",
+    normalisation: str = DEFAULT_NORMALISATION,
     curve_bins=None,
     batch_size: int = 32,
     bin_rounding: str = "ceil",
@@ -481,8 +497,9 @@ def score_candidates(
         candidates: (R, T, N) or (R, T, n_prompt) candidate score maps.
         metrics: names from `METRICS` or `Metric` instances (their `update` is called, so they accumulate).
         bins, removal, replacement, curve_bins, batch_size, bin_rounding, only_positive: see `perturb`.
-        normalisation: AOPC normalisation, "eraser" (sum / (bins + 1)), "mean" or "distinct" (mean over the
-            distinct non-empty bins of each candidate and target, ferret).
+        normalisation: AOPC normalisation, "bins_plus_one" (sum / (bins + 1), the ERASER paper's formula), "mean"
+            (ERASER's released scorer) or "distinct" (mean over the distinct non-empty bins of each candidate and
+            target, ferret).
         `**FERRET` sets bins, bin_rounding, only_positive and normalisation as ferret 0.4.2.
 
     Returns:
@@ -512,7 +529,7 @@ def faithfulness(
     bins=ERASER_BINS,
     removal: str = "delete",
     replacement: int | None = None,
-    normalisation: str = "eraser",
+    normalisation: str = DEFAULT_NORMALISATION,
     curve_bins=None,
     batch_size: int = 32,
     bin_rounding: str = "ceil",
@@ -528,9 +545,9 @@ def faithfulness(
         bins: top-k percentages in (0, 100], default ERASER's (1, 5, 10, 20, 50); `FERRET_BINS` = 10..100.
         removal: "delete" (default), "replace" or "mask".
         replacement: token id replacing removed tokens (default: mask, else unk, else pad).
-        normalisation: AOPC normalisation, "eraser" (default: sum over bins / (bins + 1)), "mean", or
-            "distinct" (ferret: mean over the bins that are non-empty and differ in size from the earlier ones;
-            0 comprehensiveness / 1 sufficiency if none).
+        normalisation: AOPC normalisation, "bins_plus_one" (default: sum over bins / (bins + 1), the ERASER
+            paper's formula), "mean" (ERASER's released scorer), or "distinct" (ferret: mean over the bins that are
+            non-empty and differ in size from the earlier ones; 0 comprehensiveness / 1 sufficiency if none).
         curve_bins: percentages of the deletion/insertion curve points (default every token count).
         batch_size: perturbed inputs per forward.
         bin_rounding: "ceil" (default, ERASER: a bin is never empty) or "floor" (ferret) of k% of the tokens.

@@ -11,7 +11,7 @@ from .explanation import Citation, RagExplanation, Verdict
 from .prompt import TEMPLATES, Document, Template
 from .retriever import RetrievalExplanation, explain_retrieval, rank_and_explain, similarity
 from .shapley import DocumentShapley
-from .verdicts import THRESHOLDS, calibrate
+from .verdicts import THRESHOLDS, calibrate, calibrated_thresholds
 
-__all__ = ["explain", "RagExplanation", "Citation", "Verdict", "Template", "Document", "TEMPLATES", "THRESHOLDS", "calibrate",
+__all__ = ["explain", "RagExplanation", "Citation", "Verdict", "Template", "Document", "TEMPLATES", "THRESHOLDS", "calibrate", "calibrated_thresholds",
            "GRANULARITIES", "SCOPES", "explain_retrieval", "rank_and_explain", "similarity", "RetrievalExplanation", "DocumentShapley"]

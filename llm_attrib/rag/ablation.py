@@ -24,8 +24,7 @@ def segment_log_probs(attributor: Attributor, prompts: list, answer_ids: list[in
     """(N, S) log p(segment | prompt, earlier answer) of each answer segment after each of N prompts, teacher-forced.
 
     One prompt per forward unless the Attributor's internal_batch_size asks for more: on a CPU batching gains
-    nothing (SmolLM2, 16 or 32 prompts of ~200 tokens in one forward: 1.07x and 0.78x, `eval/rag.py batching`);
-    a GPU, which runs a batch about as fast as one prompt, should gain. A batch is padded on the left with each
+    nothing (eval/results/rag_debugging.md, 3i); a GPU, which runs a batch about as fast as one prompt, should gain. A batch is padded on the left with each
     row's own positions, so the answer sits at the same positions in every row and the LM head runs only there;
     a model that takes no position ids runs one prompt per forward. `on_forward` is told how many prompts each
     forward ran."""

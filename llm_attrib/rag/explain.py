@@ -7,23 +7,23 @@ one gradient per sentence and path point), the whole answer (cheapest), or every
 
 from __future__ import annotations
 
+import re
 import time
-import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from ..attributor import Attributor, context_length, counting_forwards
-from ..errors import InvalidInputError, UncalibratedWarning, UnknownNameError
+from ..core.progress import progress
+from ..errors import InvalidInputError, UnknownNameError
 from ..methods.base import get_method
 from .ablation import DocumentSubsets
+from .answer import generate_answer
 from .explanation import RagExplanation, cited_documents
 from .prompt import TEMPLATES, Template, as_documents, build_prompt
 from .sentences import split_sentences
 from .shapley import DEFAULT_BUDGET, check_budget, document_shapley
-from .verdicts import THRESHOLDS, judge
+from .verdicts import calibrated_thresholds, check_thresholds, judge
 
 GRANULARITIES = ("sentence", "answer", "token")
 SCOPES = ("documents", "prompt")
@@ -43,11 +43,13 @@ def explain(
     granularity: str = "sentence",
     scope: str = "documents",
     verify: bool = True,
-    thresholds: tuple[float, float] = THRESHOLDS,
+    thresholds: tuple[float, float] | None = None,
     shapley: bool = False,
     shapley_budget: int = DEFAULT_BUDGET,
     retriever: tuple[Any, Any] | None = None,
-    max_new_tokens: int = 64,
+    max_new_tokens: int = 128,
+    max_sentences: int | None = 3,
+    language: str | None = None,
     internal_batch_size: int | None = None,
     show_progress: bool = True,
     **method_params: Any,
@@ -66,10 +68,9 @@ def explain(
         method, space, **method_params: the attribution method (`Attributor.explain`'s). space=None is the mask
             space for every method that has one (IG's default here, unlike `Attributor.explain`), else attention
             where the method has it: a document's score is then what the model read from it, and the documents'
-            scores sum to log p(answer) minus that with every document masked out of attention. Chosen by a rule
-            fixed before measuring, on the held-out set's dev split (SmolLM2, eval/results/rag/notes.md): as often
-            right as attention (3/3), closer to leave-one-out (Spearman 0.68 against 0.67 over 15 answers), 29
-            gradients against 98, and converged on 15/15 where attention reached 7/15 within 128.
+            scores sum to log p(answer) minus that with every document masked out of attention. It converges with
+            fewer gradients than attention on RAG prompts; the measurements behind this default are in
+            eval/results/rag_summary.md.
         granularity: "sentence" (a row per answer sentence), "answer" (one row) or "token" (a row per token).
         scope: "documents" (default): only the documents move along the path, the question and instructions stay
             as they are, so the scores say what each document contributed given the question (and sum to the
@@ -77,12 +78,20 @@ def explain(
         verify: remove each document (and each sentence's cited documents, and all of them) and measure the
             answer's log-probability: the leave-one-out check and a verdict per answer sentence (2 + documents
             forwards).
-        thresholds: (low, high) margins in nats for the verdicts (see `rag.verdicts`).
+        thresholds: (low, high) margins in nats for the verdicts (see `rag.verdicts`; `rag.calibrate` makes them
+            for your model). None: the thresholds shipped for this model (found by its weights' fingerprint: the
+            zoo rag model, SmolLM2-135M-Instruct); for any other model the verdicts say "uncalibrated" and keep
+            their margins, since nats do not carry over between models.
         shapley: also give each document's Shapley value for each answer sentence (`result.shapley`), by removing
             documents: exact from all 2^D subsets of documents when 2^D <= shapley_budget forwards (shared with
             `verify`'s), else estimated from sampled orders (seeded, with standard errors, `exact=False`).
         retriever: (encoder, tokenizer) of a bi-encoder; explains each document's similarity to the question.
-        max_new_tokens: generation length when `answer` is None.
+        max_new_tokens: the most tokens to generate when `answer` is None; an answer cut by it before it ended
+            is flagged `result.truncated`.
+        max_sentences: the generated answer ends at the model's end of turn, at the end of its first paragraph
+            (a blank line) or after this many sentences, whichever comes first (None: no sentence budget).
+        language: the documents' and answer's language for sentence splitting (an ISO 639-1 code such as "de");
+            None: detected from the text.
         internal_batch_size: path points per forward (None: as many as memory holds), and prompts per removal
             forward (None: one; on a GPU give more, the subsets known in advance then share forwards).
         show_progress: progress bars on long work, as for `Attributor`.
@@ -94,18 +103,25 @@ def explain(
     started = time.perf_counter()
     docs = as_documents(documents)
     check_budget(shapley_budget, len(docs), "shapley_budget")
+    thresholds = calibrated_thresholds(model) if thresholds is None else check_thresholds(thresholds)
+    if max_sentences is not None and (isinstance(max_sentences, bool) or not isinstance(max_sentences, int)
+                                      or max_sentences < 1):
+        raise InvalidInputError(f"max_sentences must be a positive integer or None, got {max_sentences!r}.")
+    if language is not None and not (isinstance(language, str) and re.fullmatch(r"[A-Za-z]{2,3}([-_][A-Za-z0-9]+)*", language)):
+        raise InvalidInputError(f"language must be an ISO 639 code such as 'en', 'de' or 'ja' (or None to detect it), "
+                                f"got {language!r}.")
     layout = resolve_template(template, tokenizer)
-    built = build_prompt(tokenizer, question, docs, layout, system=system)
+    built = build_prompt(tokenizer, question, docs, layout, system=system, language=language)
     attributor = Attributor(model, tokenizer, internal_batch_size=internal_batch_size, show_progress=show_progress)
     check_fits(attributor, built, docs, 0 if answer is not None else max_new_tokens)
-    seq = attributor.sequence(built.prompt, answer=answer, max_new_tokens=max_new_tokens)
+    truncated = False
+    with progress(show_progress) as bar:
+        bar.phase("generating" if answer is None else "reading the answer")
+        if answer is None:
+            answer, truncated = generate_answer(attributor, built.prompt, max_new_tokens, max_sentences, language)
+        seq = attributor.sequence(built.prompt, answer=answer)
     answer_ids = seq.target_ids.tolist()
-    if answer is None:  # the generated answer, cut at its end-of-turn token
-        answer_ids = until_end(tokenizer, answer_ids)
-        if not answer_ids:
-            raise InvalidInputError("the model answered nothing (it ended its turn at once); pass answer= to explain one.")
-        seq = attributor.sequence(built.prompt, answer=answer_ids)
-    runs, spans = answer_sentences(seq)
+    runs, spans = answer_sentences(seq, language)
     params: dict[str, Any] = dict(method=method, space=default_space(method) if space is None else space,
                                   **method_params)
     if scope == "documents":
@@ -117,19 +133,14 @@ def explain(
         question=question, documents=docs, answer=seq.text[len(built.text):], explanation=explanation,
         granularity=granularity, document_spans=built.document_spans, sentence_spans=built.sentence_spans,
         question_span=built.question_span, answer_sentences=runs, answer_sentence_spans=spans, scope=scope,
+        truncated=truncated,
     )
     ablation_forwards = 0
-    if verify and thresholds == THRESHOLDS and not is_calibration_model(model):
-        warnings.warn(
-            f"the verdict thresholds {THRESHOLDS} (nats) were calibrated on the zoo rag model, where a source "
-            "document carries 10-20 nats; on other models sources often carry far less (2-7 on SmolLM2), so "
-            "supported sentences can read 'unsupported'. Calibrate for this model with rag.calibrate(...) and "
-            "pass thresholds=.", UncalibratedWarning, stacklevel=2)
     if verify or shapley:
         exact = shapley and 2 ** len(docs) <= shapley_budget  # every subset runs: the progress bar knows its total
-        with tqdm(total=2 ** len(docs) if exact else None, desc="removing documents", unit="subset", delay=1.0,
-                  leave=False, disable=not show_progress) as bar, counting_forwards(model) as forwards:
-            subsets = DocumentSubsets(attributor, question, docs, layout, answer_ids, runs, system, bar.update)
+        with progress(show_progress) as bar, counting_forwards(model) as forwards:
+            bar.phase("verifying documents (removing subsets)", total=2 ** len(docs) if exact else None)
+            subsets = DocumentSubsets(attributor, question, docs, layout, answer_ids, runs, system, bar.advance)
             if shapley:  # first: with every subset, verify's are among them
                 result.shapley = document_shapley(subsets.stack, len(docs), budget=shapley_budget)
             if verify:
@@ -150,14 +161,6 @@ def default_space(method: str) -> str | None:
     """The mask space where the method has one, else attention where it has that, else the method's own default."""
     spaces = get_method(method).spaces
     return next((space for space in ("mask", "attention") if space in spaces), None)
-
-
-def is_calibration_model(model) -> bool:
-    """Whether `model` is the zoo rag model, on which `THRESHOLDS` were calibrated."""
-    from ..zoo import path
-
-    name = getattr(model.config, "_name_or_path", "") or ""
-    return bool(name) and Path(name).resolve() == Path(path("rag")).resolve()
 
 
 def resolve_template(template: Template | str | None, tokenizer=None) -> Template:
@@ -189,24 +192,14 @@ def check_fits(attributor: Attributor, built, documents, n_answer: int) -> None:
         )
 
 
-def until_end(tokenizer, ids: list[int]) -> list[int]:
-    """A generated answer up to its first special token (end of turn, end of text): those end the answer, they are
-    not part of what the documents carried."""
-    special = set(tokenizer.all_special_ids)
-    for i, token in enumerate(ids):
-        if token in special:
-            return ids[:i]
-    return ids
-
-
-def answer_sentences(seq) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+def answer_sentences(seq, language: str | None = None) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """The answer's sentences as token runs [start, end) covering every answer token, and their character spans.
 
     A token belongs to the sentence its first character falls in (a token of spaces between two sentences goes
     with the next); sentences no token starts in are merged away."""
     first = seq.offsets[seq.n_prompt][0]
     answer = seq.text[first:]
-    sentences = [(first + a, first + b) for a, b in split_sentences(answer)] or [(first, len(seq.text))]
+    sentences = [(first + a, first + b) for a, b in split_sentences(answer, language)] or [(first, len(seq.text))]
     owner = []
     for start, _ in seq.offsets[seq.n_prompt:]:
         owner.append(next((k for k, (_, b) in enumerate(sentences) if start < b), len(sentences) - 1))

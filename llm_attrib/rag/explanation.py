@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import InvalidInputError
-from ..explanation import Explanation, _jsonable, _none_to_nan, read_json, write_json
+from ..explanation import Explanation, _jsonable, _none_to_nan
 from .prompt import Document
 from .shapley import DocumentShapley
 
@@ -32,7 +32,7 @@ class Verdict:
         drop_other: the same when one other document is removed, averaged over the others (a gain counts as 0;
             0 with no other document).
         margin: drop_cited - drop_other, the statistic compared with the thresholds.
-        thresholds: (low, high): unsupported below low, supported at or above high.
+        thresholds: (low, high): unsupported below low, supported at or above high; None when uncalibrated.
         drop_all: nats lost when every document is removed. Near zero, the model says the sentence without any
             document (from what it knows): no document carried it, so no ranking of them can, whatever the label.
     """
@@ -41,7 +41,7 @@ class Verdict:
     drop_cited: float
     drop_other: float
     margin: float
-    thresholds: tuple[float, float]
+    thresholds: tuple[float, float] | None
     drop_all: float | None = None
     calibrated: bool = True
 
@@ -86,6 +86,8 @@ class RagExplanation:
         scope: what moved along the path: "documents" (the rest of the prompt stayed real) or "prompt".
         truncated: the generated answer was cut by `max_new_tokens` before it ended (its last sentence may be
             unfinished).
+        newer_fields: keys of a file saved by a newer version that this one does not know, kept as read (and
+            written back by `save`).
         cost: the attribution's (`explanation.cost`), "n_forward_ablation" (the forwards that removed documents:
             leave-one-out, verdicts, Shapley values) and
             "seconds" for the whole call (prompt, generation, attribution, verdicts).
@@ -108,6 +110,7 @@ class RagExplanation:
     cost: dict[str, float] = field(default_factory=dict)
     scope: str = "documents"
     truncated: bool = False
+    newer_fields: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def document_scores(self) -> torch.Tensor:
@@ -120,15 +123,37 @@ class RagExplanation:
         return self.document_scores.sum(0)
 
     @property
-    def sentence_scores(self) -> list[torch.Tensor]:
-        """For each document, (rows, its sentences)."""
-        flat = [span for spans in self.sentence_spans for span in spans]
-        scores = self.explanation.aggregate(flat).scores
-        out, at = [], 0
-        for spans in self.sentence_spans:
-            out.append(scores[:, at:at + len(spans)])
-            at += len(spans)
+    def header_spans(self) -> list[Span]:
+        """Each document's label ("Document 2 (Mount Fuji):"): its span before its first sentence, trailing white
+        space left out ((start, start) for a layout without a label)."""
+        text = self.explanation.text
+        out = []
+        for (start, end), spans in zip(self.document_spans, self.sentence_spans):
+            out.append((start, start + len(text[start:spans[0][0] if spans else end].rstrip())))
         return out
+
+    @property
+    def header_scores(self) -> torch.Tensor:
+        """(rows, documents): each document's label; with the sentence scores it adds up to the document's score."""
+        return self._partition_scores()[0]
+
+    @property
+    def sentence_scores(self) -> list[torch.Tensor]:
+        """For each document, (rows, its sentences). A token belongs to the sentence its first character falls in,
+        white space before a sentence counting as the sentence's (a byte-level token " It" is the next sentence's
+        first word), so label and sentences partition the document: they add up to `document_scores`."""
+        return self._partition_scores()[1]
+
+    def _partition_scores(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        parts = []  # per document: its label, then its sentences, each reaching back to where the previous part ended
+        for (start, end), (_, label_end), spans in zip(self.document_spans, self.header_spans, self.sentence_spans):
+            bounds = [start, label_end] + [b for _, b in spans[:-1]] + ([end] if spans else [])
+            parts.append(list(zip(bounds, bounds[1:])))
+        scores = self.explanation.aggregate([(a, b) for doc in parts for a, b in doc if b > a]).scores
+        columns, zero = iter(scores.unbind(1)), scores.new_zeros(len(scores))
+        values = [[next(columns) if b > a else zero for a, b in doc] for doc in parts]
+        sentences = [torch.stack(v[1:], 1) if len(v) > 1 else scores.new_zeros(len(scores), 0) for v in values]
+        return torch.stack([v[0] for v in values], 1), sentences
 
     @property
     def answer_sentence_scores(self) -> list[torch.Tensor]:
@@ -196,38 +221,68 @@ class RagExplanation:
         return pd.DataFrame(rows)
 
     def to_dict(self) -> dict[str, Any]:
-        data = {key: _jsonable(value) for key, value in asdict(self).items() if key not in ("explanation", "shapley")}
+        """JSON-friendly dict (tensors as nested lists, NaN as null), in the format `rag.schema.RagExplanationFile`."""
+        from ..schema import FORMAT_VERSION
+        from .schema import KIND
+
+        skip = ("explanation", "shapley", "newer_fields")
+        data = {key: _jsonable(value) for key, value in asdict(self).items() if key not in skip}
         data["explanation"] = self.explanation.to_dict()
         data["shapley"] = None if self.shapley is None else self.shapley.to_dict()
-        data["kind"] = "llm-attrib rag explanation"
-        return data
+        data["kind"] = KIND
+        data["format_version"] = FORMAT_VERSION
+        return {**self.newer_fields, **data}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RagExplanation":
-        if not isinstance(data, dict) or data.get("kind") != "llm-attrib rag explanation":
-            raise InvalidInputError("this is not an llm-attrib RAG explanation; load files written by RagExplanation.save().")
-        data = {k: v for k, v in data.items() if k != "kind"}
-        data["explanation"] = Explanation.from_dict(data["explanation"])
-        data["documents"] = [Document(**d) for d in data["documents"]]
-        data["document_spans"] = [tuple(s) for s in data["document_spans"]]
-        data["sentence_spans"] = [[tuple(s) for s in spans] for spans in data["sentence_spans"]]
-        data["question_span"] = tuple(data["question_span"])
-        data["answer_sentences"] = [tuple(s) for s in data["answer_sentences"]]
-        data["answer_sentence_spans"] = [tuple(s) for s in data["answer_sentence_spans"]]
-        if data.get("verdicts") is not None:
-            data["verdicts"] = [Verdict(**{**v, "thresholds": tuple(v["thresholds"])}) for v in data["verdicts"]]
-        if data.get("shapley") is not None:
-            data["shapley"] = DocumentShapley.from_dict(data["shapley"])
-        if data.get("leave_one_out") is not None:
-            data["leave_one_out"] = torch.tensor(_none_to_nan(data["leave_one_out"]))
-        return cls(**data)
+        """A RAG explanation from `to_dict`'s format, validated (types, shapes, sizes, spans inside the text);
+        InvalidInputError otherwise."""
+        from ..schema import validated
+        from .schema import KIND, RagExplanationFile
+
+        if not isinstance(data, dict) or data.get("kind") != KIND:
+            raise InvalidInputError("this is not an llm-attrib RAG explanation; load files written by "
+                                    "RagExplanation.save().")
+        file = validated(RagExplanationFile, data, "RagExplanation")
+        explanation = Explanation.from_file(file.explanation)
+        spans = lambda pairs: [tuple(p) for p in pairs]  # noqa: E731
+        shapley = None
+        if file.shapley is not None:
+            shapley = DocumentShapley.from_dict(file.shapley.model_dump())
+        return cls(
+            question=file.question,
+            documents=[Document(text=d.text, title=d.title, id=d.id) for d in file.documents],
+            answer=file.answer,
+            explanation=explanation,
+            granularity=file.granularity,
+            document_spans=spans(file.document_spans),
+            sentence_spans=[spans(s) for s in file.sentence_spans],
+            question_span=tuple(file.question_span),
+            answer_sentences=spans(file.answer_sentences),
+            answer_sentence_spans=spans(file.answer_sentence_spans),
+            verdicts=None if file.verdicts is None else [
+                Verdict(**{**v.model_dump(exclude=set(v.model_extra or {})), "thresholds": None if v.thresholds is None else tuple(v.thresholds)})
+                for v in file.verdicts],
+            leave_one_out=None if file.leave_one_out is None else torch.tensor(_none_to_nan(file.leave_one_out)),
+            shapley=shapley,
+            retrieval=file.retrieval,
+            cost=file.cost,
+            scope=file.scope,
+            truncated=file.truncated,
+            newer_fields=dict(file.model_extra or {}),
+        )
 
     def save(self, path: str | Path) -> None:
         """Strict JSON (NaN as null)."""
+        from ..schema import write_json
+
         write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "RagExplanation":
+        """A RAG explanation saved by `save`, validated; InvalidInputError for anything else."""
+        from ..schema import read_json
+
         return cls.from_dict(read_json(path, "RagExplanation"))
 
     def to_html(self, **kwargs: Any) -> str:

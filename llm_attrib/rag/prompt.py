@@ -35,6 +35,11 @@ def _check_fields(what: str, layout: str, required: set[str], allowed: set[str])
         names = [name for _, name, spec, conv in string.Formatter().parse(layout) if name is not None]
     except ValueError as error:
         raise InvalidInputError(f"the {what} {layout!r} is not a format string ({error}); write literal braces as {{{{ }}}}.") from None
+    decorated = [f"{{{name}{'!' + conv if conv else ''}{':' + spec if spec else ''}}}"
+                 for _, name, spec, conv in string.Formatter().parse(layout) if name is not None and (spec or conv)]
+    if decorated:
+        raise InvalidInputError(f"the {what} {layout!r} decorates its fields ({', '.join(decorated)}); fields are "
+                                "placed as written, so write them plainly (e.g. {documents}).")
     missing = sorted(required - set(names))
     unknown = sorted(set(names) - allowed)
     repeated = sorted({n for n in names if names.count(n) > 1})
@@ -60,7 +65,7 @@ class Template:
         chat: render as one user message through the tokenizer's chat template; None: when the tokenizer has one.
     """
 
-    prompt: str = "Answer the question using the documents.\n\n{documents}\n\nQuestion: {question}"
+    prompt: str = "Answer the question in one sentence, using the documents.\n\n{documents}\n\nQuestion: {question}"
     document: str = "Document {index}: {text}"
     titled: str = "Document {index} ({title}): {text}"
     separator: str = "\n"
@@ -115,6 +120,9 @@ def as_documents(documents) -> list[Document]:
     """Strings or dicts with "text" (and optional "title", "id") as `Document`s, checked."""
     if isinstance(documents, (str, bytes)) or not hasattr(documents, "__iter__"):
         raise InvalidInputError("documents must be a list of strings or of dicts with a 'text' key.")
+    if isinstance(documents, (dict, set, frozenset)):  # iterating would take a dict's keys, or a random order
+        raise InvalidInputError(f"documents is a {type(documents).__name__}; pass a list (e.g. list(documents.values()) "
+                                "for texts keyed by id), in retrieval order.")
     out = []
     for i, doc in enumerate(documents):
         if isinstance(doc, Document):
@@ -148,8 +156,9 @@ def as_documents(documents) -> list[Document]:
 
 
 def build_prompt(tokenizer, question: str, documents: list[Document], template: Template,
-                 kept: list[int] | None = None, system: str | None = None) -> RagPrompt:
-    """Render `question` and the `kept` documents (default all) with `template`; spans come from the rendering."""
+                 kept: list[int] | None = None, system: str | None = None, language: str | None = None) -> RagPrompt:
+    """Render `question` and the `kept` documents (default all) with `template`; spans come from the rendering
+    (sentences split in `language`, None: detected)."""
     if not isinstance(question, str) or not question.strip():
         raise InvalidInputError("the question is empty; give the question the documents were retrieved for.")
     kept = list(range(len(documents))) if kept is None else kept
@@ -182,7 +191,7 @@ def build_prompt(tokenizer, question: str, documents: list[Document], template: 
     for start, piece, (a, b) in zip(starts, pieces, relative):
         document_spans.append((base + start, base + start + len(piece)))
         sentence_spans.append([(base + start + a + s, base + start + a + e)
-                               for s, e in split_sentences(piece[a:b])])
+                               for s, e in split_sentences(piece[a:b], language)])
     question_at = offset + field_at["question"]
     return RagPrompt(prompt, text, [documents[i] for i in kept], document_spans, sentence_spans,
                      (question_at, question_at + len(question)), kept)

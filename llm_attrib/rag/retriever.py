@@ -33,6 +33,7 @@ from ..core.engine import check_finite
 from ..core.guided import SCORE_GUIDED, Run, guided_integral
 from ..core.memory import budget_bytes, checked_optional, measured_chunk, saved_bytes
 from ..core.paths import Routes
+from ..core.placement import compute_dtype, input_device
 from ..core.quadrature import checked_steps
 from ..core.sequence import readable_tokens, special_token_mask
 from ..core.spaces import EmbeddingSpace
@@ -206,7 +207,7 @@ def explain_retrieval(
     checked_optional(memory_budget, "memory_budget")
     if not getattr(tokenizer, "is_fast", False):
         raise InvalidInputError("llm-attrib needs a fast tokenizer (for character offsets); load it with use_fast=True.")
-    device = model.get_input_embeddings().weight.device
+    device = input_device(model)
     q = _encode(tokenizer, query, "query", context_length(model, tokenizer), device)
     d = _encode(tokenizer, document, "document", context_length(model, tokenizer), device)
     embed = model.get_input_embeddings()
@@ -218,7 +219,7 @@ def explain_retrieval(
         check_bidirectional(model, q.ids)
         scores = _similarity_scores(model, q.length, d.length, pooling, normalize)
         batch = measured_chunk(saved_bytes(scores, x, model), budget_bytes(model, memory_budget), internal_batch_size,
-                               f"{q.length + d.length} query and document tokens")
+                               f"one path point of {q.length + d.length} query and document tokens")
         run = Run(scores, EmbeddingSpace().reduce, batch, show_progress)
         routes = Routes(torch.stack([start, x]).unsqueeze(0))  # (1 route, 2 vertices, Lq + Ld, D)
         integral, used = guided_integral(run, routes, lambda route: [0], 1, n_steps, tolerance, max_steps, n_probes)
@@ -296,7 +297,7 @@ def similarity(model, tokenizer, query: str, documents: list[str], *, pooling: s
             "Call model.eval() before explaining."
         )
     limit = context_length(model, tokenizer)
-    device = model.get_input_embeddings().weight.device
+    device = input_device(model)
     q = _encode(tokenizer, query, "query", limit, device)
     sides = [_encode(tokenizer, text, f"document {i}", limit, device) for i, text in enumerate(documents)]
     with torch.no_grad():
@@ -387,7 +388,7 @@ def _baseline(spec: str | int, tokenizer, embed: torch.nn.Embedding, ids: torch.
 
 def _pooled(model, embeds: torch.Tensor, pooling: str, normalize: bool) -> torch.Tensor:
     """Sentence embeddings (B, D) of unpadded texts given as input embeddings (B, L, D)."""
-    dtype = model.get_input_embeddings().weight.dtype
+    dtype = compute_dtype(model)
     mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)  # (B, L)
     hidden = model(inputs_embeds=embeds.to(dtype), attention_mask=mask).last_hidden_state.float()  # (B, L, D)
     pooled = hidden[:, 0] if pooling == "cls" else hidden.mean(1)  # no padding: the masked mean is the mean
@@ -398,9 +399,7 @@ def _similarity_scores(model, n_query: int, n_document: int, pooling: str, norma
     """points (B, Lq + Ld, D) -> similarities (B, 1), each point's query half against its document half.
 
     Texts of equal length run as one batch; otherwise one call each, because padding the shorter text to share a
-    call costs more than the second call saves. On one CPU thread, forward and backward of 16 points: 10-token query
-    and 61-token document 1.03 s padded into one call, 0.59 s in two; 46 and 61 tokens 1.02 s against 0.89 s; 61 and
-    61 tokens 1.03 s against 1.01 s.
+    call costs more than the second call saves (measured on a CPU, forward and backward of 16 points).
     """
 
     def scores(points: torch.Tensor) -> torch.Tensor:

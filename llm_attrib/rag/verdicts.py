@@ -6,25 +6,94 @@ it loses when one other document is removed (averaged over the others, a gain co
 sentence depends on its sources and not on the rest. "Unsupported" means the sentence does not depend on the
 documents it cites: the model would say it without them (from its own knowledge, or made up), or it came from
 elsewhere. It does not judge whether a document is about the question: an answer copied from the wrong document
-is carried by that document and passes. Thresholds were calibrated on the rag zoo task (eval/rag.py, calibration seed
-apart from the reported one).
+is carried by that document and passes.
+
+Margins are nats of one model: a source carries 10-20 nats on the zoo rag model and a few on SmolLM2. So the
+thresholds are looked up by the model's fingerprint (its architecture's sizes and a checksum of its token
+embeddings, not a file path); a model with no calibration gets verdicts labelled "uncalibrated" that keep their
+margins, unless the caller passes thresholds of their own (`calibrate`).
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 
+from ..errors import InvalidInputError
 from .explanation import Verdict
 
-THRESHOLDS = (6.97, 10.20)  # calibrated for the mask-space default (eval/results/rag_debugging.md, section 2)
+Fingerprint = tuple[tuple, tuple[float, ...]]
 
 
-def judge(drop_cited: float, drop_other: float, thresholds: tuple[float, float] = THRESHOLDS,
+@dataclass(frozen=True)
+class Calibration:
+    """Verdict thresholds (low, high) in nats for one model, found by its `fingerprint`, and where they come from."""
+
+    name: str
+    fingerprint: Fingerprint
+    thresholds: tuple[float, float]
+    source: str
+
+
+THRESHOLDS = (6.97, 10.20)  # the zoo rag model, mask-space default (eval/results/rag_debugging.md, section 2)
+
+CALIBRATIONS = (
+    Calibration("zoo rag", (("qwen2", 57, 128, 3),
+                            (0.05631, 0.06572, 0.07266, 0.07208, 0.07353, 0.07254, 0.05683, 0.05382, 1.278)),
+                THRESHOLDS, "eval/results/rag_debugging.md, section 2"),
+)
+
+
+def fingerprint(model) -> Fingerprint | None:
+    """The model's architecture sizes and the mean absolute value of 8 blocks of its first 4096 token embeddings and
+    of its last parameter tensor, rounded to 4 significant digits: the same weights agree in float32, bfloat16 or
+    float16, another checkpoint of the same architecture does not. None when the weights are not in memory."""
+    config = model.config
+    sizes = tuple(getattr(config, key, None) for key in ("model_type", "vocab_size", "hidden_size", "num_hidden_layers"))
+    embeddings = model.get_input_embeddings()
+    last = list(model.parameters())[-1]
+    if embeddings is None or any(p.device.type == "meta" for p in (embeddings.weight, last)):
+        return None
+    blocks = [*embeddings.weight.detach()[:4096].chunk(8), last.detach()]
+    return sizes, tuple(float(f"{float(block.double().abs().mean()):.4g}") for block in blocks)
+
+
+def calibrated_thresholds(model) -> tuple[float, float] | None:
+    """The shipped thresholds calibrated for `model`, or None when it has none."""
+    found = fingerprint(model)
+    if found is None:
+        return None
+    sizes, signature = found
+    for calibration in CALIBRATIONS:
+        known_sizes, known = calibration.fingerprint
+        if sizes == known_sizes and all(math.isclose(a, b, rel_tol=2e-3) for a, b in zip(signature, known)):
+            return calibration.thresholds
+    return None
+
+
+def check_thresholds(thresholds) -> tuple[float, float]:
+    """(low, high) as floats, refused unless two finite numbers with low <= high."""
+    try:
+        low, high = (float(t) for t in thresholds)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"thresholds must be two numbers (low, high) in nats, got {thresholds!r}.") from None
+    if not (math.isfinite(low) and math.isfinite(high)) or low > high:
+        raise InvalidInputError(f"thresholds must be finite with low <= high (unsupported below low, supported at or "
+                                f"above high), got ({low}, {high}).")
+    return low, high
+
+
+def judge(drop_cited: float, drop_other: float, thresholds: tuple[float, float] | None,
           cited: bool = True, drop_all: float | None = None) -> Verdict:
-    """Unsupported below the low threshold (or with nothing cited), supported at or above the high one;
-    `drop_all` (every document removed) is reported with it, not judged."""
-    low, high = thresholds
+    """Unsupported below the low threshold (or with nothing cited), supported at or above the high one; with no
+    thresholds (None: none calibrated for the model) "uncalibrated", the margin kept. `drop_all` (every document
+    removed) is reported with it, not judged."""
     margin = drop_cited - drop_other
+    if thresholds is None:
+        return Verdict("uncalibrated", drop_cited, drop_other, margin, None, drop_all, calibrated=False)
+    low, high = thresholds
     if not cited or margin < low:
         label = "unsupported"
     elif margin >= high:
@@ -37,11 +106,12 @@ def judge(drop_cited: float, drop_other: float, thresholds: tuple[float, float] 
 def calibrate(supported: list[float], unsupported: list[float]) -> tuple[float, float]:
     """(low, high) from margins of known-supported and known-unsupported sentences: low is the midpoint between the
     unsupported margins' 95th percentile and the supported ones' 5th, high the supported ones' 5th (or low, if
-    lower); between the two a verdict is "uncertain"."""
+    lower); between the two a verdict is "uncertain". Margins are `result.verdicts[i].margin` of your model's
+    own runs (see the RAG guide's calibration recipe)."""
     if len(supported) < 2 or len(unsupported) < 2:
-        from ..errors import InvalidInputError
-
         raise InvalidInputError("calibrate needs at least two margins of each kind (supported and unsupported).")
+    if not all(math.isfinite(m) for m in (*supported, *unsupported)):
+        raise InvalidInputError("calibrate got a margin that is NaN or infinite; pass finite margins in nats.")
     q_supported = float(torch.tensor(supported, dtype=torch.float64).quantile(0.05))
     q_unsupported = float(torch.tensor(unsupported, dtype=torch.float64).quantile(0.95))
     low = (q_unsupported + q_supported) / 2

@@ -1,8 +1,18 @@
-"""Terminal rendering with rich: the text with token backgrounds coloured by score, and a summary table."""
+"""Terminal rendering with rich: the prompt's words coloured by score, the top words, a legend in plain words,
+then the details (settings, cost) short.
+
+Every string that comes from a user, a document or a model (prompt, answer, tokens, titles, questions, file
+names) is rendered as a rich `Text`, never as console markup, and with control characters made visible
+(`safe`), so `[/INST]` or `[bold]` is shown as written and an escape sequence cannot clear the screen, hide text,
+set the window title or write the clipboard.
+"""
 
 from __future__ import annotations
 
 import math
+import re
+import unicodedata
+from pathlib import PurePath
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,29 +27,72 @@ from ._colors import fmt_error, fmt_score, is_dark, normalise_rows, score_rgb, v
 if TYPE_CHECKING:
     from ..explanation import Explanation
 
+# Characters a terminal acts on rather than shows: C0 controls (but newline and tab), DEL, C1 controls, the
+# bidirectional overrides that reorder what is shown, and lone surrogates (which cannot even be written).
+_BIDI = {0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
+
+
+def _shown(code: int) -> str:
+    if code < 0x20:
+        return chr(0x2400 + code)  # the Unicode control pictures: ␛ for ESC, ␇ for BEL, ␍ for CR
+    if code == 0x7F:
+        return "\u2421"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+_CONTROL = {c: _shown(c) for c in (*range(0x20), 0x7F, *range(0x80, 0xA0), *_BIDI) if c not in (0x0A, 0x09)}
+
+
+def safe(text: str) -> str:
+    """`text` with every character a terminal would act on shown instead (ESC as ␛, C1 and bidi controls and
+    lone surrogates as escapes); newlines and tabs stay."""
+    text = str(text).translate(_CONTROL)
+    if any(unicodedata.category(c) == "Cs" for c in text):
+        text = "".join(f"\\u{ord(c):04x}" if unicodedata.category(c) == "Cs" else c for c in text)
+    return text
+
+
+def safe_token(token: str) -> str:
+    """A token as shown in lists: whitespace made visible, then control characters."""
+    return safe(visible(token))
+
+
+def model_label(name: str) -> str:
+    """A model's short name: the zoo name or the folder's last part (without the zoo cache's content hash, as in
+    `smollm2-b179c9523d0e`), never a whole filesystem path."""
+    name = str(name or "").rstrip("/\\")
+    return safe(re.sub(r"-[0-9a-f]{12}$", "", PurePath(name).name or name)) if name else "unknown model"
+
 
 def print_explanation(
     exp: "Explanation",
     target: int | None = None,
     console: Console | None = None,
     top_k: int = 5,
+    template_spans: list[tuple[int, int]] | None = None,
+    evidence_spans: list[tuple[int, int]] | None = None,
 ) -> None:
-    """Print an explanation: per target, the prompt coloured by score and the top tokens; then a table.
+    """Print an explanation: per target, the prompt coloured by score and its top words; then the details.
 
     Args:
-        exp: the explanation to show.
+        exp: the explanation to show (`exp.words()` for scores over words).
         target: index of the one target to show (default: every target).
         console: where to print (default: a new `rich.console.Console`).
         top_k: how many top prompt tokens to list per target.
+        template_spans: character spans of a fixed template every prompt shares (e.g. a zoo example's
+            "template_spans"): dimmed, left out of the top list and reported apart, like chat markup.
+        evidence_spans: character spans known to hold the evidence (e.g. a zoo example's "evidence"): underlined,
+            so a reader can check where the colour falls.
     """
     console = console or Console()
-    console.print(_renderable(exp, target, top_k))
+    console.print(_renderable(exp, target, top_k, template_spans or [], evidence_spans or []))
 
 
-def explanation_text(exp: "Explanation", target: int | None = None, top_k: int = 5, width: int = 120) -> str:
+def explanation_text(exp: "Explanation", target: int | None = None, top_k: int = 5, width: int = 120,
+                     **kwargs) -> str:
     """The same rendering as `print_explanation`, as plain text (no colour codes)."""
     console = Console(record=True, width=width, file=_Null(), color_system="truecolor")
-    print_explanation(exp, target=target, console=console, top_k=top_k)
+    print_explanation(exp, target=target, console=console, top_k=top_k, **kwargs)
     return console.export_text()
 
 
@@ -51,48 +104,72 @@ class _Null:
         pass
 
 
-def _renderable(exp: "Explanation", target: int | None, top_k: int) -> Group:
+def _overlaps(offsets, spans) -> list[bool]:
+    return [s < e and any(s < b and a < e for a, b in spans) for s, e in offsets]
+
+
+def _renderable(exp: "Explanation", target: int | None, top_k: int, template_spans, evidence_spans) -> Group:
     n_targets = len(exp.target_tokens)
-    if target is not None and (not isinstance(target, int) or not 0 <= target < n_targets):
+    if target is not None and (isinstance(target, bool) or not isinstance(target, int) or not 0 <= target < n_targets):
         raise InvalidInputError(f"target must be an index in [0, {n_targets}), got {target!r}.")
-    norm = normalise_rows(exp.scores)
+    markup = list(exp.input_markup) + [False] * (len(exp.input_tokens) - len(exp.input_markup))
+    fixed = torch.tensor([m or t for m, t in zip(markup, _overlaps(exp.input_offsets, template_spans))], dtype=torch.bool)
+    evidence = _overlaps(exp.input_offsets, evidence_spans)
+    scores = exp.scores.detach().float().cpu()
+    content = scores.nan_to_num(0.0).masked_fill(fixed, 0.0)
+    norm = normalise_rows(content) if fixed.any() else normalise_rows(scores)
+    fixed_norm = normalise_rows(scores)
     errors = _errors(exp)
     chosen = range(n_targets) if target is None else [target]
-    header = Text.assemble(
-        ("llm-attrib ", "bold"), (f"{exp.method} / {exp.space}", "bold cyan"),
-        f"  model {exp.model_name or 'unknown'}  ",
-        (" ".join(f"{k}={v}" for k, v in exp.params.items() if v is not None), "dim"),
-    )
-    parts: list = [header, _legend()]
+    view = "whole answer" if exp.answer_level else "per answer token" if n_targets > 1 else ""
+    header = Text.assemble((model_label(exp.model_name), "bold"), "  ", (f"{exp.method} over {exp.space}", "cyan"),
+                           ("  " + view if view else "", "cyan"))
+    parts: list = [header, _legend(bool(fixed.any()), any(evidence))]
     for t in chosen:
-        title = Text.assemble(
-            (f"target {t}: ", "bold"), (repr(exp.target_tokens[t]), "bold yellow"),
-            f"  p={exp.target_probs[t]:.3f}  completeness error={fmt_error(errors[t])}",
-        )
-        top = Text("top: ", style="dim")
-        for i, (tok, score) in enumerate(_top(exp, t, top_k)):
-            top.append(("  " if i else "") + visible(tok), style=_style(score / _peak(exp, t)))
+        what = "answer" if exp.answer_level and n_targets == 1 else f"target {t}"
+        title = Text.assemble((f"{what}: ", "bold"), (safe(repr(exp.target_tokens[t])), "bold yellow"),
+                              f"  p={exp.target_probs[t]:.3f}")
+        top = Text("top words: " if exp.params.get("aggregated") else "top: ", style="bold")
+        for i, (j, score) in enumerate(_top(exp, t, top_k, fixed)):
+            top.append(("  " if i else "") + safe_token(exp.input_tokens[j]), style=_style(float(norm[t, j])))
             top.append(f" {fmt_score(score)}", style="dim")
-        parts.append(Panel(Group(_coloured_text(exp, norm[t].tolist(), t), top), title=title, title_align="left"))
-    parts.append(_table(exp, chosen, errors, top_k))
-    parts.append(_status(exp))
+        body = [_coloured_text(exp, norm[t].tolist(), fixed_norm[t].tolist(), fixed.tolist(), evidence, t), top]
+        if fixed.any() and _share(scores[t], fixed) >= 0.005:
+            body.append(Text(f"fixed template and markup (dimmed, not ranked): {_share(scores[t], fixed):.0%} of the "
+                             "total |score|", style="dim"))
+        parts.append(Panel(Group(*body), title=title, title_align="left"))
+    if len(chosen) > 1:
+        parts.append(_table(exp, chosen, errors, top_k, norm, fixed))
+    parts.extend(Text("note: " + safe(note), style="bold yellow") for note in exp.notes)
+    parts.append(_details(exp, errors, chosen))
     return Group(*parts)
 
 
-def _status(exp: "Explanation") -> Text:
-    """Whether the integral converged, and what it cost."""
-    status = Text()
+def _share(row: torch.Tensor, fixed: torch.Tensor) -> float:
+    magnitude = row.nan_to_num(0.0).abs()
+    return float(magnitude[fixed].sum() / magnitude.sum().clamp_min(1e-30))
+
+
+def _details(exp: "Explanation", errors: list[float], chosen) -> Text:
+    """After the result, short: settings, completeness, convergence and cost."""
+    settings = " ".join(f"{k}={v}" for k, v in exp.params.items()
+                        if v is not None and k not in ("aggregated", "target", "foil", "layers"))
+    details = Text("details: ", style="dim")
+    details.append(safe(f"{exp.method} {settings}".strip()) + "  ", style="dim")
+    finite = [errors[t] for t in chosen if math.isfinite(errors[t])]
+    if finite:
+        details.append(f"completeness error ≤ {fmt_error(max(finite))}  ", style="dim")
     if exp.converged is False:
-        status.append("NOT CONVERGED: some completeness errors are above tolerance; scores are not final.  ",
-                      style="bold red")
+        details.append("NOT CONVERGED: some completeness errors are above tolerance; scores are not final.  ",
+                       style="bold red")
     elif exp.converged:
-        status.append("converged  ", style="green")
+        details.append("converged  ", style="dim green")
     if exp.cost:
-        status.append(
+        details.append(
             f"cost: {exp.cost.get('n_forward', 0)} forward, {exp.cost.get('n_backward', 0)} backward sequence passes"
             + (f" ({exp.cost['n_forward_all']} forwards in all)" if "n_forward_all" in exp.cost else "")
             + f", {exp.cost.get('seconds', 0.0):.1f} s", style="dim")
-    return status
+    return details
 
 
 def _errors(exp: "Explanation") -> list[float]:
@@ -100,25 +177,22 @@ def _errors(exp: "Explanation") -> list[float]:
     return values + [math.nan] * (len(exp.target_tokens) - len(values))
 
 
-def _peak(exp: "Explanation", t: int) -> float:
-    row = exp.scores[t].detach().float().nan_to_num(0.0).abs()
-    return max(float(row.max()) if row.numel() else 0.0, 1e-12)
-
-
 def _visible_inputs(exp: "Explanation", t: int) -> int:
-    """Inputs target t can see: the prompt plus the earlier targets (all inputs for a classifier)."""
+    """Inputs target t can see: the prompt plus the earlier targets (all inputs for a classifier or a whole
+    answer's row)."""
+    if exp.answer_level:
+        return exp.n_prompt_tokens
     return min(exp.n_prompt_tokens + t, len(exp.input_tokens))
 
 
-def _top(exp: "Explanation", t: int, k: int) -> list[tuple[str, float]]:
-    """The top content tokens (markup such as chat-template role markers is reported apart)."""
+def _top(exp: "Explanation", t: int, k: int, fixed: torch.Tensor) -> list[tuple[int, float]]:
+    """The top content inputs (template and markup are reported apart) as (index, score)."""
     n = _visible_inputs(exp, t)
     row = exp.scores[t, :n].detach().float().nan_to_num(float("-inf"))
-    if exp.input_markup:
-        row[torch.tensor(exp.input_markup[:n], dtype=torch.bool)] = float("-inf")
-        k = min(k, int(torch.isfinite(row).sum()))
-    values, index = row.topk(min(k, n))
-    return [(exp.input_tokens[j], float(exp.scores[t, j])) for j in index.tolist()]
+    row[fixed[:n]] = float("-inf")
+    k = min(k, int(torch.isfinite(row).sum()))
+    values, index = row.topk(k)
+    return [(j, float(exp.scores[t, j])) for j in index.tolist()]
 
 
 def _style(v: float) -> str:
@@ -126,68 +200,93 @@ def _style(v: float) -> str:
     return f"{'#ffffff' if is_dark(v) else '#000000'} on rgb({r},{g},{b})"
 
 
-def _legend() -> Text:
-    legend = Text("scale: ", style="dim")
-    for v in (-1.0, -0.5, 0.0, 0.5, 1.0):
-        legend.append(f" {v:+.1f} ", style=_style(v))
-    legend.append("  (score / max |score| of the target)", style="dim")
+def _legend(has_fixed: bool, has_evidence: bool) -> Text:
+    """One line in plain words: what the colours (and the dimming) mean."""
+    legend = Text()
+    legend.append(" red ", style=_style(0.8))
+    legend.append(" made the answer likelier ")
+    legend.append(" blue ", style=_style(-0.8))
+    legend.append(" less likely")
+    if has_fixed:
+        legend.append("  grey", style="dim")
+        legend.append(": fixed template")
+    if has_evidence:
+        legend.append("  underlined", style="underline")
+        legend.append(": the evidence")
     return legend
 
 
-def _coloured_text(exp: "Explanation", norm_row: list[float], t: int) -> Text:
-    """The prompt (and answer so far) with each token's background coloured by its score for target t."""
+def _coloured_text(exp: "Explanation", norm_row: list[float], fixed_row: list[float], fixed: list[bool],
+                   evidence: list[bool], t: int) -> Text:
+    """The prompt (and answer so far) with each token's background coloured by its score for target t;
+    template and markup dimmed, evidence underlined."""
     text, out, cursor = exp.text, Text(), 0
     n_seen = _visible_inputs(exp, t)
+
+    def style(j: int) -> str:
+        base = "dim" if fixed[j] else _style(norm_row[j])
+        return base + (" underline" if evidence[j] else "")
+
     for j, (tok, (start, end)) in enumerate(zip(exp.input_tokens[:n_seen], exp.input_offsets[:n_seen])):
         start = max(start, cursor)
         if end <= start:
             if tok.strip():  # a special token: shown on its own, spaced from its neighbours
                 if out.plain and not out.plain[-1].isspace():
                     out.append(" ")
-                out.append(tok, style=_style(norm_row[j]))
+                out.append(safe(tok), style="dim" if fixed[j] else _style(norm_row[j]))
                 out.append(" ")
             continue
-        out.append(text[cursor:start])
-        out.append(text[start:end], style=_style(norm_row[j]))
+        out.append(safe(text[cursor:start]))
+        out.append(safe(text[start:end]), style=style(j))
         cursor = end
     out.append("  → ", style="dim")
-    out.append(visible(exp.target_tokens[t]), style="bold underline yellow")
+    out.append(safe_token(exp.target_tokens[t]), style="bold underline yellow")
     return out
 
 
-def _table(exp: "Explanation", chosen, errors: list[float], top_k: int) -> Table:
+def _table(exp: "Explanation", chosen, errors: list[float], top_k: int, norm: torch.Tensor,
+           fixed: torch.Tensor) -> Table:
     table = Table(title="summary", title_justify="left", show_lines=False)
     table.add_column("#", justify="right", style="dim")
     table.add_column("target")
     table.add_column("p", justify="right")
     table.add_column("compl. err", justify="right")
-    table.add_column(f"top {top_k} tokens")
-    markup = exp.markup_share if any(exp.input_markup) else None
-    if markup is not None:
-        table.add_column("markup", justify="right")
+    table.add_column(f"top {top_k}")
+    if fixed.any():
+        table.add_column("template", justify="right")
     for t in chosen:
-        peak = _peak(exp, t)
         top = Text()
-        for i, (tok, score) in enumerate(_top(exp, t, top_k)):
+        for i, (j, _) in enumerate(_top(exp, t, top_k, fixed)):
             if i:
                 top.append(" ")
-            top.append(visible(tok), style=_style(score / peak))
-        row = [str(t), visible(exp.target_tokens[t]), f"{exp.target_probs[t]:.3f}", fmt_error(errors[t]), top]
-        table.add_row(*row, *([] if markup is None else [f"{float(markup[t]):.0%}"]))
+            top.append(safe_token(exp.input_tokens[j]), style=_style(float(norm[t, j])))
+        row = [Text(str(t)), Text(safe_token(exp.target_tokens[t])), Text(f"{exp.target_probs[t]:.3f}"),
+               Text(fmt_error(errors[t])), top]
+        share = [Text(f"{_share(exp.scores[t].float(), fixed):.0%}")] if fixed.any() else []
+        table.add_row(*row, *share)
     return table
 
 
-VERDICT_STYLE = {"supported": "green", "unsupported": "bold red", "uncertain": "yellow"}
+VERDICT_STYLE = {"supported": "green", "unsupported": "bold red", "uncertain": "yellow", "uncalibrated": ""}
+
+
+def _clip(text: str, n: int = 90) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def print_rag_explanation(result, console: Console | None = None) -> None:
     """A RAG explanation in the terminal: the answer, documents ranked by what they carried, and per answer sentence
-    the cited documents and sentences with the verdict."""
+    the cited documents and sentences with the verdict. Documents are numbered from 1, as in the prompt."""
     console = console or Console()
     exp = result.explanation
     status = {True: "converged", False: "NOT converged (see completeness error)", None: ""}[exp.converged]
-    console.print(Panel(Text(result.answer.strip()), title=f"answer to: {result.question}",
-                        subtitle=f"{exp.method} over {exp.space}, {result.granularity} rows {status}"))
+    truncated = getattr(result, "truncated", False)
+    answer = Text(safe(result.answer.strip()))
+    if truncated:
+        answer.append("  [cut by max_new_tokens before it ended]", style="bold yellow")
+    console.print(Panel(answer, title=Text("answer to: " + safe(result.question)),
+                        subtitle=Text(f"{model_label(exp.model_name)} · {exp.method} over {exp.space}, "
+                                      f"{result.granularity} rows {status}")))
     ranking = Table(title="documents, by what they carried of the whole answer")
     shapley = None if result.shapley is None else result.shapley.values.sum(1)  # the whole answer's, in nats
     columns = ("rank", "document", "score") + (("Shapley (nats)",) if shapley is not None else ()) + ("text",)
@@ -196,16 +295,16 @@ def print_rag_explanation(result, console: Console | None = None) -> None:
     scores = result.answer_document_scores
     for rank, d in enumerate(result.ranking, 1):
         document = result.documents[d]
-        label = f"{d}" + (f" ({document.title})" if document.title else "")
-        text = document.text if len(document.text) <= 90 else document.text[:87] + "..."
-        extra = () if shapley is None else (f"{float(shapley[d]):+.2f}",)
-        ranking.add_row(str(rank), label, fmt_score(float(scores[d])), *extra, text)
+        label = f"{d + 1}" + (f" ({document.title})" if document.title else "")
+        extra = () if shapley is None else (Text(f"{float(shapley[d]):+.2f}"),)
+        ranking.add_row(Text(str(rank)), Text(safe(label)), Text(fmt_score(float(scores[d]))), *extra,
+                        Text(safe(_clip(document.text))))
     console.print(ranking)
     citations = Table(title="citations")
     for column in ("answer", "cited documents", "top sentence", "verdict"):
         citations.add_column(column)
     for citation in result.citations:
-        docs = ", ".join(f"{d} ({fmt_score(s)})" for d, s in citation.documents) or "none"
+        docs = ", ".join(f"{d + 1} ({fmt_score(s)})" for d, s in citation.documents) or "none"
         if citation.sentences:
             d, k, _ = citation.sentences[0]
             start, end = result.sentence_spans[d][k]
@@ -216,6 +315,11 @@ def print_rag_explanation(result, console: Console | None = None) -> None:
         if citation.verdict is not None:
             v = citation.verdict
             alone = "" if v.drop_all is None else f"; {v.drop_all:.1f} lost without any document"
-            verdict = Text(f"{v.label} ({v.margin:+.1f} nats{alone})", style=VERDICT_STYLE.get(v.label, ""))
-        citations.add_row(citation.sentence.strip(), docs, sentence, verdict)
+            if getattr(v, "calibrated", True):
+                verdict = Text(f"{v.label} ({v.margin:+.1f} nats{alone})", style=VERDICT_STYLE.get(v.label, ""))
+            else:
+                verdict = Text(f"uncalibrated: margin {v.margin:+.1f} nats{alone}")
+        citations.add_row(Text(safe(citation.sentence.strip())), Text(docs), Text(safe(sentence)), verdict)
     console.print(citations)
+    for note in getattr(exp, "notes", []):
+        console.print(Text("note: " + safe(note), style="bold yellow"))

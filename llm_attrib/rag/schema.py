@@ -1,0 +1,99 @@
+"""The file a `RagExplanation` is saved in: its declared schema, checked on load (see `llm_attrib.schema`)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from ..schema import FORMAT_VERSION, ExplanationFile, Pair, StrictModel, array_shape, check_spans
+
+KIND = "llm-attrib rag explanation"
+
+
+class DocumentFile(StrictModel):
+    text: str
+    title: str | None = None
+    id: str | None = None
+
+
+class VerdictFile(StrictModel):
+    label: str
+    drop_cited: float
+    drop_other: float
+    margin: float
+    thresholds: list[float] | None = Field(default=None, min_length=2, max_length=2)  # None: uncalibrated
+    drop_all: float | None = None
+    calibrated: bool = True
+
+
+class ShapleyFile(StrictModel):
+    values: list[list[float]]
+    full: list[float]
+    empty: list[float]
+    exact: bool
+    stderr: list[list[float]]
+    n_subsets: int = Field(ge=0)
+    n_orders: int = Field(ge=0)
+
+
+class RagExplanationFile(StrictModel):
+    """The JSON of a `RagExplanation` (see its attributes), format version 1."""
+
+    kind: Literal[KIND]
+    format_version: int = Field(default=FORMAT_VERSION, ge=1)
+    question: str
+    documents: list[DocumentFile] = Field(min_length=1, max_length=10_000)
+    answer: str
+    explanation: ExplanationFile
+    granularity: Literal["token", "sentence", "answer"]
+    document_spans: list[Pair]
+    sentence_spans: list[list[Pair]]
+    question_span: Pair
+    answer_sentences: list[Pair] = Field(min_length=1)
+    answer_sentence_spans: list[Pair]
+    verdicts: list[VerdictFile] | None = None
+    leave_one_out: list[list[float | None]] | None = None
+    shapley: ShapleyFile | None = None
+    retrieval: list[dict[str, Any]] | None = None
+    cost: dict[str, float | None] = {}
+    scope: Literal["documents", "prompt"] = "documents"
+    truncated: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RagExplanationFile":
+        exp = self.explanation
+        n_docs, n_sentences, n_rows = len(self.documents), len(self.answer_sentences), len(exp.target_tokens)
+        length = len(exp.text)
+        for name in ("document_spans", "sentence_spans"):
+            if len(getattr(self, name)) != n_docs:
+                raise ValueError(f"{name} has {len(getattr(self, name))} entries for {n_docs} documents")
+        check_spans(self.document_spans, length, "document_spans")
+        for spans in self.sentence_spans:
+            check_spans(spans, length, "sentence_spans")
+        check_spans([self.question_span], length, "question_span")
+        check_spans(self.answer_sentence_spans, length, "answer_sentence_spans")
+        if len(self.answer_sentence_spans) != n_sentences:
+            raise ValueError(f"answer_sentence_spans has {len(self.answer_sentence_spans)} entries for {n_sentences} "
+                             "answer sentences")
+        expected = {"token": len(exp.target_ids), "sentence": n_sentences, "answer": 1}[self.granularity]
+        if n_rows != expected:
+            raise ValueError(f"granularity {self.granularity!r} needs {expected} rows of scores, the explanation has "
+                             f"{n_rows}")
+        bounds = [0] + [b for _, b in self.answer_sentences]
+        if [a for a, _ in self.answer_sentences] != bounds[:-1] or bounds[-1] != len(exp.target_ids) or any(
+                b <= a for a, b in self.answer_sentences):
+            raise ValueError(f"answer_sentences must split the {len(exp.target_ids)} answer tokens into consecutive "
+                             "runs")
+        if self.verdicts is not None and len(self.verdicts) != n_sentences:
+            raise ValueError(f"verdicts has {len(self.verdicts)} entries for {n_sentences} answer sentences")
+        n_columns = n_sentences
+        if self.leave_one_out is not None and array_shape(self.leave_one_out, 2, "leave_one_out") != [n_docs, n_columns]:
+            raise ValueError(f"leave_one_out must be (documents {n_docs}, answer sentences {n_columns})")
+        if self.shapley is not None:
+            s = self.shapley
+            if (array_shape(s.values, 2, "shapley.values") != [n_docs, n_columns]
+                    or array_shape(s.stderr, 2, "shapley.stderr") != [n_docs, n_columns]
+                    or len(s.full) != n_columns or len(s.empty) != n_columns):
+                raise ValueError(f"shapley arrays must be (documents {n_docs}, answer sentences {n_columns})")
+        return self

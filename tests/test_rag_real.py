@@ -1,0 +1,62 @@
+"""RAG on the real chat LLM SmolLM2-135M-Instruct: the default run answers, stops where its answer ends and is
+judged with the thresholds calibrated for this model; Japanese and German documents get per-sentence citations."""
+
+import pytest
+import torch
+
+import llm_attrib
+from llm_attrib import rag
+
+MOUNTAINS = [
+    {"title": "Kilimanjaro", "text": "Mount Kilimanjaro is the highest mountain in Africa. It is a dormant volcano in Tanzania."},
+    {"title": "Mount Fuji", "text": "Mount Fuji is the highest mountain in Japan. It last erupted in 1707."},
+    {"title": "Mont Blanc", "text": "Mont Blanc is the highest mountain in the Alps. It stands on the border of France and Italy."},
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield llm_attrib.zoo.load("smollm2")
+    torch.set_num_threads(threads)
+
+
+def test_the_default_run_answers_from_the_document_that_states_it(smollm2):
+    """The README's question, no answer given: the answer is one sentence that ends with the model's turn (not cut
+    by max_new_tokens), and its top document is the one whose removal costs it most. (SmolLM2 answers "The highest
+    mountain in Japan is Mount Fuji, not Mount Kilimanjaro.": it knows Fuji, so the Kilimanjaro document, which
+    the answer names, carries more of it; #29's "top document is Mount Fuji" is not what this model does.) No
+    thresholds are calibrated for SmolLM2 (eval/results/rag/calibration.md), so the verdicts say so and keep their
+    margins. The parts of every document (its label and its sentences) add up to its score on this byte-level
+    tokenizer."""
+    result = rag.explain(*smollm2, "What is the highest mountain in Japan?", MOUNTAINS, show_progress=False)
+    assert "Fuji" in result.answer and len(result.answer_sentences) == 1 and not result.truncated
+    assert result.top_document == int(result.leave_one_out[:, 0].argmax())
+    assert rag.calibrated_thresholds(smollm2[0]) is None
+    assert all(v.label == "uncalibrated" and not v.calibrated and v.thresholds is None for v in result.verdicts)
+    assert all(v.margin == pytest.approx(v.drop_cited - v.drop_other) for v in result.verdicts)
+    parts = result.header_scores + torch.stack([s.sum(1) for s in result.sentence_scores], 1)
+    torch.testing.assert_close(parts, result.document_scores, rtol=0, atol=1e-5)
+
+
+JAPANESE = ["東京は日本の首都です。", "人口は約千四百万人です。"], ["富士山は日本で一番高い山です。", "高さは3776メートルです。",
+                                                   "最後の噴火は1707年でした。"]
+GERMAN = ["Berlin ist die Hauptstadt Deutschlands.", "Dort leben ca. 3,7 Mio. Menschen."], [
+    "Die Zugspitze ist der höchste Berg Deutschlands.", "Sie ist 2.962 m hoch.", "Der Gipfel liegt an der Grenze zu Österreich."]
+
+
+@pytest.mark.parametrize("question, sentences, answer", [
+    ("日本で一番高い山は何ですか？", JAPANESE, "富士山です。"),
+    ("Wie hoch ist die Zugspitze?", GERMAN, "Die Zugspitze ist 2.962 m hoch."),
+], ids=["ja", "de"])
+def test_non_english_documents_get_per_sentence_citations(smollm2, question, sentences, answer):
+    """Each document is split into its sentences (language detected, exact spans, abbreviations and decimals kept
+    inside), and the answer cites a sentence of the document that states it, not the whole document."""
+    joiner = "" if "。" in sentences[0][0] else " "
+    documents = [joiner.join(doc) for doc in sentences]
+    result = rag.explain(*smollm2, question, documents, answer, method="attention", verify=False, show_progress=False)
+    text = result.explanation.text
+    assert [[text[a:b] for a, b in spans] for spans in result.sentence_spans] == [list(doc) for doc in sentences]
+    d, _, _ = result.citations[0].sentences[0]
+    assert d == 1 and [len(s) for s in result.answer_sentence_scores] == [2, 3]
