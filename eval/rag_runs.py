@@ -17,7 +17,7 @@ import llm_attrib
 from llm_attrib import Attributor, ConvergenceWarning, rag
 from llm_attrib.errors import InvalidInputError
 from llm_attrib.rag.ablation import DocumentSubsets
-from llm_attrib.rag.explain import default_space, until_end
+from llm_attrib.rag.explain import default_space
 from llm_attrib.rag.prompt import TEMPLATES, as_documents, build_prompt
 from llm_attrib.rag.shapley import document_shapley
 
@@ -40,7 +40,9 @@ METHODS = {
 def greedy_answer(attributor: Attributor, built, max_new_tokens: int) -> str:
     """The model's greedy answer text to a built prompt, up to its first special token (as `rag.explain` takes it)."""
     seq = attributor.sequence(built.prompt, max_new_tokens=max_new_tokens)
-    ids = until_end(attributor.tokenizer, seq.target_ids.tolist())
+    special = set(attributor.tokenizer.all_special_ids)  # llm_attrib.rag.explain.until_end, which rag.explain dropped
+    generated = seq.target_ids.tolist()
+    ids = next((generated[:i] for i, token in enumerate(generated) if token in special), generated)
     if not ids:
         return ""
     return attributor.sequence(built.prompt, answer=ids).text[len(built.text):]

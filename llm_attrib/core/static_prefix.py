@@ -81,7 +81,9 @@ def static_prefix(model, seq: Sequence, space, x: torch.Tensor, length: int) -> 
         return None
     with torch.no_grad():
         x = x[None]
-        cache = model(input_ids=seq.input_ids[:, :length], use_cache=True)[argument]
+        # Only the cache is wanted: one row of logits, not the LM head over every prefix token (262k columns on Gemma 3).
+        head = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
+        cache = model(input_ids=seq.input_ids[:, :length], use_cache=True, **head)[argument]
         layers = getattr(cache, "layers", None) if isinstance(cache, Cache) else None
         if not layers or any(getattr(layer, "keys", None) is None or layer.keys.shape[-2] != length
                              for layer in layers):

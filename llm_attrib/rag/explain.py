@@ -110,7 +110,7 @@ def explain(
     if language is not None and not (isinstance(language, str) and re.fullmatch(r"[A-Za-z]{2,3}([-_][A-Za-z0-9]+)*", language)):
         raise InvalidInputError(f"language must be an ISO 639 code such as 'en', 'de' or 'ja' (or None to detect it), "
                                 f"got {language!r}.")
-    layout = resolve_template(template)
+    layout = resolve_template(template, tokenizer)
     built = build_prompt(tokenizer, question, docs, layout, system=system, language=language)
     attributor = Attributor(model, tokenizer, internal_batch_size=internal_batch_size, show_progress=show_progress)
     check_fits(attributor, built, docs, 0 if answer is not None else max_new_tokens)
@@ -163,7 +163,11 @@ def default_space(method: str) -> str | None:
     return next((space for space in ("mask", "attention") if space in spaces), None)
 
 
-def resolve_template(template: Template | str | None) -> Template:
+def resolve_template(template: Template | str | None, tokenizer=None) -> Template:
+    """The layout asked for; None: the default chat layout, or the plain one (which ends in "Answer:", so the
+    answer follows a cue, not the question mark) for a tokenizer without a chat template (e.g. a base model)."""
+    if template is None and tokenizer is not None and not getattr(tokenizer, "chat_template", None):
+        return TEMPLATES["plain"]
     if template is None or isinstance(template, Template):
         return template or Template()
     if isinstance(template, str):

