@@ -55,20 +55,25 @@ def test_the_prefix_runs_once_and_changes_nothing(lm, space, monkeypatch):
 
 
 def test_points_that_move_the_prefix_run_in_full(lm, monkeypatch):
-    """A custom baseline that moves the leading tokens, and RPI's noisy attention baselines: no batch leaves the
-    prefix as it is, so it is never even built, and every chunk runs whole."""
+    """A custom baseline that moves the leading tokens: no batch leaves the prefix as it is, so it is never even
+    built, and every chunk runs whole. RPI's noise leaves the markup as it is (like every other baseline), so its
+    batches use the prefix, with the scores of a run without it."""
     model, tokenizer = lm
     seq = Attributor(model, tokenizer).sequence(PROMPT, answer="w5 w6 w8")
     with torch.no_grad():
         baseline = model.get_input_embeddings()(seq.input_ids)[0] * 0.5
     moved, lengths = input_lengths(model, lambda: explain(lm, baseline=baseline, n_steps=8, tolerance=None))
     assert PREFIX not in lengths and seq.length - PREFIX not in lengths
-    _, lengths = input_lengths(model, lambda: explain(lm, method="rpi", space="attention", n_baselines=2, n_steps=4,
-                                                      max_steps=8, seed=0))
-    assert PREFIX not in lengths and seq.length - PREFIX not in lengths
+
+    def rpi():
+        return explain(lm, method="rpi", space="attention", n_baselines=2, n_steps=4, max_steps=8, seed=0)
+
+    with_prefix, lengths = input_lengths(model, rpi)
+    assert PREFIX in lengths
     monkeypatch.setattr(static_prefix, "MIN_LENGTH", 10**6)
     torch.testing.assert_close(moved.scores, explain(lm, baseline=baseline, n_steps=8, tolerance=None).scores,
                                atol=0, rtol=0)
+    torch.testing.assert_close(rpi().scores, with_prefix.scores, atol=1e-5, rtol=1e-4)
 
 
 def test_a_cache_that_changes_the_logits_is_not_used(lm, monkeypatch):
