@@ -19,7 +19,7 @@ _LAZY = {
     "METHODS": "methods",
     **{name: "errors" for name in (
         "ConvergenceWarning", "InvalidInputError", "LlmAttribError", "MissingPackageError", "NumericalError",
-        "SelectionLeakWarning", "UncalibratedWarning", "UnknownNameError", "UnsupportedModelError")},
+        "SelectionLeakWarning", "UnknownNameError", "UnsupportedModelError")},
 }
 
 __all__ = [
@@ -34,7 +34,6 @@ __all__ = [
     "MissingPackageError",
     "ConvergenceWarning",
     "SelectionLeakWarning",
-    "UncalibratedWarning",
     "zoo",
 ]
 
@@ -56,6 +55,6 @@ if TYPE_CHECKING:
     from . import zoo
     from .attributor import Attributor
     from .errors import (ConvergenceWarning, InvalidInputError, LlmAttribError, MissingPackageError, NumericalError,
-                         SelectionLeakWarning, UncalibratedWarning, UnknownNameError, UnsupportedModelError)
+                         SelectionLeakWarning, UnknownNameError, UnsupportedModelError)
     from .explanation import Explanation
     from .methods import METHODS

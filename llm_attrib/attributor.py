@@ -20,8 +20,8 @@ from .core.engine import check_finite
 from .core.gradient_flow import check_gradients
 from .core.memory import (MAX_CHUNK, SHORT_PROMPTS, budget_bytes, bytes_at, checked_optional, length_polynomial,
                           measured_chunk, saved_bytes)
-from .core.placement import check_placement, compute_dtype, input_device
 from .core.model_kind import context_length, is_classifier
+from .core.placement import check_placement, compute_dtype, input_device
 from .core.progress import progress
 from .core.sequence import Sequence, build_sequence, check_segments, readable_tokens, special_token_mask
 from .core.spaces import make_space
@@ -384,7 +384,7 @@ class Attributor:
         markup = seq.keep.clone()
         if attribute_to is not None:
             seq.keep = seq.keep | ~covered(seq, attribute_to)
-        budget = budget_bytes(self.model, self.memory_budget)
+        budget = budget_bytes(self.model, self.memory_budget, backward=chosen.uses_gradients)
         n_vocab = self.model.config.num_labels if seq.is_classifier else self.vocab_size
         target_fn = resolve_target(target or ("logit" if seq.is_classifier else "log_prob"), foil, n_vocab)
         if getattr(target_fn, "answer_level", False):

@@ -39,6 +39,3 @@ class SelectionLeakWarning(UserWarning):
     """A method chose its map by the very metric (and perturbation) it is evaluated on: the value is an in-sample
     best of its candidates, not an honest measurement."""
 
-
-class UncalibratedWarning(UserWarning):
-    """Verdict thresholds calibrated on another model are applied to this one: margins in nats do not carry over."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -122,20 +123,45 @@ class Explanation:
         return self._grouped(groups, [(s, e) for s, e in spans], labels)
 
     def words(self) -> "Explanation":
-        """Sum token scores into whitespace-separated words (sub-word tokens merged); special tokens stay alone."""
-        spans = [m.span() for m in re.finditer(r"\S+", self.text)]
-        groups, used = [], set()
-        for start, end in spans:
-            members = [j for j, (s, e) in enumerate(self.input_offsets) if e > s and start <= s < end and j not in used]
-            used.update(members)
-            if members:
-                groups.append(members)
-        for j in range(len(self.input_tokens)):
-            if j not in used:
-                groups.append([j])
-        groups.sort(key=lambda g: g[0])
-        offsets = [(self.input_offsets[g[0]][0], max(self.input_offsets[j][1] for j in g)) for g in groups]
-        return self._grouped(groups, offsets, None)
+        """Sum token scores into whitespace-separated words of the content; markup tokens stay alone.
+
+        A token belongs to the word holding its first non-space character: byte-level BPE and SentencePiece
+        tokens carry the space before them in their offsets (" Kil" + "imanjaro"), WordPiece pieces ("##")
+        touch their word; a whitespace-only token (SentencePiece's lone `▁`) joins the word right after it.
+        Markup (special tokens, a chat template's role markers) is cut out of the text first, so `?<|im_end|>`
+        gives the word `?` and the markup token `<|im_end|>`, never one word. Text without spaces (Chinese,
+        Japanese) is one word per run.
+        """
+        markup = self._markup().tolist()
+        chars = list(self.text)
+        for j, (s, e) in enumerate(self.input_offsets):
+            if markup[j]:
+                chars[s:e] = " " * (e - s)
+        spans = [m.span() for m in re.finditer(r"\S+", "".join(chars))]
+        starts = [s for s, _ in spans]
+        members: dict[tuple[int, bool], list[int]] = {}  # (word, in the answer): a word never spans both
+        alone, firsts = [], {}
+        for j, (s, e) in enumerate(self.input_offsets):
+            piece = self.text[s:e]
+            first = firsts[j] = s + len(piece) - len(piece.lstrip())  # the token's first non-space character
+            w = bisect.bisect_right(starts, first) - 1
+            empty = e <= s and self.input_tokens[j].strip() != ""  # a special token's empty span, not a space's
+            if markup[j] or empty or w < 0 or first >= spans[w][1]:
+                alone.append(j)
+            else:
+                members.setdefault((w, j >= self.n_prompt_tokens), []).append(j)
+        groups = sorted([[j] for j in alone] + list(members.values()), key=lambda g: g[0])
+        words = {g[0] for g in members.values()}
+        offsets, labels = [], []
+        for g in groups:
+            if g[0] in words:  # the word's characters that its tokens cover
+                start, end = min(firsts[j] for j in g), max(self.input_offsets[j][1] for j in g)
+                labels.append(self.text[start:end] or self.input_tokens[g[0]])
+            else:
+                start, end = self.input_offsets[g[0]]
+                labels.append(self.input_tokens[g[0]])
+            offsets.append((start, end))
+        return self._grouped(groups, offsets, labels)
 
     def _grouped(self, groups: list[list[int]], offsets, labels: list[str] | None) -> "Explanation":
         scores = torch.stack([self.scores[:, g].sum(1) if g else self.scores.new_zeros(len(self.scores)) for g in groups], 1)
@@ -260,6 +286,26 @@ class Explanation:
 
         return render_html(self, **kwargs)
 
+    def _repr_html_(self) -> str:
+        """Jupyter's inline display: the HTML page in an iframe."""
+        from .render.html import inline_html
+
+        return inline_html(self.to_html(), f"llm-attrib: {self.method} / {self.space}")
+
+    def __repr__(self) -> str:
+        """A few lines a person reads: what produced it, its size, and the top tokens of the first row."""
+        n_targets, n_inputs = len(self.target_tokens), len(self.input_tokens)
+        state = {True: "converged", False: "NOT converged", None: "no completeness check"}[self.converged]
+        model = f" of {self.model_name.rstrip('/').rsplit('/', 1)[-1]}" if self.model_name else ""
+        rows = "answer part" if self.answer_level else "target"
+        lines = [f"Explanation: {self.method} over {self.space}{model}, {n_targets} {rows}{'s' * (n_targets != 1)} x "
+                 f"{n_inputs} inputs ({self.n_prompt_tokens} prompt), {state}"]
+        if n_targets and self.n_prompt_tokens:
+            top = ", ".join(f"{_short(token)} {score:+.3g}" for token, score in self.top_tokens(0, k=3))
+            lines.append(f"  {_short(self.target_tokens[0])}: {top}")
+        lines += [f"  note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
     def print(self, **kwargs: Any) -> None:
         """Render in the terminal with rich."""
         from .render.terminal import print_explanation
@@ -271,6 +317,11 @@ class Explanation:
         from .render.plot import plot_heatmap
 
         return plot_heatmap(self, **kwargs)
+
+
+def _short(text: str, limit: int = 24) -> str:
+    """A token or text quoted for a one-line summary, cut to `limit` characters."""
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
 def _nan_to_none(value):

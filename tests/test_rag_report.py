@@ -398,3 +398,29 @@ def test_selecting_rows_reshades_the_documents_in_a_browser(chat, tmp_path):
         assert severe == []
     finally:
         driver.quit()
+
+
+def test_crafted_fields_run_no_script_in_a_browser(chat, tmp_path):
+    """Stored XSS probe in Chromium: markup in an explanation's cost, params, notes and tokens, and in a RAG
+    result's titles, is shown as text and runs nothing (the cost fields once ran)."""
+    from llm_attrib import Explanation
+
+    probe = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script>'
+    result = chat["sentence"]
+    exp = dataclasses.replace(result.explanation, cost={"n_forward": probe, "seconds": probe},
+                              params={probe: probe}, notes=[probe], model_name=probe)
+    assert isinstance(exp, Explanation)
+    documents = [dataclasses.replace(d, title=probe, id=probe) for d in result.documents]
+    pages = {"explanation.html": exp.to_html(title=probe),
+             "rag.html": dataclasses.replace(result, documents=documents, question=probe).to_html(title=probe)}
+    driver = _browser()
+    try:
+        for name, text in pages.items():
+            path = tmp_path / name
+            path.write_text(text, encoding="utf-8")
+            driver.get(path.as_uri())
+            assert driver.execute_script("return window.__xss === undefined")
+            assert driver.execute_script("return document.querySelectorAll('img').length") == 0
+            assert probe in driver.find_element("tag name", "body").text  # shown, as text
+    finally:
+        driver.quit()

@@ -230,3 +230,32 @@ def test_script_json_cannot_end_its_element():
 def test_notes_are_shown(exp):
     page = render_html(dataclasses.replace(exp, notes=["40% of the prompt's tokens are <unk>"]))
     assert "40% of the prompt&#39;s tokens are &lt;unk&gt;" in page
+
+
+def test_repr_is_a_short_summary(exp):
+    text = repr(exp)
+    assert "tensor(" not in text and len(text) < 400 and text.count("\n") <= 3
+    assert text.startswith("Explanation: ig over embeddings of hand-made, 3 targets x 9 inputs (7 prompt)")
+    assert "'&' +0.849" in text  # the first target's top token
+    assert "<iframe" in exp._repr_html_()
+
+
+def test_renderers_do_not_import_the_results_back():
+    """Imports run one way: a result hands itself to a renderer, which imports the result's module only for
+    type hints (under TYPE_CHECKING), so render <-> explanation is no circle."""
+    import ast
+    from pathlib import Path
+
+    import llm_attrib.render as render
+
+    def runtime_imports(tree):
+        for node in ast.iter_child_nodes(tree):
+            if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+                continue
+            if isinstance(node, ast.ImportFrom):
+                yield "." * node.level + (node.module or "")
+            yield from runtime_imports(node)
+
+    for path in Path(render.__file__).parent.glob("*.py"):
+        imported = list(runtime_imports(ast.parse(path.read_text())))
+        assert not [m for m in imported if m.startswith("..explanation") or m.startswith("..rag")], path.name

@@ -105,16 +105,16 @@ def checked_optional(value: object, name: str) -> int | None:
     return value
 
 
-def budget_bytes(model, memory_budget: int | None = None) -> int:
-    """The bytes the path points of a gradient method may use: `memory_budget`, or a share of the free memory of
-    the device that has the least of it among those the model computes on (a chunk's activations pass through
-    each of them), less the offloaded weights a backward holds there."""
+def budget_bytes(model, memory_budget: int | None = None, backward: bool = True) -> int:
+    """The bytes a chunk may use: `memory_budget`, or a share of the free memory of the device that has the least
+    of it among those the model computes on (a chunk's activations pass through each of them), less, for work
+    with a `backward`, the offloaded weights a backward holds there."""
     if memory_budget is not None:
         return memory_budget
-    loaded = offloaded_bytes(model)
+    loaded = offloaded_bytes(model) if backward else {}
     free = {device: int(HEADROOM * available_bytes(device)) for device in execution_devices(model)}
     device = min(free, key=lambda d: free[d] - loaded.get(d, 0))
-    if free[device] <= loaded.get(device, 0):
+    if loaded.get(device, 0) >= max(free[device], 1):
         raise InvalidInputError(
             f"a backward through this offloaded model holds all its weights offloaded to {device} at once "
             f"({loaded[device] / 2**30:.2f} GiB: autograd keeps each layer's weights for the gradient of its input), "

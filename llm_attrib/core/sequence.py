@@ -120,18 +120,39 @@ def answer_offsets(tokenizer, prompt_ids: list[int], ids: list[int], start: int)
     """The answer's text as the tokenizer decodes it after the prompt, and each answer token's span in it.
 
     Decoding in context keeps the separator a tokenizer puts between prompt and answer (a word-level
-    tokenizer joins words with spaces; a BPE one carries the space in the token).
+    tokenizer joins words with spaces; a BPE one carries the space in the token). A token's span is the
+    characters its bytes touch, as a tokenizer's own offsets give them: a prefix that ends inside a multi-byte
+    character decodes to U+FFFD there, so the characters a prefix has settled are those it shares with the
+    whole answer, and a token that leaves a character unfinished touches that character too. Every byte
+    piece of one character (CJK, emoji, accents in byte-level BPE) thus spans that character.
     """
     prefix = tokenizer.decode(prompt_ids)
-    text, offsets = "", []
+    text = _decoded_after(tokenizer, prompt_ids, prefix, ids)
+    offsets, settled = [], 0  # characters of `text` finished by the tokens so far
     for i in range(len(ids)):
-        decoded = tokenizer.decode(prompt_ids + ids[: i + 1])
-        decoded = decoded[len(prefix):] if decoded.startswith(prefix) else tokenizer.decode(ids[: i + 1])
-        piece = decoded[len(text):] if decoded.startswith(text) else decoded
-        piece_start = len(decoded) - len(piece.lstrip())  # a token's span leaves out the space before it
-        offsets.append((start + piece_start, start + len(decoded)))
-        text = decoded
+        decoded = _decoded_after(tokenizer, prompt_ids, prefix, ids[: i + 1])
+        common = _common_prefix(decoded, text)
+        end = common + (1 if len(decoded) > common and common < len(text) else 0)  # an unfinished character
+        begin = settled
+        piece = text[begin:end]
+        begin += len(piece) - len(piece.lstrip())  # a token's span leaves out the space before it
+        offsets.append((start + begin, start + max(begin, end)))
+        settled = max(settled, common)
     return text, offsets
+
+
+def _decoded_after(tokenizer, prompt_ids: list[int], prefix: str, ids: list[int]) -> str:
+    """`ids` decoded after the prompt (which decodes to `prefix`): the text that follows it."""
+    decoded = tokenizer.decode(prompt_ids + ids)
+    return decoded[len(prefix):] if decoded.startswith(prefix) else tokenizer.decode(ids)
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
 
 
 def build_sequence(

@@ -263,7 +263,7 @@ class MaskSpace:
                 "the first token visible (a BOS or template token, or attribute_to= spans after it), or use "
                 "space='attention'."
             )
-        dtype = model.get_input_embeddings().weight.dtype
+        dtype = compute_dtype(model)
         if torch.isfinite(self._least_visible(model, seq, torch.ones_like(start))):
             raise NumericalError(
                 f"space='mask': every token sees a visible token at the baseline, but the visible share of an "

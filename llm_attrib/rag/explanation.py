@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import InvalidInputError
-from ..explanation import Explanation, _jsonable, _none_to_nan
+from ..explanation import Explanation, _jsonable, _none_to_nan, _short
 from .prompt import Document
 from .shapley import DocumentShapley
 
@@ -290,6 +290,31 @@ class RagExplanation:
         from ..render.rag_html import render_rag_html
 
         return render_rag_html(self, **kwargs)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's inline display: the report in an iframe."""
+        from ..render.html import inline_html
+
+        return inline_html(self.to_html(), "RAG attribution report", height=800)
+
+    def __repr__(self) -> str:
+        """A few lines a person reads: the question and answer, the top document, the verdicts."""
+        exp = self.explanation
+        n_docs = len(self.documents)
+        lines = [f"RagExplanation: {_short(self.question, 60)} -> {_short(self.answer.strip(), 60)}",
+                 f"  {exp.method} over {exp.space}, {len(exp.target_tokens)} {self.granularity} row"
+                 f"{'s' * (len(exp.target_tokens) != 1)}, {n_docs} document{'s' * (n_docs != 1)}"]
+        if n_docs:
+            top = self.top_document
+            title = f" ({self.documents[top].title})" if self.documents[top].title else ""
+            lines.append(f"  top document: {top + 1}{title} {float(self.answer_document_scores[top]):+.3g}")
+        if self.verdicts:
+            lines.append("  verdicts: " + ", ".join(
+                v.label if v.calibrated and v.label != "uncalibrated" else f"uncalibrated (margin {v.margin:+.2f} nats)"
+                for v in self.verdicts))
+        if self.truncated:
+            lines.append("  answer truncated (max_new_tokens reached)")
+        return "\n".join(lines)
 
 
 def cited_documents(scores: torch.Tensor, share: float = 0.5, limit: int = 3) -> list[tuple[int, float]]:

@@ -181,3 +181,9 @@ def _rows(exp: "Explanation", norm, raw, errors: list[float], probs: list[float]
         rows.append({"t": t, "pieces": pieces(tok), "title": visible(tok), "prob": f"{probs[t]:.3f}",
                      "err": fmt_error(errors[t]), "cells": cells})
     return rows
+
+
+def inline_html(page: str, title: str, height: int = 640) -> str:
+    """A page for a notebook's output cell: inside an iframe (its document in `srcdoc`, escaped), so the page's
+    style and script stay apart from the notebook's own."""
+    return render("inline.html", page=page, title=title, height=height)
