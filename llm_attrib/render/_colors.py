@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from pathlib import PurePath
 
 import torch
 
@@ -49,3 +51,10 @@ def fmt_score(value: float) -> str:
 
 def fmt_error(value: float) -> str:
     return "n/a" if not math.isfinite(value) else f"{value:.2%}"
+
+
+def short_model_name(name: str) -> str:
+    """A model's short name: the zoo name or the folder's last part (without the zoo cache's content hash, as in
+    `smollm2-b179c9523d0e`), never a whole filesystem path."""
+    name = str(name or "").rstrip("/\\")
+    return re.sub(r"-[0-9a-f]{12}$", "", PurePath(name).name or name) if name else "unknown model"

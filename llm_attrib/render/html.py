@@ -11,7 +11,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError
-from ._colors import fmt_error, fmt_score, normalise_rows, score_rgb, visible
+from ._colors import fmt_error, fmt_score, normalise_rows, score_rgb, short_model_name, visible
 from .templating import render
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ def explanation_view(exp: "Explanation", target: int = 0, title: str | None = No
     }
     return {
         "title": title or f"llm-attrib: {exp.method} / {exp.space}",
-        "model": exp.model_name or "unknown",
+        "model": short_model_name(exp.model_name),
         "method": exp.method,
         "space": exp.space,
         "library_version": exp.library_version,

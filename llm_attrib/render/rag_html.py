@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ._colors import fmt_error, fmt_score, is_dark, score_rgb, visible
+from ._colors import fmt_error, fmt_score, is_dark, score_rgb, short_model_name, visible
 from .html import cost_line, finite_or_none
 from .templating import render
 
@@ -200,7 +200,7 @@ def _header(result: "RagExplanation") -> dict[str, Any]:
         "cost": cost_line(result.cost or exp.cost),
         "seconds": _seconds((result.cost or exp.cost or {}).get("seconds", 0.0)),
         "model": exp.model_name,
-        "model_short": _short(exp.model_name, 40),
+        "model_short": _short(short_model_name(exp.model_name), 40),
         "notes": [str(n) for n in getattr(exp, "notes", None) or []],
         "truncated": bool(result.truncated),
     }

@@ -10,9 +10,7 @@ set the window title or write the clipboard.
 from __future__ import annotations
 
 import math
-import re
 import unicodedata
-from pathlib import PurePath
 from typing import TYPE_CHECKING
 
 import torch
@@ -22,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import InvalidInputError
-from ._colors import fmt_error, fmt_score, is_dark, normalise_rows, score_rgb, visible
+from ._colors import fmt_error, fmt_score, is_dark, normalise_rows, score_rgb, short_model_name, visible
 
 if TYPE_CHECKING:
     from ..explanation import Explanation
@@ -58,10 +56,8 @@ def safe_token(token: str) -> str:
 
 
 def model_label(name: str) -> str:
-    """A model's short name: the zoo name or the folder's last part (without the zoo cache's content hash, as in
-    `smollm2-b179c9523d0e`), never a whole filesystem path."""
-    name = str(name or "").rstrip("/\\")
-    return safe(re.sub(r"-[0-9a-f]{12}$", "", PurePath(name).name or name)) if name else "unknown model"
+    """A model's short name (`short_model_name`), safe for the terminal."""
+    return safe(short_model_name(name))
 
 
 def print_explanation(
@@ -240,7 +236,8 @@ def _coloured_text(exp: "Explanation", norm_row: list[float], fixed_row: list[fl
         out.append(safe(text[start:end]), style=style(j))
         cursor = end
     out.append("  → ", style="dim")
-    out.append(safe_token(exp.target_tokens[t]), style="bold underline yellow")
+    target = exp.target_tokens[t]  # a row of the answer is text; a token shows its spaces
+    out.append(safe(target.strip()) if exp.answer_level else safe_token(target), style="bold underline yellow")
     return out
 
 
