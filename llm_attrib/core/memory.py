@@ -165,7 +165,7 @@ def length_polynomial(measure: Callable[[int], int]) -> torch.Tensor:
     """Coefficients (3,) of a point's bytes as a quadratic in the prompt's length, from `measure` (prompt
     length -> bytes) at short prompts: the saved tensors are each layer's L x L attention and things linear in
     L, so three short measurements determine every length, and a long prompt is never run to find out that it
-    does not fit (SmolLM2, 208-token prompt: exact to the byte over both spaces)."""
+    does not fit."""
     lengths = torch.tensor(SHORT_PROMPTS, dtype=torch.float64)
     measured = torch.tensor([float(measure(n)) for n in SHORT_PROMPTS], dtype=torch.float64)
     return torch.linalg.solve(torch.vander(lengths, 3), measured)

@@ -303,7 +303,7 @@ class IG2:
             quadrature: "score-guided" (default: nodes along the GradPath where the target's score moves, refined
                 to `tolerance`), or a fixed rule with `segment_steps` nodes per GradPath segment
                 ("riemann-left" with segment_steps=1 is the paper's Eq. 3, sum (gamma_j - gamma_{j+1}) *
-                grad F(gamma_j), whose completeness error is large: see the README).
+                grad F(gamma_j), whose completeness error is large: see the methods guide).
             tolerance, max_steps, n_probes: as for IG's score-guided quadrature, per (reference, target).
             keep_gradpath: return the GradPaths in `extra["gradpath"]` ({"vertices": (P, n_steps + 1, L, D),
                 "target": (P,)}; P = references x targets, so this can be large).
