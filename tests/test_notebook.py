@@ -3,16 +3,12 @@ as a cell's value give their HTML page inline (in an iframe) and their short tex
 
 from __future__ import annotations
 
-import warnings
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from llm_attrib import rag
-from test_rag_report import ANSWER, DOCUMENTS, QUESTION, words_tokenizer
+from test_rag_report import tiny_rag_result
 from test_render import make_explanation
 
 nbformat = pytest.importorskip("nbformat")
@@ -33,16 +29,7 @@ class Frame(HTMLParser):
 
 
 def test_explanations_display_inline_in_a_notebook(tmp_path):
-    tokenizer = words_tokenizer([QUESTION, ANSWER, *(d["text"] for d in DOCUMENTS), "user assistant : END",
-                                 "Answer the question using the documents. Question: Document 1 (a): Document 3: x"])
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256, pad_token_id=0,
-                         bos_token_id=2, eos_token_id=3)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = rag.explain(LlamaForCausalLM(config).eval(), tokenizer, QUESTION, DOCUMENTS, answer=ANSWER,
-                             granularity="sentence", n_steps=4, show_progress=False)
+    result = tiny_rag_result()
     result.save(tmp_path / "rag.json")
     tests = Path(__file__).parent
     notebook = nbformat.v4.new_notebook(cells=[

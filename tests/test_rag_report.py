@@ -7,6 +7,7 @@ import json
 import math
 import re
 import shutil
+import warnings
 from html.parser import HTMLParser
 
 import pytest
@@ -44,6 +45,21 @@ def words_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
                                         eos_token="<eos>")
     tokenizer.chat_template = TEMPLATE
     return tokenizer
+
+
+def tiny_rag_result(shapley: bool = False) -> rag.RagExplanation:
+    """A quick RAG explanation of the chat fixture's example on a one-layer random Llama (for display and file
+    tests, where the scores' meaning does not matter)."""
+    tokenizer = words_tokenizer([QUESTION, ANSWER, *(d["text"] for d in DOCUMENTS), "user assistant : END",
+                                 "Answer the question using the documents. Question: Document 1 (a): Document 3: x"])
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256, pad_token_id=0,
+                         bos_token_id=2, eos_token_id=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return rag.explain(LlamaForCausalLM(config).eval(), tokenizer, QUESTION, DOCUMENTS, answer=ANSWER,
+                           granularity="sentence", shapley=shapley, n_steps=4, show_progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,10 @@ import warnings
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from llm_attrib import Explanation, InvalidInputError, rag
+from llm_attrib import Explanation, InvalidInputError
 from llm_attrib.rag.explanation import RagExplanation
-from test_rag_report import ANSWER, DOCUMENTS, QUESTION, words_tokenizer
+from test_rag_report import tiny_rag_result
 from test_render import make_explanation
 
 N_CASES = 300
@@ -23,16 +22,7 @@ N_CASES = 300
 
 @pytest.fixture(scope="module")
 def rag_file() -> dict:
-    tokenizer = words_tokenizer([QUESTION, ANSWER, *(d["text"] for d in DOCUMENTS), "user assistant : END",
-                                 "Answer the question using the documents. Question: Document 1 (a): Document 3: x"])
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256, pad_token_id=0,
-                         bos_token_id=2, eos_token_id=3)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = rag.explain(LlamaForCausalLM(config).eval(), tokenizer, QUESTION, DOCUMENTS, answer=ANSWER,
-                             granularity="sentence", shapley=True, n_steps=4, show_progress=False)
+    result = tiny_rag_result(shapley=True)
     return result.to_dict()
 
 
