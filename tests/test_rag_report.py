@@ -47,7 +47,7 @@ def words_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def tiny_rag_result(shapley: bool = False) -> rag.RagExplanation:
+def tiny_rag_result(shapley: bool = False, show_progress: bool = False) -> rag.RagExplanation:
     """A quick RAG explanation of the chat fixture's example on a one-layer random Llama (for display and file
     tests, where the scores' meaning does not matter)."""
     tokenizer = words_tokenizer([QUESTION, ANSWER, *(d["text"] for d in DOCUMENTS), "user assistant : END",
@@ -59,7 +59,21 @@ def tiny_rag_result(shapley: bool = False) -> rag.RagExplanation:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return rag.explain(LlamaForCausalLM(config).eval(), tokenizer, QUESTION, DOCUMENTS, answer=ANSWER,
-                           granularity="sentence", shapley=shapley, n_steps=4, show_progress=False)
+                           granularity="sentence", shapley=shapley, n_steps=4, show_progress=show_progress)
+
+
+def test_one_progress_bar_for_the_whole_call(monkeypatch):
+    """rag.explain shows one labelled bar through its phases (answer, attribution, removals), not one per phase."""
+    from llm_attrib.core import progress
+
+    opened, phases = [], []
+    original = progress.Progress.__init__
+    monkeypatch.setattr(progress.Progress, "__init__", lambda self, enabled: (opened.append(enabled),
+                                                                              original(self, enabled))[-1])
+    monkeypatch.setattr(progress.Progress, "phase", lambda self, label, total=None: phases.append(label))
+    tiny_rag_result(show_progress=True)
+    assert opened == [True]
+    assert phases[0] == "reading the answer" and phases[1].startswith("attributing") and phases[-1].startswith("verifying")
 
 
 @pytest.fixture(scope="module")

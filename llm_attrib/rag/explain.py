@@ -115,37 +115,37 @@ def explain(
     attributor = Attributor(model, tokenizer, internal_batch_size=internal_batch_size, show_progress=show_progress)
     check_fits(attributor, built, docs, 0 if answer is not None else max_new_tokens)
     truncated = False
-    with progress(show_progress) as bar:
+    with progress(show_progress) as bar:  # one bar for the whole call: generation, attribution, removals
         bar.phase("generating" if answer is None else "reading the answer")
         if answer is None:
             answer, truncated = generate_answer(attributor, built.prompt, max_new_tokens, max_sentences, language)
         seq = attributor.sequence(built.prompt, answer=answer)
-    answer_ids = seq.target_ids.tolist()
-    runs, spans = answer_sentences(seq, language)
-    params: dict[str, Any] = dict(method=method, space=default_space(method) if space is None else space,
-                                  **method_params)
-    if scope == "documents":
-        params["attribute_to"] = built.document_spans
-    if granularity != "token":
-        params.update(target="answer", answer_segments=runs if granularity == "sentence" else None)
-    explanation = attributor.explain(built.prompt, answer_ids, **params)
-    result = RagExplanation(
-        question=question, documents=docs, answer=seq.text[len(built.text):], explanation=explanation,
-        granularity=granularity, document_spans=built.document_spans, sentence_spans=built.sentence_spans,
-        question_span=built.question_span, answer_sentences=runs, answer_sentence_spans=spans, scope=scope,
-        truncated=truncated,
-    )
-    ablation_forwards = 0
-    if verify or shapley:
-        exact = shapley and 2 ** len(docs) <= shapley_budget  # every subset runs: the progress bar knows its total
-        with progress(show_progress) as bar, counting_forwards(model) as forwards:
-            bar.phase("verifying documents (removing subsets)", total=2 ** len(docs) if exact else None)
-            subsets = DocumentSubsets(attributor, question, docs, layout, answer_ids, runs, system, bar.advance)
-            if shapley:  # first: with every subset, verify's are among them
-                result.shapley = document_shapley(subsets.stack, len(docs), budget=shapley_budget)
-            if verify:
-                result.verdicts, result.leave_one_out = check(subsets, result, thresholds)
-        ablation_forwards = forwards[0]
+        answer_ids = seq.target_ids.tolist()
+        runs, spans = answer_sentences(seq, language)
+        params: dict[str, Any] = dict(method=method, space=default_space(method) if space is None else space,
+                                      **method_params)
+        if scope == "documents":
+            params["attribute_to"] = built.document_spans
+        if granularity != "token":
+            params.update(target="answer", answer_segments=runs if granularity == "sentence" else None)
+        explanation = attributor.explain(built.prompt, answer_ids, **params)
+        result = RagExplanation(
+            question=question, documents=docs, answer=seq.text[len(built.text):], explanation=explanation,
+            granularity=granularity, document_spans=built.document_spans, sentence_spans=built.sentence_spans,
+            question_span=built.question_span, answer_sentences=runs, answer_sentence_spans=spans, scope=scope,
+            truncated=truncated,
+        )
+        ablation_forwards = 0
+        if verify or shapley:
+            exact = shapley and 2 ** len(docs) <= shapley_budget  # every subset runs: the progress bar knows its total
+            with counting_forwards(model) as forwards:
+                bar.phase("verifying documents (removing subsets)", total=2 ** len(docs) if exact else None)
+                subsets = DocumentSubsets(attributor, question, docs, layout, answer_ids, runs, system, bar.advance)
+                if shapley:  # first: with every subset, verify's are among them
+                    result.shapley = document_shapley(subsets.stack, len(docs), budget=shapley_budget)
+                if verify:
+                    result.verdicts, result.leave_one_out = check(subsets, result, thresholds)
+            ablation_forwards = forwards[0]
     if retriever is not None:
         from .retriever import rank_and_explain
 
