@@ -24,7 +24,7 @@ class Progress:
 
     def phase(self, label: str, total: int | None = None) -> None:
         self.bar.set_description(label, refresh=False)
-        self.bar.bar_format = None if total else "{desc}: {n_fmt} batched passes [{elapsed}]"
+        self.bar.bar_format = None if total else "{desc}{n_fmt} batched passes [{elapsed}]"  # desc ends in ": "
         self.bar.reset(total=total)
 
     def advance(self, n: int = 1) -> None:
