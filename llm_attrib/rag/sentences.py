@@ -17,16 +17,21 @@ def split_sentences(text: str, language: str | None = None) -> list[tuple[int, i
     """(start, end) of each sentence of `text`, white space trimmed, in order; an empty text has none. Blank lines
     (paragraph breaks) end a sentence too."""
     language = language or detect_language(text)
-    spans = []
-    for boundary in sentencex.get_sentence_boundaries(language, text):
-        start, end = boundary["start_index"], boundary["end_index"]
+    boundaries = sentencex.get_sentence_boundaries(language, text)
+    return trimmed(text, [(b["start_index"], b["end_index"]) for b in boundaries])
+
+
+def trimmed(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The spans with white space cut from both ends; spans of white space only are dropped."""
+    out = []
+    for start, end in spans:
         while start < end and text[start].isspace():
             start += 1
         while end > start and text[end - 1].isspace():
             end -= 1
         if end > start:
-            spans.append((start, end))
-    return spans
+            out.append((start, end))
+    return out
 
 
 _SCRIPTS = (("ja", re.compile(r"[\u3040-\u30ff]")), ("ko", re.compile(r"[\uac00-\ud7af]")),
