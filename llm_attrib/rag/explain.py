@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from ..attributor import Attributor, context_length, counting_forwards
+from ..attributor import Attributor, counting_forwards
+from ..core.model_kind import context_length
 from ..core.progress import progress
 from ..errors import InvalidInputError, UnknownNameError
 from ..methods.base import get_method

@@ -28,10 +28,11 @@ import torch
 import torch.nn.functional as F
 
 from .. import __version__
-from ..attributor import context_length, convergence, is_classifier
+from ..attributor import convergence
 from ..core.engine import check_finite
 from ..core.guided import SCORE_GUIDED, Run, guided_integral
 from ..core.memory import budget_bytes, checked_optional, measured_chunk, saved_bytes
+from ..core.model_kind import context_length, is_classifier
 from ..core.paths import Routes
 from ..core.placement import compute_dtype, input_device
 from ..core.quadrature import checked_steps
