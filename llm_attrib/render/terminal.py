@@ -114,7 +114,6 @@ def _renderable(exp: "Explanation", target: int | None, top_k: int, template_spa
     scores = exp.scores.detach().float().cpu()
     content = scores.nan_to_num(0.0).masked_fill(fixed, 0.0)
     norm = normalise_rows(content) if fixed.any() else normalise_rows(scores)
-    fixed_norm = normalise_rows(scores)
     errors = _errors(exp)
     chosen = range(n_targets) if target is None else [target]
     view = "whole answer" if exp.answer_level else "per answer token" if n_targets > 1 else ""
@@ -129,7 +128,7 @@ def _renderable(exp: "Explanation", target: int | None, top_k: int, template_spa
         for i, (j, score) in enumerate(_top(exp, t, top_k, fixed)):
             top.append(("  " if i else "") + safe_token(exp.input_tokens[j]), style=_style(float(norm[t, j])))
             top.append(f" {fmt_score(score)}", style="dim")
-        body = [_coloured_text(exp, norm[t].tolist(), fixed_norm[t].tolist(), fixed.tolist(), evidence, t), top]
+        body = [_coloured_text(exp, norm[t].tolist(), fixed.tolist(), evidence, t), top]
         if fixed.any() and _share(scores[t], fixed) >= 0.005:
             body.append(Text(f"fixed template and markup (dimmed, not ranked): {_share(scores[t], fixed):.0%} of the "
                              "total |score|", style="dim"))
@@ -212,8 +211,8 @@ def _legend(has_fixed: bool, has_evidence: bool) -> Text:
     return legend
 
 
-def _coloured_text(exp: "Explanation", norm_row: list[float], fixed_row: list[float], fixed: list[bool],
-                   evidence: list[bool], t: int) -> Text:
+def _coloured_text(exp: "Explanation", norm_row: list[float], fixed: list[bool], evidence: list[bool],
+                   t: int) -> Text:
     """The prompt (and answer so far) with each token's background coloured by its score for target t;
     template and markup dimmed, evidence underlined."""
     text, out, cursor = exp.text, Text(), 0
