@@ -14,6 +14,7 @@ import re
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from ..errors import InvalidInputError
 from .sentences import split_sentences
 
 _PARAGRAPH = re.compile(r"\n[ \t\r\f\v]*\n")
@@ -59,8 +60,6 @@ def generate_answer(attributor, prompt, max_new_tokens: int, max_sentences: int 
     ids = next((generated[:i] for i, token in enumerate(generated) if token in special), generated)
     ended = len(ids) < len(generated)  # the model ended its turn
     if not ids:
-        from ..errors import InvalidInputError
-
         raise InvalidInputError("the model answered nothing (it ended its turn at once); pass answer= to explain one.")
     seq = attributor.sequence(prompt, answer=ids)
     first = seq.offsets[seq.n_prompt][0]

@@ -80,8 +80,8 @@ def explain(
             answer's log-probability: the leave-one-out check and a verdict per answer sentence (2 + documents
             forwards).
         thresholds: (low, high) margins in nats for the verdicts (see `rag.verdicts`; `rag.calibrate` makes them
-            for your model). None: the thresholds shipped for this model (found by its weights' fingerprint: the
-            zoo rag model, SmolLM2-135M-Instruct); for any other model the verdicts say "uncalibrated" and keep
+            for your model). None: the thresholds shipped for this model (found by its weights' fingerprint; today
+            only the zoo rag model has them); for any other model the verdicts say "uncalibrated" and keep
             their margins, since nats do not carry over between models.
         shapley: also give each document's Shapley value for each answer sentence (`result.shapley`), by removing
             documents: exact from all 2^D subsets of documents when 2^D <= shapley_budget forwards (shared with
