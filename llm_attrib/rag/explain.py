@@ -136,7 +136,7 @@ def explain(
             question_span=built.question_span, answer_sentences=runs, answer_sentence_spans=spans, scope=scope,
             truncated=truncated,
         )
-        ablation_forwards = 0
+        ablation_forwards = ablation_tokens = 0
         if verify or shapley:
             exact = shapley and 2 ** len(docs) <= shapley_budget  # every subset runs: the progress bar knows its total
             with counting_forwards(model) as forwards:
@@ -146,14 +146,14 @@ def explain(
                     result.shapley = document_shapley(subsets.stack, len(docs), budget=shapley_budget)
                 if verify:
                     result.verdicts, result.leave_one_out = check(subsets, result, thresholds)
-            ablation_forwards = forwards[0]
+            ablation_forwards, ablation_tokens = forwards
     if retriever is not None:
         from .retriever import rank_and_explain
 
         encoder, encoder_tokenizer = retriever
         result.retrieval = [r.to_dict() for r in rank_and_explain(encoder, encoder_tokenizer, question,
                                                                    [d.text for d in docs])]
-    result.cost = {**explanation.cost, "n_forward_ablation": ablation_forwards,
+    result.cost = {**explanation.cost, "n_forward_ablation": ablation_forwards, "n_tokens_ablation": ablation_tokens,
                    "seconds": time.perf_counter() - started}
     return result
 

@@ -89,7 +89,8 @@ class RagExplanation:
         newer_fields: keys of a file saved by a newer version that this one does not know, kept as read (and
             written back by `save`).
         cost: the attribution's (`explanation.cost`), "n_forward_ablation" (the forwards that removed documents:
-            leave-one-out, verdicts, Shapley values) and
+            leave-one-out, verdicts, Shapley values, and one that checks their reused cache), "n_tokens_ablation"
+            (the tokens those forwards ran: each starts after the tokens it shares with one run before) and
             "seconds" for the whole call (prompt, generation, attribution, verdicts).
     """
 
