@@ -1,6 +1,6 @@
 """Removal forwards (leave-one-out, Shapley subsets) today against from shared prefixes, in tokens and seconds.
 
-    nice -n 5 python eval/rag_removal_cache.py [--rows 3] [--documents 5 10 20]
+    nice -n 5 python eval/rag_removal_cache.py [--rows 2] [--documents 5 10 20]
 
 SmolLM2 on the first real-text rag rows, each with 5, 10 and 20 documents (its own, then distractors from other
 rows, in a seeded order), its own greedy answer; the rule and the tables are in eval/results/rag/removal_cache.md,
@@ -61,7 +61,7 @@ def measure(attributor, question, docs, template, answer_ids, runs, mode: str, w
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=2)
     parser.add_argument("--documents", type=int, nargs="+", default=[5, 10, 20])
     args = parser.parse_args()
     torch.set_num_threads(1)
