@@ -1,6 +1,7 @@
 """Removal forwards (leave-one-out, Shapley subsets) today against from shared prefixes, in tokens and seconds.
 
     nice -n 5 python eval/rag_removal_cache.py [--rows 2] [--documents 5 10 20]
+    python eval/rag_removal_cache.py --report   # the tables of removal_cache.md from the rows
 
 SmolLM2 on the first real-text rag rows, each with 5, 10 and 20 documents (its own, then distractors from other
 rows, in a seeded order), its own greedy answer; the rule and the tables are in eval/results/rag/removal_cache.md,
@@ -63,7 +64,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=2)
     parser.add_argument("--documents", type=int, nargs="+", default=[5, 10, 20])
+    parser.add_argument("--report", action="store_true", help="write the tables from the rows, run nothing")
     args = parser.parse_args()
+    if args.report:
+        write_report()
+        return
     torch.set_num_threads(1)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=HERE).stdout.strip()
@@ -97,6 +102,36 @@ def main() -> None:
                     out.write(json.dumps(row) + "\n")
                     out.flush()
                     print(json.dumps(row), flush=True)
+
+
+def write_report() -> None:
+    """Replace everything after the rule in removal_cache.md with the tables of the rows written so far."""
+    rows = [json.loads(line) for line in ROWS.open()]
+    lines = ["## Results", "",
+             f"Rows: {len(rows)} (commit {', '.join(sorted({r['commit'] for r in rows}))}; load average "
+             f"{min(r['load_average'] for r in rows)}-{max(r['load_average'] for r in rows)} on 2 shared cores, so "
+             "seconds are comparable only as ratios within a row). Sums over the rows of each size:", "",
+             "| run | documents | prompts | prompt tokens | tokens today | tokens cached | today / cached | "
+             "seconds today | seconds cached | today / cached | largest difference |",
+             "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for what in ("verify", "shapley"):
+        for n in sorted({r["documents"] for r in rows}):
+            group = [r for r in rows if r["run"] == what and r["documents"] == n]
+            if not group:
+                continue
+            tokens = {mode: sum(r["tokens"][mode] for r in group) for mode in MODES}
+            seconds = {mode: sum(r["seconds"][mode] for r in group) for mode in MODES}
+            prompts = "-".join(sorted({str(r["prompt_tokens"]) for r in group}))
+            lines.append(f"| {what} | {n} | {len(group)} | {prompts} | {tokens['today']} | {tokens['cached']} | "
+                         f"{tokens['today'] / tokens['cached']:.2f}x | {seconds['today']:.1f} | "
+                         f"{seconds['cached']:.1f} | {seconds['today'] / seconds['cached']:.2f}x | "
+                         f"{max(r['max_abs_difference'] for r in group):.1e} |")
+    lines += ["", "Forwards (today / cached, the cached count includes the one check): "
+              + "; ".join(f"{r['id']} {r['run']} {r['documents']} documents {r['forwards']['today']} / "
+                          f"{r['forwards']['cached']}" for r in rows) + ".", ""]
+    text = REPORT.read_text()
+    head = text.split("## Results")[0].rstrip() + "\n\n"
+    REPORT.write_text(head + "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 The brute-force reference for a document ranking (one forward per subset of documents), the check behind a
 verdict (an answer sentence a document supports loses probability when that document is removed, more than when
 any other one is), and the game behind the documents' Shapley values. Removal re-renders the prompt without the
-documents (same template, the others unchanged, their labels keeping their numbers), so nothing else moves.
+documents (same template, the others unchanged, their labels keeping their numbers), so nothing else moves, and
+what comes before the first removed document is not run again (`SharedPrefixes`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
-
 from transformers import Cache, DynamicCache
 
 from ..attributor import Attributor
