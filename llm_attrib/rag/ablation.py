@@ -133,7 +133,7 @@ class SharedPrefixes:
                 self.exact, self.last, self.longest = False, None, None
                 break
             if len(chunk) > 1:  # keep the last row, its padding cut off
-                cache.batch_select_indices(torch.tensor([len(chunk) - 1], device=batch.device))
+                cache.batch_select_indices([len(chunk) - 1])  # a list: layers may sit on several devices
                 cache.crop(len(tokens) - seen)
             if self.exact is None:
                 self.exact = self.check(cache, tokens, logits[-1], n_targets)
