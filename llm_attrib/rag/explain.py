@@ -218,13 +218,17 @@ def check(subsets: DocumentSubsets, result: RagExplanation, thresholds: tuple[fl
     """Verdicts per answer sentence and the leave-one-out table (documents, sentences), from removing documents."""
     n_documents = len(subsets.documents)
     everyone = list(range(n_documents))
-    full, *alone, none = subsets.stack([everyone, *([d for d in everyone if d != left] for left in everyone), []])
+    by_doc = result.sentence_document_scores()
+    citing = [[d for d, _ in cited_documents(by_doc[min(s, len(by_doc) - 1)])]
+              for s in range(len(result.answer_sentences))]
+    # asked together, so the cited documents' removals share their forwards' prefixes with leave-one-out's
+    removals = [everyone, *([d for d in everyone if d != left] for left in everyone), [],
+                *([d for d in everyone if d not in cited] for cited in citing if cited)]
+    full, *alone, none = subsets.stack(removals)[:n_documents + 2]
     leave_one_out = full[None] - torch.stack(alone)  # (D, S)
     drop_all = full - none  # (S,) every document removed
-    by_doc = result.sentence_document_scores()
     verdicts = []
-    for s in range(len(result.answer_sentences)):
-        cited = [d for d, _ in cited_documents(by_doc[min(s, len(by_doc) - 1)])]
+    for s, cited in enumerate(citing):
         drop_cited = float(full[s] - subsets.without(cited)[s]) if cited else 0.0
         others = [d for d in range(n_documents) if d not in cited]
         drop_other = float(leave_one_out[others, s].clamp_min(0).mean()) if others else 0.0
