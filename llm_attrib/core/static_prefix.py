@@ -49,7 +49,8 @@ def copied(cache: Cache, batch: int) -> Cache:
     """A copy of a batch-1 cache for `batch` sequences. Copied whole, not rebuilt from its tensors: a
     sliding-window layer keeps only its window, and its count of tokens seen is what places the next ones."""
     cache = copy.deepcopy(cache)
-    cache.batch_repeat_interleave(batch)
+    if batch > 1:
+        cache.batch_repeat_interleave(batch)
     return cache
 
 
