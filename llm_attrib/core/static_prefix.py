@@ -10,6 +10,10 @@ Nothing is assumed: a chunk uses the prefix only if its points equal the explica
 (RPI's noisy baselines or a custom baseline that moves markup run in full), and a prefix is kept only if the
 model's logits at the explicand come out the same with it as without it (within the dtype's rounding), so a model
 whose cache behaves differently runs in full instead of giving other numbers.
+
+The cache helpers here (a copy for a batch, the forward's cache argument, whether every token is held, the logits
+check) also serve the RAG removals, which run each subset of documents from the prefix it shares with one run
+before (`rag.ablation.SharedPrefixes`).
 """
 
 from __future__ import annotations
