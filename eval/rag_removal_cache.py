@@ -112,7 +112,7 @@ def write_report() -> None:
              f"{min(r['load_average'] for r in rows)}-{max(r['load_average'] for r in rows)} on 2 shared cores, so "
              "seconds are comparable only as ratios within a row). Sums over the rows of each size:", "",
              "| run | documents | prompts | prompt tokens | tokens today | tokens cached | today / cached | "
-             "seconds today | seconds cached | today / cached | largest difference |",
+             "seconds today | seconds cached | today / cached | largest difference (relative) |",
              "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for what in ("verify", "shapley"):
         for n in sorted({r["documents"] for r in rows}):
@@ -125,7 +125,8 @@ def write_report() -> None:
             lines.append(f"| {what} | {n} | {len(group)} | {prompts} | {tokens['today']} | {tokens['cached']} | "
                          f"{tokens['today'] / tokens['cached']:.2f}x | {seconds['today']:.1f} | "
                          f"{seconds['cached']:.1f} | {seconds['today'] / seconds['cached']:.2f}x | "
-                         f"{max(r['max_abs_difference'] for r in group):.1e} |")
+                         f"{max(r['max_abs_difference'] for r in group):.1e} "
+                         f"({max(r['max_abs_difference'] / r['max_abs_value'] for r in group):.0e}) |")
     lines += ["", "Forwards (today / cached, the cached count includes the one check): "
               + "; ".join(f"{r['id']} {r['run']} {r['documents']} documents {r['forwards']['today']} / "
                           f"{r['forwards']['cached']}" for r in rows) + ".", ""]
