@@ -1,17 +1,33 @@
-"""One explanation split across 2 CPU processes (torchrun, gloo) equals the same explanation in one process."""
+"""Both distributed modes, run by the real launchers, equal one process: `evaluate`'s examples split between
+processes (the same rows, none duplicated or lost), and one explanation's path points split between processes
+(`shard_points=True`: the same scores in every space, each process doing only part of the work).
 
+Launchers: `accelerate launch --multi_gpu` with 2 processes (without a GPU it starts them over gloo on the CPU;
+with GPUs the same command gives each process its own GPU) and `torchrun` with 2 nodes on this machine (two
+launches that meet at a rendezvous, each in its own working directory, so nothing relies on a shared disk).
+The job both run is tests/distributed_job.py; the reference is the same job in this process.
+"""
+
+import importlib.util
+import json
+import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
 import llm_attrib
 from llm_attrib import Attributor, Explanation
+from llm_attrib.evaluate import load_rows
 
-SCRIPT = Path(__file__).parent.parent / "examples" / "sharded_explanation.py"
+JOB = Path(__file__).with_name("distributed_job.py")
+EXAMPLE = Path(__file__).parent.parent / "examples" / "sharded_explanation.py"
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+KEY = ["example", "method", "target_index"]
 
 
 def free_port() -> int:
@@ -20,27 +36,84 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("space, quadrature", [("embeddings", "gauss-legendre"), ("attention", "score-guided")])
-def test_two_processes_equal_one(tmp_path, space, quadrature):
-    output = tmp_path / "sharded.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-         str(SCRIPT), "--space", space, "--quadrature", quadrature, "--output", str(output)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "2 process(es)" in done.stdout
-    sharded = Explanation.load(output)
-    model, tokenizer = llm_attrib.zoo.load("rag")
-    prompt = llm_attrib.zoo.examples("rag", n=1, seed=123)[0]["prompt"]
-    fixed = {"tolerance": None} if quadrature != "score-guided" else {}
-    single = Attributor(model, tokenizer, show_progress=False).explain(
-        prompt, space=space, max_new_tokens=4, quadrature=quadrature, n_steps=32, **fixed)
-    assert sharded.target_ids == single.target_ids
-    torch.testing.assert_close(sharded.scores, single.scores, atol=1e-5, rtol=1e-5)
-    assert sharded.cost["n_backward"] == single.cost["n_backward"]  # the same work, split, not repeated
-    # every forward of every process is counted: the set-up reads and target probabilities run in each
-    assert sharded.cost["n_forward_all"] > single.cost["n_forward_all"]
+def torchrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", *args]
+
+
+def launched(*commands: list[str], cwds: list[Path]) -> list[str]:
+    """Run the launches at once (the nodes of one job), wait for all; their standard outputs."""
+    running = [subprocess.Popen(c, cwd=cwd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for c, cwd in zip(commands, cwds)]
+    try:
+        outputs = [p.communicate(timeout=600) for p in running]
+    finally:
+        for p in running:
+            p.kill()
+    for p, (_, err) in zip(running, outputs):
+        assert p.returncode == 0, err[-3000:]
+    return [out for out, _ in outputs]
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory) -> Path:
+    spec = importlib.util.spec_from_file_location("distributed_job", JOB)
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    out = tmp_path_factory.mktemp("single") / "out"
+    job.run(out)
+    return out
+
+
+def rows_of(path: Path) -> pd.DataFrame:
+    return load_rows(path).drop(columns="seconds").sort_values(KEY).reset_index(drop=True)
+
+
+def assert_equal_to_one_process(main: Path, shards: list[Path], single: Path) -> None:
+    merged, reference = rows_of(main / "rows.jsonl"), rows_of(single / "rows.jsonl")
+    pd.testing.assert_frame_equal(merged, reference, check_exact=True)
+    examples = [set(load_rows(shard)["example"]) for shard in shards]
+    assert all(examples) and set.union(*examples) == set(reference["example"])  # each process had a share
+    assert sum(map(len, examples)) == len(set.union(*examples))  # and no example was done twice
+    forwards = json.loads((main / "forwards.json").read_text())
+    alone = json.loads((single / "forwards.json").read_text())
+    for space in ("embeddings", "attention", "mask"):
+        sharded, one = Explanation.load(main / f"{space}.json"), Explanation.load(single / f"{space}.json")
+        assert sharded.target_ids == one.target_ids
+        torch.testing.assert_close(sharded.scores, one.scores, atol=1e-5, rtol=1e-5)
+        assert sharded.cost["n_backward"] == one.cost["n_backward"]  # the same work, split, not repeated
+        assert len(forwards[space]) == 2 and max(forwards[space]) < alone[space][0]  # each did only a part
+
+
+def test_accelerate_launch_equals_one_process(tmp_path, single):
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(free_port()), str(JOB), "out"]
+    (out,) = launched(command, cwds=[tmp_path])
+    assert "2 process(es)" in out
+    main = tmp_path / "out"
+    assert_equal_to_one_process(main, [main / "rows.jsonl.part0", main / "rows.jsonl.part1"], single)
+
+
+def test_torchrun_on_two_nodes_equals_one_process(tmp_path, single):
+    port = str(free_port())
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    for node in nodes:
+        node.mkdir()
+    commands = [torchrun("--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(rank),
+                         "--master_addr", "127.0.0.1", "--master_port", port, str(JOB), "out")
+                for rank in range(2)]
+    out, _ = launched(*commands, cwds=nodes)
+    assert "2 process(es)" in out
+    assert not (nodes[1] / "out" / "rows.jsonl").exists()  # only the main process writes the merged rows
+    shards = [node / "out" / f"rows.jsonl.part{rank}" for rank, node in enumerate(nodes)]
+    assert_equal_to_one_process(nodes[0] / "out", shards, single)
+
+
+def test_the_sharded_example_runs_under_torchrun(tmp_path):
+    (out,) = launched(torchrun("--nproc_per_node", "2", "--master_port", str(free_port()), str(EXAMPLE),
+                               "--space", "mask"), cwds=[tmp_path])
+    assert "2 process(es)" in out
+    assert float(out.split("worst completeness error ")[1].split("%")[0]) < 1.0
 
 
 def test_evaluate_refuses_an_attributor_that_shards_points(monkeypatch):
