@@ -5,7 +5,8 @@ processes (the same rows, none duplicated or lost), and one explanation's path p
 Launchers: `accelerate launch --multi_gpu` with 2 processes (without a GPU it starts them over gloo on the CPU;
 with GPUs the same command gives each process its own GPU) and `torchrun` with 2 nodes on this machine (two
 launches that meet at a rendezvous, each in its own working directory, so nothing relies on a shared disk).
-The job both run is tests/distributed_job.py; the reference is the same job in this process.
+The job both run is tests/distributed_job.py; the reference is the same job in this process. Also: the GPU check
+(eval/gpu_check.py --cpu) split over 2 processes, and failing with exit code 1; the sharded example as one process.
 """
 
 import importlib.util
@@ -26,6 +27,7 @@ from llm_attrib.evaluate import load_rows
 
 JOB = Path(__file__).with_name("distributed_job.py")
 EXAMPLE = Path(__file__).parent.parent / "examples" / "sharded_explanation.py"
+GPU_CHECK = Path(__file__).parent.parent / "eval" / "gpu_check.py"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 KEY = ["example", "method", "target_index"]
 
@@ -38,6 +40,14 @@ def free_port() -> int:
 
 def torchrun(*args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", *args]
+
+
+def script(path: Path):
+    """A script's module, imported from its file (its `main` runs in this process: one process)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def launched(*commands: list[str], cwds: list[Path]) -> list[str]:
@@ -56,11 +66,8 @@ def launched(*commands: list[str], cwds: list[Path]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory) -> Path:
-    spec = importlib.util.spec_from_file_location("distributed_job", JOB)
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
     out = tmp_path_factory.mktemp("single") / "out"
-    job.run(out)
+    script(JOB).run(out)
     return out
 
 
@@ -109,10 +116,12 @@ def test_torchrun_on_two_nodes_equals_one_process(tmp_path, single):
     assert_equal_to_one_process(nodes[0] / "out", shards, single)
 
 
-def test_the_sharded_example_runs_under_torchrun(tmp_path):
-    (out,) = launched(torchrun("--nproc_per_node", "2", "--master_port", str(free_port()), str(EXAMPLE),
-                               "--space", "mask"), cwds=[tmp_path])
-    assert "2 process(es)" in out
+def test_the_sharded_example_runs(monkeypatch, capsys):
+    """Its launched form is the job's above; here it runs as one process (a pass-through), over the mask."""
+    monkeypatch.setattr(sys, "argv", ["sharded_explanation.py", "--space", "mask"])
+    script(EXAMPLE).main()
+    out = capsys.readouterr().out
+    assert "1 process(es)" in out
     assert float(out.split("worst completeness error ")[1].split("%")[0]) < 1.0
 
 
@@ -124,3 +133,20 @@ def test_evaluate_refuses_an_attributor_that_shards_points(monkeypatch):
     monkeypatch.setattr(parallel, "n_processes", lambda: 2)
     with pytest.raises(InvalidInputError, match="shard_points"):
         evaluate(Attributor(model, tokenizer, shard_points=True), [{"prompt": "x"}], ["ig"])
+
+
+def test_the_gpu_check_passes_split_over_two_processes(tmp_path):
+    (out,) = launched(torchrun("--nproc_per_node", "2", "--master_port", str(free_port()), str(GPU_CHECK),
+                               "--cpu", "--model", "rag"), cwds=[tmp_path])
+    assert "2 process(es)" in out and out.rstrip().endswith("every check passed")
+    differences = [float(line.split("max difference ")[1].split()[0]) for line in out.splitlines()
+                   if "split vs one process" in line]
+    assert len(differences) == 3 and max(differences) <= 1e-5  # every space, compared with one process
+    assert "rag.explain (ranking)" in out
+
+
+def test_the_gpu_check_fails_with_exit_code_1(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", "--cpu", "--model", "rag", "--max-error", "0"])
+    assert script(GPU_CHECK).main() == 1
+    failed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 4 and all("completeness error" in line for line in failed)  # 3 spaces and the RAG run
