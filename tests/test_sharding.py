@@ -125,6 +125,28 @@ def test_the_sharded_example_runs(monkeypatch, capsys):
     assert float(out.split("worst completeness error ")[1].split("%")[0]) < 1.0
 
 
+def test_a_shard_left_by_another_process_count_is_not_counted_twice(tmp_path, monkeypatch):
+    """Process 1 of 2 (examples 2 and 3 of 4) resumes from a shard whose last run gave it examples 1 and 2: it
+    reports its own examples once each, with example 1's rows left to process 0, and computes example 3."""
+    from llm_attrib import parallel
+    from llm_attrib.evaluate import evaluate
+
+    model, tokenizer = llm_attrib.zoo.load("rag")
+    attributor = Attributor(model, tokenizer, show_progress=False)
+    examples = llm_attrib.zoo.examples("rag", n=4, seed=7)
+    alone = evaluate(attributor, examples, ["saliency"], show_progress=False).rows
+    stale = alone[alone["example"].isin([1, 2])]
+    (tmp_path / "rows.jsonl.part1").write_text("".join(json.dumps(r) + "\n" for r in stale.to_dict("records")))
+    monkeypatch.setattr(parallel, "n_processes", lambda: 2)
+    monkeypatch.setattr(parallel, "rank", lambda: 1)
+    monkeypatch.setattr(parallel, "is_main", lambda: False)
+    monkeypatch.setattr(parallel, "my_share", lambda items: list(items)[2:])
+    monkeypatch.setattr(parallel, "gathered", list)  # this process's rows only
+    mine = evaluate(attributor, examples, ["saliency"], output=tmp_path / "rows.jsonl", show_progress=False).rows
+    expected = alone[alone["example"].isin([2, 3])].reset_index(drop=True)
+    pd.testing.assert_frame_equal(mine.drop(columns="seconds"), expected.drop(columns="seconds"), check_exact=True)
+
+
 def test_evaluate_refuses_an_attributor_that_shards_points(monkeypatch):
     from llm_attrib import InvalidInputError, parallel
     from llm_attrib.evaluate import evaluate
