@@ -54,10 +54,9 @@ def load(name: str, cpu: bool):
     return model, tokenizer
 
 
-def measured(run):
-    """run()'s result, seconds and peak memory (GiB: the GPUs' allocations, summed; on the CPU the process's RSS
-    peak so far, which cannot be reset)."""
-    gpus = range(torch.cuda.device_count())
+def measured(run, gpus: list[torch.device]):
+    """run()'s result, seconds and peak memory (GiB: this process's allocations on the model's GPUs, summed; on
+    the CPU the process's RSS peak so far, which cannot be reset)."""
     for gpu in gpus:
         torch.cuda.reset_peak_memory_stats(gpu)
     started = time.perf_counter()
@@ -99,6 +98,7 @@ def main() -> int:
         prompt = [{"role": "user", "content": "Why is the sky blue? Answer in one sentence."}]
         question, documents, answer, source, template = QUESTION, DOCUMENTS, "Mount Fuji", 1, None
     failed = []
+    gpus = [d for d in execution_devices(model) if d.type == "cuda"]
     split = parallel.n_processes() > 1
     chunk = SPLIT_CHUNK if split else None
     attributor = Attributor(model, tokenizer, show_progress=False, shard_points=split, internal_batch_size=chunk)
@@ -108,7 +108,7 @@ def main() -> int:
     targets = parallel.gathered([generated])[0]
     for space in SPACES:
         with counting_forwards(model) as forwards:
-            exp, seconds, peak = measured(lambda: attributor.explain(prompt, targets, space=space, **budget))
+            exp, seconds, peak = measured(lambda: attributor.explain(prompt, targets, space=space, **budget), gpus)
         per_process = parallel.gathered(forwards)
         error = float(exp.completeness_error.max())
         say(f"{'ig over ' + space:<28}{seconds:>9.2f}{peak:>10.2f}{error:>20.2%}{exp.cost['n_backward']:>11}")
@@ -129,7 +129,7 @@ def main() -> int:
         parallel.wait_for_everyone()
     if documents is not None and main_process:  # rag.explain runs in one process
         result, seconds, peak = measured(lambda: rag.explain(model, tokenizer, question, documents, answer,
-                                                             template=template, show_progress=False, **budget))
+                                                             template=template, show_progress=False, **budget), gpus)
         error = float(result.explanation.completeness_error.max())
         say(f"{'rag.explain (ranking)':<28}{seconds:>9.2f}{peak:>10.2f}{error:>20.2%}"
             f"{result.explanation.cost['n_backward']:>11}   ranking {result.ranking}, answer {result.answer!r}")
