@@ -252,14 +252,13 @@ def evaluate(
     return Evaluation(rows=frame, summary=summarise(frame) if not frame.empty else pd.DataFrame())
 
 
-def _shard_path(path: Path | None, process: int | None = None) -> Path | None:
+def _shard_path(path: Path | None) -> Path | None:
     """The file this process writes: the output itself with one process, a per-process shard otherwise."""
     if path is None:
         return None
     if parallel.n_processes() == 1:
         return path
-    k = parallel.rank() if process is None else process
-    return path.with_name(f"{path.name}.part{k}")
+    return path.with_name(f"{path.name}.part{parallel.rank()}")
 
 
 def load_rows(path: str | os.PathLike) -> pd.DataFrame:
