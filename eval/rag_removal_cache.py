@@ -50,14 +50,14 @@ def measure(attributor, question, docs, template, answer_ids, runs, mode: str, w
     """(values, tokens, forwards, seconds) of one run of removals in one mode."""
     subsets = DocumentSubsets(attributor, question, docs, template, answer_ids, runs, reuse_prefix=MODES[mode])
     everyone = list(range(len(docs)))
-    with counting_forwards(attributor.model) as count:
+    with counting_forwards(attributor.model) as count, counting_forwards(attributor.model, tokens=True) as tokens:
         started = time.perf_counter()
         if what == "verify":
             values = subsets.stack([everyone, *([d for d in everyone if d != k] for k in everyone), []])
         else:
             values = document_shapley(subsets.stack, len(docs)).values
         seconds = time.perf_counter() - started
-    return values.double(), count[1], count[0], seconds
+    return values.double(), tokens[0], count[0], seconds
 
 
 def main() -> None:

@@ -130,6 +130,9 @@ def test_the_source_document_comes_first_on_the_rag_model(zoo, space):
         assert result.explanation.converged
         # the answer in full, without each, without all, and the check of the cache they reuse
         assert result.cost["n_forward_ablation"] == len(documents) + 3
+        # fewer tokens than its removals' prompts alone would run in full: each ran after its first removed document
+        n_prompt = len(tokenizer(example["prompt"])["input_ids"])
+        assert 0 < result.cost["n_tokens_ablation"] < (len(documents) + 2) * n_prompt
 
 
 def test_an_answer_whose_source_was_removed_is_not_supported(zoo):

@@ -139,14 +139,14 @@ def explain(
         ablation_forwards = ablation_tokens = 0
         if verify or shapley:
             exact = shapley and 2 ** len(docs) <= shapley_budget  # every subset runs: the progress bar knows its total
-            with counting_forwards(model) as forwards:
+            with counting_forwards(model) as forwards, counting_forwards(model, tokens=True) as tokens:
                 bar.phase("verifying documents (removing subsets)", total=2 ** len(docs) if exact else None)
                 subsets = DocumentSubsets(attributor, question, docs, layout, answer_ids, runs, system, bar.advance)
                 if shapley:  # first: with every subset, verify's are among them
                     result.shapley = document_shapley(subsets.stack, len(docs), budget=shapley_budget)
                 if verify:
                     result.verdicts, result.leave_one_out = check(subsets, result, thresholds)
-            ablation_forwards, ablation_tokens = forwards
+            ablation_forwards, ablation_tokens = forwards[0], tokens[0]
     if retriever is not None:
         from .retriever import rank_and_explain
 
