@@ -106,10 +106,10 @@ def bars(monkeypatch):
     return seen
 
 
-def test_the_conversion_is_one_labelled_phase_per_step(tiny, bars):
-    """One bar, whose phases say what the one-time conversion is doing, counting the GGUF's tensors; the converted
-    model holds the GGUF's weights; transformers' own GGUF bar is restored afterwards; a second load reads the
-    cache (no bar)."""
+def test_the_conversion_is_one_labelled_phase_per_step(tiny, bars, capfd):
+    """One bar, whose phases say what the one-time conversion is doing, counting the GGUF's tensors (and only
+    them: transformers' unlabelled bar is not shown, and is restored afterwards); the converted model holds the
+    GGUF's weights; a second load reads the cache (no bar)."""
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
     tensors, assembled = tiny
@@ -121,6 +121,9 @@ def test_the_conversion_is_one_labelled_phase_per_step(tiny, bars):
         (step + "reading the GGUF", None), (step + "dequantising", len(SHAPES)), (step + "the tokenizer", None),
         (step + "saving to the cache", None)]
     assert bars["steps"] == len(SHAPES) and gguf_utils.tqdm is original
+    shown = capfd.readouterr().err
+    assert f"{step}dequantising:   0%" in shown and f"0/{len(SHAPES)}" in shown
+    assert f"{step}the tokenizer: [" in shown and "passes" not in shown and "Converting" not in shown
     assert torch.equal(model.model.embed_tokens.weight, torch.from_numpy(tensors["token_embd.weight"]))
     assert tokenizer.convert_ids_to_tokens(tokenizer("ab c")["input_ids"]) == ["ab", "Ġ", "c"]
     folder = llm_attrib.zoo.path("tiny")

@@ -22,11 +22,13 @@ class Progress:
     def __init__(self, enabled: bool) -> None:
         self.bar = tqdm(total=None, delay=1.0, leave=False, disable=not enabled, unit="pass", desc="llm-attrib")
 
-    def phase(self, label: str, total: int | None = None, unit: str = "pass") -> None:
-        """Show `label` now (a count of `total` `unit`s when known, else the passes so far and the time)."""
+    def phase(self, label: str, total: int | None = None, unit: str | None = "pass") -> None:
+        """Show `label` now, with the count of `total` `unit`s when known, else the passes so far; `unit=None`: one
+        step nothing counts (converting a tokenizer), only the time."""
         self.bar.set_description(label, refresh=False)
-        self.bar.unit = unit
-        self.bar.bar_format = None if total else "{desc}{n_fmt} batched passes [{elapsed}]"  # desc ends in ": "
+        self.bar.unit = unit or "step"
+        self.bar.bar_format = (None if total else "{desc}{n_fmt} batched passes [{elapsed}]" if unit == "pass"
+                               else "{desc}[{elapsed}]")  # desc ends in ": "
         self.bar.reset(total=total)
 
     def advance(self, n: int = 1) -> None:

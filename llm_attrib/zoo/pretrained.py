@@ -104,19 +104,19 @@ def _dequantise(name: str, source: GgufModel, folder: Path, bar: Progress) -> No
         raise MissingPackageError(f"reading a GGUF file needs the 'gguf' package. Install it with: {source.install}")
     step = f"converting {name} to float32 (once)"
     if source.assembled:
-        bar.phase(f"{step}: joining the GGUF file's parts")
+        bar.phase(f"{step}: joining the GGUF file's parts", unit=None)
     gguf = source.write(folder)
-    bar.phase(f"{step}: reading the GGUF")
+    bar.phase(f"{step}: reading the GGUF", unit=None)
     with _tensors_counted(bar, f"{step}: dequantising"):
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    bar.phase(f"{step}: the tokenizer")
+    bar.phase(f"{step}: the tokenizer", unit=None)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     if gguf.parent == folder:  # an assembled file has served its purpose; the cache keeps only the float32 folder
         gguf.unlink()
     # The weights are plain float32 tensors now; the quantizer only stands in the way of saving them.
     model.hf_quantizer = None
     model.config.quantization_config = None
-    bar.phase(f"{step}: saving to the cache")
+    bar.phase(f"{step}: saving to the cache", unit=None)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
