@@ -121,14 +121,19 @@ def test_a_format_1_file_with_todays_layout_is_refused():
         rag.RagExplanation.from_dict(raw)
 
 
-def test_the_report_and_terminal_show_the_numbers_they_showed_before():
-    """The format-1 file renders the same table cells and Shapley column as before the change."""
-    result = rag.RagExplanation.load(RAG_V1)
+def page_tables(result: rag.RagExplanation) -> dict[str, list[list[str]]]:
+    """The report's leave-one-out and Shapley tables as shown: a row per document, a cell per answer sentence."""
     page = result.to_html()
-    for table_id, expected in V1_PAGE.items():
+    tables = {}
+    for table_id in ("leave-one-out", "shapley"):
         body = re.search(rf'<table class="loo[^"]*" id="{table_id}">(.*?)</table>', page, re.S).group(1)
         rows = re.findall(r"<tr><th title=[^>]*>.*?</tr>", body, re.S)
-        assert [re.findall(r'<td class="num"[^>]*>([^<]*)</td>', row) for row in rows] == expected, table_id
+        tables[table_id] = [re.findall(r'<td class="num"[^>]*>([^<]*)</td>', row) for row in rows]
+    return tables
+
+
+def terminal_shapley(result: rag.RagExplanation) -> dict[str, str]:
+    """The terminal's Shapley column, by the document label it shows."""
     console = Console(file=io.StringIO(), width=200, color_system=None)
     print_rag_explanation(result, console)
     shown = {}
@@ -136,4 +141,23 @@ def test_the_report_and_terminal_show_the_numbers_they_showed_before():
         cells = [c.strip() for c in line.split("│")]
         if len(cells) > 5 and cells[1].isdigit():
             shown[cells[2]] = cells[4]
-    assert shown == V1_TERMINAL_SHAPLEY
+    return shown
+
+
+def test_the_report_and_terminal_show_the_numbers_they_showed_before():
+    """The format-1 file renders the same table cells and Shapley column as before the change."""
+    result = rag.RagExplanation.load(RAG_V1)
+    assert page_tables(result) == V1_PAGE
+    assert terminal_shapley(result) == V1_TERMINAL_SHAPLEY
+
+
+def test_the_report_and_terminal_show_each_document_on_its_own_row(setup):
+    """A new result's report row d holds document d's column of each table (proved above against forwards), and the
+    terminal's Shapley column document d's total."""
+    result = setup[2]
+    tables = page_tables(result)
+    for table_id, values in (("leave-one-out", result.leave_one_out), ("shapley", result.shapley.values)):
+        assert tables[table_id] == [[f"{float(v):+.2f}" for v in values[:, d]] for d in range(len(DOCUMENTS))]
+    totals = result.shapley.values.sum(0)
+    labels = [f"{d + 1}" + (f" ({doc['title']})" if "title" in doc else "") for d, doc in enumerate(DOCUMENTS)]
+    assert terminal_shapley(result) == {label: f"{float(totals[d]):+.2f}" for d, label in enumerate(labels)}
