@@ -161,6 +161,10 @@ def test_a_newer_format_version_is_refused(explanation_file, rag_file, tmp_path)
         with pytest.raises(InvalidInputError, match=rf"format version {newer} by a newer llm-attrib; this one reads "
                                                     rf"format versions up to {newer - 1}: upgrade llm-attrib"):
             cls.load(path)
+    inner = copy.deepcopy(rag_file)
+    inner["explanation"]["format_version"] = 2
+    with pytest.raises(InvalidInputError, match=r"its explanation is in format version 2, from a newer llm-attrib"):
+        RagExplanation.from_dict(inner)
 
 
 @pytest.mark.parametrize("change, message", [

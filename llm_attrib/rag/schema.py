@@ -70,6 +70,9 @@ class RagExplanationFile(StrictModel):
     @model_validator(mode="after")
     def _consistent(self) -> "RagExplanationFile":
         exp = self.explanation
+        if exp.format_version > ExplanationFile.FORMAT_VERSION:
+            raise ValueError(f"its explanation is in format version {exp.format_version}, from a newer llm-attrib "
+                             f"(this one reads up to {ExplanationFile.FORMAT_VERSION}): upgrade llm-attrib")
         n_docs, n_sentences, n_rows = len(self.documents), len(self.answer_sentences), len(exp.target_tokens)
         length = len(exp.text)
         for name in ("document_spans", "sentence_spans"):
