@@ -136,12 +136,11 @@ def terminal_shapley(result: rag.RagExplanation) -> dict[str, str]:
     """The terminal's Shapley column, by the document label it shows."""
     console = Console(file=io.StringIO(), width=200, color_system=None)
     print_rag_explanation(result, console)
-    shown = {}
-    for line in console.file.getvalue().splitlines():
-        cells = [c.strip() for c in line.split("│")]
-        if len(cells) > 5 and cells[1].isdigit():
-            shown[cells[2]] = cells[4]
-    return shown
+    lines = console.file.getvalue().splitlines()
+    header = [c.strip() for c in next(line for line in lines if "Shapley (nats)" in line).split("┃")]
+    document, shapley = header.index("document"), header.index("Shapley (nats)")
+    rows = [[c.strip() for c in line.split("│")] for line in lines if line.startswith("│")]
+    return {cells[document]: cells[shapley] for cells in rows if cells[1].isdigit()}
 
 
 def test_the_report_and_terminal_show_the_numbers_they_showed_before():
