@@ -27,8 +27,12 @@ class Progress:
         step nothing counts (converting a tokenizer), only the time."""
         self.bar.set_description(label, refresh=False)
         self.bar.unit = unit or "step"
-        self.bar.bar_format = (None if total else "{desc}{n_fmt} batched passes [{elapsed}]" if unit == "pass"
-                               else "{desc}[{elapsed}]")  # desc ends in ": "
+        if total:
+            self.bar.bar_format = None  # tqdm's own: count, share, rate
+        elif unit == "pass":
+            self.bar.bar_format = "{desc}{n_fmt} batched passes [{elapsed}]"  # desc ends in ": "
+        else:
+            self.bar.bar_format = "{desc}[{elapsed}]"
         self.bar.reset(total=total)
 
     def advance(self, n: int = 1) -> None:

@@ -124,7 +124,8 @@ def _dequantise(name: str, source: GgufModel, folder: Path, bar: Progress) -> No
 @contextlib.contextmanager
 def _tensors_counted(bar: Progress, label: str) -> Iterator[None]:
     """transformers' own bar over the GGUF's tensors (unlabelled, and shown even when progress is off) counted as
-    the phase `label` of `bar` instead; restored on exit. A transformers without that bar keeps the phase shown."""
+    the phase `label` of `bar` instead; restored on exit. With a transformers that has no such bar, the phase
+    before stays shown."""
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
     original = getattr(gguf_utils, "tqdm", None)
