@@ -5,6 +5,7 @@ parts joined by its package as Gemma 3's is."""
 
 import sys
 
+import gguf
 import numpy as np
 import pytest
 import torch
@@ -25,7 +26,6 @@ SHAPES = {"token_embd.weight": (len(TOKENS), HIDDEN), "output_norm.weight": (HID
 
 def write_tiny_gguf(path) -> dict[str, np.ndarray]:
     """A float32 GGUF of a one-layer Llama with a byte-level BPE tokenizer; returns its tensors."""
-    gguf = pytest.importorskip("gguf")
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_block_count(1)
     writer.add_context_length(64)
