@@ -215,7 +215,7 @@ def answer_sentences(seq, language: str | None = None) -> tuple[list[tuple[int, 
 
 
 def check(subsets: DocumentSubsets, result: RagExplanation, thresholds: tuple[float, float]):
-    """Verdicts per answer sentence and the leave-one-out table (documents, sentences), from removing documents."""
+    """Verdicts per answer sentence and the leave-one-out table (sentences, documents), from removing documents."""
     n_documents = len(subsets.documents)
     everyone = list(range(n_documents))
     by_doc = result.sentence_document_scores()
@@ -225,12 +225,12 @@ def check(subsets: DocumentSubsets, result: RagExplanation, thresholds: tuple[fl
     removals = [everyone, *([d for d in everyone if d != left] for left in everyone), [],
                 *([d for d in everyone if d not in cited] for cited in citing if cited)]
     full, *alone, none = subsets.stack(removals)[:n_documents + 2]
-    leave_one_out = full[None] - torch.stack(alone)  # (D, S)
+    leave_one_out = full[:, None] - torch.stack(alone, 1)  # (S, D)
     drop_all = full - none  # (S,) every document removed
     verdicts = []
     for s, cited in enumerate(citing):
         drop_cited = float(full[s] - subsets.without(cited)[s]) if cited else 0.0
         others = [d for d in range(n_documents) if d not in cited]
-        drop_other = float(leave_one_out[others, s].clamp_min(0).mean()) if others else 0.0
+        drop_other = float(leave_one_out[s, others].clamp_min(0).mean()) if others else 0.0
         verdicts.append(judge(drop_cited, drop_other, thresholds, cited=bool(cited), drop_all=float(drop_all[s])))
     return verdicts, leave_one_out
