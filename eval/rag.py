@@ -13,6 +13,8 @@
                                                   #     smollm2_own_replication)
     python eval/rag.py batching --threads 2       # 3i. batched removal forwards against one per forward
     python eval/rag.py report                     # eval/results/rag_debugging.md from the rows (no model)
+    python eval/rag.py twenty a 20                # 5. (#33) judged where documents carry the answer, at 3-5
+    python eval/rag.py twenty-report              #    (`source`) and 20 documents -> eval/results/rag_twenty.md
 
 Every example is first answered greedily by the model; only the examples it answers correctly (its answer equals
 the relevant document's value; SmolLM2: eval/real_text.py's `knows`) are explained, with that answer given as
@@ -50,6 +52,7 @@ from rag_data import CALIBRATION_SEED, DATASETS, RESULTS, SMOLLM2_OWN_PARTS, TES
 from rag_peers import cmd_contextcite
 from rag_report import cmd_report
 from rag_runs import METHODS, cmd_batching, cmd_smollm2, cmd_speed, cmd_subsets, cmd_verdicts, cmd_zoo
+from rag_twenty_report import cmd_twenty_report
 from rag_twenty_runs import TWENTY_METHODS, TWENTY_PARTS, cmd_twenty
 
 
@@ -113,6 +116,8 @@ def main() -> None:
     p.add_argument("--add", nargs="+", default=None, choices=list(TWENTY_METHODS),
                    help="run these methods on the existing counted rows that lack them, nothing else")
     p.set_defaults(func=cmd_twenty)
+    p = sub.add_parser("twenty-report", help="eval/results/rag_twenty.md from the twenty rows (no model)")
+    p.set_defaults(func=cmd_twenty_report)
     p = sub.add_parser("report")
     p.set_defaults(func=cmd_report)
     for name in ("zoo", "smollm2"):

@@ -4,17 +4,20 @@ eval/results/rag/twenty_docs.md)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import sys
 import time
 import warnings
+from unittest import mock
 
 import numpy as np
 import torch
 
 import llm_attrib
 from llm_attrib import Attributor, ConvergenceWarning, rag
+from llm_attrib.errors import InvalidInputError
 from llm_attrib.rag.ablation import DocumentSubsets
 from llm_attrib.rag.prompt import TEMPLATES, as_documents, build_prompt
 from llm_attrib.rag.shapley import document_shapley
@@ -25,6 +28,7 @@ GROUPS = {"a": ("heldout",), "b": ("real_text", "replication")}  # (a) invented 
 MARGIN = 0.5  # nats by which leave-one-out must name the relevant document for a (b) answer to count
 ORDER_SEED = 33
 TWENTY_METHODS = ("ig_mask", "shapley")
+FALLBACK_BUDGET = 6 * 2**30  # bytes: one 20-document path point in the mask space measured ~3 GiB
 REPLY_TOKENS, OWN_ANSWER_TOKENS = 24, 64  # eval/real_text.py's `knows`; rag.explain's max_new_tokens
 
 
@@ -83,17 +87,44 @@ def shapley(attributor: Attributor, question: str, docs, answer_ids: list[int]) 
             "n_forward": sum(forwards), "n_backward": 0, "exact": result.exact, "n_subsets": result.n_subsets}
 
 
+@contextlib.contextmanager
+def with_budget(budgeted: bool):
+    """rag.explain's Attributor with memory_budget=FALLBACK_BUDGET (rag.explain takes no memory_budget)."""
+    if not budgeted:
+        yield
+        return
+
+    class Budgeted(Attributor):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, memory_budget=FALLBACK_BUDGET, **kwargs)
+
+    with mock.patch.object(sys.modules["llm_attrib.rag.explain"], "Attributor", Budgeted):
+        yield
+
+
 def ig_mask(model, tokenizer, question: str, documents: list[str], answer: str) -> dict:
-    """`rag.explain`'s document ranking at its defaults (IG over the mask), for the whole answer."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        result = rag.explain(model, tokenizer, question, documents, answer=answer, granularity="answer",
-                             verify=False, show_progress=False)
+    """`rag.explain`'s document ranking at its defaults (IG over the mask), for the whole answer. Where the default
+    memory budget (a share of the host's free memory, without its page cache) refuses even one path point, the
+    refusal is recorded and the ranking rerun with `FALLBACK_BUDGET`, which decides only how many path points share
+    a forward, not the result."""
+    refused = None
+    for budgeted in (False, True):
+        try:
+            with warnings.catch_warnings(), with_budget(budgeted):
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                result = rag.explain(model, tokenizer, question, documents, answer=answer, granularity="answer",
+                                     verify=False, show_progress=False)
+            break
+        except InvalidInputError as error:
+            if budgeted or "memory budget" not in str(error):
+                raise
+            refused = str(error)
     exp = result.explanation
     return {"scores": result.answer_document_scores.tolist(), "seconds": result.cost["seconds"],
             "n_forward": exp.cost["n_forward"], "n_backward": exp.cost["n_backward"], "space": exp.space,
             "converged": exp.converged, "completeness_error": float(exp.completeness_error.max()),
-            "n_steps": exp.params.get("n_steps")}
+            "n_steps": exp.params.get("n_steps"), "default_budget_refused": refused,
+            "memory_budget": None if refused is None else FALLBACK_BUDGET}
 
 
 def counts(group: str, row: dict) -> bool:
