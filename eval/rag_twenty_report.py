@@ -134,7 +134,7 @@ def target_lines(cells: dict[tuple[str, str], dict[str, list[dict]]]) -> str:
 
 
 def cmd_twenty_report(args) -> None:
-    cells, counts, codes, tokens = {}, {}, set(), {}
+    cells, counts, codes, tokens, refusals = {}, {}, set(), {}, {}
     for group in ("a", "b"):
         for docs in DOCS:
             part = twenty_part(group, docs)
@@ -145,6 +145,10 @@ def cmd_twenty_report(args) -> None:
             codes |= {r["code"] for r in rows} | {m["code"] for r in counted for m in r["methods"].values()}
             if rows:
                 tokens[(group, docs)] = [r["n_prompt_tokens"] for r in rows]
+            ig = [r["methods"]["ig_mask"] for r in counted if "ig_mask" in r["methods"]]
+            refused = refusals.setdefault(DOCS[docs], [0, 0])
+            refused[0] += sum(m.get("default_budget_refused") is not None for m in ig)
+            refused[1] += len(ig)
     earlier, earlier_counts = {}, {}
     for group in ("a", "b"):
         rows, contextcite, n_correct = counted_earlier(group)
@@ -153,7 +157,7 @@ def cmd_twenty_report(args) -> None:
     settings = json.loads((RESULTS / "settings.json").read_text()) if (RESULTS / "settings.json").exists() else {}
     commands = [settings[p]["command"] for p in (twenty_part(g, d) for g in "ab" for d in DOCS) if p in settings]
     load = LOAD_LOG.read_text().split("\n") if LOAD_LOG.exists() else []
-    load = [line for line in load if line.strip()]
+    load = [" ".join(line.split()[:4]) for line in load if line.strip()]
     token_lines = "; ".join(f"({g}) at {DOCS[d]}: {min(t)}-{max(t)} (median {int(np.median(t))})"
                             for (g, d), t in tokens.items())
     text = f"""# RAG at 3-5 and 20 documents, judged where documents carry the answer (#33)
@@ -180,6 +184,10 @@ that the time budget reached; "counted" = rows the rule counts; every method cel
 
 {top1_table(cells, counts)}
 
+`rag.explain`'s default memory budget (70% of the host's free memory, page cache excluded) refused the IG
+ranking, which then ran with the Attributor's memory_budget at 6 GiB (the rule's amendment):
+{"; ".join(f"at {d} documents in {k} of {n} rows" for d, (k, n) in refusals.items())}.
+
 ## Targets
 
 {target_lines(cells)}
@@ -194,8 +202,10 @@ ablation forward plus its own fit, within the 64-ablation run). A backward costs
 ## The earlier 3-5-document rows under the same counting rule (larger sample, earlier code)
 
 `eval/rag.py smollm2` rows (the held-out test split; the real-text set and its second sample, pooled), written in
-sessions before this one (IG over the mask added by `--add ig_mask`; Shapley values at 746a885 or unrecorded;
-ContextCite 64 only): every correct answer of the sets, counted by the rule above.
+sessions before this one, with the default template of then ("Answer the question using the documents.", before
+"in one sentence" was added; this run uses the current one), IG over the mask added by `--add ig_mask`, Shapley
+values at 746a885 or unrecorded, ContextCite at 64 ablations only: every correct answer of the sets, counted by
+the rule above.
 
 {top1_table(earlier, earlier_counts)}
 
