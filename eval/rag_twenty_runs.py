@@ -83,7 +83,7 @@ def shapley(attributor: Attributor, question: str, docs, answer_ids: list[int]) 
                               on_forward=forwards.append)
     started = time.perf_counter()
     result = document_shapley(subsets.stack, len(docs))
-    return {"scores": result.values[:, 0].tolist(), "seconds": time.perf_counter() - started,
+    return {"scores": result.values[0].tolist(), "seconds": time.perf_counter() - started,
             "n_forward": sum(forwards), "n_backward": 0, "exact": result.exact, "n_subsets": result.n_subsets}
 
 
