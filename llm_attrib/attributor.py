@@ -18,8 +18,8 @@ from . import __version__, parallel
 from .core.chat import outside_spans, render_chat
 from .core.engine import check_finite
 from .core.gradient_flow import check_gradients
-from .core.memory import (MAX_CHUNK, SHORT_PROMPTS, budget_bytes, bytes_at, checked_optional, fitting_points,
-                          length_polynomial, measured_chunk, saved_bytes)
+from .core.memory import (MAX_CHUNK, SHORT_PROMPTS, TRANSIENT_FACTOR, budget_bytes, bytes_at, checked_optional,
+                          fitting_points, length_polynomial, measured_chunk, saved_bytes)
 from .core.model_kind import context_length, is_classifier
 from .core.placement import check_placement, compute_dtype, input_device
 from .core.progress import progress
@@ -404,7 +404,7 @@ class Attributor:
             raise InvalidInputError("answer_segments groups the answer's tokens into rows of target='answer'; pass "
                                     "target='answer' with it.")
         started = time.perf_counter()
-        recomputing = False
+        recomputing, per_point = False, None
         with (prepared(self.model, hook_attention=the_space.uses_attention_hook), torch.enable_grad(),
               parallel.sharding(self.shard_points), counting_forwards(self.model) as forwards,
               contextlib.ExitStack() as stack):
@@ -467,6 +467,7 @@ class Attributor:
             extra=result.extra,
             cost={"n_forward": result.n_forward, "n_backward": result.n_backward, "n_forward_all": n_forward_all,
                   "internal_batch_size": problem.internal_batch_size, "recompute": recomputing,
+                  "point_bytes": None if per_point is None else int(TRANSIENT_FACTOR * per_point),
                   "seconds": time.perf_counter() - started},
             input_markup=markup[:n].tolist(),
             converged=converged,

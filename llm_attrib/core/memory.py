@@ -20,6 +20,7 @@ from torch.utils._pytree import tree_leaves
 
 from ..errors import InvalidInputError
 from ..patching import layer_probe
+from .soft_mask_attention import workspace_counted
 from .placement import execution_devices, offloaded_bytes
 
 HEADROOM = 0.7
@@ -147,7 +148,9 @@ def saved_bytes(scores: Callable[[torch.Tensor], torch.Tensor], point: torch.Ten
 
     With `recompute` (forwards run under `patching.recomputed`), a checkpointed layer keeps only its inputs, and
     the backward holds one layer's saved tensors at a time when it runs that layer again: the count is what the
-    rest of the forward saves, every layer's inputs, and the largest layer's own saved tensors."""
+    rest of the forward saves, every layer's inputs, and the largest layer's own saved tensors. The soft-mask
+    attention's working memory (a layer's additive mask, the backward's block) is added once: one layer runs at a
+    time."""
 
     def weights() -> set[int]:
         return {address for p in model.parameters() if p.device.type != "meta" for address in storages(p)}
@@ -176,9 +179,9 @@ def saved_bytes(scores: Callable[[torch.Tensor], torch.Tensor], point: torch.Ten
         return output
 
     with (torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(keeper(saved), lambda tensor: tensor),
-          layer_probe(layer) if recompute else contextlib.nullcontext()):
+          layer_probe(layer) if recompute else contextlib.nullcontext(), workspace_counted() as workspace):
         scores(point.detach().unsqueeze(0).requires_grad_(True))
-    return sum(saved.values()) + largest_layer + 3 * point.float().nbytes
+    return sum(saved.values()) + largest_layer + max(workspace, default=0) + 3 * point.float().nbytes
 
 
 SHORT_PROMPTS = (8, 16, 32)

@@ -15,19 +15,48 @@ where differentiating log v would not.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from collections.abc import Iterator
 
 import torch
 from torch.nn import functional as F
 
 BLOCK_ELEMENTS = 2**22  # entries of one block's (B, H, queries, keys) tensors in the backward (16 MiB in float32)
+BLOCK_TENSORS = 6  # the backward's (B, H, queries, keys) tensors alive at once
+
+# While memory is measured: the largest working memory (bytes) any call needs beyond what it saves.
+_WORKSPACE: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("llm_attrib_workspace", default=None)
+
+
+@contextlib.contextmanager
+def workspace_counted() -> Iterator[list[int]]:
+    """Collect the working memory of each soft-mask attention run in the block: the forward's additive mask and
+    the backward's block of queries, which exist only while a layer runs and are saved nowhere."""
+    found: list[int] = []
+    token = _WORKSPACE.set(found)
+    try:
+        yield found
+    finally:
+        _WORKSPACE.reset(token)
+
+
+def _workspace_bytes(shape: tuple[int, ...], block: int, itemsize: int) -> int:
+    batch, heads, n_queries, n_keys = shape
+    forward_mask = batch * n_queries * n_keys * itemsize
+    return forward_mask + BLOCK_TENSORS * 4 * batch * heads * min(block, n_queries) * n_keys
+
+
+def _block_size(shape: tuple[int, ...]) -> int:
+    batch, heads, _, n_keys = shape
+    return max(1, BLOCK_ELEMENTS // (batch * heads * n_keys))
 
 
 def _query_blocks(mask: torch.Tensor | None, shape: tuple[int, ...]) -> Iterator[tuple[int, int, int, int]]:
     """(first query, end query, first key, end key) per block of queries; the key range drops the columns the mask
     forbids to every query of the block (later tokens under causality, earlier ones outside a sliding window)."""
-    batch, heads, n_queries, n_keys = shape
-    size = max(1, BLOCK_ELEMENTS // (batch * heads * n_keys))
+    n_queries, n_keys = shape[2], shape[3]
+    size = _block_size(shape)
     for start in range(0, n_queries, size):
         end = min(start + size, n_queries)
         lo, hi = 0, n_keys
@@ -59,6 +88,10 @@ class _SoftMaskAttention(torch.autograd.Function):
                                                 scale=scaling)
         ctx.save_for_backward(query, key, value, visibility, mask, output)
         ctx.scaling = scaling
+        counted = _WORKSPACE.get()
+        if counted is not None:
+            shape = (query.shape[0], query.shape[1], query.shape[2], key.shape[2])
+            counted.append(_workspace_bytes(shape, _block_size(shape), query.element_size()))
         return output
 
     @staticmethod
