@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import torch
 from torch.nn import functional as F
 
-BLOCK_ELEMENTS = 2**22  # entries of one block's (B, H, queries, keys) tensors in the backward (16 MiB in float32)
+BLOCK_ELEMENTS = 2**21  # entries of one block's (B, H, queries, keys) tensors in the backward (8 MiB in float32)
 BLOCK_TENSORS = 6  # the backward's (B, H, queries, keys) tensors alive at once
 
 # While memory is measured: the largest working memory (bytes) any call needs beyond what it saves.
@@ -41,10 +41,12 @@ def workspace_counted() -> Iterator[list[int]]:
         _WORKSPACE.reset(token)
 
 
-def _workspace_bytes(shape: tuple[int, ...], block: int, itemsize: int) -> int:
+def _workspace_bytes(shape: tuple[int, ...], itemsize: int) -> int:
+    """At most what a call works in: the forward's additive mask (B, 1, Lq, Lk), and the backward's block
+    tensors, each at most a block or one query's row (counted at that bound even where the prompt is shorter:
+    the memory guard extrapolates short prompts' figures by a polynomial, which a minimum would break)."""
     batch, heads, n_queries, n_keys = shape
-    forward_mask = batch * n_queries * n_keys * itemsize
-    return forward_mask + BLOCK_TENSORS * 4 * batch * heads * min(block, n_queries) * n_keys
+    return batch * n_queries * n_keys * itemsize + BLOCK_TENSORS * 4 * max(BLOCK_ELEMENTS, batch * heads * n_keys)
 
 
 def _block_size(shape: tuple[int, ...]) -> int:
@@ -91,7 +93,7 @@ class _SoftMaskAttention(torch.autograd.Function):
         counted = _WORKSPACE.get()
         if counted is not None:
             shape = (query.shape[0], query.shape[1], query.shape[2], key.shape[2])
-            counted.append(_workspace_bytes(shape, _block_size(shape), query.element_size()))
+            counted.append(_workspace_bytes(shape, query.element_size()))
         return output
 
     @staticmethod
