@@ -148,7 +148,8 @@ def saved_bytes(scores: Callable[[torch.Tensor], torch.Tensor], point: torch.Ten
 
     With `recompute` (forwards run under `patching.recomputed`), a checkpointed layer keeps only its inputs, and
     the backward holds one layer's saved tensors at a time when it runs that layer again: the count is what the
-    rest of the forward saves, every layer's inputs, and the largest layer's own saved tensors. The soft-mask
+    rest of the forward saves, every layer's inputs, and twice the largest layer's own saved tensors (they, and
+    gradients of their size, while the backward runs that layer). The soft-mask
     attention's working memory (a layer's additive mask, the backward's block) is added once: one layer runs at a
     time."""
 
@@ -181,7 +182,7 @@ def saved_bytes(scores: Callable[[torch.Tensor], torch.Tensor], point: torch.Ten
     with (torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(keeper(saved), lambda tensor: tensor),
           layer_probe(layer) if recompute else contextlib.nullcontext(), workspace_counted() as workspace):
         scores(point.detach().unsqueeze(0).requires_grad_(True))
-    return sum(saved.values()) + largest_layer + max(workspace, default=0) + 3 * point.float().nbytes
+    return sum(saved.values()) + 2 * largest_layer + max(workspace, default=0) + 3 * point.float().nbytes
 
 
 SHORT_PROMPTS = (8, 16, 32)
@@ -214,7 +215,8 @@ def measured_chunk(per_point: int, budget: int, requested: int | None, what: str
         raise InvalidInputError(
             f"{what} keeps {TRANSIENT_FACTOR * per_point / 2**20:.0f} MiB (measured), and the "
             f"memory budget is {budget / 2**20:.0f} MiB; raise memory_budget, shorten the prompt, choose fewer "
-            "attention layers (layers=...), or use space='mask' or space='embeddings' (over the attention "
-            "probabilities a point holds layers x heads x L^2 values; the mask and embeddings spaces grow with L)."
+            "attention layers (layers=...), or, over attention, use space='mask' or space='embeddings' (a point "
+            "of the attention space holds layers x heads x L^2 probabilities; with recompute the mask and "
+            "embeddings spaces' points grow with L)."
         )
     return min(fits, MAX_CHUNK if requested is None else requested)
