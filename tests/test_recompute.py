@@ -14,7 +14,7 @@ from torch import nn
 from llm_attrib import Attributor
 from llm_attrib.core import soft_mask_attention as fused
 from llm_attrib.patching import attention_probabilities, recomputed, soft_masked
-from tiny_models import tiny_model
+from tiny_models import is_encoder, tiny_model
 from tiny_tokenizer import tiny_llama, tiny_tokenizer
 
 
@@ -63,9 +63,9 @@ def test_fused_soft_mask_attention_equals_the_eager_soft_mask(monkeypatch, mask_
                                rtol=1e-6, atol=0)
 
 
-# plain softmax (GQA, sliding window, qk-norm, GPT-2's own scaling), softcapping (gemma2) and sinks (gpt_oss), which
-# keep the eager attention inside checkpointed layers
-ARCHITECTURES = ["llama_gqa", "mistral_gqa", "qwen3", "gpt2", "gemma2", "gpt_oss"]
+# plain softmax (GQA, sliding window, qk-norm, GPT-2's own scaling, a bidirectional encoder), softcapping (gemma2)
+# and sinks (gpt_oss), which keep the eager attention inside checkpointed layers
+ARCHITECTURES = ["llama_gqa", "mistral_gqa", "qwen3", "gpt2", "bert", "gemma2", "gpt_oss"]
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -76,14 +76,15 @@ def test_recomputed_explanations_equal_plain_ones(arch):
     model, vocab = tiny_model(arch)
     tokenizer = tiny_tokenizer(vocab)
     prompt = " ".join(f"w{i % 50 + 1}" for i in range(14))
-    seq = Attributor(model, tokenizer).sequence(prompt, answer="w4 w5")
+    target = {"target_class": 1} if is_encoder(arch) else {"answer": "w4 w5"}
+    seq = Attributor(model, tokenizer).sequence(prompt, **target)
     runs = [("embeddings", None), ("attention", None),
             ("mask", torch.full((model.config.num_hidden_layers, seq.length), 0.25))]
     if arch not in ("mistral_gqa", "gemma2"):  # sliding windows of 4 see no visible key at the hidden baseline
         runs.append(("mask", None))
     for space, baseline in runs:
         plain, recomputing = (Attributor(model, tokenizer, show_progress=False, recompute=flag).explain(
-            prompt, answer="w4 w5", space=space, baseline=baseline, n_steps=3, tolerance=None,
+            prompt, **target, space=space, baseline=baseline, n_steps=3, tolerance=None,
             quadrature="gauss-legendre") for flag in (False, True))
         assert (plain.cost["recompute"], recomputing.cost["recompute"]) == (False, True)
         scale = plain.scores.abs().max()
