@@ -14,6 +14,7 @@ Python (transformers 4.x) and imports nothing of llm_attrib; the others run here
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -87,11 +88,40 @@ def warm_up(model) -> None:
 
 
 def measured(call) -> dict:
-    """Seconds, peak resident memory and the memory before, of `call()`; its own fields added."""
+    """Seconds, peak resident memory and the memory before, of `call()`; its own fields added. While it runs, a
+    line per backward pass and every 30 s (elapsed seconds, CPU seconds, peak so far) goes to the file named by
+    LONG_CONTEXT_TRACE, if set, so a cell stopped by the session's end still tells how far it got."""
+    import threading
+
+    import torch
+
+    trace = os.environ.get("LONG_CONTEXT_TRACE")
     before = reset_peak()
     started = time.perf_counter()
+
+    def note(what: str) -> None:
+        if trace:
+            with open(trace, "a") as f:
+                f.write(json.dumps({"what": what, "seconds": time.perf_counter() - started,
+                                    "cpu": time.process_time(), "peak": status_bytes("VmHWM"),
+                                    "before": before}) + "\n")
+
+    grad, backward = torch.autograd.grad, torch.Tensor.backward
+
+    def traced(function):
+        def run(*args, **kwargs):
+            out = function(*args, **kwargs)
+            note("backward")
+            return out
+        return run
+
+    torch.autograd.grad, torch.Tensor.backward = traced(grad), traced(backward)
+    done = threading.Event()
+    threading.Thread(target=lambda: [note("running") for _ in iter(lambda: done.wait(30), True)], daemon=True).start()
     extra = call() or {}
     seconds = time.perf_counter() - started
+    done.set()
+    torch.autograd.grad, torch.Tensor.backward = grad, backward
     return {"seconds": seconds, "peak": status_bytes("VmHWM"), "before": before, **extra}
 
 
@@ -103,7 +133,7 @@ def llm_attrib_cell(row: str, length: int) -> dict:
 
     torch.set_num_threads(1)
     model, tokenizer = llm_attrib.zoo.load("smollm2")
-    prompt = prompt_of(tokenizer, length)
+    prompt = prompt_of(tokenizer, length - 1)  # and the answer token: `length` in all
     space, recompute = LLM_ATTRIB_ROWS[row]
     attributor = llm_attrib.Attributor(model, tokenizer, internal_batch_size=1, show_progress=False,
                                        memory_budget=16 * GiB, recompute=recompute)
@@ -123,6 +153,38 @@ def llm_attrib_cell(row: str, length: int) -> dict:
     return measured(call)
 
 
+def guard_estimates(lengths: list[int]) -> list[str]:
+    """The memory guard's bytes per point (transients included) for each llm-attrib space, with and without
+    recompute, at each length: measured at three short prompts and extrapolated, as every explanation does, so
+    no long prompt runs. Markdown table lines."""
+
+    import torch
+
+    import llm_attrib
+    from llm_attrib.core.memory import TRANSIENT_FACTOR
+    from llm_attrib.core.spaces import make_space
+    from llm_attrib.core.targets import resolve_target
+    from llm_attrib.methods import Problem
+    from llm_attrib.patching import prepared, recomputed
+
+    torch.set_num_threads(1)
+    model, tokenizer = llm_attrib.zoo.load("smollm2")
+    attributor = llm_attrib.Attributor(model, tokenizer, show_progress=False)
+    lines = ["| space | recompute | " + " | ".join(f"{n} tokens" for n in lengths) + " |",
+             "|---|---|" + "---|" * len(lengths)]
+    for space in ("mask", "embeddings", "attention"):
+        for flag in (False, True):
+            cells = []
+            for length in lengths:
+                seq = attributor.sequence(prompt_of(tokenizer, length - 1), answer=ANSWER)
+                with prepared(model, hook_attention=space != "embeddings"), (
+                        recomputed(model) if flag else contextlib.nullcontext()):
+                    problem = Problem(model, tokenizer, seq, make_space(space), resolve_target("log_prob", None, model.config.vocab_size))
+                    cells.append(TRANSIENT_FACTOR * attributor._bytes_per_point(problem, recompute=flag) / GiB)
+            lines.append(f"| {space} | {flag} | " + " | ".join(f"{gib:.2f} GiB" for gib in cells) + " |")
+    return lines
+
+
 def captum_cell(length: int) -> dict:
     import torch
     from captum.attr import LayerIntegratedGradients
@@ -131,7 +193,7 @@ def captum_cell(length: int) -> dict:
 
     torch.set_num_threads(1)
     model, tokenizer = llm_attrib.zoo.load("smollm2")
-    prompt = prompt_of(tokenizer, length)
+    prompt = prompt_of(tokenizer, length - 1)  # and the answer token: `length` in all
     ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
     (target,) = tokenizer(ANSWER, add_special_tokens=False)["input_ids"]
     warm_up(model)
@@ -170,7 +232,7 @@ def inseq_cell(length: int) -> dict:
     tokenizer_config["tokenizer_class"] = "PreTrainedTokenizerFast"
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    prompt = prompt_of(tokenizer, length)
+    prompt = prompt_of(tokenizer, length - 1)  # and the answer token: `length` in all
     model = inseq.load_model(str(folder), "integrated_gradients", tokenizer=tokenizer)
     warm_up(model.model)
 
@@ -183,7 +245,7 @@ def inseq_cell(length: int) -> dict:
 
 def run_cell(row: str, length: int, inseq_python: str) -> dict:
     """Run one cell in a child process; its JSON result (or the failure)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", LONG_CONTEXT_TRACE=f"/tmp/long_context_{row}_{length}.jsonl")
     python = sys.executable
     if row == "inseq":
         from llm_attrib.zoo import path
@@ -213,7 +275,7 @@ def cell_text(cell: dict) -> str:
     if "failed" in cell:
         return f"failed: {cell['failed']}"
     if "refused" in cell:
-        return f"refused by the memory guard: {cell['refused']}"
+        return f"refused: {cell['refused']}"
     text = (f"{cell['peak'] / GiB:.2f} GiB peak ({(cell['peak'] - cell['before']) / GiB:.2f} above the model), "
             f"{cell['seconds'] / N_STEPS:.1f} s/point ({cell['seconds']:.0f} s)")
     if cell.get("point_bytes"):
@@ -230,7 +292,18 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=DEFAULT_ROWS)
     parser.add_argument("--inseq-python", default="/work/.venvs/inseq/bin/python")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "long_context.md")
+    parser.add_argument("--estimates", action="store_true",
+                        help="print and append the memory guard's estimates per point instead of running cells")
+    parser.add_argument("--order", nargs="+", metavar="ROW:LENGTH",
+                        help="run these cells in this order instead of the default stages")
     args = parser.parse_args()
+    if args.estimates:
+        lines = guard_estimates(sorted(args.lengths))
+        print("\n".join(lines))
+        with args.out.open("a") as out:
+            out.write("\nThe memory guard's estimate of one path point (bytes kept x 1.5), from three short prompts:\n\n"
+                      + "\n".join(lines) + "\n")
+        return
     if args.cell:
         row, length = args.cell[0], int(args.cell[1])
         cell = (captum_cell(length) if row == "captum" else inseq_cell(length) if row == "inseq"
@@ -242,7 +315,9 @@ def main() -> None:
         out.write(f"\nRun of commit {commit.strip()}, started {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
                   "one line per cell as it finished: row, length, result, load average before the cell.\n\n")
     history: dict[str, dict[int, dict]] = {row: {} for row in ROWS}
-    for length, rows in stages(args.lengths, args.rows):
+    order = stages(args.lengths, args.rows) if not args.order else [
+        (int(cell.split(":")[1]), [cell.split(":")[0]]) for cell in args.order]
+    for length, rows in order:
         for row in rows:
             cell = next_cell(history[row], length, always=row in ("mask", "embeddings"))
             if cell is None:
