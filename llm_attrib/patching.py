@@ -482,6 +482,11 @@ def recomputed(model: PreTrainedModel) -> Iterator[None]:
         yield
 
 
+def recomputing() -> bool:
+    """Whether forwards in the calling context run under `recomputed`."""
+    return _RECOMPUTE.get()
+
+
 @contextlib.contextmanager
 def layer_probe(run: LayerRun) -> Iterator[None]:
     """While memory is measured under `recomputed`: each checkpointed layer's forward goes to `run` instead."""

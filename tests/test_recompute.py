@@ -91,6 +91,24 @@ def test_recomputed_explanations_equal_plain_ones(arch):
         torch.testing.assert_close(recomputing.scores, plain.scores, rtol=0, atol=2e-5 * scale)
 
 
+def test_recompute_runs_without_the_static_prefix_and_gives_its_scores():
+    """A prompt whose leading tokens never move: the plain run reuses their cache (its forwards run on the rest),
+    the recomputed one runs every token (a checkpointed layer cannot replay a cache), with the same scores."""
+    from test_static_prefix import MOVING, PREFIX, PROMPT, input_lengths
+
+    model, tokenizer = tiny_llama(), tiny_tokenizer(64)
+    runs = {}
+    for flag in (False, True):
+        attributor = Attributor(model, tokenizer, show_progress=False, recompute=flag)
+        runs[flag] = input_lengths(model, lambda: attributor.explain(
+            PROMPT, answer="w5 w6 w8", attribute_to=MOVING, space="mask", n_steps=3, tolerance=None,
+            quadrature="gauss-legendre"))
+    (plain, plain_lengths), (recomputed_run, lengths) = runs[False], runs[True]
+    suffix = 1 + 14 + 3 - PREFIX  # what the plain run's chunks run on
+    assert suffix in plain_lengths and suffix not in lengths and PREFIX not in lengths
+    torch.testing.assert_close(recomputed_run.scores, plain.scores, rtol=0, atol=2e-5 * plain.scores.abs().max())
+
+
 def test_recomputed_leaves_the_model_as_it_was_also_after_an_error():
     model = tiny_llama()
     ids = torch.tensor([[2, 5, 6, 7]])
