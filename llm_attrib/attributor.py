@@ -18,8 +18,8 @@ from . import __version__, parallel
 from .core.chat import outside_spans, render_chat
 from .core.engine import check_finite
 from .core.gradient_flow import check_gradients
-from .core.memory import (MAX_CHUNK, SHORT_PROMPTS, budget_bytes, bytes_at, checked_optional, length_polynomial,
-                          measured_chunk, saved_bytes)
+from .core.memory import (MAX_CHUNK, SHORT_PROMPTS, TRANSIENT_FACTOR, budget_bytes, bytes_at, checked_optional,
+                          fitting_points, length_polynomial, measured_chunk, saved_bytes)
 from .core.model_kind import context_length, is_classifier
 from .core.placement import check_placement, compute_dtype, input_device
 from .core.progress import progress
@@ -30,7 +30,7 @@ from .errors import ConvergenceWarning, InvalidInputError, UnsupportedModelError
 from .explanation import Explanation
 from .methods import Problem, get_method
 from .metrics._perturb import target_probabilities
-from .patching import loaded_implementation, prepared
+from .patching import loaded_implementation, prepared, recomputed
 
 Prompt = str | list[dict[str, str]]
 
@@ -147,6 +147,11 @@ class Attributor:
         shard_points: under `accelerate launch --multi_gpu` (or torchrun) with several processes, split the gradient
             evaluations of each explanation across them and add the sums (every process must explain the same
             input, e.g. one long prompt); equal to one process up to float rounding.
+        recompute: for long prompts: attention through torch's fused kernel (the mask space's too) and each
+            decoder layer run again in the backward instead of keeping its activations, so a path point's memory
+            grows with L instead of layers x heads x L^2, for about one more forward per backward. Default None:
+            only where a path point would not fit the memory budget otherwise; True or False to force. Results
+            equal a plain run up to float rounding.
 
     Example:
         >>> import llm_attrib
@@ -156,7 +161,7 @@ class Attributor:
     """
 
     def __init__(self, model, tokenizer, internal_batch_size: int | None = None, show_progress: bool = True,
-                 shard_points: bool = False, memory_budget: int | None = None) -> None:
+                 shard_points: bool = False, memory_budget: int | None = None, recompute: bool | None = None) -> None:
         if not getattr(tokenizer, "is_fast", False):
             raise InvalidInputError("llm-attrib needs a fast tokenizer (for character offsets); load it with use_fast=True.")
         self.model = model
@@ -165,6 +170,9 @@ class Attributor:
         self.memory_budget = checked_optional(memory_budget, "memory_budget")
         self.show_progress = show_progress
         self.shard_points = shard_points
+        if recompute not in (None, True, False):
+            raise InvalidInputError(f"recompute must be True, False or None (only where needed), got {recompute!r}.")
+        self.recompute = recompute
         self._causal_checked = False
 
     @property
@@ -176,13 +184,14 @@ class Attributor:
     def vocab_size(self) -> int:
         return self.model.get_input_embeddings().num_embeddings
 
-    def _bytes_per_point(self, problem: Problem, gradients: bool = True) -> int:
+    def _bytes_per_point(self, problem: Problem, gradients: bool = True, recompute: bool = False) -> int:
         """What one path point of this problem keeps for its backward (or, for a method without gradients, the
         explicand in the space, which it holds), measured on the model: directly for a short prompt, else from
-        three short prompts once per space and answer shape."""
+        three short prompts once per space and answer shape; with `recompute`, as the forwards run under
+        `recomputed` (which the caller has entered)."""
         seq, space = problem.seq, problem.space
         key = (space.name, repr(getattr(space, "layers", None)), seq.n_targets, seq.n_outputs,
-               compute_dtype(self.model), self.device, gradients)
+               compute_dtype(self.model), self.device, gradients, recompute)
 
         def measure(n_prompt: int) -> int:
             keep = torch.cat([torch.arange(n_prompt), torch.arange(seq.n_prompt, seq.length)])
@@ -190,7 +199,7 @@ class Attributor:
             if not gradients:
                 return space.point(self.model, short).nbytes
             return saved_bytes(lambda points: problem.scores_of(short, points), space.point(self.model, short),
-                               self.model)
+                               self.model, recompute)
 
         if seq.n_prompt <= SHORT_PROMPTS[-1]:
             return measure(seq.n_prompt)
@@ -400,16 +409,22 @@ class Attributor:
             raise InvalidInputError("answer_segments groups the answer's tokens into rows of target='answer'; pass "
                                     "target='answer' with it.")
         started = time.perf_counter()
+        recomputing, per_point = False, None
         with (prepared(self.model, hook_attention=the_space.uses_attention_hook), torch.enable_grad(),
-              parallel.sharding(self.shard_points), counting_forwards(self.model) as forwards):
+              parallel.sharding(self.shard_points), counting_forwards(self.model) as forwards,
+              contextlib.ExitStack() as stack):
             problem = Problem(self.model, self.tokenizer, seq, the_space, target_fn, batch or MAX_CHUNK,
                               self.show_progress)
             # a prompt that cannot fit stops here with the figures rather than in the allocator: path points for
             # gradient methods, the explicand in the space for those that read it whole (raw attention)
             if chosen.uses_gradients:
-                problem.internal_batch_size = measured_chunk(
-                    self._bytes_per_point(problem), budget, batch,
-                    f"one path point of {seq.length} tokens in the {space} space")
+                what = f"one path point of {seq.length} tokens in the {space} space"
+                per_point = None if self.recompute else self._bytes_per_point(problem)
+                if self.recompute or (self.recompute is None and fitting_points(per_point, budget) < 1):
+                    stack.enter_context(recomputed(self.model))
+                    recomputing = True
+                    per_point, what = self._bytes_per_point(problem, recompute=True), what + " with recompute=True"
+                problem.internal_batch_size = measured_chunk(per_point, budget, batch, what)
             elif getattr(chosen, "keeps_point", False):
                 measured_chunk(self._bytes_per_point(problem, gradients=False), budget, None,
                                f"method {method!r} over {seq.length} tokens")
@@ -456,7 +471,8 @@ class Attributor:
             head_scores=result.detail[..., :n].detach().cpu() if keep_head_scores and result.detail is not None else None,
             extra=result.extra,
             cost={"n_forward": result.n_forward, "n_backward": result.n_backward, "n_forward_all": n_forward_all,
-                  "internal_batch_size": problem.internal_batch_size,
+                  "internal_batch_size": problem.internal_batch_size, "recompute": recomputing,
+                  "point_bytes": None if per_point is None else int(TRANSIENT_FACTOR * per_point),
                   "seconds": time.perf_counter() - started},
             input_markup=markup[:n].tolist(),
             converged=converged,

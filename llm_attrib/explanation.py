@@ -38,7 +38,9 @@ class Explanation:
         extra: method-specific results (e.g. RPI candidates).
         cost: what the explanation took: "n_forward", "n_backward" passes of the method (path points and ends),
             "n_forward_all" (every forward the call ran, summed over the processes sharing it: the space's
-            set-up and checks, the memory probe and the target probabilities too) and "seconds".
+            set-up and checks, the memory probe and the target probabilities too), "internal_batch_size",
+            "recompute" (whether the path points ran with recomputation, see `Attributor`), "point_bytes" (the
+            memory guard's estimate of one path point, transients included) and "seconds".
         input_markup: for each input, True when it is markup rather than content: a special token or a chat
             template's role marker. Baselines keep markup, so its scores are what the template itself carried;
             `top_tokens` and `markup_share` report it apart from the user's words.

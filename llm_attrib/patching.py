@@ -14,6 +14,11 @@ What the function does in a given forward is decided by an `AttentionTap` held i
 post-softmax probabilities of every layer, replace chosen layers' probabilities with given tensors (a path point
 of the attention space), or scale how visible each key token is in chosen layers (a path point of the mask space).
 
+Long prompts run under `recomputed(model)`: attention goes through torch's fused kernel (the mask space's soft mask
+through `core.soft_mask_attention`, whose backward recomputes the probabilities a block at a time), and each
+decoder layer keeps only its inputs for the backward and runs again during it (activation checkpointing), so a
+path point holds a few (L x hidden) tensors per layer instead of every layer's (heads x L x L) attention.
+
 Changes are shared by overlapping calls (threads, or an explanation started from inside a target callable): the
 first caller applies a change and saves what it replaces, later callers only join, and the last one to leave
 restores the saved state. Per-call save/restore would let one call undo another's change. Applying and undoing are
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import signal
 import threading
@@ -34,9 +40,12 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import AttentionInterface, PreTrainedModel
+from torch.utils.checkpoint import checkpoint
+from transformers import AttentionInterface, Cache, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
+from transformers.modeling_layers import GradientCheckpointingLayer
 
+from .core.soft_mask_attention import soft_mask_attention, visible_share
 from .errors import InvalidInputError, UnsupportedModelError
 
 ATTENTION_NAME = "llm_attrib"
@@ -68,6 +77,12 @@ _TAP: contextvars.ContextVar[AttentionTap | None] = contextvars.ContextVar("llm_
 
 # The configs whose attention implementation reads as ours in this context (see `attention_hooked`).
 _HOOKED: contextvars.ContextVar[tuple[object, ...]] = contextvars.ContextVar("llm_attrib_hooked", default=())
+
+# Whether forwards in this context recompute (see `recomputed`), and, while memory is measured, what receives each
+# checkpointed layer's run instead (see `layer_probe`).
+_RECOMPUTE: contextvars.ContextVar[bool] = contextvars.ContextVar("llm_attrib_recompute", default=False)
+LayerRun = Callable[[Callable, tuple, dict], object]  # (the layer's forward, args, kwargs) -> its output
+_LAYER_PROBE: contextvars.ContextVar[LayerRun | None] = contextvars.ContextVar("llm_attrib_layer_probe", default=None)
 
 
 def _repeat_heads(x: torch.Tensor, n_query_heads: int) -> torch.Tensor:
@@ -151,11 +166,15 @@ def hooked_attention(
     softcap: float | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The attention function registered with transformers: eager attention, tapped by the current `AttentionTap`."""
+    """The attention function registered with transformers: eager attention, tapped by the current `AttentionTap`;
+    under `recomputed`, the fused kernel wherever no probabilities are read or replaced (see `_fused_attention`)."""
     if attention_mask is None:
         attention_mask = implied_mask(module, query, key, kwargs.get("is_causal"))
     tap = _TAP.get()
     layer = tap.calls if tap is not None else -1
+    if (_RECOMPUTE.get() and softcap is None and getattr(module, "sinks", None) is None
+            and not (tap is not None and (tap.record or layer in tap.replace))):
+        return _fused_attention(module, query, key, value, attention_mask, scaling, tap, layer)
     if tap is not None and layer in tap.replace:
         probs = tap.replace[layer].to(value.device, value.dtype)  # layers may sit on other devices
     else:
@@ -171,6 +190,28 @@ def hooked_attention(
     probs_used = nn.functional.dropout(probs, p=dropout, training=module.training)
     output = torch.matmul(probs_used, _repeat_heads(value, query.shape[1]).to(probs_used.dtype))
     return output.transpose(1, 2).contiguous(), probs
+
+
+def _fused_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     attention_mask: torch.Tensor | None, scaling: float | None, tap: AttentionTap | None,
+                     layer: int) -> tuple[torch.Tensor, None]:
+    """Attention through torch's fused kernel, a soft mask's visibility included, without the (L x L) probabilities
+    (equal to the eager path up to float rounding). Softcapped (Gemma2) and sink (GPT-OSS) attention keep the eager
+    path: the fused kernel has neither."""
+    key, value = _repeat_heads(key, query.shape[1]), _repeat_heads(value, query.shape[1])
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    mask = None if attention_mask is None else attention_mask[..., : key.shape[-2]]
+    if tap is not None and layer in tap.visibility:
+        seen = tap.visibility[layer][:, : key.shape[-2]].to(query.device, torch.float32)
+        output = soft_mask_attention(query, key, value, seen, mask, scaling)
+        if tap.least_visible is not None:
+            least = visible_share(query, key, seen, mask, scaling)
+            tap.least_visible = torch.minimum(tap.least_visible, least.to(tap.least_visible.device))
+    else:
+        output = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=scaling)
+    if tap is not None:
+        tap.calls += 1
+    return output.transpose(1, 2).contiguous(), None
 
 
 def _register() -> None:
@@ -370,6 +411,86 @@ def frozen(model: PreTrainedModel) -> Iterator[None]:
         return undo
 
     with _shared_change(model, "frozen", apply):
+        yield
+
+
+def _replayed(tap: AttentionTap | None, start: int, forward: Callable, args: tuple, kwargs: dict) -> object:
+    """A checkpointed layer's second run, in the backward: steered as its first run was (its layers numbered from
+    where they were then), recording and tracking nothing."""
+    if tap is None:
+        return forward(*args, **kwargs)
+    with tapped(dataclasses.replace(tap, calls=start, record=False, recorded=[], least_visible=None)):
+        return forward(*args, **kwargs)
+
+
+def _checkpointed(layer: nn.Module) -> Callable[[], None]:
+    """Make `layer` keep only its inputs for the backward and run again during it, in the contexts that recompute
+    (every other forward runs it as before). Returns the undo. A layer handed a cache (a static prefix) runs
+    plainly: running it again would append its keys to the cache twice."""
+    own = vars(layer).get("forward")  # an Accelerate hook's forward, if any
+    forward = layer.forward
+
+    def checkpointed_forward(*args, **kwargs):
+        if not (_RECOMPUTE.get() and torch.is_grad_enabled()) or any(isinstance(v, Cache) for v in kwargs.values()):
+            return forward(*args, **kwargs)
+        probe = _LAYER_PROBE.get()
+        if probe is not None:
+            return probe(forward, args, kwargs)
+        tap = _TAP.get()
+        start = tap.calls if tap is not None else 0
+        context = contextvars.copy_context()  # the backward may run in another thread (CUDA)
+        runs: list[None] = []
+
+        def run(*args, **kwargs):
+            runs.append(None)
+            if len(runs) == 1:  # the forward itself; later runs are the backward's
+                return forward(*args, **kwargs)
+            return context.run(_replayed, tap, start, forward, args, kwargs)
+
+        return checkpoint(run, *args, use_reentrant=False, preserve_rng_state=False, **kwargs)
+
+    layer.forward = checkpointed_forward
+
+    def undo() -> None:
+        if own is None:
+            del layer.forward
+        else:
+            layer.forward = own
+
+    return undo
+
+
+@contextlib.contextmanager
+def recomputed(model: PreTrainedModel) -> Iterator[None]:
+    """Run the calling context's forwards with recomputation: fused attention (the mask space's soft mask too)
+    and, in every decoder layer transformers marks as checkpointable, activation checkpointing. Results equal a
+    plain run up to float rounding; a point keeps a few (L x hidden) tensors per layer and one layer's
+    activations at a time."""
+
+    def apply() -> Callable[[], None]:
+        undos: list[Callable[[], None]] = []
+        try:
+            for module in model.modules():
+                if isinstance(module, GradientCheckpointingLayer):
+                    undos.append(_checkpointed(module))
+        except BaseException:
+            _run_all(reversed(undos))
+            raise
+        return functools.partial(_run_all, list(reversed(undos)))
+
+    with _shared_change(model, "recompute", apply), _context_set(_RECOMPUTE, True):
+        yield
+
+
+def recomputing() -> bool:
+    """Whether forwards in the calling context run under `recomputed`."""
+    return _RECOMPUTE.get()
+
+
+@contextlib.contextmanager
+def layer_probe(run: LayerRun) -> Iterator[None]:
+    """While memory is measured under `recomputed`: each checkpointed layer's forward goes to `run` instead."""
+    with _context_set(_LAYER_PROBE, run):
         yield
 
 

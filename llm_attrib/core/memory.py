@@ -10,13 +10,17 @@ with the figures, instead of dying in the allocator minutes later). The retrieve
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 
 import torch
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+from torch.utils._pytree import tree_leaves
 
 from ..errors import InvalidInputError
+from ..patching import layer_probe
+from .soft_mask_attention import workspace_counted
 from .placement import execution_devices, offloaded_bytes
 
 HEADROOM = 0.7
@@ -135,27 +139,50 @@ def storages(tensor: torch.Tensor) -> dict[int, int]:
     return {storage.data_ptr(): storage.nbytes()}
 
 
-def saved_bytes(scores: Callable[[torch.Tensor], torch.Tensor], point: torch.Tensor, model) -> int:
+def saved_bytes(scores: Callable[[torch.Tensor], torch.Tensor], point: torch.Tensor, model,
+                recompute: bool = False) -> int:
     """Bytes one path point really keeps: every tensor its forward saves for the backward, counted once per
     storage, the model's parameters excluded (they are there anyway, or, offloaded, loaded once per chunk), plus
     its gradient and contribution. An offloaded model's weights are looked up as each tensor is saved, because
-    its hooks give a module its weights only while it runs."""
+    its hooks give a module its weights only while it runs.
+
+    With `recompute` (forwards run under `patching.recomputed`), a checkpointed layer keeps only its inputs, and
+    the backward holds one layer's saved tensors at a time when it runs that layer again: the count is what the
+    rest of the forward saves, every layer's inputs, and twice the largest layer's own saved tensors (they, and
+    gradients of their size, while the backward runs that layer). The soft-mask
+    attention's working memory (a layer's additive mask, the backward's block) is added once: one layer runs at a
+    time."""
 
     def weights() -> set[int]:
         return {address for p in model.parameters() if p.device.type != "meta" for address in storages(p)}
 
     held, offloaded = weights(), any(p.device.type == "meta" for p in model.parameters())
     saved: dict[int, int] = {}
+    largest_layer = 0
 
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        for address, size in storages(tensor).items():
-            if address not in held and not (offloaded and address in weights()):
-                saved[address] = size
-        return tensor
+    def keeper(into: dict[int, int]) -> Callable[[torch.Tensor], torch.Tensor]:
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            for address, size in storages(tensor).items():
+                if address not in held and not (offloaded and address in weights()):
+                    into[address] = size
+            return tensor
+        return pack
 
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    def layer(forward: Callable, args: tuple, kwargs: dict) -> object:
+        nonlocal largest_layer
+        for leaf in tree_leaves((args, kwargs)):
+            if isinstance(leaf, torch.Tensor):
+                keeper(saved)(leaf)
+        inside: dict[int, int] = {}
+        with torch.autograd.graph.saved_tensors_hooks(keeper(inside), lambda tensor: tensor):
+            output = forward(*args, **kwargs)
+        largest_layer = max(largest_layer, sum(inside.values()))
+        return output
+
+    with (torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(keeper(saved), lambda tensor: tensor),
+          layer_probe(layer) if recompute else contextlib.nullcontext(), workspace_counted() as workspace):
         scores(point.detach().unsqueeze(0).requires_grad_(True))
-    return sum(saved.values()) + 3 * point.float().nbytes
+    return sum(saved.values()) + 2 * largest_layer + max(workspace, default=0) + 3 * point.float().nbytes
 
 
 SHORT_PROMPTS = (8, 16, 32)
@@ -175,14 +202,21 @@ def bytes_at(coefficients: torch.Tensor, n_prompt: int) -> int:
     return int(torch.vander(torch.tensor([float(n_prompt)], dtype=torch.float64), 3) @ coefficients)
 
 
+def fitting_points(per_point: int, budget: int) -> int:
+    """How many path points the budget holds at the measured cost (0 if not one)."""
+    return int(budget // (TRANSIENT_FACTOR * per_point))
+
+
 def measured_chunk(per_point: int, budget: int, requested: int | None, what: str) -> int:
     """Path points per forward: as many as the budget holds at the measured cost (at most MAX_CHUNK), or the
     requested chunk if it fits; a budget below one point is a clear error."""
-    fits = int(budget // (TRANSIENT_FACTOR * per_point))
+    fits = fitting_points(per_point, budget)
     if fits < 1:
         raise InvalidInputError(
             f"{what} keeps {TRANSIENT_FACTOR * per_point / 2**20:.0f} MiB (measured), and the "
             f"memory budget is {budget / 2**20:.0f} MiB; raise memory_budget, shorten the prompt, choose fewer "
-            "attention layers (layers=...), or use space='embeddings'."
+            "attention layers (layers=...), or, over attention, use space='mask' or space='embeddings' (a point "
+            "of the attention space holds layers x heads x L^2 probabilities; with recompute the mask and "
+            "embeddings spaces' points grow with L)."
         )
     return min(fits, MAX_CHUNK if requested is None else requested)

@@ -7,6 +7,7 @@ over the space to one score per input token (a sum, so completeness is preserved
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,9 @@ from ..patching import AttentionTap, tapped
 from .sequence import Sequence
 from .placement import compute_dtype, embedding_rows
 from .static_prefix import StaticPrefix, skipped_tokens
+
+
+COUNTING_TOKENS = 4
 
 
 def model_logits(model, seq: Sequence, prefix: StaticPrefix | None = None, **inputs) -> torch.Tensor:
@@ -230,8 +234,8 @@ class MaskSpace:
     token_axis: ClassVar[int] = -1
 
     def point(self, model, seq: Sequence) -> torch.Tensor:
-        tap = AttentionTap()
-        run_tapped(model, seq, tap)
+        tap = AttentionTap()  # counts the attention layers, which any few tokens do as well as a long prompt
+        run_tapped(model, dataclasses.replace(seq, input_ids=seq.input_ids[:, :COUNTING_TOKENS]), tap)
         if not tap.calls:
             raise _no_hook_error(model)
         self.chosen = choose_layers(self.layers, tap.calls)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from transformers import Cache
 
+from ..patching import recomputing
 from .placement import compute_dtype
 from .sequence import Sequence
 
@@ -103,7 +104,11 @@ def prefix_length(seq: Sequence) -> int:
 def static_prefix(model, seq: Sequence, space, x: torch.Tensor, length: int) -> StaticPrefix | None:
     """The first `length` tokens as a static prefix in this space (x: the explicand there), or None where the
     model takes no cache, a layer's cache does not hold every prefix token (the attention and mask spaces index
-    keys from token 0), or the cached forward does not reproduce the model's logits at the explicand."""
+    keys from token 0), or the cached forward does not reproduce the model's logits at the explicand; and None
+    under recomputation (`patching.recomputed`): a checkpointed layer cannot run twice on a cache (it would append
+    its keys twice), so its layers would keep every activation, more than the memory guard measured."""
+    if recomputing():
+        return None
     argument = cache_argument(model)
     if argument is None:
         return None
