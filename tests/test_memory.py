@@ -83,3 +83,17 @@ def test_chunk_is_what_the_budget_holds_at_the_measured_cost():
         Attributor(model, tokenizer, memory_budget=per_point).explain("w1 w2 w3", answer="w4", space="attention")
     with pytest.raises(InvalidInputError, match="memory_budget must be a positive integer"):
         Attributor(model, tokenizer, memory_budget="4GiB")
+
+
+def test_host_memory_counts_the_page_cache_the_kernel_can_drop(monkeypatch):
+    """The host's budget is MemAvailable (free pages plus reclaimable cache), not the free pages alone."""
+    import os
+    import torch
+
+    monkeypatch.setattr(memory, "process_limit_bytes", lambda: None)
+    with open("/proc/meminfo") as meminfo:
+        fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in meminfo}
+    free_pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    measured = memory.available_bytes(torch.device("cpu"))
+    assert abs(measured - fields["MemAvailable"]) < 2**28  # the same reading, give or take what moved meanwhile
+    assert measured >= free_pages - 2**28

@@ -32,14 +32,18 @@ MAX_CHUNK = 64
 
 def available_bytes(device: torch.device) -> int:
     """Free memory on the device: CUDA's free memory; on the host the smallest of the available physical memory
-    and what this process's limits leave (`process_limit_bytes`)."""
+    and what this process's limits leave (`process_limit_bytes`). Available, not free: the kernel's MemAvailable
+    counts the page cache it can drop, which on a busy machine is most of the memory (free pages alone made the
+    default budget a sixth of what could be used)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
-    try:
-        host = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        host = 8 * 2**30
+    host = _kib_field("/proc/meminfo", "MemAvailable")
+    if not host:
+        try:
+            host = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            host = 8 * 2**30
     limit = process_limit_bytes()
     return host if limit is None else max(0, min(host, limit))
 
@@ -68,8 +72,13 @@ def process_limit_bytes() -> int | None:
 
 def _status_bytes(field: str) -> int:
     """A size field of /proc/self/status (e.g. VmSize), in bytes; 0 where there is none."""
+    return _kib_field("/proc/self/status", field)
+
+
+def _kib_field(path: str, field: str) -> int:
+    """A "Name: N kB" field of a /proc file, in bytes; 0 where there is none (or no /proc)."""
     try:
-        with open("/proc/self/status") as status:
+        with open(path) as status:
             for line in status:
                 if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
