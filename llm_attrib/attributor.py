@@ -26,7 +26,7 @@ from .core.progress import progress
 from .core.sequence import Sequence, build_sequence, check_segments, readable_tokens, special_token_mask
 from .core.spaces import make_space
 from .core.targets import Target, resolve_target
-from .errors import ConvergenceWarning, InvalidInputError, UnsupportedModelError
+from .errors import ConvergenceWarning, InvalidInputError, UnknownNameError, UnsupportedModelError
 from .explanation import Explanation
 from .methods import Problem, get_method
 from .metrics._perturb import target_probabilities
@@ -176,6 +176,8 @@ class Attributor:
         explicand in the space, which it holds), measured on the model: directly for a short prompt, else from
         three short prompts once per space and answer shape."""
         seq, space = problem.seq, problem.space
+        if problem.reader_length and gradients:  # only the readers run along the path: measure one point directly
+            return saved_bytes(problem.scores, problem.point(), self.model)
         key = (space.name, repr(getattr(space, "layers", None)), seq.n_targets, seq.n_outputs,
                compute_dtype(self.model), self.device, gradients)
 
@@ -315,6 +317,7 @@ class Attributor:
         foil: int | None = None,
         answer_segments: list[tuple[int, int]] | None = None,
         attribute_to: list[tuple[int, int]] | None = None,
+        reading: str = "full",
         target_class: int | None = None,
         layers: list[int] | int | None = None,
         max_new_tokens: int = 16,
@@ -340,6 +343,12 @@ class Attributor:
             attribute_to: character spans of the prompt that the path moves (e.g. the retrieved documents); every
                 other token stays at its real value along the path, like markup, so the scores answer "what did
                 these spans contribute, given the rest" and sum to f(input) - f(input with the spans blanked).
+            reading: "full" (default): every token after a moving one runs along the path. "answer" (space="mask"):
+                the prompt up to the last moving token runs once, at the input, and only the tokens after it (the
+                question, instructions and answer, in a RAG prompt) see the moving tokens' visibility along the
+                path: the scores say what those readers took from each token (what later spans read from earlier
+                ones stays in their keys and values), and sum to f(input) minus f with the moving tokens hidden from
+                the readers only. Each point then runs only the readers, over the cached keys: for long prompts.
             target_class: the class to explain for classifiers (default: the predicted one).
             layers: attention layers of the attention or mask space (default all; an int or a list).
             max_new_tokens: generation length when `answer` is None.
@@ -374,16 +383,18 @@ class Attributor:
             rows = len(answer_segments or [0]) if getattr(target, "answer_level", target == "answer") else seq.n_targets
             bar.phase(f"attributing {rows} target{'s' if rows != 1 else ''} ({method}, {space})")
             return self._attribute(seq, chosen=chosen, the_space=the_space, method=method, space=space, target=target,
-                                   foil=foil, answer_segments=answer_segments, attribute_to=attribute_to, batch=batch,
+                                   foil=foil, answer_segments=answer_segments, attribute_to=attribute_to,
+                                   reading=reading, batch=batch,
                                    keep_head_scores=keep_head_scores, method_params=method_params)
 
     def _attribute(self, seq: Sequence, *, chosen, the_space, method: str, space: str, target, foil,
-                   answer_segments, attribute_to, batch: int | None, keep_head_scores: bool,
+                   answer_segments, attribute_to, reading: str, batch: int | None, keep_head_scores: bool,
                    method_params: dict[str, Any]) -> Explanation:
         """The attribution of a prepared sequence, under the explanation's progress bar (see `explain`)."""
         markup = seq.keep.clone()
         if attribute_to is not None:
             seq.keep = seq.keep | ~covered(seq, attribute_to)
+        readers_from = reader_start(seq, reading, space)
         budget = budget_bytes(self.model, self.memory_budget, backward=chosen.uses_gradients)
         n_vocab = self.model.config.num_labels if seq.is_classifier else self.vocab_size
         target_fn = resolve_target(target or ("logit" if seq.is_classifier else "log_prob"), foil, n_vocab)
@@ -398,7 +409,7 @@ class Attributor:
         with (prepared(self.model, hook_attention=the_space.uses_attention_hook), torch.enable_grad(),
               parallel.sharding(self.shard_points), counting_forwards(self.model) as forwards):
             problem = Problem(self.model, self.tokenizer, seq, the_space, target_fn, batch or MAX_CHUNK,
-                              self.show_progress)
+                              self.show_progress, reader_length=readers_from)
             # a prompt that cannot fit stops here with the figures rather than in the allocator: path points for
             # gradient methods, the explicand in the space for those that read it whole (raw attention)
             if chosen.uses_gradients:
@@ -421,6 +432,7 @@ class Attributor:
             **result.settings,
             "target": describe(target),
             "foil": foil,
+            "reading": reading,
             "layers": getattr(the_space, "chosen", None) or None,
             "attention_implementation": attention_arithmetic(self.model, the_space.uses_attention_hook),
         }
@@ -459,6 +471,29 @@ class Attributor:
             answer_segments=seq.answer_segments if seq.answer_level else None,
             notes=notes,
         )
+
+
+READINGS = ("full", "answer")
+
+
+def reader_start(seq: Sequence, reading: str, space: str) -> int:
+    """Where the readers start with reading="answer" (the token after the last moving one), 0 with "full"."""
+    if reading not in READINGS:
+        raise UnknownNameError(f"unknown reading {reading!r}; choose one of {list(READINGS)}.")
+    if reading == "full":
+        return 0
+    if space != "mask":
+        raise InvalidInputError(f"reading='answer' moves how visible the earlier tokens are to the later ones, which "
+                                f"only space='mask' can do; got space={space!r} (use reading='full' there).")
+    if seq.is_classifier:
+        raise InvalidInputError("reading='answer' needs a causal model: a classifier's tokens all read each other.")
+    moving = (~seq.keep[: seq.n_prompt]).nonzero()
+    start = int(moving[-1, 0]) + 1 if len(moving) else 0
+    if not 0 < start <= int(seq.target_positions.min()):
+        raise InvalidInputError("reading='answer' needs prompt tokens after the attributed ones to read them (e.g. "
+                                "the question after the documents); here the attributed tokens run to the end of the "
+                                "prompt. Attribute to earlier spans (attribute_to=) or use reading='full'.")
+    return start
 
 
 def covered(seq: Sequence, spans: list[tuple[int, int]]) -> torch.Tensor:

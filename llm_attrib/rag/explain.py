@@ -28,6 +28,7 @@ from .verdicts import calibrated_thresholds, check_thresholds, judge
 
 GRANULARITIES = ("sentence", "answer", "token")
 SCOPES = ("documents", "prompt")
+DEFAULT_SENTENCE_DOCUMENTS = 8  # up to this many documents, one run explains them all at sentence level
 
 
 def explain(
@@ -43,6 +44,8 @@ def explain(
     space: str | None = None,
     granularity: str = "sentence",
     scope: str = "documents",
+    reading: str = "full",
+    sentence_documents: int | None = DEFAULT_SENTENCE_DOCUMENTS,
     verify: bool = True,
     thresholds: tuple[float, float] | None = None,
     shapley: bool = False,
@@ -76,6 +79,18 @@ def explain(
         scope: "documents" (default): only the documents move along the path, the question and instructions stay
             as they are, so the scores say what each document contributed given the question (and sum to the
             answer's log-probability minus that with every document blanked); "prompt": every prompt token moves.
+        reading: "full" (default): the whole prompt after the documents' start runs along the path, so a
+            document's score includes what later documents read from it. "answer" (mask space, scope="documents"):
+            the documents' keys and values are computed once, and only the tokens after the last document (question,
+            instructions, answer) see the documents' visibility move: a document's score is what the question and
+            answer read from it directly, and the scores sum to log p(answer) minus that with the documents hidden
+            from those readers. Each path point then runs ~100 tokens instead of the prompt: for long prompts.
+        sentence_documents: coarse to fine. With more documents than this, the documents are ranked first (one
+            integral of the whole answer's log-probability), then only the top `sentence_documents` move in the
+            sentence-level integral (the others stay in the prompt as they are, like the instructions) and only
+            they are removed for leave-one-out; the other documents keep their ranking score
+            (`result.ranking_scores`) and no sentence scores (`result.sentence_documents` lists the ones with).
+            None: every document at sentence level (one run, as with few documents).
         verify: remove each document (and each sentence's cited documents, and all of them) and measure the
             answer's log-probability: the leave-one-out check and a verdict per answer sentence (2 + documents
             forwards).
@@ -101,6 +116,12 @@ def explain(
         raise UnknownNameError(f"unknown granularity {granularity!r}; choose one of {list(GRANULARITIES)}.")
     if scope not in SCOPES:
         raise UnknownNameError(f"unknown scope {scope!r}; choose one of {list(SCOPES)}.")
+    if sentence_documents is not None and (isinstance(sentence_documents, bool) or not isinstance(sentence_documents, int)
+                                           or sentence_documents < 1):
+        raise InvalidInputError(f"sentence_documents must be a positive integer or None, got {sentence_documents!r}.")
+    if reading == "answer" and scope != "documents":
+        raise InvalidInputError("reading='answer' measures what the question and answer read from the documents, "
+                                "so it needs scope='documents'; use reading='full' with scope='prompt'.")
     started = time.perf_counter()
     docs = as_documents(documents)
     check_budget(shapley_budget, len(docs), "shapley_budget")
@@ -124,9 +145,20 @@ def explain(
         answer_ids = seq.target_ids.tolist()
         runs, spans = answer_sentences(seq, language)
         params: dict[str, Any] = dict(method=method, space=default_space(method) if space is None else space,
-                                      **method_params)
+                                      reading=reading, **method_params)
+        fine, ranking_scores, coarse_cost = list(range(len(docs))), None, {}
+        if sentence_documents is not None and sentence_documents < len(docs):
+            if scope != "documents":
+                raise InvalidInputError("sentence_documents ranks the documents first and moves only the top ones, "
+                                        "so it needs scope='documents'; pass sentence_documents=None with "
+                                        "scope='prompt'.")
+            coarse = attributor.explain(built.prompt, answer_ids, attribute_to=built.document_spans, target="answer",
+                                        **params)
+            ranking_scores = coarse.aggregate(built.document_spans).scores[0]
+            fine = sorted(ranking_scores.argsort(descending=True)[:sentence_documents].tolist())
+            coarse_cost = coarse.cost
         if scope == "documents":
-            params["attribute_to"] = built.document_spans
+            params["attribute_to"] = [built.document_spans[d] for d in fine]
         if granularity != "token":
             params.update(target="answer", answer_segments=runs if granularity == "sentence" else None)
         explanation = attributor.explain(built.prompt, answer_ids, **params)
@@ -134,7 +166,8 @@ def explain(
             question=question, documents=docs, answer=seq.text[len(built.text):], explanation=explanation,
             granularity=granularity, document_spans=built.document_spans, sentence_spans=built.sentence_spans,
             question_span=built.question_span, answer_sentences=runs, answer_sentence_spans=spans, scope=scope,
-            truncated=truncated,
+            truncated=truncated, reading=reading, ranking_scores=ranking_scores,
+            sentence_documents=None if ranking_scores is None else fine,
         )
         ablation_forwards = 0
         if verify or shapley:
@@ -145,7 +178,7 @@ def explain(
                 if shapley:  # first: with every subset, verify's are among them
                     result.shapley = document_shapley(subsets.stack, len(docs), budget=shapley_budget)
                 if verify:
-                    result.verdicts, result.leave_one_out = check(subsets, result, thresholds)
+                    result.verdicts, result.leave_one_out = check(subsets, result, thresholds, fine)
             ablation_forwards = forwards[0]
     if retriever is not None:
         from .retriever import rank_and_explain
@@ -153,7 +186,7 @@ def explain(
         encoder, encoder_tokenizer = retriever
         result.retrieval = [r.to_dict() for r in rank_and_explain(encoder, encoder_tokenizer, question,
                                                                    [d.text for d in docs])]
-    result.cost = {**explanation.cost, "n_forward_ablation": ablation_forwards,
+    result.cost = {**summed_cost(explanation.cost, coarse_cost), "n_forward_ablation": ablation_forwards,
                    "seconds": time.perf_counter() - started}
     return result
 
@@ -214,19 +247,33 @@ def answer_sentences(seq, language: str | None = None) -> tuple[list[tuple[int, 
     return runs, spans
 
 
-def check(subsets: DocumentSubsets, result: RagExplanation, thresholds: tuple[float, float]):
-    """Verdicts per answer sentence and the leave-one-out table (documents, sentences), from removing documents."""
+def summed_cost(cost: dict[str, Any], coarse: dict[str, Any]) -> dict[str, Any]:
+    """The attribution's cost with the coarse ranking's added (its counts and seconds, kept apart too)."""
+    if not coarse:
+        return dict(cost)
+    added = {key: cost[key] + coarse[key] for key in ("n_forward", "n_backward", "n_forward_all", "seconds")
+             if key in cost and key in coarse}
+    return {**cost, **added, **{f"ranking_{key}": coarse[key] for key in added}}
+
+
+def check(subsets: DocumentSubsets, result: RagExplanation, thresholds: tuple[float, float],
+          verified: list[int] | None = None):
+    """Verdicts per answer sentence and the leave-one-out table (documents, sentences), from removing documents:
+    each of the `verified` documents (default all) alone, the cited ones, all of them. Rows of documents not
+    verified are NaN (not measured)."""
     n_documents = len(subsets.documents)
     everyone = list(range(n_documents))
-    full, *alone, none = subsets.stack([everyone, *([d for d in everyone if d != left] for left in everyone), []])
-    leave_one_out = full[None] - torch.stack(alone)  # (D, S)
+    verified = everyone if verified is None else verified
+    full, *alone, none = subsets.stack([everyone, *([d for d in everyone if d != left] for left in verified), []])
+    leave_one_out = torch.full((n_documents, len(full)), float("nan"))
+    leave_one_out[verified] = full[None] - torch.stack(alone)  # (D, S)
     drop_all = full - none  # (S,) every document removed
     by_doc = result.sentence_document_scores()
     verdicts = []
     for s in range(len(result.answer_sentences)):
         cited = [d for d, _ in cited_documents(by_doc[min(s, len(by_doc) - 1)])]
         drop_cited = float(full[s] - subsets.without(cited)[s]) if cited else 0.0
-        others = [d for d in range(n_documents) if d not in cited]
+        others = [d for d in verified if d not in cited]
         drop_other = float(leave_one_out[others, s].clamp_min(0).mean()) if others else 0.0
         verdicts.append(judge(drop_cited, drop_other, thresholds, cited=bool(cited), drop_all=float(drop_all[s])))
     return verdicts, leave_one_out

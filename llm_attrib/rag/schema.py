@@ -59,6 +59,9 @@ class RagExplanationFile(StrictModel):
     cost: dict[str, float | None] = {}
     scope: Literal["documents", "prompt"] = "documents"
     truncated: bool = False
+    reading: Literal["full", "answer"] = "full"
+    ranking_scores: list[float] | None = None
+    sentence_documents: list[int] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "RagExplanationFile":
@@ -90,6 +93,10 @@ class RagExplanationFile(StrictModel):
         n_columns = n_sentences
         if self.leave_one_out is not None and array_shape(self.leave_one_out, 2, "leave_one_out") != [n_docs, n_columns]:
             raise ValueError(f"leave_one_out must be (documents {n_docs}, answer sentences {n_columns})")
+        if self.ranking_scores is not None and len(self.ranking_scores) != n_docs:
+            raise ValueError(f"ranking_scores has {len(self.ranking_scores)} entries for {n_docs} documents")
+        if self.sentence_documents is not None and not all(0 <= d < n_docs for d in self.sentence_documents):
+            raise ValueError(f"sentence_documents must be document indices below {n_docs}")
         if self.shapley is not None:
             s = self.shapley
             if (array_shape(s.values, 2, "shapley.values") != [n_docs, n_columns]
