@@ -30,7 +30,7 @@ from .errors import ConvergenceWarning, InvalidInputError, UnknownNameError, Uns
 from .explanation import Explanation
 from .methods import Problem, get_method
 from .metrics._perturb import target_probabilities
-from .patching import loaded_implementation, prepared
+from .patching import loaded_implementation, own_attention, prepared
 
 Prompt = str | list[dict[str, str]]
 
@@ -420,7 +420,8 @@ class Attributor:
                 measured_chunk(self._bytes_per_point(problem, gradients=False), budget, None,
                                f"method {method!r} over {seq.length} tokens")
             result = chosen.attribute(problem, **method_params)
-            probs = target_probabilities(self.model, seq)  # per target, or the whole answer's
+            with own_attention():  # the model as loaded (SDPA where it has it): no tap is needed here
+                probs = target_probabilities(self.model, seq)  # per target, or the whole answer's
             n_forward_all = int(parallel.sum_across(torch.tensor(forwards, device=seq.input_ids.device))[0])
         check_finite(probs, "target probabilities")
         check_finite(result.scores, f"attribution scores ({method})")
