@@ -55,10 +55,10 @@ def carried(row: dict) -> bool:
 
 def validation_examples() -> list[dict]:
     """The held-out fictional dev split (15) and the real-text answers that leave-one-out carries (stored rows of
-    eval/rag.py's SmolLM2 runs: the model's own answers), first 15 in file order."""
+    eval/rag.py's SmolLM2 runs: the model's own answers), first 15 in file order; taken in turns."""
     fictional = [dict(r, set="fictional") for r in read_rows(ROWS / "smollm2_own_heldout_dev.jsonl")]
     real = [dict(r, set="real (carried)") for r in read_rows(ROWS / "smollm2_own.jsonl") if carried(r)][:15]
-    return fictional + real
+    return [ex for pair in zip(fictional, real) for ex in pair]  # alternating: a run cut short has both sets
 
 
 def spearman(a, b) -> float:
@@ -125,6 +125,11 @@ def passage_pool(example_id: str) -> list[str]:
     return pool
 
 
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def cmd_row(args) -> None:
     """One timing row, in its own process (its peak memory is its own)."""
     import llm_attrib
@@ -141,8 +146,8 @@ def cmd_row(args) -> None:
     built = build_prompt(tokenizer, example["question"], as_documents(documents), resolve_template(None, tokenizer))
     answer, _ = generate_answer(Attributor(model, tokenizer, show_progress=False), built.prompt, 64, 3, None)
     row = {"task": args.task, "example": args.example, "n_documents": args.documents, "relevant": relevant,
-           "answer": answer, "load": Path("/proc/loadavg").read_text().split()[:3]}
-    started = time.perf_counter()
+           "answer": tokenizer.decode(answer), "load": Path("/proc/loadavg").read_text().split()[:3]}
+    started, cpu = time.perf_counter(), cpu_seconds()
     try:
         result = rag.explain(model, tokenizer, example["question"], documents, answer, show_progress=False,
                              **TASKS[args.task])
@@ -156,6 +161,7 @@ def cmd_row(args) -> None:
                    sentence_documents=result.sentence_documents,
                    citations=[[d for d, _ in c.documents] for c in result.citations],
                    verdicts=None if result.verdicts is None else [v.label for v in result.verdicts])
+    row["cpu_seconds"] = cpu_seconds() - cpu  # one thread: what the call costs, whatever else the machine runs
     row.update(peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, loaded_rss_gib=loaded_rss)
     print(json.dumps(row))
 
@@ -176,7 +182,7 @@ def cmd_timing(args) -> None:
                     row = {"error": f"timed out after {args.timeout} s"}
                 row = {"task": task, "example": example, "n_documents": n, **row}
                 append(TIMING, row)
-                print(json.dumps({k: row.get(k) for k in ("task", "example", "n_documents", "n_tokens", "seconds",
+                print(json.dumps({k: row.get(k) for k in ("task", "example", "n_documents", "n_tokens", "seconds", "cpu_seconds",
                                                           "peak_rss_gib", "top_document", "relevant", "error")}),
                       flush=True)
 

@@ -410,6 +410,8 @@ class Attributor:
               parallel.sharding(self.shard_points), counting_forwards(self.model) as forwards):
             problem = Problem(self.model, self.tokenizer, seq, the_space, target_fn, batch or MAX_CHUNK,
                               self.show_progress, reader_length=readers_from)
+            if readers_from:
+                problem.readers()  # before the method reads its baseline, whose visibility check runs only the readers
             # a prompt that cannot fit stops here with the figures rather than in the allocator: path points for
             # gradient methods, the explicand in the space for those that read it whole (raw attention)
             if chosen.uses_gradients:

@@ -72,8 +72,9 @@ def test_coarse_to_fine_forwards_do_not_grow_with_the_documents(lm):
 
 def test_reading_the_answer_adds_up_to_the_documents_hidden_from_the_readers(lm):
     """reading="answer": the documents' scores sum to log p(answer) minus that with the documents masked out of the
-    attention of the tokens after them only (a brute-force forward with a 4-D mask), and every path forward runs only
-    those tokens."""
+    attention of the tokens after them only (a brute-force forward with a 4-D mask); every path forward and the
+    baseline's check run only those tokens, and the whole prompt runs twice (the cache's check, the answer's
+    probability)."""
     model, tokenizer = lm
     built = build_prompt(tokenizer, QUESTION, as_documents(DOCS), TINY)
     seq = Attributor(model, tokenizer).sequence(built.prompt, answer=ANSWER)
@@ -90,16 +91,17 @@ def test_reading_the_answer_adds_up_to_the_documents_hidden_from_the_readers(lm)
             log_probs = model(input_ids=seq.input_ids, attention_mask=mask).logits[0].log_softmax(-1)
         return float(log_probs[seq.target_positions, seq.target_ids].sum())
 
-    lengths = []
-    hook = model.register_forward_pre_hook(lambda _m, _a, kw: lengths.append(kw["input_ids"].shape[1])
-                                           if torch.is_grad_enabled() else None, with_kwargs=True)
+    lengths = []  # (tokens run, with a graph)
+    hook = model.register_forward_pre_hook(
+        lambda _m, _a, kw: lengths.append((kw["input_ids"].shape[1], torch.is_grad_enabled())), with_kwargs=True)
     try:
         result = run(lm, DOCS, reading="answer", granularity="answer", verify=False)
     finally:
         hook.remove()
     assert result.reading == "answer" and result.explanation.params["reading"] == "answer"
     assert abs(float(result.answer_document_scores.sum()) - (log_p(False) - log_p(True))) < 1e-4
-    assert lengths and max(lengths) == seq.length - readers
+    assert max(n for n, graph in lengths if graph) == seq.length - readers
+    assert sum(n == seq.length for n, _ in lengths) == 2  # the cache's check and the answer's probability
     assert "reading the answer" in repr(result)
 
 

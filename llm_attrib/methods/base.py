@@ -68,17 +68,7 @@ class Problem:
         space, how visible each earlier key is to them), so the path measures what those readers take from the
         earlier tokens. The cache is built once with the model's own attention (no tap is needed on it)."""
         if self.reader_length:
-            if not self._prefix_checked:
-                self._prefix_checked = True
-                x = self.point()  # before: reading the point in the mask space counts the hooked layers
-                with own_attention():
-                    self._static_prefix = static_prefix(self.model, self.seq, self.space, x, self.reader_length)
-                if self._static_prefix is None:
-                    raise UnsupportedModelError(
-                        f"reading='answer' runs the prompt's first {self.reader_length} tokens once from a cache of "
-                        f"keys and values, but {type(self.model).__name__} takes no such cache or its cached forward "
-                        "does not reproduce its logits here; use reading='full'.")
-            return self._static_prefix
+            return self.readers()
         if not self._prefix_checked:
             length = prefix_length(self.seq)
             if length and not unmoved(self.space, points, self.point(), length):
@@ -88,6 +78,22 @@ class Problem:
                 self._static_prefix = static_prefix(self.model, self.seq, self.space, self.point(), length)
         prefix = self._static_prefix
         return prefix if prefix is not None and prefix.fits(self.space, points) else None
+
+    def readers(self) -> StaticPrefix:
+        """reading="answer": the first `reader_length` tokens as a static prefix at the explicand, built once (with
+        the model's own attention: no tap is needed on it) and handed to the space, whose visibility check then runs
+        only the readers too."""
+        if self._static_prefix is None:
+            x = self.point()  # first: reading the point in the mask space counts the hooked layers
+            with own_attention():
+                prefix = static_prefix(self.model, self.seq, self.space, x, self.reader_length)
+            if prefix is None:
+                raise UnsupportedModelError(
+                    f"reading='answer' runs the prompt's first {self.reader_length} tokens once from a cache of keys "
+                    f"and values, but {type(self.model).__name__} takes no such cache or its cached forward does not "
+                    "reproduce its logits here; use reading='full'.")
+            self._static_prefix = self.space.readers = prefix
+        return self._static_prefix
 
     @property
     def run(self) -> Run:
