@@ -187,10 +187,52 @@ def cmd_timing(args) -> None:
                       flush=True)
 
 
+def validation_table(rows: list[dict]) -> str:
+    """Per set: how often the readings agree with each other and with leave-one-out, and what they cost."""
+    lines = ["| set | n | top-1 answer = full | Spearman answer~full | top-1 = LOO (full / answer) | "
+             "Spearman with LOO (full / answer) | top-1 = relevant (full / answer / LOO) | gradients (full / answer) | "
+             "seconds (full / answer) |", "|---|---|---|---|---|---|---|---|---|"]
+    for name in sorted({r["set"] for r in rows}):
+        group = [r for r in rows if r["set"] == name]
+        top = {key: np.array([int(np.argmax(r[key]["scores"])) for r in group]) for key in ("full", "answer")}
+        loo = np.array([int(np.argmax(r["leave_one_out"])) for r in group])
+        relevant = np.array([r["relevant"] for r in group])
+        rho = {key: np.mean([spearman(r[key]["scores"], r["leave_one_out"]) for r in group]) for key in top}
+        between = np.mean([spearman(r["full"]["scores"], r["answer"]["scores"]) for r in group])
+        mean = {key: (np.mean([r[key]["n_backward"] for r in group]), np.mean([r[key]["seconds"] for r in group]))
+                for key in top}
+        lines.append(f"| {name} | {len(group)} | {np.mean(top['answer'] == top['full']):.2f} | {between:.2f} | "
+                     f"{np.mean(top['full'] == loo):.2f} / {np.mean(top['answer'] == loo):.2f} | "
+                     f"{rho['full']:.2f} / {rho['answer']:.2f} | {np.mean(top['full'] == relevant):.2f} / "
+                     f"{np.mean(top['answer'] == relevant):.2f} / {np.mean(loo == relevant):.2f} | "
+                     f"{mean['full'][0]:.0f} / {mean['answer'][0]:.0f} | {mean['full'][1]:.0f} / {mean['answer'][1]:.0f} |")
+    return "\n".join(lines)
+
+
+def timing_table(rows: list[dict]) -> str:
+    lines = ["| task | documents | prompt tokens | wall s | CPU s (1 thread) | peak RSS GiB | gradients | forwards "
+             "(removal) | top = relevant | converged | load (1 min) | note |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (list(TASKS).index(r["task"]), r["n_documents"])):
+        cost = r.get("cost") or {}
+        top = "" if "top_document" not in r else "yes" if r["top_document"] == r["relevant"] else "no"
+        cpu = r.get("cpu_seconds")
+        lines.append(f"| {r['task']} | {r['n_documents']} | {r.get('n_tokens', '')} | {r.get('seconds', 0):.0f} | "
+                     f"{'' if cpu is None else f'{cpu:.0f}'} | {r.get('peak_rss_gib', float('nan')):.2f} | "
+                     f"{cost.get('n_backward', '')} | {cost.get('n_forward_ablation', '')} | {top} | "
+                     f"{r.get('converged', '')} | {(r.get('load') or [''])[0]} | {str(r.get('error') or '')[:160]} |")
+    return "\n".join(lines)
+
+
+def cmd_report(args) -> None:
+    print("## Validation\n\n" + validation_table(read_rows(VALIDATION)) + "\n\n## Timing\n\n"
+          + timing_table(read_rows(TIMING)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("validate").set_defaults(run=cmd_validate)
+    sub.add_parser("report").set_defaults(run=cmd_report)
     timing = sub.add_parser("timing")
     timing.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     timing.add_argument("--documents", nargs="+", type=int, default=[5, 10, 20])

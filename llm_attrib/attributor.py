@@ -318,6 +318,7 @@ class Attributor:
         answer_segments: list[tuple[int, int]] | None = None,
         attribute_to: list[tuple[int, int]] | None = None,
         reading: str = "full",
+        readers_after: int | None = None,
         target_class: int | None = None,
         layers: list[int] | int | None = None,
         max_new_tokens: int = 16,
@@ -349,6 +350,9 @@ class Attributor:
                 path: the scores say what those readers took from each token (what later spans read from earlier
                 ones stays in their keys and values), and sum to f(input) minus f with the moving tokens hidden from
                 the readers only. Each point then runs only the readers, over the cached keys: for long prompts.
+            readers_after: with reading="answer", the character offset in the prompt where the readers begin (the
+                first token starting at or after it); default: right after the last attributed token. Tokens between
+                hold still at the input, like the prefix (e.g. documents that do not move).
             target_class: the class to explain for classifiers (default: the predicted one).
             layers: attention layers of the attention or mask space (default all; an int or a list).
             max_new_tokens: generation length when `answer` is None.
@@ -384,17 +388,18 @@ class Attributor:
             bar.phase(f"attributing {rows} target{'s' if rows != 1 else ''} ({method}, {space})")
             return self._attribute(seq, chosen=chosen, the_space=the_space, method=method, space=space, target=target,
                                    foil=foil, answer_segments=answer_segments, attribute_to=attribute_to,
-                                   reading=reading, batch=batch,
+                                   reading=reading, readers_after=readers_after, batch=batch,
                                    keep_head_scores=keep_head_scores, method_params=method_params)
 
     def _attribute(self, seq: Sequence, *, chosen, the_space, method: str, space: str, target, foil,
-                   answer_segments, attribute_to, reading: str, batch: int | None, keep_head_scores: bool,
+                   answer_segments, attribute_to, reading: str, readers_after: int | None, batch: int | None,
+                   keep_head_scores: bool,
                    method_params: dict[str, Any]) -> Explanation:
         """The attribution of a prepared sequence, under the explanation's progress bar (see `explain`)."""
         markup = seq.keep.clone()
         if attribute_to is not None:
             seq.keep = seq.keep | ~covered(seq, attribute_to)
-        readers_from = reader_start(seq, reading, space)
+        readers_from = reader_start(seq, reading, space, readers_after)
         budget = budget_bytes(self.model, self.memory_budget, backward=chosen.uses_gradients)
         n_vocab = self.model.config.num_labels if seq.is_classifier else self.vocab_size
         target_fn = resolve_target(target or ("logit" if seq.is_classifier else "log_prob"), foil, n_vocab)
@@ -479,11 +484,15 @@ class Attributor:
 READINGS = ("full", "answer")
 
 
-def reader_start(seq: Sequence, reading: str, space: str) -> int:
-    """Where the readers start with reading="answer" (the token after the last moving one), 0 with "full"."""
+def reader_start(seq: Sequence, reading: str, space: str, after: int | None = None) -> int:
+    """Where the readers start with reading="answer": the first prompt token at or after character `after`, by
+    default the token after the last moving one; 0 with "full"."""
     if reading not in READINGS:
         raise UnknownNameError(f"unknown reading {reading!r}; choose one of {list(READINGS)}.")
     if reading == "full":
+        if after is not None:
+            raise InvalidInputError("readers_after= says where the readers of reading='answer' begin; pass "
+                                    "reading='answer' with it.")
         return 0
     if space != "mask":
         raise InvalidInputError(f"reading='answer' moves how visible the earlier tokens are to the later ones, which "
@@ -492,6 +501,14 @@ def reader_start(seq: Sequence, reading: str, space: str) -> int:
         raise InvalidInputError("reading='answer' needs a causal model: a classifier's tokens all read each other.")
     moving = (~seq.keep[: seq.n_prompt]).nonzero()
     start = int(moving[-1, 0]) + 1 if len(moving) else 0
+    if after is not None:
+        if isinstance(after, bool) or not isinstance(after, int):
+            raise InvalidInputError(f"readers_after must be a character offset in the prompt, got {after!r}.")
+        later = [j for j, (a, b) in enumerate(seq.offsets[: seq.n_prompt]) if b > a and a >= after]
+        start = later[0] if later else seq.n_prompt
+        if start < int(moving[-1, 0]) + 1:
+            raise InvalidInputError(f"readers_after={after} falls before the last attributed token: the readers must "
+                                    "come after every token that moves.")
     if not 0 < start <= int(seq.target_positions.min()):
         raise InvalidInputError("reading='answer' needs prompt tokens after the attributed ones to read them (e.g. "
                                 "the question after the documents); here the attributed tokens run to the end of the "

@@ -473,7 +473,8 @@ def _run_rag(args: argparse.Namespace) -> int:
     result = rag.explain(
         model, tokenizer, args.question, documents, args.answer, template=template, system=args.system,
         method=args.method, space=args.space, granularity=args.granularity, verify=not args.no_verify,
-        reading=args.reading, sentence_documents=args.sentence_documents, shapley=args.shapley, retriever=retriever, max_new_tokens=args.max_new_tokens, max_sentences=args.max_sentences,
+        reading=args.reading, sentence_documents=args.sentence_documents, shapley=args.shapley, retriever=retriever,
+        max_new_tokens=args.max_new_tokens, max_sentences=args.max_sentences,
         thresholds=args.thresholds, language=args.language, show_progress=not args.no_progress,
         **_method_params(args.param),
     )

@@ -70,17 +70,23 @@ def test_coarse_to_fine_forwards_do_not_grow_with_the_documents(lm):
     assert full[1] - full[0] == 2 and full[2] - full[1] == 4
 
 
+def readers_of(lm, documents):
+    """The sequence, which of its tokens are in documents, and the first token after the last document."""
+    model, tokenizer = lm
+    built = build_prompt(tokenizer, QUESTION, as_documents(documents), TINY)
+    seq = Attributor(model, tokenizer).sequence(built.prompt, answer=ANSWER)
+    in_documents = torch.tensor([j < seq.n_prompt and b > a and any(s <= a < e for s, e in built.document_spans)
+                                 for j, (a, b) in enumerate(seq.offsets)])
+    return seq, in_documents, int(in_documents.nonzero()[-1]) + 1
+
+
 def test_reading_the_answer_adds_up_to_the_documents_hidden_from_the_readers(lm):
     """reading="answer": the documents' scores sum to log p(answer) minus that with the documents masked out of the
     attention of the tokens after them only (a brute-force forward with a 4-D mask); every path forward and the
     baseline's check run only those tokens, and the whole prompt runs twice (the cache's check, the answer's
-    probability)."""
-    model, tokenizer = lm
-    built = build_prompt(tokenizer, QUESTION, as_documents(DOCS), TINY)
-    seq = Attributor(model, tokenizer).sequence(built.prompt, answer=ANSWER)
-    in_documents = torch.tensor([j < seq.n_prompt and b > a and any(s <= a < e for s, e in built.document_spans)
-                                 for j, (a, b) in enumerate(seq.offsets)])
-    readers = int(in_documents.nonzero()[-1]) + 1
+    probability). With coarse to fine the readers still begin after the last document, not after the top one."""
+    model, _ = lm
+    seq, in_documents, readers = readers_of(lm, DOCS)
 
     def log_p(hidden: bool) -> float:
         allowed = torch.ones(seq.length, seq.length, dtype=torch.bool).tril()
@@ -96,12 +102,17 @@ def test_reading_the_answer_adds_up_to_the_documents_hidden_from_the_readers(lm)
         lambda _m, _a, kw: lengths.append((kw["input_ids"].shape[1], torch.is_grad_enabled())), with_kwargs=True)
     try:
         result = run(lm, DOCS, reading="answer", granularity="answer", verify=False)
+        assert max(n for n, graph in lengths if graph) == seq.length - readers
+        assert sum(n == seq.length for n, _ in lengths) == 2  # the cache's check and the answer's probability
+        lengths.clear()
+        reordered = DOCS[::-1]
+        other, _, after = readers_of(lm, reordered)
+        assert run(lm, reordered, reading="answer", sentence_documents=1, verify=False).sentence_documents == [0]
+        assert max(n for n, graph in lengths if graph) == other.length - after
     finally:
         hook.remove()
     assert result.reading == "answer" and result.explanation.params["reading"] == "answer"
     assert abs(float(result.answer_document_scores.sum()) - (log_p(False) - log_p(True))) < 1e-4
-    assert max(n for n, graph in lengths if graph) == seq.length - readers
-    assert sum(n == seq.length for n, _ in lengths) == 2  # the cache's check and the answer's probability
     assert "reading the answer" in repr(result)
 
 
@@ -116,3 +127,6 @@ def test_reading_and_coarse_to_fine_refuse_what_they_cannot_do(lm):
         run(lm, DOCS, sentence_documents=1, scope="prompt")
     with pytest.raises(InvalidInputError, match="sentence_documents"):
         run(lm, DOCS, sentence_documents=0)
+    model, tokenizer = lm
+    with pytest.raises(InvalidInputError, match="reading='answer'"):
+        Attributor(model, tokenizer).explain("w1 w2 w3 w4", "w5", space="mask", readers_after=3)

@@ -93,7 +93,7 @@ def explain(
             None: every document at sentence level (one run, as with few documents).
         verify: remove each document (and each sentence's cited documents, and all of them) and measure the
             answer's log-probability: the leave-one-out check and a verdict per answer sentence (2 + documents
-            forwards).
+            forwards; with coarse to fine, 2 + sentence_documents).
         thresholds: (low, high) margins in nats for the verdicts (see `rag.verdicts`; `rag.calibrate` makes them
             for your model). None: the thresholds shipped for this model (found by its weights' fingerprint; today
             only the zoo rag model has them); for any other model the verdicts say "uncalibrated" and keep
@@ -146,6 +146,8 @@ def explain(
         runs, spans = answer_sentences(seq, language)
         params: dict[str, Any] = dict(method=method, space=default_space(method) if space is None else space,
                                       reading=reading, **method_params)
+        if reading == "answer":  # the readers begin after the last document, whichever documents move
+            params["readers_after"] = built.document_spans[-1][1]
         fine, ranking_scores, coarse_cost = list(range(len(docs))), None, {}
         if sentence_documents is not None and sentence_documents < len(docs):
             if scope != "documents":
