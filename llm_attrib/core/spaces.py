@@ -7,6 +7,7 @@ over the space to one score per input token (a sum, so completeness is preserved
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,9 @@ from ..patching import AttentionTap, tapped
 from .sequence import Sequence
 from .placement import compute_dtype, embedding_rows
 from .static_prefix import StaticPrefix, skipped_tokens
+
+
+COUNTING_TOKENS = 4
 
 
 def model_logits(model, seq: Sequence, prefix: StaticPrefix | None = None, **inputs) -> torch.Tensor:
@@ -64,15 +68,14 @@ def _custom_baseline(baseline: torch.Tensor, x: torch.Tensor, space: str) -> tor
     return baseline.to(x)
 
 
-def run_tapped(model, seq: Sequence, tap: AttentionTap, prefix: StaticPrefix | None = None,
-               n_tokens: int | None = None) -> None:
+def run_tapped(model, seq: Sequence, tap: AttentionTap, prefix: StaticPrefix | None = None) -> None:
     """One forward of the sequence as it is, without gradients, steered by `tap` (to record or count layers); with
-    a static prefix only the tokens after it run, over its cached keys and values; `n_tokens`: only the first ones."""
+    a static prefix only the tokens after it run, over its cached keys and values."""
     with torch.no_grad(), tapped(tap):
         if prefix is not None:
             model(input_ids=seq.input_ids[:, prefix.length:], use_cache=True, **{prefix.argument: prefix.cache(1)})
         else:
-            model(input_ids=seq.input_ids[:, :n_tokens], **({} if seq.is_classifier else {"use_cache": False}))
+            model(input_ids=seq.input_ids, **({} if seq.is_classifier else {"use_cache": False}))
 
 
 def choose_layers(layers: list[int] | int | Callable[[int], list[int]] | None, n_layers: int) -> list[int]:
@@ -239,8 +242,8 @@ class MaskSpace:
     token_axis: ClassVar[int] = -1
 
     def point(self, model, seq: Sequence) -> torch.Tensor:
-        tap = AttentionTap()
-        run_tapped(model, seq, tap, n_tokens=1)  # every layer runs at any length: one token counts them
+        tap = AttentionTap()  # counts the attention layers, which any few tokens do as well as a long prompt
+        run_tapped(model, dataclasses.replace(seq, input_ids=seq.input_ids[:, :COUNTING_TOKENS]), tap)
         if not tap.calls:
             raise _no_hook_error(model)
         self.chosen = choose_layers(self.layers, tap.calls)
