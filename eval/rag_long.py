@@ -209,17 +209,26 @@ def validation_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def note(row: dict) -> str:
+    """A row's error in a table cell; a process that died without one printed only its loading bar."""
+    error = row.get("error") or ""
+    if isinstance(error, list):
+        return "the process died without a result (here: the system's out-of-memory killer, see the text)"
+    return str(error)[:160]
+
+
 def timing_table(rows: list[dict]) -> str:
     lines = ["| task | documents | prompt tokens | wall s | CPU s (1 thread) | peak RSS GiB | gradients | forwards "
              "(removal) | top = relevant | converged | load (1 min) | note |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (list(TASKS).index(r["task"]), r["n_documents"])):
         cost = r.get("cost") or {}
         top = "" if "top_document" not in r else "yes" if r["top_document"] == r["relevant"] else "no"
-        cpu = r.get("cpu_seconds")
-        lines.append(f"| {r['task']} | {r['n_documents']} | {r.get('n_tokens', '')} | {r.get('seconds', 0):.0f} | "
-                     f"{'' if cpu is None else f'{cpu:.0f}'} | {r.get('peak_rss_gib', float('nan')):.2f} | "
+        cpu, wall, rss = r.get("cpu_seconds"), r.get("seconds"), r.get("peak_rss_gib")
+        lines.append(f"| {r['task']} | {r['n_documents']} | {r.get('n_tokens', '')} | "
+                     f"{'' if wall is None else f'{wall:.0f}'} | {'' if cpu is None else f'{cpu:.0f}'} | "
+                     f"{'' if rss is None else f'{rss:.2f}'} | "
                      f"{cost.get('n_backward', '')} | {cost.get('n_forward_ablation', '')} | {top} | "
-                     f"{r.get('converged', '')} | {(r.get('load') or [''])[0]} | {str(r.get('error') or '')[:160]} |")
+                     f"{r.get('converged', '')} | {(r.get('load') or [''])[0]} | {note(r)} |")
     return "\n".join(lines)
 
 

@@ -126,7 +126,7 @@ def test_the_source_document_comes_first_on_the_rag_model(zoo, space):
         assert result.top_document == example["relevant_document"]
         citation, = result.citations
         assert citation.documents[0][0] == example["relevant_document"] and citation.verdict.label == "supported"
-        assert int(result.leave_one_out[:, 0].argmax()) == example["relevant_document"]
+        assert int(result.leave_one_out[0].argmax()) == example["relevant_document"]
         assert result.explanation.converged
         assert result.cost["n_forward_ablation"] == len(documents) + 2  # the answer in full, without each, without all
 

@@ -32,7 +32,7 @@ def test_the_default_run_answers_from_the_document_that_states_it(smollm2):
     tokenizer."""
     result = rag.explain(*smollm2, "What is the highest mountain in Japan?", MOUNTAINS, show_progress=False)
     assert "Fuji" in result.answer and len(result.answer_sentences) == 1 and not result.truncated
-    assert result.top_document == int(result.leave_one_out[:, 0].argmax())
+    assert result.top_document == int(result.leave_one_out[0].argmax())
     assert rag.calibrated_thresholds(smollm2[0]) is None
     assert all(v.label == "uncalibrated" and not v.calibrated and v.thresholds is None for v in result.verdicts)
     assert all(v.margin == pytest.approx(v.drop_cited - v.drop_other) for v in result.verdicts)
