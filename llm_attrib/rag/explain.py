@@ -249,7 +249,6 @@ def answer_sentences(seq, language: str | None = None) -> tuple[list[tuple[int, 
     return runs, spans
 
 
-<<<<<<< HEAD
 def summed_cost(cost: dict[str, Any], coarse: dict[str, Any]) -> dict[str, Any]:
     """The attribution's cost with the coarse ranking's added (its counts and seconds, kept apart too)."""
     if not coarse:
@@ -261,35 +260,22 @@ def summed_cost(cost: dict[str, Any], coarse: dict[str, Any]) -> dict[str, Any]:
 
 def check(subsets: DocumentSubsets, result: RagExplanation, thresholds: tuple[float, float],
           verified: list[int] | None = None):
-    """Verdicts per answer sentence and the leave-one-out table (documents, sentences), from removing documents:
-    each of the `verified` documents (default all) alone, the cited ones, all of them. Rows of documents not
+    """Verdicts per answer sentence and the leave-one-out table (sentences, documents), from removing documents:
+    each of the `verified` documents (default all) alone, the cited ones, all of them. Columns of documents not
     verified are NaN (not measured)."""
     n_documents = len(subsets.documents)
     everyone = list(range(n_documents))
     verified = everyone if verified is None else verified
     full, *alone, none = subsets.stack([everyone, *([d for d in everyone if d != left] for left in verified), []])
-    leave_one_out = torch.full((n_documents, len(full)), float("nan"))
-    leave_one_out[verified] = full[None] - torch.stack(alone)  # (D, S)
-=======
-def check(subsets: DocumentSubsets, result: RagExplanation, thresholds: tuple[float, float]):
-    """Verdicts per answer sentence and the leave-one-out table (sentences, documents), from removing documents."""
-    n_documents = len(subsets.documents)
-    everyone = list(range(n_documents))
-    full, *alone, none = subsets.stack([everyone, *([d for d in everyone if d != left] for left in everyone), []])
-    leave_one_out = full[:, None] - torch.stack(alone, 1)  # (S, D)
->>>>>>> main
+    leave_one_out = torch.full((len(full), n_documents), float("nan"))
+    leave_one_out[:, verified] = full[:, None] - torch.stack(alone, 1)  # (S, D)
     drop_all = full - none  # (S,) every document removed
     by_doc = result.sentence_document_scores()
     verdicts = []
     for s in range(len(result.answer_sentences)):
         cited = [d for d, _ in cited_documents(by_doc[min(s, len(by_doc) - 1)])]
         drop_cited = float(full[s] - subsets.without(cited)[s]) if cited else 0.0
-<<<<<<< HEAD
         others = [d for d in verified if d not in cited]
-        drop_other = float(leave_one_out[others, s].clamp_min(0).mean()) if others else 0.0
-=======
-        others = [d for d in range(n_documents) if d not in cited]
         drop_other = float(leave_one_out[s, others].clamp_min(0).mean()) if others else 0.0
->>>>>>> main
         verdicts.append(judge(drop_cited, drop_other, thresholds, cited=bool(cited), drop_all=float(drop_all[s])))
     return verdicts, leave_one_out

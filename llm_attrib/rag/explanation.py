@@ -95,7 +95,7 @@ class RagExplanation:
             tokens after the documents; see `rag.explain`).
         ranking_scores: (documents,) with coarse to fine, each document's score for the whole answer from the
             ranking that chose `sentence_documents`, the documents explained at sentence level (and the only ones
-            with leave-one-out rows); both None when every document was.
+            with leave-one-out columns); both None when every document was.
         newer_fields: keys of a file saved by a newer version that this one does not know, kept as read (and
             written back by `save`).
         cost: the attribution's (`explanation.cost`), "n_forward_ablation" (the forwards that removed documents:

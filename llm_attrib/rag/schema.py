@@ -100,17 +100,11 @@ class RagExplanationFile(StrictModel):
                              "runs")
         if self.verdicts is not None and len(self.verdicts) != n_sentences:
             raise ValueError(f"verdicts has {len(self.verdicts)} entries for {n_sentences} answer sentences")
-<<<<<<< HEAD
-        n_columns = n_sentences
-        if self.leave_one_out is not None and array_shape(self.leave_one_out, 2, "leave_one_out") != [n_docs, n_columns]:
-            raise ValueError(f"leave_one_out must be (documents {n_docs}, answer sentences {n_columns})")
         if self.ranking_scores is not None and len(self.ranking_scores) != n_docs:
             raise ValueError(f"ranking_scores has {len(self.ranking_scores)} entries for {n_docs} documents")
         if self.sentence_documents is not None and not all(0 <= d < n_docs for d in self.sentence_documents):
             raise ValueError(f"sentence_documents must be document indices below {n_docs}")
-=======
         tables = {"leave_one_out": self.leave_one_out}
->>>>>>> main
         if self.shapley is not None:
             tables.update({"shapley.values": self.shapley.values, "shapley.stderr": self.shapley.stderr})
             if len(self.shapley.full) != n_sentences or len(self.shapley.empty) != n_sentences:
