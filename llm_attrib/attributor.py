@@ -26,11 +26,11 @@ from .core.progress import progress
 from .core.sequence import Sequence, build_sequence, check_segments, readable_tokens, special_token_mask
 from .core.spaces import make_space
 from .core.targets import Target, resolve_target
-from .errors import ConvergenceWarning, InvalidInputError, UnsupportedModelError
+from .errors import ConvergenceWarning, InvalidInputError, UnknownNameError, UnsupportedModelError
 from .explanation import Explanation
 from .methods import Problem, get_method
 from .metrics._perturb import target_probabilities
-from .patching import loaded_implementation, prepared, recomputed
+from .patching import loaded_implementation, own_attention, prepared, recomputed
 
 Prompt = str | list[dict[str, str]]
 
@@ -190,6 +190,8 @@ class Attributor:
         three short prompts once per space and answer shape; with `recompute`, as the forwards run under
         `recomputed` (which the caller has entered)."""
         seq, space = problem.seq, problem.space
+        if problem.reader_length and gradients:  # only the readers run along the path: measure one point directly
+            return saved_bytes(problem.scores, problem.point(), self.model)
         key = (space.name, repr(getattr(space, "layers", None)), seq.n_targets, seq.n_outputs,
                compute_dtype(self.model), self.device, gradients, recompute)
 
@@ -329,6 +331,8 @@ class Attributor:
         foil: int | None = None,
         answer_segments: list[tuple[int, int]] | None = None,
         attribute_to: list[tuple[int, int]] | None = None,
+        reading: str = "full",
+        readers_after: int | None = None,
         target_class: int | None = None,
         layers: list[int] | int | None = None,
         max_new_tokens: int = 16,
@@ -354,6 +358,15 @@ class Attributor:
             attribute_to: character spans of the prompt that the path moves (e.g. the retrieved documents); every
                 other token stays at its real value along the path, like markup, so the scores answer "what did
                 these spans contribute, given the rest" and sum to f(input) - f(input with the spans blanked).
+            reading: "full" (default): every token after a moving one runs along the path. "answer" (space="mask"):
+                the prompt up to the last moving token runs once, at the input, and only the tokens after it (the
+                question, instructions and answer, in a RAG prompt) see the moving tokens' visibility along the
+                path: the scores say what those readers took from each token (what later spans read from earlier
+                ones stays in their keys and values), and sum to f(input) minus f with the moving tokens hidden from
+                the readers only. Each point then runs only the readers, over the cached keys: for long prompts.
+            readers_after: with reading="answer", the character offset in the prompt where the readers begin (the
+                first token starting at or after it); default: right after the last attributed token. Tokens between
+                hold still at the input, like the prefix (e.g. documents that do not move).
             target_class: the class to explain for classifiers (default: the predicted one).
             layers: attention layers of the attention or mask space (default all; an int or a list).
             max_new_tokens: generation length when `answer` is None.
@@ -388,16 +401,19 @@ class Attributor:
             rows = len(answer_segments or [0]) if getattr(target, "answer_level", target == "answer") else seq.n_targets
             bar.phase(f"attributing {rows} target{'s' if rows != 1 else ''} ({method}, {space})")
             return self._attribute(seq, chosen=chosen, the_space=the_space, method=method, space=space, target=target,
-                                   foil=foil, answer_segments=answer_segments, attribute_to=attribute_to, batch=batch,
+                                   foil=foil, answer_segments=answer_segments, attribute_to=attribute_to,
+                                   reading=reading, readers_after=readers_after, batch=batch,
                                    keep_head_scores=keep_head_scores, method_params=method_params)
 
     def _attribute(self, seq: Sequence, *, chosen, the_space, method: str, space: str, target, foil,
-                   answer_segments, attribute_to, batch: int | None, keep_head_scores: bool,
+                   answer_segments, attribute_to, reading: str, readers_after: int | None, batch: int | None,
+                   keep_head_scores: bool,
                    method_params: dict[str, Any]) -> Explanation:
         """The attribution of a prepared sequence, under the explanation's progress bar (see `explain`)."""
         markup = seq.keep.clone()
         if attribute_to is not None:
             seq.keep = seq.keep | ~covered(seq, attribute_to)
+        readers_from = reader_start(seq, reading, space, readers_after)
         budget = budget_bytes(self.model, self.memory_budget, backward=chosen.uses_gradients)
         n_vocab = self.model.config.num_labels if seq.is_classifier else self.vocab_size
         target_fn = resolve_target(target or ("logit" if seq.is_classifier else "log_prob"), foil, n_vocab)
@@ -414,7 +430,9 @@ class Attributor:
               parallel.sharding(self.shard_points), counting_forwards(self.model) as forwards,
               contextlib.ExitStack() as stack):
             problem = Problem(self.model, self.tokenizer, seq, the_space, target_fn, batch or MAX_CHUNK,
-                              self.show_progress)
+                              self.show_progress, reader_length=readers_from)
+            if readers_from:
+                problem.readers()  # before the method reads its baseline, whose visibility check runs only the readers
             # a prompt that cannot fit stops here with the figures rather than in the allocator: path points for
             # gradient methods, the explicand in the space for those that read it whole (raw attention)
             if chosen.uses_gradients:
@@ -429,7 +447,8 @@ class Attributor:
                 measured_chunk(self._bytes_per_point(problem, gradients=False), budget, None,
                                f"method {method!r} over {seq.length} tokens")
             result = chosen.attribute(problem, **method_params)
-            probs = target_probabilities(self.model, seq)  # per target, or the whole answer's
+            with own_attention():  # the model as loaded (SDPA where it has it): no tap is needed here
+                probs = target_probabilities(self.model, seq)  # per target, or the whole answer's
             n_forward_all = int(parallel.sum_across(torch.tensor(forwards, device=seq.input_ids.device))[0])
         check_finite(probs, "target probabilities")
         check_finite(result.scores, f"attribution scores ({method})")
@@ -441,6 +460,7 @@ class Attributor:
             **result.settings,
             "target": describe(target),
             "foil": foil,
+            "reading": reading,
             "layers": getattr(the_space, "chosen", None) or None,
             "attention_implementation": attention_arithmetic(self.model, the_space.uses_attention_hook),
         }
@@ -480,6 +500,41 @@ class Attributor:
             answer_segments=seq.answer_segments if seq.answer_level else None,
             notes=notes,
         )
+
+
+READINGS = ("full", "answer")
+
+
+def reader_start(seq: Sequence, reading: str, space: str, after: int | None = None) -> int:
+    """Where the readers start with reading="answer": the first prompt token at or after character `after`, by
+    default the token after the last moving one; 0 with "full"."""
+    if reading not in READINGS:
+        raise UnknownNameError(f"unknown reading {reading!r}; choose one of {list(READINGS)}.")
+    if reading == "full":
+        if after is not None:
+            raise InvalidInputError("readers_after= says where the readers of reading='answer' begin; pass "
+                                    "reading='answer' with it.")
+        return 0
+    if space != "mask":
+        raise InvalidInputError(f"reading='answer' moves how visible the earlier tokens are to the later ones, which "
+                                f"only space='mask' can do; got space={space!r} (use reading='full' there).")
+    if seq.is_classifier:
+        raise InvalidInputError("reading='answer' needs a causal model: a classifier's tokens all read each other.")
+    moving = (~seq.keep[: seq.n_prompt]).nonzero()
+    start = int(moving[-1, 0]) + 1 if len(moving) else 0
+    if after is not None:
+        if isinstance(after, bool) or not isinstance(after, int):
+            raise InvalidInputError(f"readers_after must be a character offset in the prompt, got {after!r}.")
+        later = [j for j, (a, b) in enumerate(seq.offsets[: seq.n_prompt]) if b > a and a >= after]
+        start = later[0] if later else seq.n_prompt
+        if start < int(moving[-1, 0]) + 1:
+            raise InvalidInputError(f"readers_after={after} falls before the last attributed token: the readers must "
+                                    "come after every token that moves.")
+    if not 0 < start <= int(seq.target_positions.min()):
+        raise InvalidInputError("reading='answer' needs prompt tokens after the attributed ones to read them (e.g. "
+                                "the question after the documents); here the attributed tokens run to the end of the "
+                                "prompt. Attribute to earlier spans (attribute_to=) or use reading='full'.")
+    return start
 
 
 def covered(seq: Sequence, spans: list[tuple[int, int]]) -> torch.Tensor:

@@ -134,6 +134,11 @@ def _positive(text: str) -> int:
     return value
 
 
+def _optional_positive(text: str) -> int | None:
+    """argparse type of a count that may be 'all' (None: no limit)."""
+    return None if text == "all" else _positive(text)
+
+
 def _check_output(path: Path | None) -> None:
     """Refuse an output path that cannot be written before any work is done, not after it."""
     if path is None:
@@ -393,6 +398,12 @@ def _add_rag_arguments(parser: argparse.ArgumentParser) -> None:
                         help="embeddings, attention or mask (default: mask where the method has it, else attention, as rag.explain)")
     parser.add_argument("--granularity", default="sentence", choices=("sentence", "answer", "token"),
                         help="rows: one per answer sentence (default), one for the whole answer (cheapest) or per token")
+    parser.add_argument("--reading", default="full", choices=("full", "answer"),
+                        help="full (default): the whole prompt runs along the path; answer: the documents run once "
+                             "and only the question and answer read them along the path (mask space; long prompts)")
+    parser.add_argument("--sentence-documents", type=_optional_positive, default=8, metavar="N",
+                        help="coarse to fine: with more documents, rank them first and explain only the top N at "
+                             "sentence level ('all': every document; default: 8)")
     parser.add_argument("--no-verify", action="store_true",
                         help="skip the ablation check (verdicts and leave-one-out; 2 + documents forwards)")
     parser.add_argument("--shapley", action="store_true",
@@ -462,7 +473,8 @@ def _run_rag(args: argparse.Namespace) -> int:
     result = rag.explain(
         model, tokenizer, args.question, documents, args.answer, template=template, system=args.system,
         method=args.method, space=args.space, granularity=args.granularity, verify=not args.no_verify,
-        shapley=args.shapley, retriever=retriever, max_new_tokens=args.max_new_tokens, max_sentences=args.max_sentences,
+        reading=args.reading, sentence_documents=args.sentence_documents, shapley=args.shapley, retriever=retriever,
+        max_new_tokens=args.max_new_tokens, max_sentences=args.max_sentences,
         thresholds=args.thresholds, language=args.language, show_progress=not args.no_progress,
         **_method_params(args.param),
     )

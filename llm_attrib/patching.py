@@ -350,6 +350,14 @@ def _resolve_per_context(owner: type) -> Callable[[], None]:
     return functools.partial(setattr, owner, "_attn_implementation", original)
 
 
+@contextlib.contextmanager
+def own_attention() -> Iterator[None]:
+    """Run the forwards inside the block with each model's own attention (e.g. SDPA), also inside
+    `attention_hooked`: for forwards that need no tap, such as a cache of keys and values computed once."""
+    with _context_set(_HOOKED, ()):
+        yield
+
+
 def loaded_implementation(model: PreTrainedModel) -> str:
     """The attention implementation `model` runs outside llm-attrib's own forwards (e.g. "sdpa"), also when asked
     from inside an attention-space call."""

@@ -62,7 +62,7 @@ class ExplanationFile(StrictModel):
     library_version: str = ""
     head_scores: list[list[list[list[float | None]]]] | None = None
     extra: dict[str, Any] = {}
-    cost: dict[str, Counter | None] = {}
+    cost: dict[str, bool | Counter | None] = {}  # counts, seconds, and whether layers were recomputed
     input_markup: list[bool] = []
     converged: bool | None = None
     answer_level: bool = False

@@ -68,10 +68,14 @@ def _custom_baseline(baseline: torch.Tensor, x: torch.Tensor, space: str) -> tor
     return baseline.to(x)
 
 
-def run_tapped(model, seq: Sequence, tap: AttentionTap) -> None:
-    """One forward of the sequence as it is, without gradients, steered by `tap` (to record or count layers)."""
+def run_tapped(model, seq: Sequence, tap: AttentionTap, prefix: StaticPrefix | None = None) -> None:
+    """One forward of the sequence as it is, without gradients, steered by `tap` (to record or count layers); with
+    a static prefix only the tokens after it run, over its cached keys and values."""
     with torch.no_grad(), tapped(tap):
-        model(input_ids=seq.input_ids, **({} if seq.is_classifier else {"use_cache": False}))
+        if prefix is not None:
+            model(input_ids=seq.input_ids[:, prefix.length:], use_cache=True, **{prefix.argument: prefix.cache(1)})
+        else:
+            model(input_ids=seq.input_ids, **({} if seq.is_classifier else {"use_cache": False}))
 
 
 def choose_layers(layers: list[int] | int | Callable[[int], list[int]] | None, n_layers: int) -> list[int]:
@@ -225,12 +229,16 @@ class MaskSpace:
     attention distribution computed live, so the path stays among states the model can be in, and a token's
     score is what the model read from it; the scores sum to log p(target) minus that with the moving tokens
     hidden. The tokens' own embeddings never change.
+
+    With `readers` (set by a problem with reading="answer"), the tokens of that static prefix run once at the input and
+    only the later tokens see the visibility: the space then measures what those readers take from each token.
     """
 
     layers: list[int] | int | Callable[[int], list[int]] | None = None
     name: str = "mask"
     uses_attention_hook: bool = True
     chosen: list[int] = field(default_factory=list)
+    readers: StaticPrefix | None = field(default=None, repr=False)
     token_axis: ClassVar[int] = -1
 
     def point(self, model, seq: Sequence) -> torch.Tensor:
@@ -280,10 +288,11 @@ class MaskSpace:
         )
 
     def _least_visible(self, model, seq: Sequence, visibility: torch.Tensor) -> torch.Tensor:
-        """The smallest visible share of any attention row with `visibility` (layers, L) on the chosen layers."""
+        """The smallest visible share of any attention row with `visibility` (layers, L) on the chosen layers; with
+        `readers` (reading="answer"), of the rows of the tokens after it, the only ones the visibility reaches."""
         tap = AttentionTap(visibility=dict(zip(self.chosen, visibility[:, None].unbind(0))),
                            least_visible=torch.tensor(1.0, device=visibility.device))
-        run_tapped(model, seq, tap)
+        run_tapped(model, seq, tap, self.readers)
         return tap.least_visible
 
     @staticmethod

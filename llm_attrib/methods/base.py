@@ -14,7 +14,8 @@ from ..core.sequence import Sequence
 from ..core.spaces import SPACES, AttentionSpace, EmbeddingSpace, MaskSpace
 from ..core.static_prefix import StaticPrefix, prefix_length, static_prefix, unmoved
 from ..core.targets import Target
-from ..errors import InvalidInputError, UnknownNameError
+from ..errors import InvalidInputError, UnknownNameError, UnsupportedModelError
+from ..patching import own_attention
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Problem:
     target: Target
     internal_batch_size: int = 16
     show_progress: bool = True
+    reader_length: int = 0  # reading="answer": the first tokens' keys and values stay at the explicand (see below)
 
     _point: torch.Tensor | None = field(default=None, init=False, repr=False)
     _static_prefix: StaticPrefix | None = field(default=None, init=False, repr=False)
@@ -59,7 +61,14 @@ class Problem:
 
     def prefix_for(self, points: torch.Tensor) -> StaticPrefix | None:
         """The sequence's static prefix where these points leave it as it is, else None. Built (three forwards)
-        the first time a batch does, so a method whose points never do (RPI's noisy baselines) never pays."""
+        the first time a batch does, so a method whose points never do (RPI's noisy baselines) never pays.
+
+        With `reader_length` (reading="answer"), the first `reader_length` tokens are always run from their cache at
+        the explicand, whatever the points say about them: only the tokens after them see the points (in the mask
+        space, how visible each earlier key is to them), so the path measures what those readers take from the
+        earlier tokens. The cache is built once with the model's own attention (no tap is needed on it)."""
+        if self.reader_length:
+            return self.readers()
         if not self._prefix_checked:
             length = prefix_length(self.seq)
             if length and not unmoved(self.space, points, self.point(), length):
@@ -69,6 +78,22 @@ class Problem:
                 self._static_prefix = static_prefix(self.model, self.seq, self.space, self.point(), length)
         prefix = self._static_prefix
         return prefix if prefix is not None and prefix.fits(self.space, points) else None
+
+    def readers(self) -> StaticPrefix:
+        """reading="answer": the first `reader_length` tokens as a static prefix at the explicand, built once (with
+        the model's own attention: no tap is needed on it) and handed to the space, whose visibility check then runs
+        only the readers too."""
+        if self._static_prefix is None:
+            x = self.point()  # first: reading the point in the mask space counts the hooked layers
+            with own_attention():
+                prefix = static_prefix(self.model, self.seq, self.space, x, self.reader_length)
+            if prefix is None:
+                raise UnsupportedModelError(
+                    f"reading='answer' runs the prompt's first {self.reader_length} tokens once from a cache of keys "
+                    f"and values, but {type(self.model).__name__} takes no such cache or its cached forward does not "
+                    "reproduce its logits here; use reading='full'.")
+            self._static_prefix = self.space.readers = prefix
+        return self._static_prefix
 
     @property
     def run(self) -> Run:

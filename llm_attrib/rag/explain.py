@@ -28,6 +28,7 @@ from .verdicts import calibrated_thresholds, check_thresholds, judge
 
 GRANULARITIES = ("sentence", "answer", "token")
 SCOPES = ("documents", "prompt")
+DEFAULT_SENTENCE_DOCUMENTS = 8  # up to this many documents, one run explains them all at sentence level
 
 
 def explain(
@@ -43,6 +44,8 @@ def explain(
     space: str | None = None,
     granularity: str = "sentence",
     scope: str = "documents",
+    reading: str = "full",
+    sentence_documents: int | None = DEFAULT_SENTENCE_DOCUMENTS,
     verify: bool = True,
     thresholds: tuple[float, float] | None = None,
     shapley: bool = False,
@@ -76,9 +79,21 @@ def explain(
         scope: "documents" (default): only the documents move along the path, the question and instructions stay
             as they are, so the scores say what each document contributed given the question (and sum to the
             answer's log-probability minus that with every document blanked); "prompt": every prompt token moves.
+        reading: "full" (default): the whole prompt after the documents' start runs along the path, so a
+            document's score includes what later documents read from it. "answer" (mask space, scope="documents"):
+            the documents' keys and values are computed once, and only the tokens after the last document (question,
+            instructions, answer) see the documents' visibility move: a document's score is what the question and
+            answer read from it directly, and the scores sum to log p(answer) minus that with the documents hidden
+            from those readers. Each path point then runs ~100 tokens instead of the prompt: for long prompts.
+        sentence_documents: coarse to fine. With more documents than this, the documents are ranked first (one
+            integral of the whole answer's log-probability), then only the top `sentence_documents` move in the
+            sentence-level integral (the others stay in the prompt as they are, like the instructions); every
+            document is still removed for leave-one-out. The other documents keep their ranking score
+            (`result.ranking_scores`) and no sentence scores (`result.sentence_documents` lists the ones with).
+            None: every document at sentence level (one run, as with few documents).
         verify: remove each document (and each sentence's cited documents, and all of them) and measure the
-            answer's log-probability: the leave-one-out check and a verdict per answer sentence (2 + documents
-            forwards).
+            answer's log-probability: the leave-one-out check and a verdict per answer sentence (3 + documents
+            forwards, each from the first token it does not share with one run before).
         thresholds: (low, high) margins in nats for the verdicts (see `rag.verdicts`; `rag.calibrate` makes them
             for your model). None: the thresholds shipped for this model (found by its weights' fingerprint; today
             only the zoo rag model has them); for any other model the verdicts say "uncalibrated" and keep
@@ -101,6 +116,12 @@ def explain(
         raise UnknownNameError(f"unknown granularity {granularity!r}; choose one of {list(GRANULARITIES)}.")
     if scope not in SCOPES:
         raise UnknownNameError(f"unknown scope {scope!r}; choose one of {list(SCOPES)}.")
+    if sentence_documents is not None and (isinstance(sentence_documents, bool) or not isinstance(sentence_documents, int)
+                                           or sentence_documents < 1):
+        raise InvalidInputError(f"sentence_documents must be a positive integer or None, got {sentence_documents!r}.")
+    if reading == "answer" and scope != "documents":
+        raise InvalidInputError("reading='answer' measures what the question and answer read from the documents, "
+                                "so it needs scope='documents'; use reading='full' with scope='prompt'.")
     started = time.perf_counter()
     docs = as_documents(documents)
     check_budget(shapley_budget, len(docs), "shapley_budget")
@@ -124,9 +145,22 @@ def explain(
         answer_ids = seq.target_ids.tolist()
         runs, spans = answer_sentences(seq, language)
         params: dict[str, Any] = dict(method=method, space=default_space(method) if space is None else space,
-                                      **method_params)
+                                      reading=reading, **method_params)
+        if reading == "answer":  # the readers begin after the last document, whichever documents move
+            params["readers_after"] = built.document_spans[-1][1]
+        fine, ranking_scores, coarse_cost = list(range(len(docs))), None, {}
+        if sentence_documents is not None and sentence_documents < len(docs):
+            if scope != "documents":
+                raise InvalidInputError("sentence_documents ranks the documents first and moves only the top ones, "
+                                        "so it needs scope='documents'; pass sentence_documents=None with "
+                                        "scope='prompt'.")
+            coarse = attributor.explain(built.prompt, answer_ids, attribute_to=built.document_spans, target="answer",
+                                        **params)
+            ranking_scores = coarse.aggregate(built.document_spans).scores[0]
+            fine = sorted(ranking_scores.argsort(descending=True)[:sentence_documents].tolist())
+            coarse_cost = coarse.cost
         if scope == "documents":
-            params["attribute_to"] = built.document_spans
+            params["attribute_to"] = [built.document_spans[d] for d in fine]
         if granularity != "token":
             params.update(target="answer", answer_segments=runs if granularity == "sentence" else None)
         explanation = attributor.explain(built.prompt, answer_ids, **params)
@@ -134,7 +168,8 @@ def explain(
             question=question, documents=docs, answer=seq.text[len(built.text):], explanation=explanation,
             granularity=granularity, document_spans=built.document_spans, sentence_spans=built.sentence_spans,
             question_span=built.question_span, answer_sentences=runs, answer_sentence_spans=spans, scope=scope,
-            truncated=truncated,
+            truncated=truncated, reading=reading, ranking_scores=ranking_scores,
+            sentence_documents=None if ranking_scores is None else fine,
         )
         ablation_forwards = ablation_tokens = 0
         if verify or shapley:
@@ -153,7 +188,8 @@ def explain(
         encoder, encoder_tokenizer = retriever
         result.retrieval = [r.to_dict() for r in rank_and_explain(encoder, encoder_tokenizer, question,
                                                                    [d.text for d in docs])]
-    result.cost = {**explanation.cost, "n_forward_ablation": ablation_forwards, "n_tokens_ablation": ablation_tokens,
+    result.cost = {**summed_cost(explanation.cost, coarse_cost), "n_forward_ablation": ablation_forwards,
+                   "n_tokens_ablation": ablation_tokens,
                    "seconds": time.perf_counter() - started}
     return result
 
@@ -214,8 +250,19 @@ def answer_sentences(seq, language: str | None = None) -> tuple[list[tuple[int, 
     return runs, spans
 
 
+def summed_cost(cost: dict[str, Any], coarse: dict[str, Any]) -> dict[str, Any]:
+    """The attribution's cost with the coarse ranking's added (its counts and seconds, kept apart too)."""
+    if not coarse:
+        return dict(cost)
+    added = {key: cost[key] + coarse[key] for key in ("n_forward", "n_backward", "n_forward_all", "seconds")
+             if key in cost and key in coarse}
+    return {**cost, **added, **{f"ranking_{key}": coarse[key] for key in added}}
+
+
 def check(subsets: DocumentSubsets, result: RagExplanation, thresholds: tuple[float, float]):
-    """Verdicts per answer sentence and the leave-one-out table (sentences, documents), from removing documents."""
+    """Verdicts per answer sentence and the leave-one-out table (sentences, documents), from removing documents:
+    each document alone (every one, also under coarse to fine: removals are exact and share their prefixes, so
+    the table never has a hole), the cited ones, all of them."""
     n_documents = len(subsets.documents)
     everyone = list(range(n_documents))
     by_doc = result.sentence_document_scores()

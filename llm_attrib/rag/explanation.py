@@ -91,6 +91,11 @@ class RagExplanation:
         scope: what moved along the path: "documents" (the rest of the prompt stayed real) or "prompt".
         truncated: the generated answer was cut by `max_new_tokens` before it ended (its last sentence may be
             unfinished).
+        reading: how the documents were read along the path: "full" (the whole prompt) or "answer" (only the
+            tokens after the documents; see `rag.explain`).
+        ranking_scores: (documents,) with coarse to fine, each document's score for the whole answer from the
+            ranking that chose `sentence_documents`, the documents explained at sentence level (and the only ones
+            with leave-one-out columns); both None when every document was.
         newer_fields: keys of a file saved by a newer version that this one does not know, kept as read (and
             written back by `save`).
         cost: the attribution's (`explanation.cost`), "n_forward_ablation" (the forwards that removed documents:
@@ -116,6 +121,9 @@ class RagExplanation:
     cost: dict[str, float] = field(default_factory=dict)
     scope: str = "documents"
     truncated: bool = False
+    reading: str = "full"
+    ranking_scores: torch.Tensor | None = None
+    sentence_documents: list[int] | None = None
     newer_fields: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -125,8 +133,9 @@ class RagExplanation:
 
     @property
     def answer_document_scores(self) -> torch.Tensor:
-        """(documents,): the whole answer's attribution to each document (the rows' sum: IG is linear in the target)."""
-        return self.document_scores.sum(0)
+        """(documents,): the whole answer's attribution to each document (the rows' sum: IG is linear in the target);
+        with coarse to fine, the ranking's."""
+        return self.document_scores.sum(0) if self.ranking_scores is None else self.ranking_scores
 
     @property
     def header_spans(self) -> list[Span]:
@@ -275,6 +284,9 @@ class RagExplanation:
             cost=file.cost,
             scope=file.scope,
             truncated=file.truncated,
+            reading=file.reading,
+            ranking_scores=None if file.ranking_scores is None else torch.tensor(file.ranking_scores),
+            sentence_documents=file.sentence_documents,
             newer_fields=dict(file.model_extra or {}),
         )
 
@@ -308,8 +320,11 @@ class RagExplanation:
         exp = self.explanation
         n_docs = len(self.documents)
         lines = [f"RagExplanation: {_short(self.question, 60)} -> {_short(self.answer.strip(), 60)}",
-                 f"  {exp.method} over {exp.space}, {len(exp.target_tokens)} {self.granularity} row"
+                 f"  {exp.method} over {exp.space}{', reading the answer' * (self.reading == 'answer')}, "
+                 f"{len(exp.target_tokens)} {self.granularity} row"
                  f"{'s' * (len(exp.target_tokens) != 1)}, {n_docs} document{'s' * (n_docs != 1)}"]
+        if self.sentence_documents is not None:
+            lines.append(f"  sentences of the top {len(self.sentence_documents)} documents only")
         if n_docs:
             top = self.top_document
             title = f" ({self.documents[top].title})" if self.documents[top].title else ""

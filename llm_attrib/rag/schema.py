@@ -63,9 +63,12 @@ class RagExplanationFile(StrictModel):
     leave_one_out: list[list[float | None]] | None = None
     shapley: ShapleyFile | None = None
     retrieval: list[dict[str, Any]] | None = None
-    cost: dict[str, float | None] = {}
+    cost: dict[str, bool | float | None] = {}
     scope: Literal["documents", "prompt"] = "documents"
     truncated: bool = False
+    reading: Literal["full", "answer"] = "full"
+    ranking_scores: list[float] | None = None
+    sentence_documents: list[int] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "RagExplanationFile":
@@ -97,6 +100,10 @@ class RagExplanationFile(StrictModel):
                              "runs")
         if self.verdicts is not None and len(self.verdicts) != n_sentences:
             raise ValueError(f"verdicts has {len(self.verdicts)} entries for {n_sentences} answer sentences")
+        if self.ranking_scores is not None and len(self.ranking_scores) != n_docs:
+            raise ValueError(f"ranking_scores has {len(self.ranking_scores)} entries for {n_docs} documents")
+        if self.sentence_documents is not None and not all(0 <= d < n_docs for d in self.sentence_documents):
+            raise ValueError(f"sentence_documents must be document indices below {n_docs}")
         tables = {"leave_one_out": self.leave_one_out}
         if self.shapley is not None:
             tables.update({"shapley.values": self.shapley.values, "shapley.stderr": self.shapley.stderr})

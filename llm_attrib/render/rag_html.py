@@ -181,7 +181,7 @@ def _header(result: "RagExplanation") -> dict[str, Any]:
     exp = result.explanation
     n_rows = len(exp.target_tokens)
     params = []
-    for key in ("n_steps", "quadrature", "baseline", "layers"):
+    for key in ("reading", "n_steps", "quadrature", "baseline", "layers"):
         value = exp.params.get(key)
         if value is not None:
             params.append((key, value if not isinstance(value, list) or len(value) <= 6 else f"{min(value)}..{max(value)}"))

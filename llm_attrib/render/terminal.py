@@ -281,7 +281,8 @@ def print_rag_explanation(result, console: Console | None = None) -> None:
     if truncated:
         answer.append("  [cut by max_new_tokens before it ended]", style="bold yellow")
     console.print(Panel(answer, title=Text("answer to: " + safe(result.question)),
-                        subtitle=Text(f"{model_label(exp.model_name)} · {exp.method} over {exp.space}, "
+                        subtitle=Text(f"{model_label(exp.model_name)} · {exp.method} over {exp.space}"
+                                      f"{', reading the answer' * (getattr(result, 'reading', 'full') == 'answer')}, "
                                       f"{result.granularity} rows {status}")))
     ranking = Table(title="documents, by what they carried of the whole answer")
     shapley = None if result.shapley is None else result.shapley.values.sum(0)  # the whole answer's, in nats
@@ -296,7 +297,8 @@ def print_rag_explanation(result, console: Console | None = None) -> None:
         ranking.add_row(Text(str(rank)), Text(safe(label)), Text(fmt_score(float(scores[d]))), *extra,
                         Text(safe(_clip(document.text))))
     console.print(ranking)
-    citations = Table(title="citations")
+    fine = getattr(result, "sentence_documents", None)
+    citations = Table(title="citations" + (f" (sentences of the top {len(fine)} documents)" if fine is not None else ""))
     for column in ("answer", "cited documents", "top sentence", "verdict"):
         citations.add_column(column)
     for citation in result.citations:
