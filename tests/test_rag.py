@@ -324,3 +324,17 @@ def test_the_cli_passes_thresholds_and_refuses_bad_ones(tmp_path, capsys):
     printed = capsys.readouterr().out
     top = result.top_document
     assert f"│    1 │ {top + 1} " in printed
+
+
+def test_memory_budget_and_recompute_reach_the_attribution(chat_lm):
+    """rag.explain takes the Attributor's memory settings, so the memory guard's advice ("raise memory_budget")
+    can be followed: a budget too small for one point is refused with the figures, a recomputed run equals the
+    plain one."""
+    model, tokenizer = chat_lm
+    ask = dict(question="w30 w31", documents=DOCS, answer="w32 w33", show_progress=False, verify=False, **FIXED)
+    with pytest.raises(InvalidInputError, match="memory budget is 0 MiB"):
+        rag.explain(model, tokenizer, memory_budget=1, **ask)
+    plain = rag.explain(model, tokenizer, recompute=False, **ask)
+    recomputed = rag.explain(model, tokenizer, recompute=True, **ask)
+    assert recomputed.explanation.cost["recompute"] and not plain.explanation.cost["recompute"]
+    torch.testing.assert_close(recomputed.document_scores, plain.document_scores, rtol=1e-5, atol=1e-6)

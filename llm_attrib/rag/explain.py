@@ -55,6 +55,8 @@ def explain(
     max_sentences: int | None = 3,
     language: str | None = None,
     internal_batch_size: int | None = None,
+    memory_budget: int | None = None,
+    recompute: bool | None = None,
     show_progress: bool = True,
     **method_params: Any,
 ) -> RagExplanation:
@@ -110,6 +112,9 @@ def explain(
             None: detected from the text.
         internal_batch_size: path points per forward (None: as many as memory holds), and prompts per removal
             forward (None: one; on a GPU give more, the subsets known in advance then share forwards).
+        memory_budget, recompute: as for `Attributor`: the bytes one chunk of path points may use (default: a
+            share of the available memory), and whether decoder layers are recomputed in the backward (default:
+            only where a point would not fit otherwise; long prompts).
         show_progress: progress bars on long work, as for `Attributor`.
     """
     if granularity not in GRANULARITIES:
@@ -134,7 +139,8 @@ def explain(
                                 f"got {language!r}.")
     layout = resolve_template(template, tokenizer)
     built = build_prompt(tokenizer, question, docs, layout, system=system, language=language)
-    attributor = Attributor(model, tokenizer, internal_batch_size=internal_batch_size, show_progress=show_progress)
+    attributor = Attributor(model, tokenizer, internal_batch_size=internal_batch_size, show_progress=show_progress,
+                            memory_budget=memory_budget, recompute=recompute)
     check_fits(attributor, built, docs, 0 if answer is not None else max_new_tokens)
     truncated = False
     with progress(show_progress) as bar:  # one bar for the whole call: generation, attribution, removals
