@@ -33,8 +33,8 @@ from llm_attrib.rag.explain import answer_sentences  # noqa: E402
 from llm_attrib.rag.prompt import Template, as_documents, build_prompt  # noqa: E402
 from llm_attrib.rag.verdicts import judge  # noqa: E402
 
-DATA = ROOT / "eval/data/rag_calibration.jsonl"
-ROWS = ROOT / "eval/results/rag/calibration.jsonl"
+SETS = {"first": (ROOT / "eval/data/rag_calibration.jsonl", ROOT / "eval/results/rag/calibration.jsonl"),
+        "report": (ROOT / "eval/data/rag_calibration_report.jsonl", ROOT / "eval/results/rag/calibration_report.jsonl")}
 
 
 def margin(attributor, question: str, documents, answer_ids: list[int], segment: tuple[int, int]) -> dict:
@@ -56,6 +56,7 @@ def margin(attributor, question: str, documents, answer_ids: list[int], segment:
 def run(args) -> None:
     torch.set_num_threads(args.threads)
     k, n = (int(x) for x in args.shard.split("/"))
+    DATA, ROWS = SETS[args.data]
     examples = [json.loads(line) for line in DATA.read_text().splitlines()]
     examples.sort(key=lambda ex: (ex["split"] != "calibration", ex["id"]))  # the calibration split first
     done = {json.loads(line)["id"] for line in ROWS.read_text().splitlines()} if ROWS.exists() else set()
@@ -73,6 +74,12 @@ def run(args) -> None:
         bare_ids = bare.target_ids.tolist()
         row["bare"] = {"supported": margin(attributor, ex["question"], docs, bare_ids, (0, len(bare_ids))),
                        "unsupported": margin(attributor, ex["question"], kept, bare_ids, (0, len(bare_ids)))}
+        if not args.own:
+            row["seconds"] = time.perf_counter() - started
+            with ROWS.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(ex["id"], f"{row['seconds']:.0f} s", flush=True)
+            continue
         prompt = build_prompt(tokenizer, ex["question"], docs, Template()).prompt
         own_ids, truncated = generate_answer(attributor, prompt, 128, 3)
         seq = attributor.sequence(prompt, answer=own_ids)
@@ -106,7 +113,7 @@ def pairs(rows: list[dict], kinds=("bare", "own")) -> list[tuple[str, dict]]:
 
 
 def report(args) -> None:
-    rows = [json.loads(line) for line in ROWS.read_text().splitlines()]
+    rows = [json.loads(line) for line in SETS["first"][1].read_text().splitlines()]
     by_split = {"calibration": [r for r in rows if r["split"] == "calibration"],
                 "report": [r for r in rows if r["split"] == "report" and r["id"] >= args.report_from]}
     cal = [p for _, p in pairs(by_split["calibration"], tuple(args.kinds))]
@@ -146,6 +153,9 @@ def main() -> None:
     runner = sub.add_parser("run")
     runner.add_argument("--shard", default="0/1")
     runner.add_argument("--threads", type=int, default=1)
+    runner.add_argument("--data", default="first", choices=sorted(SETS))
+    runner.add_argument("--own", action=argparse.BooleanOptionalAction, default=True,
+                        help="also the model's own answer (the third rule's report set runs --no-own first)")
     reporter = sub.add_parser("report")
     reporter.add_argument("--kinds", nargs="+", default=["bare", "own"], choices=["bare", "own"],
                           help="answers the thresholds are calibrated on (the second rule: bare)")

@@ -1,4 +1,4 @@
-"""The default RAG prompt (system message and instruction), chosen on data other than the mountain example (rule:
+"""The default RAG prompt (system message and instruction), chosen on real-text data, not the mountain example (rule:
 eval/results/rag/calibration.md, "The default answer on the mountain example", written before any row).
 
     python eval/rag_default_prompt.py run --shard 0/2     # rows -> eval/results/rag/default_prompt.jsonl (resumable)
@@ -28,17 +28,18 @@ from llm_attrib.rag.ablation import DocumentSubsets  # noqa: E402
 from llm_attrib.rag.answer import generate_answer  # noqa: E402
 from llm_attrib.rag.prompt import Template, as_documents, build_prompt  # noqa: E402
 
-DATA = [ROOT / "eval/data/real_text.jsonl", ROOT / "eval/data/rag_calibration.jsonl"]
+DATA = ROOT / "eval/data/real_text.jsonl"
+N_EXAMPLES = 40  # its first 40 "rag" rows in file order (the amendment of 13:12: the machine's load)
 ROWS = ROOT / "eval/results/rag/default_prompt.jsonl"
 SYSTEM = "You are an assistant for question-answering tasks. Answer from the documents you are given."
 TODAY = "Answer the question in one sentence, using the documents.\n\n{documents}\n\nQuestion: {question}"
 ONE = "Answer the question in one sentence, using the document that answers it.\n\n{documents}\n\nQuestion: {question}"
-CANDIDATES = {"P0": (None, TODAY), "P1": (SYSTEM, TODAY), "P2": (None, ONE), "P3": (SYSTEM, ONE)}
+CANDIDATES = {"P0": (None, TODAY), "P1": (SYSTEM, TODAY), "P2": (None, ONE)}  # P3 dropped by the amendment
 
 
 def examples() -> list[dict]:
-    rows = [json.loads(line) for path in DATA for line in path.read_text().splitlines()]
-    return [r for r in rows if r["kind"] == "rag"]
+    rows = [json.loads(line) for line in DATA.read_text().splitlines()]
+    return [r for r in rows if r["kind"] == "rag"][:N_EXAMPLES]
 
 
 def run(args) -> None:
@@ -74,12 +75,13 @@ def run(args) -> None:
 
 
 def report(args) -> None:
-    rows = [json.loads(line) for line in ROWS.read_text().splitlines()]
+    ids = {ex["id"] for ex in examples()}
+    rows = [r for r in map(json.loads, ROWS.read_text().splitlines()) if r["id"] in ids]
     print("| data | candidate | answers | correct | grounded-correct | leave-one-out top = relevant | truncated |")
     print("|---|---|---|---|---|---|---|")
-    for data, prefix in (("real_text", "rag-"), ("rag_calibration", "rc-"), ("both", "")):
+    for data in (f"real_text, first {N_EXAMPLES}",):
         for name in CANDIDATES:
-            part = [r for r in rows if r["candidate"] == name and r["id"].startswith(prefix)]
+            part = [r for r in rows if r["candidate"] == name]
             grounded = sum(r["correct"] and r["top"] == r["relevant"] for r in part)
             print(f"| {data} | {name} | {len(part)} | {sum(r['correct'] for r in part)} | {grounded} | "
                   f"{sum(r['top'] == r['relevant'] for r in part)} | {sum(r['truncated'] for r in part)} |")
