@@ -265,11 +265,13 @@ def test_an_answer_tokenised_differently_after_the_prompt_is_refused():
 
 
 def test_thresholds_are_calibrated_from_known_margins():
-    """low: midway between the unsupported margins' 95th and the supported margins' 5th percentile; high: the
-    latter; the verdict follows them."""
+    """Separated margins: low midway between the unsupported margins' 95th and the supported margins' 5th
+    percentile, high the latter; overlapping margins: the overlap between the two is "uncertain"; the verdict
+    follows them."""
     supported, unsupported = [float(m) for m in range(10, 31)], [float(m) for m in range(-5, 6)]
     low, high = rag.calibrate(supported, unsupported)
     assert (low, high) == pytest.approx(((4.5 + 11.0) / 2, 11.0))  # linear quantiles of -5..5 and 10..30
+    assert rag.calibrate([float(m) for m in range(2, 23)], unsupported) == pytest.approx((3.0, 4.5))  # overlap
     from llm_attrib.rag.verdicts import judge
 
     assert [judge(m, 0.0, (low, high)).label for m in (2.0, 9.0, 12.0)] == ["unsupported", "uncertain", "supported"]

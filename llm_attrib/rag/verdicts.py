@@ -104,15 +104,17 @@ def judge(drop_cited: float, drop_other: float, thresholds: tuple[float, float] 
 
 
 def calibrate(supported: list[float], unsupported: list[float]) -> tuple[float, float]:
-    """(low, high) from margins of known-supported and known-unsupported sentences: low is the midpoint between the
-    unsupported margins' 95th percentile and the supported ones' 5th, high the supported ones' 5th (or low, if
-    lower); between the two a verdict is "uncertain". Margins are `result.verdicts[i].margin` of your model's
-    own runs (see the RAG guide's calibration recipe)."""
+    """(low, high) from margins of known-supported and known-unsupported sentences, so that each label is precise.
+
+    With s5 the supported margins' 5th percentile and u95 the unsupported ones' 95th: where the two separate
+    (u95 < s5), low is their midpoint and high is s5; where they overlap (a small model, whose sources carry a few
+    nats), low is s5 and high is u95, so the overlap is "uncertain" and neither "unsupported" nor "supported" is
+    given to the other kind's typical margin. Margins are `result.verdicts[i].margin` of your model's own runs
+    (see the RAG guide's calibration recipe)."""
     if len(supported) < 2 or len(unsupported) < 2:
         raise InvalidInputError("calibrate needs at least two margins of each kind (supported and unsupported).")
     if not all(math.isfinite(m) for m in (*supported, *unsupported)):
         raise InvalidInputError("calibrate got a margin that is NaN or infinite; pass finite margins in nats.")
     q_supported = float(torch.tensor(supported, dtype=torch.float64).quantile(0.05))
     q_unsupported = float(torch.tensor(unsupported, dtype=torch.float64).quantile(0.95))
-    low = (q_unsupported + q_supported) / 2
-    return low, max(low, q_supported)
+    return min(q_supported, (q_unsupported + q_supported) / 2), max(q_supported, q_unsupported)
