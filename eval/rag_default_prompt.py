@@ -57,10 +57,10 @@ def run(args) -> None:
             if (ex["id"], name) in done:
                 continue
             started = time.perf_counter()
-            template = Template(prompt=layout)
-            prompt = build_prompt(tokenizer, ex["question"], docs, template, system=system).prompt
+            template = Template(prompt=layout, system=system)  # P0 and P2: no system message (the chat template's own)
+            prompt = build_prompt(tokenizer, ex["question"], docs, template).prompt
             ids, truncated = generate_answer(attributor, prompt, 128, 3)
-            subsets = DocumentSubsets(attributor, ex["question"], docs, template, ids, [(0, len(ids))], system)
+            subsets = DocumentSubsets(attributor, ex["question"], docs, template, ids, [(0, len(ids))])
             everyone = list(range(len(docs)))
             full, *alone = subsets.stack([everyone, *([d for d in everyone if d != left] for left in everyone)])
             drops = (full[None] - torch.stack(alone))[:, 0]
