@@ -4,6 +4,7 @@ reported on the other (the rule and its amendment: eval/results/rag/calibration.
     python eval/rag_calibration.py run --shard 0/2      # rows -> eval/results/rag/calibration.jsonl (resumable)
     python eval/rag_calibration.py report                # thresholds, precision and recall -> stdout (Markdown)
     python eval/rag_calibration.py run --data report --no-own   # the third rule's report set (bare answers first)
+    python eval/rag_calibration.py run --data first --no-own --prompt P1    # both sets again under the new default
     python eval/rag_calibration.py third                 # the third rule: first set calibrates, report set reports
 
 Per example and answer kind ("bare": the expected answer as the whole answer, as `--answer X --granularity
@@ -164,7 +165,9 @@ def report(args) -> None:
 
 def third(args) -> None:
     """The third rule: thresholds from every bare row of the first set, labels on the report set's rows."""
-    first, reported = ([json.loads(line) for line in SETS[name][1].read_text().splitlines()] for name in ("first", "report"))
+    suffix = "_p1" if args.prompt == "P1" else ""
+    paths = [SETS[name][1].with_name(SETS[name][1].stem + suffix + ".jsonl") for name in ("first", "report")]
+    first, reported = ([json.loads(line) for line in path.read_text().splitlines()] for path in paths)
     own_rows = SETS["report"][1].with_name(SETS["report"][1].stem + "_own.jsonl")
     own = {r["id"]: r["own"] for r in map(json.loads, own_rows.read_text().splitlines())} if own_rows.exists() else {}
     reported = [{**r, "own": own[r["id"]]} if r["id"] in own else r for r in reported]
@@ -214,7 +217,8 @@ def main() -> None:
     reporter.add_argument("--kinds", nargs="+", default=["bare", "own"], choices=["bare", "own"],
                           help="answers the thresholds are calibrated on (the second rule: bare)")
     reporter.add_argument("--report-from", default="rc-020", help="first report row counted (the second rule: rc-025)")
-    sub.add_parser("third", help="the third rule's table (thresholds from the first set, labels on the report set)")
+    thirder = sub.add_parser("third", help="the third rule's table (thresholds from the first set, labels on the report set)")
+    thirder.add_argument("--prompt", default="P1", choices=["P0", "P1"], help="the rows' prompt (P1: the default since 13:51)")
     args = parser.parse_args()
     {"run": run, "report": report, "third": third}[args.command](args)
 
