@@ -2,7 +2,7 @@
 plausibility (hit@1 and AUPRC against the known evidence), with their cost.
 
     python examples/compare_methods.py [--task rag] [--n 20]
-    accelerate launch --num_processes 2 examples/compare_methods.py --n 100   # data-parallel
+    accelerate launch --multi_gpu --num_processes 2 examples/compare_methods.py --n 100   # data-parallel
 
 Rows stream to --output and an interrupted run resumes there. Runs offline on the zoo models.
 """
@@ -21,7 +21,7 @@ parser.add_argument("--output", default="compare_methods.jsonl", help="rows (JSO
 args = parser.parse_args()
 
 try:
-    model, tokenizer = llm_attrib.zoo.load(args.task)
+    model, tokenizer = llm_attrib.zoo.load(args.task, device=parallel.device())
 except llm_attrib.MissingPackageError as err:  # an optional model whose package is not installed
     print(f"compare_methods.py: {err}", file=sys.stderr)
     sys.exit(2)

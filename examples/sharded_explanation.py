@@ -1,10 +1,12 @@
 """One explanation, its gradient evaluations split across processes (GPUs, or CPU processes).
 
     torchrun --nproc_per_node 2 examples/sharded_explanation.py
-    accelerate launch --num_processes 2 --cpu examples/sharded_explanation.py --space attention
+    accelerate launch --multi_gpu --num_processes 2 examples/sharded_explanation.py --space attention
 
-Every process explains the same prompt; each takes every second chunk of path points and the sums are added
-across processes, so a long explanation uses every device. The main process prints and saves the result.
+Every process explains the same prompt on its own device (its GPU, or the CPU); each takes every second chunk of
+path points and the sums are added across processes, so a long explanation uses every device. The main process
+prints and saves the result. (`accelerate launch --cpu` starts one process: use `--multi_gpu`, which without a
+GPU starts the processes on the CPU.)
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from llm_attrib import Attributor, parallel
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="rag", help="zoo model (default: rag)")
-    parser.add_argument("--space", default="embeddings", choices=["embeddings", "attention"])
+    parser.add_argument("--space", default="embeddings", choices=["embeddings", "attention", "mask"])
     parser.add_argument("--quadrature", default="score-guided", help="score-guided (default) or a fixed rule")
     parser.add_argument("--n-steps", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=4)
@@ -30,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     try:
-        model, tokenizer = llm_attrib.zoo.load(args.model)
+        model, tokenizer = llm_attrib.zoo.load(args.model, device=parallel.device())
     except llm_attrib.MissingPackageError as err:  # an optional model whose package is not installed
         print(f"sharded_explanation.py: {err}", file=sys.stderr)
         sys.exit(2)

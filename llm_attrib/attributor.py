@@ -139,7 +139,7 @@ class Attributor:
         memory_budget: bytes the path points of one chunk may use; default 70% of the free memory of the device
             with the least of it among those the model computes on (one device, unless Accelerate spread it).
         show_progress: show a progress bar on work longer than about a second.
-        shard_points: under `accelerate launch` (or torchrun) with several processes, split the gradient
+        shard_points: under `accelerate launch --multi_gpu` (or torchrun) with several processes, split the gradient
             evaluations of each explanation across them and add the sums (every process must explain the same
             input, e.g. one long prompt); equal to one process up to float rounding.
 

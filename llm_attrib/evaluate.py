@@ -4,7 +4,9 @@ Rows are appended to a JSON-lines file as each (example, method) pair finishes, 
 interrupted run resumes where it stopped with no duplicated or lost rows: every row carries the size of its
 group (`n_targets`), and a group a kill tore (a torn last line, or a write cut at a line end) is dropped and
 computed again.
-With several processes (Accelerate) each writes its own shard and the main process merges them.
+With several processes (`accelerate launch`, `torchrun`) each takes its share of the examples and writes its own
+shard (`<output>.part<rank>`, resumed by the same process count); every process returns all rows, and the main
+process writes them to the output.
 """
 
 from __future__ import annotations
@@ -223,7 +225,10 @@ def evaluate(
     done_rows, done = complete_groups(read)
     if len(done_rows) < len(read):  # a torn group: rewritten without it, then computed again
         shard.write_text("".join(json.dumps(r) + "\n" for r in done_rows))
-    work = [(i, spec) for i in parallel.my_share(range(len(data))) for spec in specs if (i, spec.label) not in done]
+    mine = parallel.my_share(range(len(data)))
+    share = set(mine)  # a shard written with another process count may hold other processes' examples
+    done_rows = [r for r in done_rows if r["example"] in share]
+    work = [(i, spec) for i in mine for spec in specs if (i, spec.label) not in done]
     new_rows: list[dict[str, Any]] = []
     with tqdm(total=len(work), desc="evaluating", disable=not show_progress, delay=1.0) as bar:
         for index, spec in work:
@@ -233,12 +238,10 @@ def evaluate(
                     f.write("".join(json.dumps(r) + "\n" for r in rows))
             new_rows.extend(rows)
             bar.update()
-    rows = done_rows + new_rows
-    if path is not None and parallel.n_processes() > 1:
-        parallel.wait_for_everyone()
-        rows = [r for k in range(parallel.n_processes()) for r in read_rows(_shard_path(path, k))]
-        if parallel.is_main():
-            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # every process gets every row through the process group, so machines need no shared file system
+    rows = parallel.gathered(done_rows + new_rows)
+    if path is not None and parallel.n_processes() > 1 and parallel.is_main():
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     frame = pd.DataFrame(rows)
     if not frame.empty:
         order = {spec.label: k for k, spec in enumerate(specs)}
@@ -249,14 +252,13 @@ def evaluate(
     return Evaluation(rows=frame, summary=summarise(frame) if not frame.empty else pd.DataFrame())
 
 
-def _shard_path(path: Path | None, process: int | None = None) -> Path | None:
+def _shard_path(path: Path | None) -> Path | None:
     """The file this process writes: the output itself with one process, a per-process shard otherwise."""
     if path is None:
         return None
     if parallel.n_processes() == 1:
         return path
-    k = parallel.rank() if process is None else process
-    return path.with_name(f"{path.name}.part{k}")
+    return path.with_name(f"{path.name}.part{parallel.rank()}")
 
 
 def load_rows(path: str | os.PathLike) -> pd.DataFrame:

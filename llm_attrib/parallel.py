@@ -4,7 +4,8 @@ Two kinds of parallelism: over examples (`evaluate` gives each process its share
 the path points of one explanation (`Attributor(..., shard_points=True)`: every process explains the same
 input, takes every n-th chunk of gradient evaluations, and the sums are added across processes). With one
 process every function is a pass-through, so single- and multi-process code is the same code. Launch several
-with `accelerate launch` (or `torchrun`).
+with `accelerate launch --multi_gpu` or `torchrun` (one or several machines); without a GPU the processes meet
+over gloo on the CPU, with GPUs over NCCL, each on its own GPU (`device()`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TypeVar
 
 import torch
 from accelerate import PartialState
-from accelerate.utils import reduce
+from accelerate.utils import gather_object, reduce
 
 Item = TypeVar("Item")
 
@@ -34,6 +35,17 @@ def my_share(items: Sequence[Item]) -> list[Item]:
         return list(items)
     with current.split_between_processes(list(items)) as share:
         return list(share)
+
+
+def device() -> torch.device:
+    """The device this process computes on: its own GPU (cuda:LOCAL_RANK) under a launch over several GPUs, the
+    GPU of a lone process where there is one, else the CPU. Load each process's model there."""
+    return state().device
+
+
+def gathered(items: Sequence[Item]) -> list[Item]:
+    """Every process's items, in process order, on every process (`items` itself with one process)."""
+    return list(items) if n_processes() == 1 else gather_object(list(items))
 
 
 def rank() -> int:
@@ -85,5 +97,8 @@ def my_chunks(chunks: Sequence[Item]) -> list[Item]:
 
 
 def sum_across(tensor: torch.Tensor) -> torch.Tensor:
-    """The sum of `tensor` over the processes sharing an explanation (itself when not sharding)."""
-    return reduce(tensor, reduction="sum") if is_sharding() else tensor
+    """The sum of `tensor` over the processes sharing an explanation (itself when not sharding). It is added on
+    this process's device (NCCL adds only GPU tensors) and returned where it was."""
+    if not is_sharding():
+        return tensor
+    return reduce(tensor.to(device()), reduction="sum").to(tensor.device)
