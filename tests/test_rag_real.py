@@ -8,7 +8,7 @@ import llm_attrib
 from llm_attrib import rag
 from llm_attrib.rag.verdicts import judge
 
-SMOLLM2_THRESHOLDS = (1.50, 2.94)  # eval/results/rag/calibration.md, third rule
+SMOLLM2_THRESHOLDS = (2.12, 2.55)  # eval/results/rag/calibration.md, third rule
 MOUNTAINS = [
     {"title": "Kilimanjaro", "text": "Mount Kilimanjaro is the highest mountain in Africa. It is a dormant volcano in Tanzania."},
     {"title": "Mount Fuji", "text": "Mount Fuji is the highest mountain in Japan. It last erupted in 1707."},
