@@ -13,6 +13,8 @@
                                                   #     smollm2_own_replication)
     python eval/rag.py batching --threads 2       # 3i. batched removal forwards against one per forward
     python eval/rag.py report                     # eval/results/rag_debugging.md from the rows (no model)
+    python eval/rag.py twenty a 20                # 5. (#33) judged where documents carry the answer, at 3-5
+    python eval/rag.py twenty-report              #    (`source`) and 20 documents -> eval/results/rag_twenty.md
 
 Every example is first answered greedily by the model; only the examples it answers correctly (its answer equals
 the relevant document's value; SmolLM2: eval/real_text.py's `knows`) are explained, with that answer given as
@@ -50,6 +52,8 @@ from rag_data import CALIBRATION_SEED, DATASETS, RESULTS, SMOLLM2_OWN_PARTS, TES
 from rag_peers import cmd_contextcite
 from rag_report import cmd_report
 from rag_runs import METHODS, cmd_batching, cmd_smollm2, cmd_speed, cmd_subsets, cmd_verdicts, cmd_zoo
+from rag_twenty_report import cmd_twenty_report
+from rag_twenty_runs import TWENTY_METHODS, TWENTY_PARTS, cmd_twenty
 
 
 def main() -> None:
@@ -86,8 +90,11 @@ def main() -> None:
                    help="IG's space (default: rag.explain's)")
     p.set_defaults(func=cmd_speed)
     p = sub.add_parser("contextcite")
-    p.add_argument("which", choices=["zoo", "smollm2", *SMOLLM2_OWN_PARTS])
+    p.add_argument("which", choices=["zoo", "smollm2", *SMOLLM2_OWN_PARTS, *TWENTY_PARTS])
     p.add_argument("--num-ablations", type=int, default=64)
+    p.add_argument("--also-ablations", type=int, nargs="*", default=[],
+                   help="also ContextCite at these numbers of ablations, fitted on the first ones of the same run")
+    p.add_argument("--resume", action="store_true", help="keep the examples the output already holds")
     p.set_defaults(func=cmd_contextcite)
     p = sub.add_parser("subsets", help="the documents' Shapley values (rag.explain's, one forward per subset) on "
                                        "explained rows")
@@ -97,6 +104,20 @@ def main() -> None:
                                         "batch (SmolLM2)")
     p.add_argument("--n", type=int, default=12, help="rows with 4 or 5 documents")
     p.set_defaults(func=cmd_batching)
+    p = sub.add_parser("twenty", help="SmolLM2 judged where documents carry the answer, at 3-5 and 20 documents "
+                                      "(eval/results/rag/twenty_docs.md)")
+    p.add_argument("group", choices=["a", "b"], help="(a) the held-out fictional test split, (b) real text")
+    p.add_argument("docs", choices=["source", "20"], help="the source sets' 3-5 documents or eval/data/rag_twenty.jsonl")
+    p.add_argument("--n", type=int, default=None, help="the first n questions of the group's order")
+    p.add_argument("--minutes", type=float, default=90, help="no new question starts after this")
+    p.add_argument("--shard", type=shard_spec, default=(0, 1), metavar="K/N")
+    p.add_argument("--methods", nargs="+", default=list(TWENTY_METHODS), choices=list(TWENTY_METHODS),
+                   help="run on each counted row (leave-one-out always runs)")
+    p.add_argument("--add", nargs="+", default=None, choices=list(TWENTY_METHODS),
+                   help="run these methods on the existing counted rows that lack them, nothing else")
+    p.set_defaults(func=cmd_twenty)
+    p = sub.add_parser("twenty-report", help="eval/results/rag_twenty.md from the twenty rows (no model)")
+    p.set_defaults(func=cmd_twenty_report)
     p = sub.add_parser("report")
     p.set_defaults(func=cmd_report)
     for name in ("zoo", "smollm2"):

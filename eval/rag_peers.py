@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import llm_attrib
+from llm_attrib.rag.prompt import TEMPLATES
 
 from rag_data import HERE, RESULTS, read_rows, save_settings
 
 
-CONTEXTCITE_PYTHON = Path("/work/.venvs/contextcite/bin/python")
+CONTEXTCITE_PYTHON = Path(os.environ.get("CONTEXTCITE_PYTHON", "/work/.venvs/contextcite/bin/python"))  # its venv
 CONTEXTCITE_SCRIPT = HERE / "peers" / "contextcite_rag.py"
 ZOO_TEMPLATE = "{context} question : {query}"  # rag TEMPLATES["zoo"] in ContextCite's terms
-SMOL_TEMPLATE = "Answer the question using the documents.\n\n{context}\n\nQuestion: {query}"  # TEMPLATES["default"]
+DEFAULT = TEMPLATES["default"]  # SmolLM2's rows: rag's default template, in ContextCite's terms
+SMOL_TEMPLATE = DEFAULT.prompt.replace("{documents}", "{context}").replace("{question}", "{query}")
 
 
 def cmd_contextcite(args) -> None:
@@ -36,7 +39,8 @@ def cmd_contextcite(args) -> None:
                                         row["generated"], chat=False)
             else:
                 record = example_record(model, tokenizer, row["id"], SMOL_TEMPLATE,
-                                        [f"Document {i + 1}: {d}" for i, d in enumerate(row["documents"])], "\n",
+                                        [DEFAULT.document.format(index=i + 1, text=d)
+                                         for i, d in enumerate(row["documents"])], DEFAULT.separator,
                                         row["question"], row["answer"], chat=True)
             if abs(record["response_logprob"] - row["full_logprob"]) > 1e-3:
                 raise SystemExit(f"{row['id']}: log p(response) {record['response_logprob']} differs from the row's "
@@ -47,7 +51,9 @@ def cmd_contextcite(args) -> None:
     out = RESULTS / f"contextcite_{name}.json"
     command = [str(CONTEXTCITE_PYTHON), str(CONTEXTCITE_SCRIPT), str(llm_attrib.zoo.path("rag" if name == "zoo"
                                                                                             else "smollm2")),
-               str(examples_path), str(out), "--num-ablations", str(args.num_ablations), "--threads", str(args.threads)]
+               str(examples_path), str(out), "--num-ablations", str(args.num_ablations), "--threads", str(args.threads),
+               *(["--also-ablations", *map(str, args.also_ablations)] if args.also_ablations else []),
+               *(["--resume"] if args.resume else [])]
     print(" ".join(command), flush=True)
     subprocess.run(command, check=True)
     save_settings(f"contextcite_{name}", args, peer_command=" ".join(command[1:]))

@@ -537,10 +537,10 @@ def sampled_shapley_section() -> str:
         for budget in budgets:
             stats = []
             for values in games:
-                exact = exact_shapley(values)[:, 0]
+                exact = exact_shapley(values)[0]
                 for seed in range(SAMPLED_SEEDS):
                     result = document_shapley(looked_up(values), n_documents, budget=budget, seed=seed)
-                    estimate, stderr = result.values[:, 0], result.stderr[:, 0]
+                    estimate, stderr = result.values[0], result.stderr[0]
                     error = (estimate - exact).abs()
                     stats.append((result.n_subsets, result.n_orders, spearman(estimate.numpy(), exact.numpy()),
                                   float(estimate.argmax() == exact.argmax()), float(error.max()),

@@ -155,7 +155,7 @@ def verdict_row(model, tokenizer, question, documents, answer) -> dict:
     return {"answer": result.answer, "margin": verdict.margin, "drop_cited": verdict.drop_cited,
             "drop_other": verdict.drop_other, "cited": [d for d, _ in result.citations[0].documents],
             "label_placeholder": verdict.label, "n_sentences": len(result.verdicts),
-            "leave_one_out": result.leave_one_out[:, 0].tolist(), "seconds": result.cost["seconds"]}
+            "leave_one_out": result.leave_one_out[0].tolist(), "seconds": result.cost["seconds"]}
 
 
 def cmd_verdicts(args) -> None:
@@ -295,7 +295,7 @@ def cmd_speed(args) -> None:
                "n_answer_tokens": len(exp.target_ids), "seconds": seconds, "cost": result.cost,
                "n_steps": exp.params.get("n_steps"), "completeness_error": float(exp.completeness_error.max()),
                "converged": exp.converged, "top_document": result.top_document, "relevant": ex["relevant_document"],
-               "scores": result.answer_document_scores.tolist(), "leave_one_out": result.leave_one_out[:, 0].tolist()}
+               "scores": result.answer_document_scores.tolist(), "leave_one_out": result.leave_one_out[0].tolist()}
         append(RESULTS / "speed.jsonl", row)
         print(json.dumps(row), flush=True)
     save_settings("speed", args, settings="rag.explain defaults, granularity='answer'")
@@ -327,7 +327,7 @@ def cmd_subsets(args) -> None:
                 abs(values[full] - values[full ^ (1 << d)] - drop) > 1e-3
                 for d, drop in enumerate(row["leave_one_out"]) if full ^ (1 << d) in values):
             raise SystemExit(f"{row['id']}: subset values disagree with the row's leave-one-out")
-        row["subsets"] = {"shapley": result.values[:, 0].tolist(), "exact": result.exact, "seconds": seconds,
+        row["subsets"] = {"shapley": result.values[0].tolist(), "exact": result.exact, "seconds": seconds,
                           "n_forward": len(subsets.values), "commit": commit()}
         if result.exact:
             row["subsets"]["values"] = [values[m] for m in range(full + 1)]

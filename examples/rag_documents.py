@@ -47,7 +47,7 @@ if args.smollm2:
                          space=args.space, granularity="answer", max_steps=args.max_steps, shapley=True)
     print_rag_explanation(result)
     print("Shapley values (nats of log p(answer)):",
-          ", ".join(f"document {d}: {v:+.2f}" for d, v in enumerate(result.shapley.values[:, 0].tolist())))
+          ", ".join(f"document {d}: {v:+.2f}" for d, v in enumerate(result.shapley.values[0].tolist())))
 else:
     model, tokenizer = llm_attrib.zoo.load("rag")
     right = 0

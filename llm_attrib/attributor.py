@@ -60,10 +60,12 @@ _COUNTERS: contextvars.ContextVar[tuple[list[int], ...]] = contextvars.ContextVa
 
 
 @contextlib.contextmanager
-def counting_forwards(model) -> Iterator[list[int]]:
+def counting_forwards(model, tokens: bool = False) -> Iterator[list[int]]:
     """Counts the sequences the model runs forward inside the block in the calling thread or task (a batch of B
-    counts B): the whole cost of a call, its checks and memory probe included, which the methods' own counts (path
-    points) leave out. Forwards that other threads run on the same model meanwhile are not this call's cost."""
+    counts B), or with `tokens` the tokens they ran (padding included; tokens whose keys and values came from a
+    cache are not run), as `count[0]`: the whole cost of a call, its checks and memory probe included, which the
+    methods' own counts (path points) leave out. Forwards that other threads run on the same model meanwhile are
+    not this call's cost."""
     count = [0]
 
     def add(_module, args, kwargs):
@@ -71,7 +73,10 @@ def counting_forwards(model) -> Iterator[list[int]]:
             return
         inputs = next((v for v in (kwargs.get("input_ids"), kwargs.get("inputs_embeds"), *args)
                        if isinstance(v, torch.Tensor)), None)
-        count[0] += 1 if inputs is None else inputs.shape[0]
+        if tokens:
+            count[0] += 0 if inputs is None else inputs.shape[:2].numel()
+        else:
+            count[0] += 1 if inputs is None else inputs.shape[0]
 
     handle = None
     token = _COUNTERS.set(_COUNTERS.get() + (count,))

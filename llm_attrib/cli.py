@@ -19,9 +19,9 @@ from typing import Any, Callable
 from .errors import InvalidInputError, LlmAttribError
 
 
-def load_model(name_or_path: str):
+def load_model(name_or_path: str, show_progress: bool = True):
     """A model and its tokenizer from a zoo name (e.g. `smollm2`, `rag`), a local folder or a hub id, in eval
-    mode.
+    mode (a pretrained zoo model's one-time conversion shows a progress bar unless `show_progress=False`).
 
     The class comes from the config's architecture: `...ForSequenceClassification` loads a sequence
     classifier, anything else a causal LM.
@@ -34,7 +34,7 @@ def load_model(name_or_path: str):
 
     if name_or_path in zoo.NAMES + tuple(zoo.PRETRAINED) and not Path(name_or_path).exists():
         try:
-            return zoo.load(name_or_path)
+            return zoo.load(name_or_path, show_progress=show_progress)
         except OSError as err:
             raise InvalidInputError(
                 f"the zoo model {name_or_path!r} could not be loaded ({_first_line(err)}); pass --model PATH_OR_HUB_ID."
@@ -228,9 +228,9 @@ def _load(model: str | None, zoo_name: str, no_progress: bool):
     if not no_progress and sys.stderr.isatty():
         print(f"loading {_model_label(model or zoo_name)} ...", file=sys.stderr, flush=True)
     if model:
-        return load_model(model)
+        return load_model(model, show_progress=not no_progress)
     try:
-        return zoo.load(zoo_name)
+        return zoo.load(zoo_name, show_progress=not no_progress)
     except OSError as err:
         raise InvalidInputError(
             f"the zoo model {zoo_name!r} could not be loaded ({_first_line(err)}); pass --model PATH_OR_HUB_ID."

@@ -1,8 +1,12 @@
 """The files results are saved in: one declared schema per result type (pydantic), checked on load.
 
 A saved file is untrusted input (it may come from another version, another person, or a damaged disk), so loading
-validates types, shapes and sizes in one place and answers anything else with `InvalidInputError`. A file written by
-a newer version may carry keys this one does not know: they are kept (and written back by `save`) with a warning.
+validates types, shapes and sizes in one place and answers anything else with `InvalidInputError`.
+
+Each file type has its own `format_version`, raised only when the meaning of keys a reader knows changes (a layout,
+a unit). So a file of a newer format version is refused (this version would misread it), an older one is read into
+today's layout by its schema, and a file of the same version with keys this one does not know (added later, without
+changing the others) loads with a warning, the keys kept and written back by `save`.
 """
 
 from __future__ import annotations
@@ -10,13 +14,13 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import InvalidInputError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # of an `Explanation` file
 
 # Bounds far above any real result (a 100k-token prompt explained for 1k targets has 1e8 scores), small enough that
 # a crafted file cannot ask for an absurd allocation before it is refused.
@@ -33,11 +37,13 @@ class StrictModel(BaseModel):
     """Strict types (no "1" for 1, no true for 1.0), no NaN or inf (NaN is written as null), unknown keys kept."""
 
     model_config = ConfigDict(strict=True, extra="allow", allow_inf_nan=False)
+    FORMAT_VERSION: ClassVar[int] = 0  # the format version this package writes (a whole file's schema; 0: a part)
 
 
 class ExplanationFile(StrictModel):
     """The JSON of an `Explanation` (see its attributes), format version 1."""
 
+    FORMAT_VERSION: ClassVar[int] = FORMAT_VERSION
     format_version: int = Field(default=FORMAT_VERSION, ge=1)
     scores: list[list[float]]
     input_tokens: list[str] = Field(max_length=MAX_TOKENS)
@@ -128,23 +134,28 @@ Schema = TypeVar("Schema", bound=StrictModel)
 
 
 def validated(schema: type[Schema], data: Any, kind: str) -> Schema:
-    """`data` checked against `schema`, or InvalidInputError saying what is wrong; unknown keys (from a newer
-    version) are kept with a warning. `kind` names the class whose `save()` writes such files."""
+    """`data` checked against `schema`, or InvalidInputError saying what is wrong: a file of a newer format version
+    than this package reads is refused; unknown keys of a file of a known version are kept with a warning. `kind`
+    names the class whose `save()` writes such files."""
     noun = "RAG explanation" if kind == "RagExplanation" else kind.lower()
-    hint = f"load files written by {kind}.save() (format version {FORMAT_VERSION})"
+    current = schema.FORMAT_VERSION
+    hint = f"load files written by {kind}.save() (format version {current})"
     if not isinstance(data, dict):
         raise InvalidInputError(f"this is not an llm-attrib {noun}: expected a JSON object, got "
                                 f"{type(data).__name__}; {hint}.")
+    version = data.get("format_version")
+    if type(version) is int and version > current:
+        raise InvalidInputError(f"this {noun} was saved in format version {version} by a newer llm-attrib; this one "
+                                f"reads format versions up to {current}: upgrade llm-attrib (pip install -U "
+                                "llm-attrib) to load it.")
     check_plain(data, noun)
     try:
         model = schema.model_validate(data)
     except ValidationError as error:
         raise InvalidInputError(f"this is not an llm-attrib {noun}: {describe(error)}; {hint}.") from None
-    version = getattr(model, "format_version", FORMAT_VERSION)
-    if model.model_extra or version > FORMAT_VERSION:
-        unknown = sorted(model.model_extra or {})
-        warnings.warn(f"this {noun} was saved in format version {version} (this llm-attrib reads {FORMAT_VERSION})"
-                      + (f"; its unknown keys {unknown} are kept as they are" if unknown else ""), stacklevel=3)
+    if model.model_extra:
+        warnings.warn(f"this {noun} holds keys this llm-attrib does not know (from a newer version): "
+                      f"{sorted(model.model_extra)} are kept as they are", stacklevel=3)
     return model
 
 

@@ -186,7 +186,7 @@ def test_rag_runs_on_the_embedded_model_and_writes_json(tmp_path, capsys):
     example = zoo.examples("rag", n=1, seed=0)[0]
     result = rag.RagExplanation.load(out)
     assert result.top_document == example["relevant_document"]
-    assert int(result.shapley.values.sum(1).argmax()) == example["relevant_document"] and "Shapley (nats)" in printed
+    assert int(result.shapley.values.sum(0).argmax()) == example["relevant_document"] and "Shapley (nats)" in printed
     assert result.citations[0].verdict.label == "supported" and "supported" in printed
     assert example["answer"] in printed
 

@@ -511,6 +511,9 @@ def test_counting_forwards_counts_only_the_calling_threads_forwards():
     done.set()
     thread.join()
     assert (outer[0], inner[0]) == (40, 2)
+    with counting_forwards(model, tokens=True) as tokens:
+        _forward(model, kwargs)
+    assert tokens[0] == kwargs["input_ids"].numel()  # or the tokens they ran
     assert counts["other"][0] == 2 * counts["other"][1] and counts["other"][1] > 0
 
 

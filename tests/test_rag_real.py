@@ -36,7 +36,7 @@ def test_the_default_run_is_judged_with_the_thresholds_calibrated_for_smollm2(sm
     result = rag.explain(model, tokenizer, "What is the highest mountain in Japan?", MOUNTAINS, show_progress=False)
     assert rag.SYSTEM in result.explanation.text and "SmolLM" not in result.explanation.text
     assert "Fuji" in result.answer and len(result.answer_sentences) == 1 and not result.truncated
-    assert result.top_document == int(result.leave_one_out[:, 0].argmax())
+    assert result.top_document == int(result.leave_one_out[0].argmax())
     thresholds = rag.calibrated_thresholds(model)
     assert thresholds == SMOLLM2_THRESHOLDS and rag.calibrated_thresholds(llm_attrib.zoo.load("rag")[0]) == rag.THRESHOLDS
     for v in result.verdicts:

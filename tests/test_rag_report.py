@@ -204,7 +204,7 @@ def test_verdicts_citations_and_leave_one_out_are_shown(chat):
     assert len(table) == 1
     for d in range(len(result.documents)):
         for s in range(2):
-            assert f"{float(result.leave_one_out[d, s]):+.2f}" in table[0]
+            assert f"{float(result.leave_one_out[s, d]):+.2f}" in table[0]
     (citations,) = [text for cls, text in page.classes if cls == "t"]
     for citation in result.citations:
         for d, score in citation.documents:
@@ -248,7 +248,7 @@ def test_shapley_values_are_shown_beside_leave_one_out(chat):
     (table,) = [text for cls, text in page.classes if cls == "loo shapley"]
     for d in range(len(result.documents)):
         for s in range(2):
-            assert f"{float(result.shapley.values[d, s]):+.2f}" in table
+            assert f"{float(result.shapley.values[s, d]):+.2f}" in table
     assert "exact, from all 8 subsets of documents" in result.to_html()
     assert Page(chat["token"].to_html()).classes and "Shapley" not in chat["token"].to_html()
     sampled = dataclasses.replace(result.shapley, exact=False, stderr=torch.full_like(result.shapley.values, 0.25),

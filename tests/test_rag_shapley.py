@@ -28,11 +28,12 @@ def game(values: torch.Tensor):
 
 
 def by_every_order(values: torch.Tensor, n: int) -> torch.Tensor:
-    out = torch.zeros(n, values.shape[1], dtype=torch.float64)
+    """(S, n) each player's marginal contribution averaged over every order, from (2^n, S) coalition values."""
+    out = torch.zeros(values.shape[1], n, dtype=torch.float64)
     for order in itertools.permutations(range(n)):
         mask = 0
         for player in order:
-            out[player] += values[mask | 1 << player] - values[mask]
+            out[:, player] += values[mask | 1 << player] - values[mask]
             mask |= 1 << player
     return out / math.factorial(n)
 
@@ -41,7 +42,7 @@ def test_the_subset_formula_is_the_mean_over_every_order():
     values = torch.randn(1 << 5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     shapley = exact_shapley(values)
     torch.testing.assert_close(shapley, by_every_order(values, 5), rtol=0, atol=1e-12)
-    torch.testing.assert_close(shapley.sum(0), values[-1] - values[0], rtol=0, atol=1e-12)  # completeness
+    torch.testing.assert_close(shapley.sum(1), values[-1] - values[0], rtol=0, atol=1e-12)  # completeness
 
 
 def test_symmetric_players_share_null_players_get_nothing_and_additive_games_are_leave_one_out():
@@ -50,14 +51,14 @@ def test_symmetric_players_share_null_players_get_nothing_and_additive_games_are
     has = lambda d: ((masks >> d) & 1).double()  # noqa: E731
     # 0 and 1 are interchangeable (either one gives 5, both 7), 2 adds 3 on its own, 3 is a null player
     values = (5 * torch.maximum(has(0), has(1)) + 2 * has(0) * has(1) + 3 * has(2))[:, None]
-    shapley = exact_shapley(values)[:, 0]
+    shapley = exact_shapley(values)[0]
     assert shapley[0] == pytest.approx(shapley[1]) and shapley[0] == pytest.approx(3.5)
     assert shapley[2] == pytest.approx(3.0) and shapley[3] == pytest.approx(0.0)
     weights = torch.tensor([1.5, -2.0, 0.25, 4.0], dtype=torch.float64)
     additive = (torch.stack([has(d) for d in range(n)], 1) @ weights)[:, None]
-    leave_one_out = additive[-1] - torch.stack([additive[((1 << n) - 1) ^ (1 << d)] for d in range(n)])
+    leave_one_out = additive[-1, :, None] - torch.stack([additive[((1 << n) - 1) ^ (1 << d)] for d in range(n)], 1)
     torch.testing.assert_close(exact_shapley(additive), leave_one_out)
-    torch.testing.assert_close(exact_shapley(additive)[:, 0], weights)
+    torch.testing.assert_close(exact_shapley(additive)[0], weights)
 
 
 def test_exact_within_budget_sampled_beyond_it():
@@ -73,7 +74,7 @@ def test_exact_within_budget_sampled_beyond_it():
     sampled = document_shapley(log_probs, 4, budget=10, seed=3)
     assert not sampled.exact and sampled.n_subsets < 16 and sampled.n_orders % 2 == 0
     assert len(calls) == len({tuple(kept) for kept in calls}) == sampled.n_subsets  # each subset asked once
-    torch.testing.assert_close(sampled.values.sum(0), values[-1] - values[0])  # every order telescopes
+    torch.testing.assert_close(sampled.values.sum(1), values[-1] - values[0])  # every order telescopes
     assert (sampled.stderr > 0).any()
     again = document_shapley(game(values)[0], 4, budget=10, seed=3)
     assert torch.equal(sampled.values, again.values)  # seeded
@@ -107,7 +108,7 @@ def test_the_source_document_carries_the_answer_on_the_rag_model(zoo, tmp_path):
         question, documents = example["question"], example["document_texts"]
         result = rag.explain(model, tokenizer, question, documents, template="zoo", granularity="answer",
                              shapley=True, show_progress=False)
-        values = result.shapley.values[:, 0]
+        values = result.shapley.values[0]
         assert result.shapley.exact and int(values.argmax()) == example["relevant_document"]
         others = torch.cat([values[:example["relevant_document"]], values[example["relevant_document"] + 1:]])
         assert values.max() > 5 and others.abs().max() < 0.2 * values.max()
@@ -118,9 +119,9 @@ def test_the_source_document_carries_the_answer_on_the_rag_model(zoo, tmp_path):
                                   on_forward=forwards.append)
         torch.testing.assert_close(values.sum(), (subsets.full - subsets(()))[0].double(), rtol=0, atol=1e-4)
         loo = subsets.full[0] - torch.stack([subsets.without([d])[0] for d in range(len(documents))])
-        torch.testing.assert_close(result.leave_one_out[:, 0], loo)
+        torch.testing.assert_close(result.leave_one_out[0], loo)
         assert len(forwards) == len(subsets.values) == len(documents) + 2  # each subset run once (full twice asked)
-        assert result.cost["n_forward_ablation"] == 2 ** len(documents)
+        assert result.cost["n_forward_ablation"] == 2 ** len(documents) + 1  # and the reused cache's check
     result.save(tmp_path / "r.json")
     loaded = rag.RagExplanation.load(tmp_path / "r.json")
     assert torch.equal(loaded.shapley.values, result.shapley.values) and loaded.shapley.exact

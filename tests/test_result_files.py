@@ -1,6 +1,6 @@
 """Saved result files are untrusted input: every loader ends in a valid result or the package's InvalidInputError,
 whatever the file holds (a seeded mutator of valid files: wrong types, missing keys, NaN, huge sizes, nested
-garbage, non-UTF-8 bytes), and a file from a newer version loads with its unknown keys kept."""
+garbage, non-UTF-8 bytes); unknown keys are kept, a newer format version is refused."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import copy
 import json
 import random
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from test_rag_report import tiny_rag_result
 from test_render import make_explanation
 
 N_CASES = 300
+RAG_V1 = Path(__file__).parent / "data" / "rag_explanation_v1.json"  # see test_rag_orientation.py
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +105,10 @@ def _mutate(valid: dict, rng: random.Random) -> bytes:
     return text
 
 
-@pytest.mark.parametrize("kind", ["explanation", "rag"])
+@pytest.mark.parametrize("kind", ["explanation", "rag", "rag format 1"])
 def test_loaders_end_in_a_result_or_the_package_error(kind, explanation_file, rag_file, tmp_path):
-    cls, valid = (Explanation, explanation_file) if kind == "explanation" else (RagExplanation, rag_file)
+    cls, valid = {"explanation": (Explanation, explanation_file), "rag": (RagExplanation, rag_file),
+                  "rag format 1": (RagExplanation, json.loads(RAG_V1.read_text()))}[kind]
     rng = random.Random(0)
     path = tmp_path / "file.json"
     outcomes = {"loaded": 0, "refused": 0}
@@ -137,14 +140,31 @@ def test_valid_files_round_trip(explanation_file, rag_file, tmp_path):
         assert loaded.to_dict() == data
 
 
-def test_newer_version_keys_are_kept_with_a_warning(explanation_file, rag_file, tmp_path):
+def test_unknown_keys_are_kept_with_a_warning(explanation_file, rag_file, tmp_path):
+    """Keys a newer version added without changing the others' meaning (same format version) load with a warning
+    and are written back."""
     for cls, data in ((Explanation, explanation_file), (RagExplanation, rag_file)):
-        newer = {**data, "format_version": 2, "saliency_maps": {"a": [1, 2]}}
-        with pytest.warns(UserWarning, match=r"format version 2.*\['saliency_maps'\]"):
+        newer = {**data, "saliency_maps": {"a": [1, 2]}}
+        with pytest.warns(UserWarning, match=r"does not know.*\['saliency_maps'\]"):
             loaded = cls.from_dict(newer)
         assert loaded.newer_fields == {"saliency_maps": {"a": [1, 2]}}
         loaded.save(tmp_path / "again.json")
         assert json.loads((tmp_path / "again.json").read_text())["saliency_maps"] == {"a": [1, 2]}
+
+
+def test_a_newer_format_version_is_refused(explanation_file, rag_file, tmp_path):
+    """A newer format version changed the meaning of known keys (as version 2 of the RAG file did): reading it as
+    this version's would misread it, so it is refused with what to do."""
+    for cls, data, newer in ((Explanation, explanation_file, 2), (RagExplanation, rag_file, 3)):
+        path = tmp_path / "newer.json"
+        path.write_text(json.dumps({**data, "format_version": newer}))
+        with pytest.raises(InvalidInputError, match=rf"format version {newer} by a newer llm-attrib; this one reads "
+                                                    rf"format versions up to {newer - 1}: upgrade llm-attrib"):
+            cls.load(path)
+    inner = copy.deepcopy(rag_file)
+    inner["explanation"]["format_version"] = 2
+    with pytest.raises(InvalidInputError, match=r"its explanation is in format version 2, from a newer llm-attrib"):
+        RagExplanation.from_dict(inner)
 
 
 @pytest.mark.parametrize("change, message", [

@@ -12,7 +12,14 @@ pandas 3 removed `Styler.applymap`, so ContextCite's `as_dataframe=True` display
 
 Usage:
     /work/.venvs/contextcite/bin/python eval/peers/contextcite_rag.py MODEL_DIR EXAMPLES.jsonl OUT.json \
-        [--num-ablations 64] [--ablation-keep-prob 0.5] [--lasso-alpha 0.01] [--limit N] [--threads 1]
+        [--num-ablations 64] [--ablation-keep-prob 0.5] [--lasso-alpha 0.01] [--limit N] [--threads 1] \
+        [--also-ablations 32] [--resume]
+--also-ablations K: also ContextCite at K ablations from the same run: the Lasso fit on the first K masks and
+their forwards, which are exactly the masks and forwards a run with --num-ablations K makes (mask k is drawn with
+RandomState(k), one forward each), so no forward is repeated; its "seconds" are measured, from the start to the
+end of the K-th ablation forward plus its own fit (per example under "also": {K: {"scores", "bias", "seconds",
+"n_ablations"}}). --resume: keep the examples OUT.json already holds and run the others; OUT.json is rewritten
+after every example, so a run cut short keeps what it computed.
 EXAMPLES.jsonl: written by `eval/peers/make_contextcite_examples.py` (main python); one line per example:
 {"id", "chat", "prompt_template" (with {context} and {query}), "sources" (each document exactly as it appears
 in the prompt), "separator" (what joins them into the context), "query", "response" (given, not generated),
@@ -218,10 +225,25 @@ def run_example(model, tokenizer, ex: dict, args) -> dict:
                          f"{ex['response_logprob']:.6f} by {difference:.2e} (> {args.tolerance}).")
 
     n_tokens = len(cc._response_ids)
+    forward_ends = []
+    hook = model.register_forward_hook(lambda *_: forward_ends.append(time.perf_counter()))
     start, cpu_start = time.perf_counter(), time.process_time()
-    cc._compute_masks_and_logit_probs()  # the num_ablations forwards
+    try:
+        cc._compute_masks_and_logit_probs()  # the num_ablations forwards
+    finally:
+        hook.remove()
     scores, bias = cc._get_attributions_for_ids_range(0, n_tokens)  # the Lasso fit
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    also = {}
+    for k in args.also_ablations:
+        if len(forward_ends) != cc._masks.shape[0] or not 0 < k < len(forward_ends):
+            raise SystemExit(f"example {ex['id']}: --also-ablations {k} needs 0 < {k} < the "
+                             f"{len(forward_ends)} forwards run, one per ablation.")
+        fit_start = time.perf_counter()
+        outputs = cc_utils.aggregate_logit_probs(cc._logit_probs[:k, 0:n_tokens])
+        weight, intercept = cc.solver.fit(cc._masks[:k], outputs, n_tokens)
+        also[k] = {"scores": [float(w) for w in weight], "bias": float(np.asarray(intercept).reshape(-1)[0]),
+                   "seconds": forward_ends[k - 1] - start + time.perf_counter() - fit_start, "n_ablations": k}
     full_range = tuple(cc._indices_to_token_indices()) == (0, n_tokens)
     if full_range:
         public = cc.get_attributions(as_dataframe=False, verbose=False)
@@ -231,7 +253,7 @@ def run_example(model, tokenizer, ex: dict, args) -> dict:
             "seconds": seconds, "cpu_seconds": cpu_seconds, "n_ablations": int(cc._masks.shape[0]), "n_response_tokens": n_tokens,
             "prompt_matches": prompt_matches, "response_logprob_contextcite": logprob,
             "response_logprob_given": ex["response_logprob"], "logprob_difference": difference,
-            "response_contextcite": cc.response, "get_attributions_full_range": full_range}
+            "response_contextcite": cc.response, "get_attributions_full_range": full_range, "also": also}
 
 
 def main() -> None:
@@ -245,31 +267,43 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=1e-3)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--also-ablations", type=int, nargs="*", default=[])
+    parser.add_argument("--resume", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     model, tokenizer, fixes = load(args.model_dir)
     examples = [json.loads(line) for line in open(args.examples) if line.strip()][: args.limit]
-    records = []
+    output = Path(args.output)
+    records = json.loads(output.read_text())["examples"] if args.resume and output.exists() else []
+    versions = {name: importlib.metadata.version(name)
+                for name in ("context-cite", "transformers", "torch", "numpy", "scikit-learn")}
+    done = {r["id"] for r in records}
     for ex in examples:
+        if ex["id"] in done:
+            continue
         records.append(run_example(model, tokenizer, ex, args))
         r = records[-1]
         print(f"{r['id']}: {r['seconds']:.2f} s, {r['n_ablations']} ablations, log p {r['response_logprob_contextcite']:.4f} "
               f"(given {r['response_logprob_given']:.4f}), scores {np.round(r['scores'], 3).tolist()}", flush=True)
-    versions = {name: importlib.metadata.version(name)
-                for name in ("context-cite", "transformers", "torch", "numpy", "scikit-learn")}
+        write_output(output, args, fixes, versions, records)
+    write_output(output, args, fixes, versions, records)
+    print(f"{len(records)} examples -> {args.output}")
+
+
+def write_output(output: Path, args, fixes: list[str], versions: dict, records: list[dict]) -> None:
     out = {
         "model_dir": str(Path(args.model_dir).resolve()),
         "settings": {"num_ablations": args.num_ablations, "ablation_keep_prob": args.ablation_keep_prob,
                      "batch_size": 1, "solver": f"LassoRegression(lasso_alpha={args.lasso_alpha})",
                      "regression_target": "logit_prob of the whole response (log p - log(1 - p))",
                      "mask_seeds": f"np.random.RandomState(k), k = 0..{args.num_ablations - 1}",
-                     "threads": args.threads, "tolerance": args.tolerance, "loading_fixes": fixes},
+                     "threads": args.threads, "tolerance": args.tolerance, "loading_fixes": fixes,
+                     "also_ablations": args.also_ablations},
         "versions": versions,
         "examples": records,
     }
-    Path(args.output).write_text(json.dumps(out, indent=1))
-    print(f"{len(records)} examples -> {args.output}")
+    output.write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,10 @@ Nothing is assumed: a chunk uses the prefix only if its points equal the explica
 (RPI's noisy baselines or a custom baseline that moves markup run in full), and a prefix is kept only if the
 model's logits at the explicand come out the same with it as without it (within the dtype's rounding), so a model
 whose cache behaves differently runs in full instead of giving other numbers.
+
+The cache helpers here (a copy for a batch, the forward's cache argument, whether every token is held, the logits
+check) also serve the RAG removals, which run each subset of documents from the prefix it shares with one run
+before (`rag.ablation.SharedPrefixes`).
 """
 
 from __future__ import annotations
@@ -37,16 +41,41 @@ class StaticPrefix:
     argument: str = "cache"  # the model's forward argument for it ("past_key_values" before transformers 5.2x)
 
     def cache(self, batch: int) -> Cache:
-        """A fresh copy holding the prefix for `batch` sequences (the forward appends to it, so never shared).
-        Copied whole, not rebuilt from its tensors: a sliding-window layer keeps only its window, and its
-        count of tokens seen is what places the next ones."""
-        cache = copy.deepcopy(self.prefix_cache)
-        cache.batch_repeat_interleave(batch)
-        return cache
+        """A fresh copy holding the prefix for `batch` sequences (the forward appends to it, so never shared)."""
+        return copied(self.prefix_cache, batch)
 
     def fits(self, space, points: torch.Tensor) -> bool:
         """Whether every point (B, *S) equals the explicand on the prefix tokens, so the prefix is theirs too."""
         return unmoved(space, points, self.head, self.length)
+
+
+def copied(cache: Cache, batch: int) -> Cache:
+    """A copy of a batch-1 cache for `batch` sequences. Copied whole, not rebuilt from its tensors: a
+    sliding-window layer keeps only its window, and its count of tokens seen is what places the next ones."""
+    cache = copy.deepcopy(cache)
+    if batch > 1:
+        cache.batch_repeat_interleave(batch)
+    return cache
+
+
+def cache_argument(model) -> str | None:
+    """The model's forward argument for a cache ("past_key_values" before transformers 5.2x), None if it takes none."""
+    parameters = inspect.signature(model.forward).parameters
+    return next((name for name in ("cache", "past_key_values") if name in parameters), None)
+
+
+def holds_every_token(cache, length: int) -> bool:
+    """Whether every layer of `cache` holds keys for all its `length` tokens, so a later forward can take any
+    first tokens of it as its own (a sliding window shorter than that keeps only the last ones)."""
+    layers = getattr(cache, "layers", None) if isinstance(cache, Cache) else None
+    return bool(layers) and all(getattr(layer, "keys", None) is not None and layer.keys.shape[-2] == length
+                                for layer in layers)
+
+
+def same_logits(cached: torch.Tensor, full: torch.Tensor, model) -> bool:
+    """Whether logits from a forward that reused a cache are the full forward's, within the dtype's rounding."""
+    tolerance = max(1e-3, 8 * torch.finfo(compute_dtype(model)).eps)
+    return torch.allclose(cached.float(), full.float(), rtol=tolerance, atol=tolerance)
 
 
 def skipped_tokens(prefix: StaticPrefix | None) -> int:
@@ -75,21 +104,17 @@ def static_prefix(model, seq: Sequence, space, x: torch.Tensor, length: int) -> 
     """The first `length` tokens as a static prefix in this space (x: the explicand there), or None where the
     model takes no cache, a layer's cache does not hold every prefix token (the attention and mask spaces index
     keys from token 0), or the cached forward does not reproduce the model's logits at the explicand."""
-    parameters = inspect.signature(model.forward).parameters
-    argument = next((name for name in ("cache", "past_key_values") if name in parameters), None)
+    argument = cache_argument(model)
     if argument is None:
         return None
     with torch.no_grad():
         x = x[None]
         # Only the cache is wanted: one row of logits, not the LM head over every prefix token (262k columns on Gemma 3).
-        head = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
+        head = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
         cache = model(input_ids=seq.input_ids[:, :length], use_cache=True, **head)[argument]
-        layers = getattr(cache, "layers", None) if isinstance(cache, Cache) else None
-        if not layers or any(getattr(layer, "keys", None) is None or layer.keys.shape[-2] != length
-                             for layer in layers):
+        if not holds_every_token(cache, length):
             return None  # e.g. a sliding window shorter than the prefix: later keys would not start at token 0
         prefix = StaticPrefix(length, x.narrow(space.token_axis, 0, length), cache, argument)
-        full = space.logits(model, seq, x).float()
-        cached = space.logits(model, seq, x, prefix).float()
-    tolerance = max(1e-3, 8 * torch.finfo(compute_dtype(model)).eps)
-    return prefix if torch.allclose(cached, full, rtol=tolerance, atol=tolerance) else None
+        full = space.logits(model, seq, x)
+        cached = space.logits(model, seq, x, prefix)
+    return prefix if same_logits(cached, full, model) else None

@@ -136,8 +136,8 @@ def target_probabilities(model, seq: Sequence) -> torch.Tensor:
 def logits_at(model, read: torch.Tensor, **inputs) -> torch.Tensor:
     """(B, K, V) logits of a batch of rows (`inputs`: input_ids, attention_mask, ...) at each row's positions
     `read` (B, K); the LM head runs only at the positions some row reads, where the model allows it. Call without
-    a graph."""
-    inputs["use_cache"] = False
+    a graph. A caller that passes a cache (and use_cache=True) gets it extended with the rows' keys and values."""
+    inputs.setdefault("use_cache", False)
     positions = read.unique()  # sorted
     if "logits_to_keep" in inspect.signature(model.forward).parameters:
         out = model(**inputs, logits_to_keep=positions).logits  # (B, len(positions), V)

@@ -137,24 +137,24 @@ def explain(
             question_span=built.question_span, answer_sentences=runs, answer_sentence_spans=spans, scope=scope,
             truncated=truncated,
         )
-        ablation_forwards = 0
+        ablation_forwards = ablation_tokens = 0
         if verify or shapley:
             exact = shapley and 2 ** len(docs) <= shapley_budget  # every subset runs: the progress bar knows its total
-            with counting_forwards(model) as forwards:
+            with counting_forwards(model) as forwards, counting_forwards(model, tokens=True) as tokens:
                 bar.phase("verifying documents (removing subsets)", total=2 ** len(docs) if exact else None)
                 subsets = DocumentSubsets(attributor, question, docs, layout, answer_ids, runs, system, bar.advance)
                 if shapley:  # first: with every subset, verify's are among them
                     result.shapley = document_shapley(subsets.stack, len(docs), budget=shapley_budget)
                 if verify:
                     result.verdicts, result.leave_one_out = check(subsets, result, thresholds)
-            ablation_forwards = forwards[0]
+            ablation_forwards, ablation_tokens = forwards[0], tokens[0]
     if retriever is not None:
         from .retriever import rank_and_explain
 
         encoder, encoder_tokenizer = retriever
         result.retrieval = [r.to_dict() for r in rank_and_explain(encoder, encoder_tokenizer, question,
                                                                    [d.text for d in docs])]
-    result.cost = {**explanation.cost, "n_forward_ablation": ablation_forwards,
+    result.cost = {**explanation.cost, "n_forward_ablation": ablation_forwards, "n_tokens_ablation": ablation_tokens,
                    "seconds": time.perf_counter() - started}
     return result
 
@@ -216,18 +216,22 @@ def answer_sentences(seq, language: str | None = None) -> tuple[list[tuple[int, 
 
 
 def check(subsets: DocumentSubsets, result: RagExplanation, thresholds: tuple[float, float]):
-    """Verdicts per answer sentence and the leave-one-out table (documents, sentences), from removing documents."""
+    """Verdicts per answer sentence and the leave-one-out table (sentences, documents), from removing documents."""
     n_documents = len(subsets.documents)
     everyone = list(range(n_documents))
-    full, *alone, none = subsets.stack([everyone, *([d for d in everyone if d != left] for left in everyone), []])
-    leave_one_out = full[None] - torch.stack(alone)  # (D, S)
-    drop_all = full - none  # (S,) every document removed
     by_doc = result.sentence_document_scores()
+    citing = [[d for d, _ in cited_documents(by_doc[min(s, len(by_doc) - 1)])]
+              for s in range(len(result.answer_sentences))]
+    # asked together, so the cited documents' removals share their forwards' prefixes with leave-one-out's
+    removals = [everyone, *([d for d in everyone if d != left] for left in everyone), [],
+                *([d for d in everyone if d not in cited] for cited in citing if cited)]
+    full, *alone, none = subsets.stack(removals)[:n_documents + 2]
+    leave_one_out = full[:, None] - torch.stack(alone, 1)  # (S, D)
+    drop_all = full - none  # (S,) every document removed
     verdicts = []
-    for s in range(len(result.answer_sentences)):
-        cited = [d for d, _ in cited_documents(by_doc[min(s, len(by_doc) - 1)])]
+    for s, cited in enumerate(citing):
         drop_cited = float(full[s] - subsets.without(cited)[s]) if cited else 0.0
         others = [d for d in range(n_documents) if d not in cited]
-        drop_other = float(leave_one_out[others, s].clamp_min(0).mean()) if others else 0.0
+        drop_other = float(leave_one_out[s, others].clamp_min(0).mean()) if others else 0.0
         verdicts.append(judge(drop_cited, drop_other, thresholds, cited=bool(cited), drop_all=float(drop_all[s])))
     return verdicts, leave_one_out

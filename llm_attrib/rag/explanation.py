@@ -68,6 +68,10 @@ class Citation:
 class RagExplanation:
     """Attribution of an answer to retrieved documents.
 
+    Every per-document table puts documents on its last axis: `document_scores` (rows, documents),
+    `sentence_document_scores()`, `leave_one_out` and `shapley.values` (answer sentences, documents), so
+    `table[:, d]` is document d's column in each.
+
     Attributes:
         question: the question; documents: the retrieved documents, in prompt order.
         answer: the explained answer text.
@@ -79,9 +83,10 @@ class RagExplanation:
         answer_sentences: (start, end) token runs of the answer's sentences, and `answer_sentence_spans` their
             characters in `explanation.text`.
         verdicts: one `Verdict` per answer sentence, when `verify=True`.
-        leave_one_out: (documents, answer sentences) nats each sentence loses when that document alone is removed
+        leave_one_out: (answer sentences, documents) nats each sentence loses when that document alone is removed
             (computed with the verdicts).
-        shapley: each document's Shapley value for each answer sentence (`DocumentShapley`), when `shapley=True`.
+        shapley: each answer sentence's Shapley value for each document (`DocumentShapley`, its `values`
+            (answer sentences, documents)), when `shapley=True`.
         retrieval: the retriever's explanation of each document's similarity to the question, when given.
         scope: what moved along the path: "documents" (the rest of the prompt stayed real) or "prompt".
         truncated: the generated answer was cut by `max_new_tokens` before it ended (its last sentence may be
@@ -89,7 +94,8 @@ class RagExplanation:
         newer_fields: keys of a file saved by a newer version that this one does not know, kept as read (and
             written back by `save`).
         cost: the attribution's (`explanation.cost`), "n_forward_ablation" (the forwards that removed documents:
-            leave-one-out, verdicts, Shapley values) and
+            leave-one-out, verdicts, Shapley values, and one that checks their reused cache), "n_tokens_ablation"
+            (the tokens those forwards ran: each starts after the tokens it shares with one run before) and
             "seconds" for the whole call (prompt, generation, attribution, verdicts).
     """
 
@@ -222,8 +228,7 @@ class RagExplanation:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (tensors as nested lists, NaN as null), in the format `rag.schema.RagExplanationFile`."""
-        from ..schema import FORMAT_VERSION
-        from .schema import KIND
+        from .schema import FORMAT_VERSION, KIND
 
         skip = ("explanation", "shapley", "newer_fields")
         data = {key: _jsonable(value) for key, value in asdict(self).items() if key not in skip}
@@ -236,7 +241,8 @@ class RagExplanation:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RagExplanation":
         """A RAG explanation from `to_dict`'s format, validated (types, shapes, sizes, spans inside the text);
-        InvalidInputError otherwise."""
+        InvalidInputError otherwise. A format-1 file (tables documents first) is read into today's layout; a file of
+        a newer format than this package's is refused."""
         from ..schema import validated
         from .schema import KIND, RagExplanationFile
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from ..schema import FORMAT_VERSION, ExplanationFile, Pair, StrictModel, array_shape, check_spans
+from ..schema import ExplanationFile, Pair, StrictModel, array_shape, check_spans
 
 KIND = "llm-attrib rag explanation"
+FORMAT_VERSION = 2  # 2: the leave-one-out and Shapley tables are (answer sentences, documents), as the scores are
 
 
 class DocumentFile(StrictModel):
@@ -28,6 +29,8 @@ class VerdictFile(StrictModel):
 
 
 class ShapleyFile(StrictModel):
+    """(answer sentences, documents) tables, and (answer sentences,) log-probabilities with every and no document."""
+
     values: list[list[float]]
     full: list[float]
     empty: list[float]
@@ -38,8 +41,12 @@ class ShapleyFile(StrictModel):
 
 
 class RagExplanationFile(StrictModel):
-    """The JSON of a `RagExplanation` (see its attributes), format version 1."""
+    """The JSON of a `RagExplanation` (see its attributes), format version 2.
 
+    Version 1 kept the leave-one-out and Shapley tables documents first, (documents, answer sentences), against
+    the scores' (rows, documents); a version-1 file is read into today's layout (its tables transposed)."""
+
+    FORMAT_VERSION: ClassVar[int] = FORMAT_VERSION
     kind: Literal[KIND]
     format_version: int = Field(default=FORMAT_VERSION, ge=1)
     question: str
@@ -63,6 +70,9 @@ class RagExplanationFile(StrictModel):
     @model_validator(mode="after")
     def _consistent(self) -> "RagExplanationFile":
         exp = self.explanation
+        if exp.format_version > ExplanationFile.FORMAT_VERSION:
+            raise ValueError(f"its explanation is in format version {exp.format_version}, from a newer llm-attrib "
+                             f"(this one reads up to {ExplanationFile.FORMAT_VERSION}): upgrade llm-attrib")
         n_docs, n_sentences, n_rows = len(self.documents), len(self.answer_sentences), len(exp.target_tokens)
         length = len(exp.text)
         for name in ("document_spans", "sentence_spans"):
@@ -87,13 +97,28 @@ class RagExplanationFile(StrictModel):
                              "runs")
         if self.verdicts is not None and len(self.verdicts) != n_sentences:
             raise ValueError(f"verdicts has {len(self.verdicts)} entries for {n_sentences} answer sentences")
-        n_columns = n_sentences
-        if self.leave_one_out is not None and array_shape(self.leave_one_out, 2, "leave_one_out") != [n_docs, n_columns]:
-            raise ValueError(f"leave_one_out must be (documents {n_docs}, answer sentences {n_columns})")
+        tables = {"leave_one_out": self.leave_one_out}
         if self.shapley is not None:
-            s = self.shapley
-            if (array_shape(s.values, 2, "shapley.values") != [n_docs, n_columns]
-                    or array_shape(s.stderr, 2, "shapley.stderr") != [n_docs, n_columns]
-                    or len(s.full) != n_columns or len(s.empty) != n_columns):
-                raise ValueError(f"shapley arrays must be (documents {n_docs}, answer sentences {n_columns})")
+            tables.update({"shapley.values": self.shapley.values, "shapley.stderr": self.shapley.stderr})
+            if len(self.shapley.full) != n_sentences or len(self.shapley.empty) != n_sentences:
+                raise ValueError(f"shapley.full and shapley.empty must have one value per answer sentence "
+                                 f"({n_sentences})")
+        documents_first = self.format_version == 1  # version 1's layout, read into today's below
+        shape = [n_docs, n_sentences] if documents_first else [n_sentences, n_docs]
+        layout = (f"documents {n_docs}, answer sentences {n_sentences}" if documents_first
+                  else f"answer sentences {n_sentences}, documents {n_docs}")
+        for name, table in tables.items():
+            if table is not None and array_shape(table, 2, name) != shape:
+                raise ValueError(f"{name} must be ({layout})")
+        if documents_first:
+            if self.leave_one_out is not None:
+                self.leave_one_out = _transposed(self.leave_one_out)
+            if self.shapley is not None:
+                self.shapley.values = _transposed(self.shapley.values)
+                self.shapley.stderr = _transposed(self.shapley.stderr)
+            self.format_version = FORMAT_VERSION
         return self
+
+
+def _transposed(table: list[list]) -> list[list]:
+    return [list(column) for column in zip(*table)]

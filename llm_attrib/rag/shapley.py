@@ -26,13 +26,15 @@ DEFAULT_BUDGET = 64  # forwards: exact up to 6 documents; ContextCite's default 
 
 @dataclass
 class DocumentShapley:
-    """Shapley values of documents for each answer segment.
+    """Shapley values of documents for each answer segment (in `rag.explain`, each answer sentence).
 
     Attributes:
-        values: (documents, segments) nats each document contributes to each segment's log-probability.
-        full, empty: (segments,) log-probabilities with every document and with none; values sum to full - empty.
+        values: (segments, documents) nats each document contributes to each segment's log-probability (documents
+            last, as in every per-document table of a `RagExplanation`).
+        full, empty: (segments,) log-probabilities with every document and with none; a row of values sums to
+            full - empty.
         exact: every subset was evaluated; otherwise `values` average `n_orders` sampled orders.
-        stderr: (documents, segments) standard error of a sampled estimate (zeros when exact).
+        stderr: (segments, documents) standard error of a sampled estimate (zeros when exact).
         n_subsets: distinct subsets of documents evaluated (a forward each, unless shared with leave-one-out).
         n_orders: orders averaged (D! implicitly when exact).
     """
@@ -57,7 +59,7 @@ class DocumentShapley:
 
 
 def exact_shapley(values: torch.Tensor) -> torch.Tensor:
-    """(D, S) Shapley values from (2^D, S) coalition values, row m being the subset whose bit i is set when
+    """(S, D) Shapley values from (2^D, S) coalition values, row m being the subset whose bit i is set when
     player i is in it."""
     n_subsets = values.shape[0]
     n_players = n_subsets.bit_length() - 1
@@ -68,10 +70,10 @@ def exact_shapley(values: torch.Tensor) -> torch.Tensor:
     size = members.sum(1)
     weight = torch.tensor([math.factorial(k) * math.factorial(n_players - k - 1) / math.factorial(n_players)
                            for k in range(n_players)], dtype=torch.float64)
-    out = torch.zeros(n_players, values.shape[1], dtype=torch.float64)
+    out = torch.zeros(values.shape[1], n_players, dtype=torch.float64)
     for i in range(n_players):
         without = masks[members[:, i] == 0]
-        out[i] = (weight[size[without]][:, None] * (values[without | (1 << i)] - values[without]).double()).sum(0)
+        out[:, i] = (weight[size[without]][:, None] * (values[without | (1 << i)] - values[without]).double()).sum(0)
     return out
 
 
@@ -109,7 +111,7 @@ def prefix_masks(order: list[int]) -> list[int]:
 
 
 def order_average(values: dict[int, torch.Tensor], orders: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(values, stderr) (D, S): the players' marginal contributions averaged over `orders` (pairs of an order and
+    """(values, stderr) (S, D): the players' marginal contributions averaged over `orders` (pairs of an order and
     its reverse), from the coalition values `values[mask]` (S,). Every order's marginals sum to full - empty, so
     the estimate keeps completeness."""
     marginals = []
@@ -117,14 +119,14 @@ def order_average(values: dict[int, torch.Tensor], orders: list[list[int]]) -> t
         marginal, before = [None] * len(order), values[0]
         for player, mask in zip(order, prefix_masks(order)):
             marginal[player], before = values[mask] - before, values[mask]
-        marginals.append(torch.stack(marginal))
-    pairs = torch.stack(marginals).unflatten(0, (-1, 2)).mean(1)  # (pairs, D, S)
+        marginals.append(torch.stack(marginal, -1))
+    pairs = torch.stack(marginals).unflatten(0, (-1, 2)).mean(1)  # (pairs, S, D)
     return pairs.mean(0), pairs.std(0) / math.sqrt(len(pairs))
 
 
 def document_shapley(log_probs: Callable[[list[list[int]]], torch.Tensor], n_documents: int,
                      budget: int = DEFAULT_BUDGET, seed: int = 0) -> DocumentShapley:
-    """Shapley values of `n_documents` documents, where `log_probs(subsets)` is the answer segments'
+    """(S, D) Shapley values of `n_documents` documents, where `log_probs(subsets)` is the answer segments'
     log-probabilities (N, S) with only each subset's documents (a list of kept documents) in the prompt, asked once
     for every subset needed, so they can share forwards. Exact when 2^D <= budget, else sampled to about `budget`
     forwards (at least two pairs of orders; exact after all if those visited every subset)."""

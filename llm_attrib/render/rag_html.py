@@ -378,7 +378,7 @@ def _shapley(result: "RagExplanation") -> dict[str, Any] | None:
 
 def _document_table(result: "RagExplanation", table, heading: str, table_id: str, css: str, corner: str,
                     note: str) -> dict[str, Any] | None:
-    """A (documents, answer sentences) table of nats, shaded by sign and size."""
+    """An (answer sentences, documents) table of nats, shown a row per document, shaded by sign and size."""
     if table is None or not isinstance(table, torch.Tensor) or table.dim() != 2 or table.numel() == 0:
         return None
     values = table.detach().float().cpu()
@@ -386,17 +386,18 @@ def _document_table(result: "RagExplanation", table, heading: str, table_id: str
     peak = float(finite.abs().max()) if finite.numel() else 1.0
     peak = peak or 1.0
     heads = []
-    for s in range(values.shape[1]):
+    n_sentences, n_documents = values.shape
+    for s in range(n_sentences):
         span = result.answer_sentence_spans[s] if s < len(result.answer_sentence_spans) else (0, 0)
         sentence = " ".join(result.explanation.text[span[0]:span[1]].split())
         heads.append((sentence, f"{s + 1}: {_short(sentence, 40)}"))
     rows = []
-    for d in range(values.shape[0]):
+    for d in range(n_documents):
         doc = result.documents[d] if d < len(result.documents) else None
         name = f"Document {d + 1}" + (f": {doc.title}" if doc is not None and doc.title else "")
         cells = []
-        for s in range(values.shape[1]):
-            v = float(values[d, s])
+        for s in range(n_sentences):
+            v = float(values[s, d])
             rgb = score_rgb(v / peak if math.isfinite(v) else 0.0)
             ink = ";color:#fff" if math.isfinite(v) and is_dark(v / peak) else ""
             cells.append((f"background:rgb{rgb}{ink}", f"{v:+.2f}" if math.isfinite(v) else "n/a"))

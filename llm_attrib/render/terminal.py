@@ -284,7 +284,7 @@ def print_rag_explanation(result, console: Console | None = None) -> None:
                         subtitle=Text(f"{model_label(exp.model_name)} · {exp.method} over {exp.space}, "
                                       f"{result.granularity} rows {status}")))
     ranking = Table(title="documents, by what they carried of the whole answer")
-    shapley = None if result.shapley is None else result.shapley.values.sum(1)  # the whole answer's, in nats
+    shapley = None if result.shapley is None else result.shapley.values.sum(0)  # the whole answer's, in nats
     columns = ("rank", "document", "score") + (("Shapley (nats)",) if shapley is not None else ()) + ("text",)
     for column in columns:
         ranking.add_column(column, justify="left" if column in ("document", "text") else "right")

@@ -80,24 +80,28 @@ def _materialise_sentiment() -> Path:
     return cached_folder(f"sentiment-{digest}", build)
 
 
-def path(name: str) -> Path:
+def path(name: str, show_progress: bool = True) -> Path:
     """A folder that ``AutoModelFor...from_pretrained`` loads; its tokenizer loads with
     ``PreTrainedTokenizerFast.from_pretrained`` (recall, rag) or ``AutoTokenizer`` (sentiment, recall).
-    ``AutoTokenizer`` on rag gives transformers' Qwen2Tokenizer, which does not know the zoo's vocabulary."""
+    ``AutoTokenizer`` on rag gives transformers' Qwen2Tokenizer, which does not know the zoo's vocabulary.
+    A pretrained model is converted into the cache the first time, with a progress bar unless
+    ``show_progress=False``."""
     _check(name, pretrained=True)
     if name in PRETRAINED:
-        return pretrained_path(name)
+        return pretrained_path(name, show_progress)
     if name == "sentiment":
         return _materialise_sentiment()
     return MODELS_DIR / name
 
 
-def load(name: str, device: str | torch.device = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load(name: str, device: str | torch.device = "cpu", show_progress: bool = True,
+         ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """The trained (or pretrained, see `PRETRAINED`) model, float32 and in eval mode, and its tokenizer,
-    loaded offline."""
+    loaded offline. A pretrained model's one-time conversion (a minute or two) shows a labelled progress bar
+    unless ``show_progress=False``."""
     _check(name, pretrained=True)
     if name in PRETRAINED:
-        return load_pretrained(name, device=device)
+        return load_pretrained(name, device=device, show_progress=show_progress)
     return load_folder(path(name), classifier=name == "sentiment", device=device)
 
 

