@@ -3,6 +3,9 @@ reported on the other (the rule and its amendment: eval/results/rag/calibration.
 
     python eval/rag_calibration.py run --shard 0/2      # rows -> eval/results/rag/calibration.jsonl (resumable)
     python eval/rag_calibration.py report                # thresholds, precision and recall -> stdout (Markdown)
+    python eval/rag_calibration.py run --data report --no-own   # the third rule's report set (bare answers first)
+    python eval/rag_calibration.py run --data first --no-own --prompt P1    # both sets again under the new default
+    python eval/rag_calibration.py third                 # the third rule: first set calibrates, report set reports
 
 Per example and answer kind ("bare": the expected answer as the whole answer, as `--answer X --granularity
 answer`; "own": the model's answer generated as `rag.explain`'s default does, when it holds the expected answer,
@@ -33,14 +36,18 @@ from llm_attrib.rag.explain import answer_sentences  # noqa: E402
 from llm_attrib.rag.prompt import Template, as_documents, build_prompt  # noqa: E402
 from llm_attrib.rag.verdicts import judge  # noqa: E402
 
-DATA = ROOT / "eval/data/rag_calibration.jsonl"
-ROWS = ROOT / "eval/results/rag/calibration.jsonl"
+SETS = {"first": (ROOT / "eval/data/rag_calibration.jsonl", ROOT / "eval/results/rag/calibration.jsonl"),
+        "report": (ROOT / "eval/data/rag_calibration_report.jsonl", ROOT / "eval/results/rag/calibration_report.jsonl")}
 
 
-def margin(attributor, question: str, documents, answer_ids: list[int], segment: tuple[int, int]) -> dict:
+SYSTEM = "You are an assistant for question-answering tasks. Answer from the documents you are given."
+
+
+def margin(attributor, question: str, documents, answer_ids: list[int], segment: tuple[int, int],
+           system: str | None = None) -> dict:
     """The verdict's margin for one answer segment, citing leave-one-out's top document."""
     n = len(documents)
-    subsets = DocumentSubsets(attributor, question, documents, Template(), answer_ids, [segment])
+    subsets = DocumentSubsets(attributor, question, documents, Template(), answer_ids, [segment], system)
     full, *alone, none = subsets.stack([list(range(n)), *([d for d in range(n) if d != k] for k in range(n)), []])
     drops = (full[None] - torch.stack(alone))[:, 0]
     top = int(drops.argmax())
@@ -56,6 +63,12 @@ def margin(attributor, question: str, documents, answer_ids: list[int], segment:
 def run(args) -> None:
     torch.set_num_threads(args.threads)
     k, n = (int(x) for x in args.shard.split("/"))
+    DATA, ROWS = SETS[args.data]
+    system = SYSTEM if args.prompt == "P1" else None
+    if args.prompt == "P1":  # the third rule's recomputation under the new default prompt
+        ROWS = ROWS.with_name(ROWS.stem + "_p1.jsonl")
+    if args.own_only:  # own answers of rows that ran --no-own, into their own file
+        ROWS = ROWS.with_name(ROWS.stem + "_own.jsonl")
     examples = [json.loads(line) for line in DATA.read_text().splitlines()]
     examples.sort(key=lambda ex: (ex["split"] != "calibration", ex["id"]))  # the calibration split first
     done = {json.loads(line)["id"] for line in ROWS.read_text().splitlines()} if ROWS.exists() else set()
@@ -69,11 +82,19 @@ def run(args) -> None:
         docs = as_documents(ex["documents"])
         kept = [d for j, d in enumerate(docs) if j != ex["relevant_document"]]
         row = {"id": ex["id"], "split": ex["split"], "expected": ex["answer"], "commit": commit}
-        bare = attributor.sequence(build_prompt(tokenizer, ex["question"], docs, Template()).prompt, answer=ex["answer"])
-        bare_ids = bare.target_ids.tolist()
-        row["bare"] = {"supported": margin(attributor, ex["question"], docs, bare_ids, (0, len(bare_ids))),
-                       "unsupported": margin(attributor, ex["question"], kept, bare_ids, (0, len(bare_ids)))}
-        prompt = build_prompt(tokenizer, ex["question"], docs, Template()).prompt
+        if not args.own_only:
+            bare = attributor.sequence(build_prompt(tokenizer, ex["question"], docs, Template(), system=system).prompt,
+                                       answer=ex["answer"])
+            bare_ids = bare.target_ids.tolist()
+            row["bare"] = {"supported": margin(attributor, ex["question"], docs, bare_ids, (0, len(bare_ids)), system),
+                           "unsupported": margin(attributor, ex["question"], kept, bare_ids, (0, len(bare_ids)), system)}
+        if not args.own:
+            row["seconds"] = time.perf_counter() - started
+            with ROWS.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(ex["id"], f"{row['seconds']:.0f} s", flush=True)
+            continue
+        prompt = build_prompt(tokenizer, ex["question"], docs, Template(), system=system).prompt
         own_ids, truncated = generate_answer(attributor, prompt, 128, 3)
         seq = attributor.sequence(prompt, answer=own_ids)
         runs, spans = answer_sentences(seq)
@@ -82,8 +103,8 @@ def run(args) -> None:
         row["own"] = {"answer": seq.text[seq.offsets[seq.n_prompt][0]:], "truncated": truncated,
                       "n_sentences": len(runs), "correct": s is not None}
         if s is not None:
-            row["own"].update(sentence=s, supported=margin(attributor, ex["question"], docs, own_ids, runs[s]),
-                              unsupported=margin(attributor, ex["question"], kept, own_ids, runs[s]))
+            row["own"].update(sentence=s, supported=margin(attributor, ex["question"], docs, own_ids, runs[s], system),
+                              unsupported=margin(attributor, ex["question"], kept, own_ids, runs[s], system))
         row["seconds"] = time.perf_counter() - started
         with ROWS.open("a") as f:
             f.write(json.dumps(row) + "\n")
@@ -99,6 +120,8 @@ def pairs(rows: list[dict], kinds=("bare", "own")) -> list[tuple[str, dict]]:
     out = []
     for r in rows:
         for kind in kinds:
+            if kind not in r:
+                continue
             part = r[kind]
             if kind == "bare" or part["correct"]:
                 out.append((kind, part))
@@ -106,7 +129,7 @@ def pairs(rows: list[dict], kinds=("bare", "own")) -> list[tuple[str, dict]]:
 
 
 def report(args) -> None:
-    rows = [json.loads(line) for line in ROWS.read_text().splitlines()]
+    rows = [json.loads(line) for line in SETS["first"][1].read_text().splitlines()]
     by_split = {"calibration": [r for r in rows if r["split"] == "calibration"],
                 "report": [r for r in rows if r["split"] == "report" and r["id"] >= args.report_from]}
     cal = [p for _, p in pairs(by_split["calibration"], tuple(args.kinds))]
@@ -140,18 +163,64 @@ def report(args) -> None:
     print("wrong own answers: " + "; ".join(f"{r['id']} {r['own']['answer'][:60]!r}" for r in wrong))
 
 
+def third(args) -> None:
+    """The third rule: thresholds from every bare row of the first set, labels on the report set's rows."""
+    suffix = "_p1" if args.prompt == "P1" else ""
+    paths = [SETS[name][1].with_name(SETS[name][1].stem + suffix + ".jsonl") for name in ("first", "report")]
+    first, reported = ([json.loads(line) for line in path.read_text().splitlines()] for path in paths)
+    own_rows = SETS["report"][1].with_name(SETS["report"][1].stem + "_own.jsonl")
+    own = {r["id"]: r["own"] for r in map(json.loads, own_rows.read_text().splitlines())} if own_rows.exists() else {}
+    reported = [{**r, "own": own[r["id"]]} if r["id"] in own else r for r in reported]
+    thresholds = rag.calibrate([r["bare"]["supported"]["margin"] for r in first],
+                               [r["bare"]["unsupported"]["margin"] for r in first])
+    print(f"thresholds = ({thresholds[0]:.2f}, {thresholds[1]:.2f}) nats from the first set's {len(first)} bare "
+          f"answers; report set: {len(reported)} rows\n")
+    print("| set | answers | judged | unsupported: precision | recall | supported: precision | recall | "
+          "uncertain | supported answers: supported / uncertain / unsupported |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, part in (("first (calibration, in-sample)", first), ("report", reported)):
+        for kind in ("bare", "own"):
+            judged = [p for k, p in pairs(part, (kind,)) if "supported" in p]
+            if not judged:
+                continue
+            sup = [label(p["supported"], thresholds) for p in judged]
+            uns = [label(p["unsupported"], thresholds) for p in judged]
+            tp, fp = uns.count("unsupported"), sup.count("unsupported")
+            ts, fs = sup.count("supported"), uns.count("supported")
+            ratio = lambda a, b: f"{a / b:.3f} ({a}/{b})" if b else "n/a"  # noqa: E731
+            print(f"| {name} | {kind} | {len(judged)} of {len(part)} | {ratio(tp, tp + fp)} | {ratio(tp, len(uns))} | "
+                  f"{ratio(ts, ts + fs)} | {ratio(ts, len(sup))} | {ratio(sup.count('uncertain') + uns.count('uncertain'), 2 * len(judged))} | "
+                  f"{ts} / {sup.count('uncertain')} / {fp} |")
+    print("\n| id | kind | supported margin | label | unsupported margin | label | drop_all (supported) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in reported:
+        for kind, p in pairs([r]):
+            if "supported" in p:
+                print(f"| {r['id']} | {kind} | {p['supported']['margin']:+.2f} | {label(p['supported'], thresholds)} | "
+                      f"{p['unsupported']['margin']:+.2f} | {label(p['unsupported'], thresholds)} | "
+                      f"{p['supported']['drop_all']:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     runner = sub.add_parser("run")
     runner.add_argument("--shard", default="0/1")
     runner.add_argument("--threads", type=int, default=1)
+    runner.add_argument("--data", default="first", choices=sorted(SETS))
+    runner.add_argument("--own", action=argparse.BooleanOptionalAction, default=True,
+                        help="also the model's own answer (the third rule's report set runs --no-own first)")
+    runner.add_argument("--prompt", default="P0", choices=["P0", "P1"],
+                        help="P1: the system message chosen at 13:50 (rows to <rows>_p1.jsonl)")
+    runner.add_argument("--own-only", action="store_true", help="only the own answers, to <rows>_own.jsonl")
     reporter = sub.add_parser("report")
     reporter.add_argument("--kinds", nargs="+", default=["bare", "own"], choices=["bare", "own"],
                           help="answers the thresholds are calibrated on (the second rule: bare)")
     reporter.add_argument("--report-from", default="rc-020", help="first report row counted (the second rule: rc-025)")
+    thirder = sub.add_parser("third", help="the third rule's table (thresholds from the first set, labels on the report set)")
+    thirder.add_argument("--prompt", default="P1", choices=["P0", "P1"], help="the rows' prompt (P1: the default since 13:51)")
     args = parser.parse_args()
-    run(args) if args.command == "run" else report(args)
+    {"run": run, "report": report, "third": third}[args.command](args)
 
 
 if __name__ == "__main__":

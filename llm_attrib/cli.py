@@ -392,7 +392,8 @@ def _add_rag_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--template", metavar="NAME_OR_TEXT",
                         help="prompt layout: default, plain, zoo, or a string with {documents} and {question} "
                              "(default: the chat template when the tokenizer has one; zoo for the zoo model)")
-    parser.add_argument("--system", metavar="TEXT", help="a system message (chat templates only)")
+    parser.add_argument("--system", metavar="TEXT",
+                        help="a system message (chat templates only; default: one saying the task, rag.SYSTEM)")
     parser.add_argument("--method", default="ig", metavar="NAME", help="attribution method (default: ig)")
     parser.add_argument("--space", default=None, metavar="NAME",
                         help="embeddings, attention or mask (default: mask where the method has it, else attention, as rag.explain)")

@@ -1,6 +1,9 @@
 """RAG debugging: prompts built with exact spans, document rankings that find the source on the trained rag model,
 rows that add up across granularities, verdicts confirmed by ablation, and clear errors for bad input."""
 
+import copy
+import dataclasses
+
 import pytest
 import torch
 
@@ -37,10 +40,12 @@ def zoo_case(example: dict) -> tuple[str, list[str]]:
 
 
 def test_spans_come_from_construction_not_search(chat_lm):
-    """A sentence that two documents share gets each document's own span; the chat template's markup is outside."""
+    """A sentence that two documents share gets each document's own span; the chat template's markup (and the
+    template's system message, which says the task) is outside."""
     _, tokenizer = chat_lm
     built = build_prompt(tokenizer, "w30 w31", as_documents(DOCS), TINY)
-    assert built.text == "w40 w41 w10 w12 w1 w2 w3. w4 w5 w6. w12 w9 w13 w7 w8. w1 w2 w3. w12 w20 w21 w22. w11 w30 w31 w43 w44"
+    assert built.text == (f"w40 w42 {rag.SYSTEM} w43 "
+                          "w40 w41 w10 w12 w1 w2 w3. w4 w5 w6. w12 w9 w13 w7 w8. w1 w2 w3. w12 w20 w21 w22. w11 w30 w31 w43 w44")
     assert [built.text[a:b] for a, b in built.document_spans] == ["w12 w1 w2 w3. w4 w5 w6.", "w12 w9 w13 w7 w8. w1 w2 w3.",
                                                                    "w12 w20 w21 w22."]
     sentences = [[built.text[a:b] for a, b in spans] for spans in built.sentence_spans]
@@ -49,6 +54,19 @@ def test_spans_come_from_construction_not_search(chat_lm):
     assert built.text[slice(*built.question_span)] == "w30 w31"
     without_second = build_prompt(tokenizer, "w30 w31", as_documents(DOCS), TINY, kept=[0, 2])
     assert "w12 w20 w21 w22." in without_second.text and "w7 w8" not in without_second.text
+
+
+def test_a_chat_template_without_a_system_role_gets_no_default_system_message(chat_lm):
+    """The default system message is left out where the chat template refuses a system role (as Gemma 2's does); a
+    system message the caller asked for is not dropped: the package's error says so."""
+    _, tokenizer = chat_lm
+    refusing = copy.deepcopy(tokenizer)
+    refusing.chat_template = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}" + CHAT
+    plain = dataclasses.replace(TINY, system=None)
+    assert build_prompt(refusing, "w30 w31", as_documents(DOCS), TINY).text == build_prompt(
+        tokenizer, "w30 w31", as_documents(DOCS), plain).text
+    with pytest.raises(InvalidInputError, match="refused the system message"):
+        build_prompt(refusing, "w30 w31", as_documents(DOCS), TINY, system="w5")
 
 
 def test_sentences_split_offline():
@@ -269,11 +287,13 @@ def test_an_answer_tokenised_differently_after_the_prompt_is_refused():
 
 
 def test_thresholds_are_calibrated_from_known_margins():
-    """low: midway between the unsupported margins' 95th and the supported margins' 5th percentile; high: the
-    latter; the verdict follows them."""
+    """Separated margins: low midway between the unsupported margins' 95th and the supported margins' 5th
+    percentile, high the latter; overlapping margins: the overlap between the two is "uncertain"; the verdict
+    follows them."""
     supported, unsupported = [float(m) for m in range(10, 31)], [float(m) for m in range(-5, 6)]
     low, high = rag.calibrate(supported, unsupported)
     assert (low, high) == pytest.approx(((4.5 + 11.0) / 2, 11.0))  # linear quantiles of -5..5 and 10..30
+    assert rag.calibrate([float(m) for m in range(2, 23)], unsupported) == pytest.approx((3.0, 4.5))  # overlap
     from llm_attrib.rag.verdicts import judge
 
     assert [judge(m, 0.0, (low, high)).label for m in (2.0, 9.0, 12.0)] == ["unsupported", "uncertain", "supported"]

@@ -6,7 +6,9 @@ import torch
 
 import llm_attrib
 from llm_attrib import rag
+from llm_attrib.rag.verdicts import judge
 
+SMOLLM2_THRESHOLDS = (2.12, 2.55)  # eval/results/rag/calibration.md, third rule
 MOUNTAINS = [
     {"title": "Kilimanjaro", "text": "Mount Kilimanjaro is the highest mountain in Africa. It is a dormant volcano in Tanzania."},
     {"title": "Mount Fuji", "text": "Mount Fuji is the highest mountain in Japan. It last erupted in 1707."},
@@ -22,20 +24,24 @@ def smollm2():
     torch.set_num_threads(threads)
 
 
-def test_the_default_run_answers_from_the_document_that_states_it(smollm2):
-    """The README's question, no answer given: the answer is one sentence that ends with the model's turn (not cut
-    by max_new_tokens), and its top document is the one whose removal costs it most. (SmolLM2 answers "The highest
-    mountain in Japan is Mount Fuji, not Mount Kilimanjaro.": it knows Fuji, so the Kilimanjaro document, which
-    the answer names, carries more of it; #29's "top document is Mount Fuji" is not what this model does.) No
-    thresholds are calibrated for SmolLM2 (eval/results/rag/calibration.md), so the verdicts say so and keep their
-    margins. The parts of every document (its label and its sentences) add up to its score on this byte-level
-    tokenizer."""
-    result = rag.explain(*smollm2, "What is the highest mountain in Japan?", MOUNTAINS, show_progress=False)
+def test_the_default_run_is_judged_with_the_thresholds_calibrated_for_smollm2(smollm2):
+    """The README's question, no answer given: the prompt says the task in a system message (in place of SmolLM2's
+    own default one), the answer is one sentence that ends with the model's turn (not cut by max_new_tokens), its
+    top document is the one whose removal costs it most, and its verdict, labelled by the thresholds shipped for
+    this model (found by its weights), is not "unsupported". (SmolLM2 answers "The highest mountain in Japan is
+    Mount Fuji, not Mount Kilimanjaro.": it knows Fuji, so the Kilimanjaro document, which the answer names, carries
+    more of it; #29's "top document is Mount Fuji" is not what this model does, eval/results/rag/calibration.md.)
+    The parts of every document (its label and its sentences) add up to its score on this byte-level tokenizer."""
+    model, tokenizer = smollm2
+    result = rag.explain(model, tokenizer, "What is the highest mountain in Japan?", MOUNTAINS, show_progress=False)
+    assert rag.SYSTEM in result.explanation.text and "SmolLM" not in result.explanation.text
     assert "Fuji" in result.answer and len(result.answer_sentences) == 1 and not result.truncated
     assert result.top_document == int(result.leave_one_out[0].argmax())
-    assert rag.calibrated_thresholds(smollm2[0]) is None
-    assert all(v.label == "uncalibrated" and not v.calibrated and v.thresholds is None for v in result.verdicts)
-    assert all(v.margin == pytest.approx(v.drop_cited - v.drop_other) for v in result.verdicts)
+    thresholds = rag.calibrated_thresholds(model)
+    assert thresholds == SMOLLM2_THRESHOLDS and rag.calibrated_thresholds(llm_attrib.zoo.load("rag")[0]) == rag.THRESHOLDS
+    for v in result.verdicts:
+        assert v.calibrated and v.thresholds == thresholds and v.margin == pytest.approx(v.drop_cited - v.drop_other)
+        assert v.label == judge(v.drop_cited, v.drop_other, thresholds).label != "unsupported"
     parts = result.header_scores + torch.stack([s.sum(1) for s in result.sentence_scores], 1)
     torch.testing.assert_close(parts, result.document_scores, rtol=0, atol=1e-5)
 

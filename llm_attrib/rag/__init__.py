@@ -8,10 +8,10 @@ support it, and why the retriever ranked them.
 
 from .explain import GRANULARITIES, SCOPES, explain
 from .explanation import Citation, RagExplanation, Verdict
-from .prompt import TEMPLATES, Document, Template
+from .prompt import SYSTEM, TEMPLATES, Document, Template
 from .retriever import RetrievalExplanation, explain_retrieval, rank_and_explain, similarity
 from .shapley import DocumentShapley
 from .verdicts import THRESHOLDS, calibrate, calibrated_thresholds
 
-__all__ = ["explain", "RagExplanation", "Citation", "Verdict", "Template", "Document", "TEMPLATES", "THRESHOLDS", "calibrate", "calibrated_thresholds",
+__all__ = ["explain", "RagExplanation", "Citation", "Verdict", "Template", "Document", "TEMPLATES", "SYSTEM", "THRESHOLDS", "calibrate", "calibrated_thresholds",
            "GRANULARITIES", "SCOPES", "explain_retrieval", "rank_and_explain", "similarity", "RetrievalExplanation", "DocumentShapley"]

@@ -70,7 +70,8 @@ def explain(
         template: a `Template`, a name in `rag.TEMPLATES` ("default", "plain", "zoo"), or a prompt string with
             {documents} and {question}. Default: one user message through the tokenizer's chat template when it
             has one, else the plain layout.
-        system: a system message (chat templates only).
+        system: a system message (chat templates only); None: the template's (`Template.system`: by default one
+            saying the task, in place of a chat template's own default such as SmolLM2's).
         method, space, **method_params: the attribution method (`Attributor.explain`'s). space=None is the mask
             space for every method that has one (IG's default here, unlike `Attributor.explain`), else attention
             where the method has it: a document's score is then what the model read from it, and the documents'
@@ -97,8 +98,8 @@ def explain(
             answer's log-probability: the leave-one-out check and a verdict per answer sentence (3 + documents
             forwards, each from the first token it does not share with one run before).
         thresholds: (low, high) margins in nats for the verdicts (see `rag.verdicts`; `rag.calibrate` makes them
-            for your model). None: the thresholds shipped for this model (found by its weights' fingerprint; today
-            only the zoo rag model has them); for any other model the verdicts say "uncalibrated" and keep
+            for your model). None: the thresholds shipped for this model (found by its weights' fingerprint; the zoo
+            rag model and SmolLM2-135M-Instruct have them); for any other model the verdicts say "uncalibrated" and keep
             their margins, since nats do not carry over between models.
         shapley: also give each document's Shapley value for each answer sentence (`result.shapley`), by removing
             documents: exact from all 2^D subsets of documents when 2^D <= shapley_budget forwards (shared with

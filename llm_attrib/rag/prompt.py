@@ -3,8 +3,8 @@ known from construction (never re-found by searching the text: documents may rep
 sentences).
 
 A `Template` says how documents and the question are laid out; the prompt is rendered through the tokenizer's
-chat template when it has one (one user message), else as plain text. Removing documents renders the same
-layout without them, so an ablation changes nothing but the removed documents.
+chat template when it has one (a system message saying the task, then one user message), else as plain text.
+Removing documents renders the same layout without them, so an ablation changes nothing but the removed documents.
 """
 
 from __future__ import annotations
@@ -12,11 +12,17 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass, field
 
+from jinja2 import TemplateError
+
 from ..core.chat import render_chat
 from ..errors import InvalidInputError
 from .sentences import split_sentences
 
 Span = tuple[int, int]
+
+# Replaces a chat template's own default (SmolLM2's names the assistant and nothing else); chosen on real-text
+# questions, eval/results/rag/calibration.md ("The default answer on the mountain example").
+SYSTEM = "You are an assistant for question-answering tasks. Answer from the documents you are given."
 
 
 def _format(template: str, values: dict[str, str]) -> tuple[str, dict[str, int]]:
@@ -63,6 +69,8 @@ class Template:
         titled: the document layout used when a document has a title.
         separator: what joins the rendered documents.
         chat: render as one user message through the tokenizer's chat template; None: when the tokenizer has one.
+        system: the system message before it (chat only; None: none, so the chat template's own default if it has
+            one). A chat template that refuses a system role renders without this default.
     """
 
     prompt: str = "Answer the question in one sentence, using the documents.\n\n{documents}\n\nQuestion: {question}"
@@ -70,6 +78,7 @@ class Template:
     titled: str = "Document {index} ({title}): {text}"
     separator: str = "\n"
     chat: bool | None = None
+    system: str | None = SYSTEM
 
     def __post_init__(self) -> None:
         _check_fields("template", self.prompt, required={"documents", "question"}, allowed={"documents", "question"})
@@ -78,9 +87,9 @@ class Template:
 
 
 PLAIN = Template(prompt="Answer the question using the documents.\n\n{documents}\n\nQuestion: {question}\nAnswer:",
-                 chat=False)
+                 chat=False, system=None)
 ZOO = Template(prompt="{documents} question : {question}", document="doc : {text}", titled="doc : {text}",
-               separator=" ", chat=False)
+               separator=" ", chat=False, system=None)
 TEMPLATES = {"default": Template(), "plain": PLAIN, "zoo": ZOO}
 
 
@@ -157,8 +166,8 @@ def as_documents(documents) -> list[Document]:
 
 def build_prompt(tokenizer, question: str, documents: list[Document], template: Template,
                  kept: list[int] | None = None, system: str | None = None, language: str | None = None) -> RagPrompt:
-    """Render `question` and the `kept` documents (default all) with `template`; spans come from the rendering
-    (sentences split in `language`, None: detected)."""
+    """Render `question` and the `kept` documents (default all) with `template`, after `system` (None: the
+    template's); spans come from the rendering (sentences split in `language`, None: detected)."""
     if not isinstance(question, str) or not question.strip():
         raise InvalidInputError("the question is empty; give the question the documents were retrieved for.")
     kept = list(range(len(documents))) if kept is None else kept
@@ -178,8 +187,19 @@ def build_prompt(tokenizer, question: str, documents: list[Document], template: 
     content, field_at = _format(template.prompt, {"documents": body, "question": question})
     chat = template.chat if template.chat is not None else bool(getattr(tokenizer, "chat_template", None))
     if chat:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
-        text, spans = render_chat(tokenizer, messages)
+        user = [{"role": "user", "content": content}]
+        chosen = system or template.system
+        messages = ([{"role": "system", "content": chosen}] if chosen else []) + user
+        try:
+            text, spans = render_chat(tokenizer, messages)
+        except TemplateError as error:
+            if not chosen:
+                raise
+            if system:
+                raise InvalidInputError(f"the tokenizer's chat template refused the system message ({error}); this "
+                                        "model may take none: leave system= unset.") from None
+            messages = user  # a template without a system role (e.g. Gemma 2's) gets no default one
+            text, spans = render_chat(tokenizer, messages)
         offset = spans[-1][0]
         prompt: str | list[dict[str, str]] = messages
     else:
