@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -172,30 +172,17 @@ class Explanation:
         head = None
         if self.head_scores is not None:
             head = torch.stack([self.head_scores[..., g].sum(-1) for g in groups], -1)
-        return Explanation(
+        return replace(
+            self,
             scores=scores,
             input_tokens=tokens,
             input_offsets=[tuple(o) for o in offsets],
             input_ids=[self.input_ids[g[0]] if g else -1 for g in groups],
-            target_tokens=self.target_tokens,
-            target_ids=self.target_ids,
-            target_probs=self.target_probs,
-            completeness_error=self.completeness_error,
-            text=self.text,
             n_prompt_tokens=n_prompt,
-            method=self.method,
-            space=self.space,
             params={**self.params, "aggregated": True},
-            model_name=self.model_name,
-            library_version=self.library_version,
             head_scores=head,
-            extra=self.extra,
-            cost=self.cost,
             input_markup=[bool(g) and all(self._markup()[j] for j in g) for g in groups],
-            converged=self.converged,
-            answer_level=self.answer_level,
-            answer_segments=self.answer_segments,
-            notes=self.notes,
+            newer_fields={},
         )
 
     def to_dict(self) -> dict[str, Any]:
