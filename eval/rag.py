@@ -95,6 +95,7 @@ def main() -> None:
     p.add_argument("--also-ablations", type=int, nargs="*", default=[],
                    help="also ContextCite at these numbers of ablations, fitted on the first ones of the same run")
     p.add_argument("--resume", action="store_true", help="keep the examples the output already holds")
+    p.add_argument("--limit", type=int, default=None, help="only the first n examples (rows in order)")
     p.set_defaults(func=cmd_contextcite)
     p = sub.add_parser("subsets", help="the documents' Shapley values (rag.explain's, one forward per subset) on "
                                        "explained rows")

@@ -53,7 +53,8 @@ def cmd_contextcite(args) -> None:
                                                                                             else "smollm2")),
                str(examples_path), str(out), "--num-ablations", str(args.num_ablations), "--threads", str(args.threads),
                *(["--also-ablations", *map(str, args.also_ablations)] if args.also_ablations else []),
-               *(["--resume"] if args.resume else [])]
+               *(["--resume"] if args.resume else []),
+               *(["--limit", str(args.limit)] if args.limit is not None else [])]
     print(" ".join(command), flush=True)
     subprocess.run(command, check=True)
     save_settings(f"contextcite_{name}", args, peer_command=" ".join(command[1:]))

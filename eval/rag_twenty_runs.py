@@ -10,6 +10,7 @@ import random
 import sys
 import time
 import warnings
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -30,6 +31,12 @@ ORDER_SEED = 33
 TWENTY_METHODS = ("ig_mask", "shapley")
 FALLBACK_BUDGET = 6 * 2**30  # bytes: one 20-document path point in the mask space measured ~3 GiB
 REPLY_TOKENS, OWN_ANSWER_TOKENS = 24, 64  # eval/real_text.py's `knows`; rag.explain's max_new_tokens
+
+
+def package() -> str:
+    """Where the llm_attrib this row ran with was imported from (the continuation runs main's dc8afb9 package,
+    exported outside the checkout: eval/results/rag/twenty_docs.md)."""
+    return str(Path(llm_attrib.__file__).parent)
 
 
 def twenty_part(group: str, docs: str) -> str:
@@ -83,7 +90,8 @@ def shapley(attributor: Attributor, question: str, docs, answer_ids: list[int]) 
                               on_forward=forwards.append)
     started = time.perf_counter()
     result = document_shapley(subsets.stack, len(docs))
-    return {"scores": result.values[0].tolist(), "seconds": time.perf_counter() - started,
+    # one answer segment: values are (1, D) since 3ee6747 and were (D, 1) in the package the twenty rows run with
+    return {"scores": result.values.reshape(-1).tolist(), "seconds": time.perf_counter() - started,
             "n_forward": sum(forwards), "n_backward": 0, "exact": result.exact, "n_subsets": result.n_subsets}
 
 
@@ -156,7 +164,8 @@ def cmd_twenty(args) -> None:
         row = {"id": ex["id"], "rank": k, "group": args.group, "docs": args.docs, "source": ex["source"],
                "question": ex["question"], "documents": ex["documents"], "relevant": ex["relevant_document"],
                "n_documents": len(docs), "expected": ex["answer"], "reply": text, "answer": answer,
-               "correct": ex["answer"].lower() in text.lower(), "code": commit(), "threads": torch.get_num_threads(),
+               "correct": ex["answer"].lower() in text.lower(), "code": commit(), "package": package(),
+               "threads": torch.get_num_threads(),
                "n_prompt_tokens": attributor.sequence(built.prompt, answer=[0]).n_prompt}
         if row["correct"] and answer.strip():
             answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
@@ -179,7 +188,7 @@ def run_methods(model, attributor: Attributor, row: dict, methods: list[str]) ->
             out[name] = ig_mask(model, attributor.tokenizer, row["question"], row["documents"], row["answer"])
         else:
             out[name] = shapley(attributor, row["question"], as_documents(row["documents"]), answer_ids)
-        out[name]["code"] = commit()
+        out[name]["code"], out[name]["package"] = commit(), package()
     return out
 
 
@@ -192,12 +201,13 @@ def show(row: dict) -> None:
 
 
 def add_methods(args) -> None:
-    """Run `args.add` on the counted rows of the part that lack them, rewriting the rows file after each."""
+    """Run `args.add` on the counted rows of the part that lack them (among the first `args.n` rows), rewriting the
+    rows file after each."""
     model, tokenizer = llm_attrib.zoo.load("smollm2")
     attributor = Attributor(model, tokenizer, show_progress=False)
     path = RESULTS / f"{twenty_part(args.group, args.docs)}.jsonl"
     rows = read_rows(path)
-    for row in rows:
+    for row in rows[:args.n]:
         missing = [m for m in args.add if row.get("counted") and m not in row["methods"]]
         if missing:
             row["methods"].update(run_methods(model, attributor, row, missing))
