@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 from pathlib import Path
 
 import numpy as np
 
-from rag_data import RESULTS, read_rows
+from rag_data import HERE, RESULTS, read_rows
 from rag_peers import load_contextcite
 from rag_report import spearman
 from rag_twenty_runs import MARGIN, twenty_part
 
 REPORT = RESULTS.parent / "rag_twenty.md"
-LOAD_LOG = RESULTS / "twenty_load.log"
+LOAD_LOGS = {"earlier run": RESULTS / "twenty_load.log", "continuation": RESULTS / "twenty_load_continuation.log"}
+EARLIER_COMMIT = "5ce9b2b"  # the earlier run's last commit: its rows and ContextCite results tell the runs apart
+RUNS = ("earlier run", "continuation")
 METHODS = ["ig_mask", "leave_one_out", "shapley", "contextcite_64", "contextcite_32"]
 LABELS = {"ig_mask": "IG over the mask (default)", "leave_one_out": "leave-one-out", "shapley": "Shapley values",
           "contextcite_64": "ContextCite 64", "contextcite_32": "ContextCite 32"}
@@ -31,6 +34,26 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     p = k / n
     centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+
+
+def at_earlier_commit(name: str) -> str | None:
+    """A results file as the earlier run committed it (None if it had none)."""
+    done = subprocess.run(["git", "show", f"{EARLIER_COMMIT}:eval/results/rag/{name}"], cwd=HERE,
+                          capture_output=True, text=True)
+    return done.stdout if done.returncode == 0 else None
+
+
+def earlier_figures(part: str) -> set[tuple[str, str]]:
+    """(row id, method) pairs the earlier run had computed for a part: everything else is the continuation's."""
+    rows = at_earlier_commit(f"{part}.jsonl")
+    out = set()
+    for line in (rows or "").splitlines():
+        row = json.loads(line)
+        out |= {(row["id"], "leave_one_out")} | {(row["id"], m) for m in row.get("methods", {})}
+    cc = at_earlier_commit(f"contextcite_{part}.json")
+    for e in json.loads(cc)["examples"] if cc else []:
+        out |= {(e["id"], "contextcite_64")} | {(e["id"], f"contextcite_{k}") for k in e.get("also", {})}
+    return out
 
 
 def scored(row: dict, contextcite: dict[str, dict]) -> dict[str, dict]:
@@ -48,8 +71,8 @@ def scored(row: dict, contextcite: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
-def metrics(rows: list[dict], contextcite: dict[str, dict]) -> dict[str, list[dict]]:
-    """Per method, one record per counted row it ran on."""
+def metrics(rows: list[dict], contextcite: dict[str, dict], earlier: set | None = None) -> dict[str, list[dict]]:
+    """Per method, one record per counted row it ran on, with the run its figures come from."""
     out: dict[str, list[dict]] = {m: [] for m in METHODS}
     for row in rows:
         loo_top = int(np.argmax(row["leave_one_out"]))
@@ -58,7 +81,8 @@ def metrics(rows: list[dict], contextcite: dict[str, dict]) -> dict[str, list[di
             out.setdefault(name, []).append({
                 "top1": int(np.argmax(scores)) == row["relevant"], "top1_loo": int(np.argmax(scores)) == loo_top,
                 "spearman": spearman(scores, row["leave_one_out"]), "seconds": m["seconds"],
-                "n_forward": m["n_forward"], "n_backward": m["n_backward"]})
+                "n_forward": m["n_forward"], "n_backward": m["n_backward"],
+                "run": RUNS[0] if earlier is None or (row["id"], name) in earlier else RUNS[1]})
     return out
 
 
@@ -101,9 +125,17 @@ def top1_table(cells: dict[tuple[str, str], dict[str, list[dict]]], counts: dict
     return "\n".join(lines)
 
 
-def agreement_table(cells: dict[tuple[str, str], dict[str, list[dict]]]) -> str:
-    lines = ["| documents | method | rows | Spearman vs LOO | top-1 = LOO | forwards | backwards | seconds |",
-             "|---|---|---|---|---|---|---|---|"]
+def seconds(records: list[dict], run: str) -> str:
+    values = [r["seconds"] for r in records if r["run"] == run]
+    return f"{np.mean(values):.1f} ({len(values)})" if values else "–"
+
+
+def agreement_table(cells: dict[tuple[str, str], dict[str, list[dict]]], by_run: bool = False) -> str:
+    """Agreement and cost per method; with `by_run`, seconds per run (the runs' machines were loaded differently),
+    each with its number of rows."""
+    head = " | ".join(f"seconds, {run} (rows)" for run in RUNS) if by_run else "seconds"
+    lines = [f"| documents | method | rows | Spearman vs LOO | top-1 = LOO | forwards | backwards | {head} |",
+             "|---|---|---|---|---|---|---|" + ("---|---|" if by_run else "---|")]
     for docs in DOCS:
         for m in METHODS:
             records = [r for (g, d), per in cells.items() if d == docs for r in per.get(m, [])]
@@ -114,7 +146,8 @@ def agreement_table(cells: dict[tuple[str, str], dict[str, list[dict]]]) -> str:
                          + (f"{np.mean(rho):.3f}" if rho else "–") + f" | {cell(records, 'top1_loo')} | "
                          f"{np.mean([r['n_forward'] for r in records]):.1f} | "
                          f"{np.mean([r['n_backward'] for r in records]):.1f} | "
-                         f"{np.mean([r['seconds'] for r in records]):.1f} |")
+                         + (" | ".join(seconds(records, run) for run in RUNS) if by_run
+                            else f"{np.mean([r['seconds'] for r in records]):.1f}") + " |")
     return "\n".join(lines)
 
 
@@ -133,16 +166,33 @@ def target_lines(cells: dict[tuple[str, str], dict[str, list[dict]]]) -> str:
     return "\n".join(lines)
 
 
+def load_line(run: str) -> str:
+    """The run's load average, sampled every minute: its first and last samples and the largest 1-minute figure."""
+    path = LOAD_LOGS[run]
+    load = [" ".join(line.split()[:4]) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    if not load:
+        return "Load average: not logged."
+    peak = max(float(line.split()[1]) for line in load)
+    return (f"Load average (1, 5, 15 min), sampled every minute: {load[0]} ... {load[-1]} (eval/results/rag/"
+            f"{path.name}; max 1-min {peak:.1f}, mean 1-min {np.mean([float(l.split()[1]) for l in load]):.1f}).")
+
+
 def cmd_twenty_report(args) -> None:
-    cells, counts, codes, tokens, refusals = {}, {}, set(), {}, {}
+    cells, counts, codes, tokens, refusals, runs_rows = {}, {}, {}, {}, {}, {}
     for group in ("a", "b"):
         for docs in DOCS:
             part = twenty_part(group, docs)
             rows = read_rows(RESULTS / f"{part}.jsonl")
             counted = [r for r in rows if r.get("counted")]
-            cells[(group, docs)] = metrics(counted, load_contextcite(part)[0])
+            cells[(group, docs)] = metrics(counted, load_contextcite(part)[0], earlier_figures(part))
             counts[(group, docs)] = (len(rows), sum(r["correct"] for r in rows), len(counted))
-            codes |= {r["code"] for r in rows} | {m["code"] for r in counted for m in r["methods"].values()}
+            for r in rows:
+                run = RUNS[1] if "package" in r else RUNS[0]
+                codes.setdefault(run, set()).add(r["code"])
+                for m in r.get("methods", {}).values():
+                    codes.setdefault(RUNS[1] if "package" in m else RUNS[0], set()).add(m["code"])
+                runs_rows.setdefault((group, docs), {}).setdefault(run, 0)
+                runs_rows[(group, docs)][run] += 1
             if rows:
                 tokens[(group, docs)] = [r["n_prompt_tokens"] for r in rows]
             ig = [r["methods"]["ig_mask"] for r in counted if "ig_mask" in r["methods"]]
@@ -154,33 +204,43 @@ def cmd_twenty_report(args) -> None:
         rows, contextcite, n_correct = counted_earlier(group)
         earlier[(group, "source")] = metrics(rows, contextcite)
         earlier_counts[(group, "source")] = ("all", n_correct, len(rows))
-    settings = json.loads((RESULTS / "settings.json").read_text()) if (RESULTS / "settings.json").exists() else {}
-    commands = [settings[p]["command"] for p in (twenty_part(g, d) for g in "ab" for d in DOCS) if p in settings]
-    load = LOAD_LOG.read_text().split("\n") if LOAD_LOG.exists() else []
-    load = [" ".join(line.split()[:4]) for line in load if line.strip()]
+    earlier_settings = json.loads(at_earlier_commit("settings.json") or "{}")
+    commands = [earlier_settings[p]["command"] for p in (twenty_part(g, d) for g in "ab" for d in DOCS)
+                if p in earlier_settings]
     token_lines = "; ".join(f"({g}) at {DOCS[d]}: {min(t)}-{max(t)} (median {int(np.median(t))})"
                             for (g, d), t in tokens.items())
+    new_rows = "; ".join(f"({g}) at {DOCS[d]}: {n.get(RUNS[1], 0)}" for (g, d), n in runs_rows.items())
     text = f"""# RAG at 3-5 and 20 documents, judged where documents carry the answer (#33)
 
 Written by `python eval/rag.py twenty-report` from the rows in eval/results/rag/twenty_*.jsonl and the ContextCite
 results beside them. The rule, the data and the sample sizes were fixed before the first counted row:
-[rag/twenty_docs.md](rag/twenty_docs.md). SmolLM2-135M-Instruct, its own greedy answers, one thread per process,
-`nice -n 5`, at most two processes, on 2 CPU cores shared with other engineers' jobs (load average below): seconds
-are for comparison within this run only.
+[rag/twenty_docs.md](rag/twenty_docs.md) (with its amendments, each written before the rows it governs).
+SmolLM2-135M-Instruct, its own greedy answers, one thread per process, `nice -n 5`, on 2 CPU cores shared with other
+engineers' jobs (load average below): seconds are for comparison within one run only, so the cost table gives them
+per run.
 
-Commands: {'; '.join(f'`{c}`' for c in commands) or '–'}; then `python eval/rag.py contextcite twenty_<group>_<docs>
---also-ablations 32 --resume` (context-cite 0.0.4, transformers 4.57.6, in its own venv; `CONTEXTCITE_PYTHON`
-names it). Code: commits {', '.join(sorted(codes))} (the package, llm_attrib/, is the same in all of them: main at
-dc8afb9; only eval/ and tests/ changed). Prompt tokens: {token_lines}. Load average (1, 5, 15 min) during the runs,
-sampled every minute: {load[0] if load else '–'} ... {load[-1] if load else '–'} (eval/results/rag/twenty_load.log;
-max 1-min {max((float(l.split()[1]) for l in load), default=float('nan')):.1f}).
+Two runs of the same rows, in the same fixed orders, with the same package (main at dc8afb9's llm_attrib; the
+continuation imported it exported from commit {EARLIER_COMMIT}, since main's later prompt change would have changed
+every prompt; each of its rows records the path as `package`):
+
+- **Earlier run** (13:19-14:42 UTC, two processes at a time): {'; '.join(f'`{c}`' for c in commands) or '–'}; `python
+  eval/rag.py twenty a 20 --add shapley` (one row); then `python eval/rag.py contextcite twenty_<group>_<docs>
+  --also-ablations 32 --resume`. Code: commits {', '.join(sorted(codes.get(RUNS[0], [])))}. {load_line(RUNS[0])}
+- **Continuation** (from 16:01 UTC, one process at a time, each row its own process, pausing for other engineers'
+  quiet windows): `bash eval/rag_twenty_continue.sh` (each step `python eval/rag.py twenty <group> <docs> --n <k>`,
+  `... --add shapley --n <k>` or `python eval/rag.py contextcite twenty_<group>_<docs> --also-ablations 32 --resume
+  --limit <k>`, k = the next row). Code: commits {', '.join(sorted(codes.get(RUNS[1], []))) or '–'}. New rows:
+  {new_rows}. {load_line(RUNS[1])}
+
+ContextCite: context-cite 0.0.4, transformers 4.57.6, in its own venv (`CONTEXTCITE_PYTHON` names it). Prompt
+tokens: {token_lines}.
 
 (a) = the held-out fictional set's test split (invented entities); (b) = real-text questions whose answer
 leave-one-out names the relevant document for by at least {MARGIN} nats, decided per row at that document count (so
 leave-one-out's top-1 on (b) is 1 by construction). "questions reached" = the prefix of the group's fixed order
 that the time budget reached; "counted" = rows the rule counts; every method cell says on how many of those it ran.
 
-## Top-1 (the relevant document ranked first), this run
+## Top-1 (the relevant document ranked first), both runs' rows
 
 {top1_table(cells, counts)}
 
@@ -192,18 +252,18 @@ ranking, which then ran with the Attributor's memory_budget at 6 GiB (the rule's
 
 {target_lines(cells)}
 
-## Agreement with leave-one-out against cost, this run (counted rows of (a) and (b) together)
+## Agreement with leave-one-out against cost, both runs' rows (counted rows of (a) and (b) together)
 
-Seconds: wall time per example of one process on the loaded machine (ContextCite 32: to the end of its 32nd
-ablation forward plus its own fit, within the 64-ablation run). A backward costs about two forwards.
+Seconds: wall time per example of one process, per run, with the rows each mean is over (ContextCite 32: to the
+end of its 32nd ablation forward plus its own fit, within the 64-ablation run). A backward costs about two forwards.
 
-{agreement_table(cells)}
+{agreement_table(cells, by_run=True)}
 
 ## The earlier 3-5-document rows under the same counting rule (larger sample, earlier code)
 
 `eval/rag.py smollm2` rows (the held-out test split; the real-text set and its second sample, pooled), written in
 sessions before this one, with the default template of then ("Answer the question using the documents.", before
-"in one sentence" was added; this run uses the current one), IG over the mask added by `--add ig_mask`, Shapley
+"in one sentence" was added; the twenty runs use dc8afb9's, with it), IG over the mask added by `--add ig_mask`, Shapley
 values at 746a885 or unrecorded, ContextCite at 64 ablations only: every correct answer of the sets, counted by
 the rule above.
 
