@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The twenty runs' continuation (eval/results/rag/twenty_docs.md, amendment of 16:15 UTC): one row (or one
+# The twenty runs' continuation (eval/results/rag/twenty_docs.md, amendment of 16:01 UTC): one row (or one
 # ContextCite example) per process, one thread, nice 5, in the rule's order, with the package the earlier rows ran
 # with (main's dc8afb9 llm_attrib, exported to $TWENTY_PACKAGE: git archive 5ce9b2b llm_attrib | tar -x -C DIR).
 # Before each step it waits while /tmp/quiet.request exists and holds /tmp/rows33.busy while the step runs.
