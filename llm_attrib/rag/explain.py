@@ -95,8 +95,9 @@ def explain(
             (`result.ranking_scores`) and no sentence scores (`result.sentence_documents` lists the ones with).
             None: every document at sentence level (one run, as with few documents).
         verify: remove each document (and each sentence's cited documents, and all of them) and measure the
-            answer's log-probability: the leave-one-out check and a verdict per answer sentence (3 + documents
-            forwards, each from the first token it does not share with one run before).
+            answer's log-probability: the leave-one-out check, a verdict per answer sentence and which document
+            carried each answer word (`word_documents`) (3 + documents forwards, each from the first token it does
+            not share with one run before).
         thresholds: (low, high) margins in nats for the verdicts (see `rag.verdicts`; `rag.calibrate` makes them
             for your model). None: the thresholds shipped for this model (found by its weights' fingerprint; the zoo
             rag model and SmolLM2-135M-Instruct have them); for any other model the verdicts say "uncalibrated" and keep

@@ -285,7 +285,8 @@ def _print_word_documents(result, console: Console) -> None:
     line = Text("answer words, by the document whose removal costs them most (nats): ")
     for n, i in enumerate(shown):
         word, d, drop = credited[i]
-        line.append(("; " if n else "") + safe(word), style="bold")
+        line.append("; " if n else "")
+        line.append(safe(word), style="bold")
         line.append(f" \u2190 {d + 1} ({drop:.2f})")
     if len(credited) > len(shown):
         line.append(f"; {len(credited) - len(shown)} more in the report", style="dim")
