@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -133,6 +133,7 @@ class RagExplanation:
     answer_words: list[Span] | None = None
     word_leave_one_out: torch.Tensor | None = None
     newer_fields: dict[str, Any] = field(default_factory=dict, repr=False)
+    word_credit: ClassVar[float] = WORD_CREDIT  # nats: `word_documents`' default
 
     @property
     def document_scores(self) -> torch.Tensor:
@@ -230,19 +231,24 @@ class RagExplanation:
             out.append(Citation(self.explanation.text[span[0]:span[1]], span, cited, sentences, verdict))
         return out
 
+    def credited_words(self, min_drop: float = WORD_CREDIT) -> list[int]:
+        """Indices of the answer words that lose at least `min_drop` nats when one document alone is removed."""
+        if self.word_leave_one_out is None or not self.answer_words:
+            return []
+        best = torch.nan_to_num(self.word_leave_one_out.float(), nan=float("-inf")).max(1).values
+        return [w for w, drop in enumerate(best.tolist()) if drop >= min_drop]
+
     def word_documents(self, min_drop: float = WORD_CREDIT) -> list[tuple[str, int, float]]:
         """(word, document, nats) for each answer word, in answer order, that loses at least `min_drop` nats when
         one document alone is removed: the document whose removal costs it most. A word no single document carries
         (the model says it from the question, the answer so far or what it knows) is left out. Empty without
         `verify` (no removals ran)."""
-        if self.word_leave_one_out is None or not self.answer_words:
-            return []
         out = []
-        for (start, end), drops in zip(self.answer_words, self.word_leave_one_out):
-            finite = torch.nan_to_num(drops.float(), nan=float("-inf"))
-            d = int(finite.argmax())
-            if float(finite[d]) >= min_drop:
-                out.append((self.explanation.text[start:end], d, float(finite[d])))
+        for w in self.credited_words(min_drop):
+            start, end = self.answer_words[w]
+            drops = torch.nan_to_num(self.word_leave_one_out[w].float(), nan=float("-inf"))
+            d = int(drops.argmax())
+            out.append((self.explanation.text[start:end], d, float(drops[d])))
         return out
 
     def to_dataframe(self):

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..rag.explanation import WORD_CREDIT
 from ._colors import fmt_error, fmt_score, is_dark, score_rgb, short_model_name, visible
 from .html import cost_line, finite_or_none
 from .templating import render
@@ -365,20 +364,19 @@ def _leave_one_out(result: "RagExplanation") -> dict[str, Any] | None:
 
 def _word_documents(result: "RagExplanation") -> dict[str, Any] | None:
     """The answer words some document carried (leave-one-out per word), a column each, in answer order."""
-    credited = result.word_documents() if result.word_leave_one_out is not None else []
-    if not credited:
+    columns = result.credited_words()
+    if not columns:
         return None
     text = result.explanation.text
-    columns = [w for w, drops in enumerate(result.word_leave_one_out)
-               if float(torch.nan_to_num(drops, nan=float("-inf")).max()) >= WORD_CREDIT]
     heads = [(text[a:b], text[a:b]) for a, b in (result.answer_words[w] for w in columns)]
+    least = result.word_credit
     return _document_table(
         result, result.word_leave_one_out[columns], "Answer words: which document carried each (nats)", "words",
         "loo words", "removed",
         f"How much each answer word's log-probability drops when that document alone is removed, for the words that "
-        f"lose at least {WORD_CREDIT:g} nats without some document (from the verdicts' own removals); a word no "
-        "single document carried (the model says it from the question, the answer so far or what it knows) is left "
-        "out.", heads=heads)
+        f"lose at least {least:g} nats without some document (from the verdicts' own removals); a word no single "
+        "document carried (the model says it from the question, the answer so far or what it knows) is left out.",
+        heads=heads)
 
 
 def _shapley(result: "RagExplanation") -> dict[str, Any] | None:
