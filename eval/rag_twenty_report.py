@@ -226,7 +226,7 @@ every prompt; each of its rows records the path as `package`):
 - **Earlier run** (13:19-14:42 UTC, two processes at a time): {'; '.join(f'`{c}`' for c in commands) or '–'}; `python
   eval/rag.py twenty a 20 --add shapley` (one row); then `python eval/rag.py contextcite twenty_<group>_<docs>
   --also-ablations 32 --resume`. Code: commits {', '.join(sorted(codes.get(RUNS[0], [])))}. {load_line(RUNS[0])}
-- **Continuation** (from 16:01 UTC, one process at a time, each row its own process, pausing for other engineers'
+- **Continuation** (16:01-17:36 UTC, one process at a time, each row its own process, pausing for other engineers'
   quiet windows): `bash eval/rag_twenty_continue.sh` (each step `python eval/rag.py twenty <group> <docs> --n <k>`,
   `... --add shapley --n <k>` or `python eval/rag.py contextcite twenty_<group>_<docs> --also-ablations 32 --resume
   --limit <k>`, k = the next row). Code: commits {', '.join(sorted(codes.get(RUNS[1], []))) or '–'}. New rows:
