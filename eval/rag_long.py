@@ -87,7 +87,7 @@ def cmd_validate(args) -> None:
                             "n_forward": exp.cost["n_forward"], "n_backward": exp.cost["n_backward"],
                             "completeness_error": float(exp.completeness_error.max()), "converged": exp.converged}
             if reading == "full":
-                row["leave_one_out"] = result.leave_one_out[:, 0].tolist()
+                row["leave_one_out"] = result.leave_one_out[0].tolist()  # (answer sentences, documents): one row
         append(VALIDATION, row)
         print(ex["id"], row["relevant"], int(np.argmax(row["leave_one_out"])), int(np.argmax(row["full"]["scores"])),
               int(np.argmax(row["answer"]["scores"])), f"{row['full']['seconds']:.0f}s {row['answer']['seconds']:.0f}s",
