@@ -247,16 +247,17 @@ def timing_table(rows: list[dict]) -> str:
 
 
 def speed_table(rows: list[dict]) -> str:
-    """Before/after rows of one task: seconds, memory and gradients, and how far the scores moved from the row with
-    the same documents and label "before" (largest absolute difference, and relative to the largest score)."""
-    before = {(r["task"], r["n_documents"]): r for r in rows if r.get("label") == "before" and "scores" in r}
+    """Before/after rows: seconds, memory and gradients, and how far the scores moved from the row labelled "before"
+    with the same task, documents and threads (largest absolute difference, and relative to the largest score)."""
+    before = {(r["task"], r["n_documents"], r.get("threads", 1)): r for r in rows
+              if r.get("label") == "before" and "scores" in r}
     lines = ["| code | task | documents | prompt tokens | threads | wall s | CPU s | peak RSS GiB | gradients | "
              "completeness | top = relevant | max score diff vs before (abs / rel) | load (1 min) | note |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["task"], r["n_documents"], r.get("label") != "before", r.get("threads", 1))):
         cost = r.get("cost") or {}
         top = "" if "top_document" not in r else "yes" if r["top_document"] == r["relevant"] else "no"
-        reference, diff = before.get((r["task"], r["n_documents"])), ""
+        reference, diff = before.get((r["task"], r["n_documents"], r.get("threads", 1))), ""
         if reference is not None and "scores" in r and r is not reference:
             a, b = np.asarray(r["scores"]), np.asarray(reference["scores"])
             diff = f"{np.abs(a - b).max():.1e} / {np.abs(a - b).max() / np.abs(b).max():.1e}"
