@@ -41,7 +41,7 @@ from llm_attrib.rag.prompt import TEMPLATES, as_documents, build_prompt
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from rag_data import append, commit, done_ids, read_rows  # noqa: E402
+from rag_data import append, commit, pending, read_rows  # noqa: E402
 from rag_report import metric_rows, smollm2_table  # noqa: E402
 from rag_runs import ablations, run_methods  # noqa: E402
 
@@ -138,14 +138,7 @@ def cmd_rag(args) -> None:
     known = {i for i, r in decided.items() if holds(by_id[i]["answer"], r["reply"])}
     closed = {i for i in known if holds(by_id[i]["answer"], decided[i].get("closed_book"))}
     chosen = sorted((ex for ex in by_id.values() if ex["id"] in known), key=lambda ex: ex["id"] in closed)
-    done = done_ids(path)
-    started = time.perf_counter()
-    for ex in chosen:
-        if ex["id"] in done:
-            continue
-        if time.perf_counter() - started > args.minutes * 60:
-            print(f"budget of {args.minutes} minutes spent; stopping before {ex['id']}", flush=True)
-            break
+    for ex in pending(chosen, path, args.minutes):
         answer = " " + ex["answer"]
         row = {"id": ex["id"], "question": ex["question"], "documents": ex["documents"], "answer": answer,
                "relevant": ex["relevant_document"], "n_documents": len(ex["documents"]),

@@ -8,6 +8,7 @@ import json
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -86,6 +87,20 @@ def zoo_cells(n: int) -> list[dict]:
 
 def done_ids(path: Path) -> set[str]:
     return {row["id"] for row in read_rows(path)} if path.exists() else set()
+
+
+def pending(examples, path: Path, minutes: float):
+    """The examples with no row in `path` yet, in order, until `minutes` of wall time have passed since the first:
+    a resumable run on a time budget (the next run starts where this one stopped; no example is skipped)."""
+    done = done_ids(path)
+    started = time.perf_counter()
+    for ex in examples:
+        if ex["id"] in done:
+            continue
+        if time.perf_counter() - started > minutes * 60:
+            print(f"budget of {minutes} minutes spent; stopping before {ex['id']}", flush=True)
+            return
+        yield ex
 
 
 def read_rows(path: Path) -> list[dict]:

@@ -21,7 +21,7 @@ from llm_attrib.rag.explain import default_space
 from llm_attrib.rag.prompt import TEMPLATES, as_documents, build_prompt
 from llm_attrib.rag.shapley import document_shapley
 
-from rag_data import (HERE, OWN_ANSWER_TOKENS, RESULTS, append, commit, data_prefix, done_ids,
+from rag_data import (HERE, OWN_ANSWER_TOKENS, RESULTS, append, commit, data_prefix, done_ids, pending,
                       read_rows, save_settings, smollm2_examples, smollm2_part, zoo_cells,
                       zoo_standard)
 
@@ -221,15 +221,8 @@ def cmd_smollm2(args) -> None:
     examples.sort(key=lambda ex: (not decided[ex["id"]], knows_closed.get(ex["id"], True)))
     shard, n_shards = args.shard
     examples = [ex for ex in examples if decided[ex["id"]] or args.all_answers][shard::n_shards]
-    done = done_ids(path)
-    started = time.perf_counter()
     template = TEMPLATES["default"]
-    for ex in examples:
-        if ex["id"] in done:
-            continue
-        if time.perf_counter() - started > args.minutes * 60:
-            print(f"budget of {args.minutes} minutes spent; stopping before {ex['id']}", flush=True)
-            break
+    for ex in pending(examples, path, args.minutes):
         built = build_prompt(tokenizer, ex["question"], as_documents(ex["documents"]), template)
         answer = greedy_answer(attributor, built, OWN_ANSWER_TOKENS) if own else ex["item"]["answer"]
         row = {"id": ex["id"], "question": ex["question"], "documents": ex["documents"], "answer": answer,

@@ -120,7 +120,36 @@ def _add_explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="a method parameter, VALUE read as JSON if it parses (e.g. --param psi=aopc_sufficiency "
                              "--param n_baselines=8); repeatable")
+    _add_memory_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+RECOMPUTE = {"auto": None, "always": True, "never": False}
+
+
+def _add_memory_arguments(parser: argparse.ArgumentParser) -> None:
+    """Memory of long prompts: `Attributor`'s memory_budget and recompute, as flags."""
+    parser.add_argument("--memory-budget", type=_positive_float, default=None, metavar="GIB",
+                        help="memory one chunk of path points may use, in GiB (default: a share of the available memory)")
+    parser.add_argument("--recompute", choices=tuple(RECOMPUTE), default="auto",
+                        help="recompute decoder layers in the backward instead of keeping them: 'auto' (default) "
+                             "only where a path point would not fit, 'always', or 'never'")
+
+
+def _memory_options(args: argparse.Namespace) -> dict[str, Any]:
+    budget = None if args.memory_budget is None else int(args.memory_budget * 2**30)
+    return {"memory_budget": budget, "recompute": RECOMPUTE[args.recompute]}
+
+
+def _positive_float(text: str) -> float:
+    """argparse type of sizes: a positive finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -209,7 +238,7 @@ def _run_explain(args: argparse.Namespace) -> int:
         params["target"] = "answer"
     from .attributor import Attributor
 
-    exp = Attributor(model, tokenizer, show_progress=not args.no_progress).explain(
+    exp = Attributor(model, tokenizer, show_progress=not args.no_progress, **_memory_options(args)).explain(
         prompt, args.answer, method=args.method, space=args.space, layers=args.layers,
         max_new_tokens=args.max_new_tokens, **params,
     )
@@ -426,6 +455,7 @@ def _add_rag_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the result as JSON here (RagExplanation.load reads it)")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="a method parameter, VALUE read as JSON if it parses (e.g. --param max_steps=64); repeatable")
+    _add_memory_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -477,7 +507,7 @@ def _run_rag(args: argparse.Namespace) -> int:
         reading=args.reading, sentence_documents=args.sentence_documents, shapley=args.shapley, retriever=retriever,
         max_new_tokens=args.max_new_tokens, max_sentences=args.max_sentences,
         thresholds=args.thresholds, language=args.language, show_progress=not args.no_progress,
-        **_method_params(args.param),
+        **_memory_options(args), **_method_params(args.param),
     )
     written = _save_outputs(args, result.to_html, result.save)
     print_rag_explanation(result)

@@ -205,3 +205,33 @@ def test_rag_reads_documents_and_refuses_half_inputs(model_dir, tmp_path, capsys
     docs.write_text("not json\n")
     assert main(["rag", "--model", str(model_dir), "--question", "the cat", "--documents", str(docs)]) == 2
     assert "neither JSON lines nor a JSON list" in capsys.readouterr().err
+
+
+def test_memory_flags_reach_the_attribution_and_bad_sizes_are_usage_errors(tmp_path, monkeypatch, capsys):
+    """--recompute always and --memory-budget reach the Attributor (recomputed layers, through torch's fused
+    attention, give the plain run's scores within float32 rounding), on both subcommands; a size that is not a positive number is a usage error (exit 2)."""
+    from llm_attrib import Attributor, rag
+
+    seen = []
+    original = Attributor.__init__
+
+    def spy(self, *args, **kwargs):
+        seen.append((kwargs.get("memory_budget"), kwargs.get("recompute")))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Attributor, "__init__", spy)
+    outs = []
+    for flags in ([], ["--recompute", "always", "--memory-budget", "1.5"]):
+        out = tmp_path / f"rag{len(outs)}.json"
+        assert main(["rag", "--space", "mask", "--granularity", "answer", "--no-verify", "--param", "n_steps=8",
+                     "--param", "tolerance=null", "--json", str(out), "--no-progress", *flags]) == 0
+        outs.append(rag.RagExplanation.load(out))
+    assert seen[0] == (None, None) and seen[-1] == (int(1.5 * 2**30), True)
+    torch.testing.assert_close(outs[1].document_scores, outs[0].document_scores, rtol=1e-3, atol=1e-3)  # fused kernel
+    assert main(["explain", "--recompute", "never", "--no-progress", "--max-new-tokens", "1"]) == 0
+    assert seen[-1] == (None, False)
+    for bad in ("0", "-1", "inf", "lots"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["explain", "--memory-budget", bad])
+        assert exit_info.value.code == 2
+    assert "expected a positive number" in capsys.readouterr().err

@@ -302,6 +302,21 @@ def test_thresholds_are_calibrated_from_known_margins():
         rag.calibrate([1.0], [0.0, 1.0])
 
 
+def test_a_sentence_several_documents_carry_is_shared_not_unsupported():
+    """Below the low threshold the verdict is "shared" only when the documents together carry the sentence (removing
+    all of them costs at least the high threshold) and no other single document's removal costs more than the
+    cited ones'; otherwise unsupported, as when nothing is cited. Above low the margin decides as before."""
+    from llm_attrib.rag.verdicts import judge
+
+    low, high = 2.0, 3.0
+    assert judge(1.5, 0.5, (low, high), drop_all=3.0, drop_alone=1.2).label == "shared"
+    assert judge(1.5, 0.5, (low, high), drop_all=2.9, drop_alone=1.2).label == "unsupported"  # documents not needed
+    assert judge(1.5, 0.5, (low, high), drop_all=9.0, drop_alone=1.6).label == "unsupported"  # another carries more
+    assert judge(1.5, 0.5, (low, high), cited=False, drop_all=9.0).label == "unsupported"
+    assert judge(3.5, 0.5, (low, high), drop_all=9.0, drop_alone=0.5).label == "supported"
+    assert judge(1.5, 0.5, None, drop_all=9.0, drop_alone=0.5).label == "uncalibrated"
+
+
 def test_verdicts_are_uncalibrated_on_a_model_without_thresholds(chat_lm, zoo, tmp_path):
     """Margins are nats of one model: a model with no shipped thresholds gets "uncalibrated" verdicts that keep their
     margins (and survive a save), thresholds of one's own label them, the zoo model is found by its weights (not its

@@ -53,8 +53,8 @@ def setup():
     return model, tokenizer, result
 
 
-def sentence_log_probs(model, tokenizer, kept: list[int], result: rag.RagExplanation) -> torch.Tensor:
-    """(answer sentences,) log p(sentence | prompt with only the `kept` documents, earlier sentences): the prompt
+def token_log_probs(model, tokenizer, kept: list[int]) -> torch.Tensor:
+    """(answer tokens,) log p(token | prompt with only the `kept` documents, earlier answer tokens): the prompt
     written out here and one plain forward."""
     documents = " ".join(f"Document {i + 1}" + (f" ({DOCUMENTS[i]['title']})" if "title" in DOCUMENTS[i] else "")
                          + f": {DOCUMENTS[i]['text']}" for i in kept)
@@ -63,7 +63,12 @@ def sentence_log_probs(model, tokenizer, kept: list[int], result: rag.RagExplana
     answer_ids = tokenizer(ANSWER, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         logits = model(torch.tensor([prompt_ids + answer_ids])).logits[0].double()
-    per_token = logits[len(prompt_ids) - 1:-1].log_softmax(-1)[torch.arange(len(answer_ids)), answer_ids]
+    return logits[len(prompt_ids) - 1:-1].log_softmax(-1)[torch.arange(len(answer_ids)), answer_ids]
+
+
+def sentence_log_probs(model, tokenizer, kept: list[int], result: rag.RagExplanation) -> torch.Tensor:
+    """(answer sentences,) log p(sentence | prompt with only the `kept` documents, earlier sentences)."""
+    per_token = token_log_probs(model, tokenizer, kept)
     return torch.stack([per_token[a:b].sum() for a, b in result.answer_sentences])
 
 
@@ -91,6 +96,36 @@ def test_documents_are_the_last_axis_of_every_table(setup):
         tokens = [t for t, (a, b) in enumerate(result.explanation.input_offsets) if b > a and start <= a < end]
         torch.testing.assert_close(result.document_scores[:, d], result.explanation.scores[:, tokens].sum(1))
     torch.testing.assert_close(result.sentence_document_scores(), result.document_scores)  # sentence rows
+
+
+def test_each_answer_word_is_credited_to_the_document_whose_removal_costs_it_most(setup, tmp_path):
+    """word_leave_one_out[w, d] is what answer word w (its tokens, punctuation left out) loses without document d,
+    from forwards computed here; word_documents names, for each word losing at least 0.1 nats, that document; both
+    survive a save and load."""
+    model, tokenizer, result = setup
+    text = result.explanation.text
+    assert [text[a:b] for a, b in result.answer_words] == re.findall(r"\w+", ANSWER)  # "Fuji", not "Fuji."
+    answer_ids = tokenizer(ANSWER, add_special_tokens=False)["input_ids"]
+    words = [tokenizer.decode([i]) for i in answer_ids]
+    everyone = list(range(len(DOCUMENTS)))
+    full = token_log_probs(model, tokenizer, everyone)
+    for d in everyone:
+        drops = full - token_log_probs(model, tokenizer, [i for i in everyone if i != d])
+        expected = torch.stack([drops[t] for t, word in enumerate(words) if re.fullmatch(r"\w+", word)])
+        torch.testing.assert_close(result.word_leave_one_out[:, d].double(), expected, rtol=0, atol=1e-4)
+    credited = result.word_documents()
+    best = result.word_leave_one_out.max(1)
+    assert credited == [(text[a:b], int(d), float(drop)) for (a, b), drop, d in zip(result.answer_words, *best)
+                        if drop >= 0.1]
+    assert credited, "this random model's answer words must depend on some document"
+    assert len(result.word_documents(min_drop=-math.inf)) == len(result.answer_words)
+    result.save(tmp_path / "r.json")
+    again = rag.RagExplanation.load(tmp_path / "r.json")
+    assert again.answer_words == result.answer_words and again.word_documents() == credited
+    data = json.loads((tmp_path / "r.json").read_text())
+    data["word_leave_one_out"] = data["word_leave_one_out"][1:]
+    with pytest.raises(InvalidInputError, match="word_leave_one_out must be"):
+        rag.RagExplanation.from_dict(data)
 
 
 def test_a_format_1_file_loads_into_todays_layout(setup, tmp_path):

@@ -44,6 +44,27 @@ def test_the_default_run_is_judged_with_the_thresholds_calibrated_for_smollm2(sm
         assert v.label == judge(v.drop_cited, v.drop_other, thresholds).label != "unsupported"
     parts = result.header_scores + torch.stack([s.sum(1) for s in result.sentence_scores], 1)
     torch.testing.assert_close(parts, result.document_scores, rtol=0, atol=1e-5)
+    credited = {word: d for word, d, _ in result.word_documents()}  # which document carried which answer word
+    assert credited["Kilimanjaro"] == 0 and credited["Fuji"] == 1
+
+
+def test_an_answer_several_documents_state_is_shared_not_unsupported(smollm2):
+    """The documents of examples/rag_documents.py (only the Japan one titled): SmolLM2 answers "Mount Fuji is the
+    highest mountain in Japan.", ranks the Japan document first, and the verdict is not "unsupported": the answer
+    loses several nats without the documents, and the Kilimanjaro document states the same sentence shape, so
+    removing the Japan one alone costs it little ("shared", eval/results/rag/calibration.md)."""
+    model, tokenizer = smollm2
+    documents = [
+        "Mount Kilimanjaro is the highest mountain in Africa. It is a dormant volcano in Tanzania.",
+        {"title": "Japan", "text": "Mount Fuji is the highest mountain in Japan. It last erupted in 1707."},
+        "Mont Blanc is the highest mountain in the Alps. It lies on the border of France and Italy.",
+    ]
+    result = rag.explain(model, tokenizer, "What is the highest mountain in Japan?", documents, show_progress=False)
+    assert result.answer.strip() == "Mount Fuji is the highest mountain in Japan." and result.top_document == 1
+    (verdict,) = result.verdicts
+    assert verdict.label == "shared" and verdict.drop_all >= verdict.thresholds[1]
+    assert verdict.drop_cited >= float(result.leave_one_out[0, [0, 2]].max())
+    assert {word: d for word, d, _ in result.word_documents()}["Fuji"] == 1
 
 
 JAPANESE = ["東京は日本の首都です。", "人口は約千四百万人です。"], ["富士山は日本で一番高い山です。", "高さは3776メートルです。",

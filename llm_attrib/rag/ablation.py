@@ -25,7 +25,17 @@ from .prompt import Document, Template, build_prompt
 def segment_log_probs(attributor: Attributor, prompts: list, answer_ids: list[int], segments: list[tuple[int, int]],
                       on_forward: Callable[[int], object] | None = None,
                       prefixes: SharedPrefixes | None = None) -> torch.Tensor:
-    """(N, S) log p(segment | prompt, earlier answer) of each answer segment after each of N prompts, teacher-forced.
+    """(N, S) log p(segment | prompt, earlier answer) of each answer segment after each of N prompts, teacher-forced:
+    `token_log_probs` summed over each segment's tokens."""
+    seq = attributor.sequence(prompts[0], answer=answer_ids)
+    seq.answer_segments = segments
+    return token_log_probs(attributor, prompts, answer_ids, on_forward, prefixes) @ seq.segment_matrix().cpu()
+
+
+def token_log_probs(attributor: Attributor, prompts: list, answer_ids: list[int],
+                    on_forward: Callable[[int], object] | None = None,
+                    prefixes: SharedPrefixes | None = None) -> torch.Tensor:
+    """(N, T) log p(answer token | prompt, earlier answer) of each of the T answer tokens after each of N prompts.
 
     With `prefixes`, each prompt runs only from its first token that differs from the prompt run before it (see
     `SharedPrefixes`); prompts it cannot run so (a model whose cache is not exact) run in full. One prompt per
@@ -33,8 +43,6 @@ def segment_log_probs(attributor: Attributor, prompts: list, answer_ids: list[in
     (eval/results/rag_debugging.md, 3i); a GPU, which runs a batch about as fast as one prompt, should gain.
     `on_forward` is told how many prompts each forward ran."""
     seqs = [attributor.sequence(prompt, answer=answer_ids) for prompt in prompts]
-    seqs[0].answer_segments = segments
-    members = seqs[0].segment_matrix()  # (T, S): the same answer after every prompt
     ids = [seq.input_ids[0] for seq in seqs]
     rows = attributor.internal_batch_size or 1
     pad = padding_token(attributor.tokenizer)
@@ -43,7 +51,7 @@ def segment_log_probs(attributor: Attributor, prompts: list, answer_ids: list[in
     rest = [i for i in range(len(ids)) if i not in done]
     done.update(zip(rest, full_log_probs(attributor.model, [ids[i] for i in rest], seqs[0].target_ids, rows, pad,
                                          on_forward)))
-    return torch.stack([done[i] for i in range(len(ids))]).cpu() @ members.cpu()
+    return torch.stack([done[i] for i in range(len(ids))]).float().cpu()
 
 
 def full_log_probs(model, ids: list[torch.Tensor], target_ids: torch.Tensor, rows: int, pad: int,
@@ -173,11 +181,12 @@ class SharedPrefixes:
 
 
 class DocumentSubsets:
-    """(S,) answer segment log-probabilities with a subset of the documents kept, each subset run once, so
-    leave-one-out, the verdicts' removals and the Shapley values share their forwards; subsets known in advance
-    (`evaluate`) can share batched forwards (the Attributor's internal_batch_size). Each subset runs only from
-    the first token its prompt does not share with the prompt run before it (`SharedPrefixes`), unless
-    `reuse_prefix` is False: the same values from full forwards."""
+    """(S,) answer segment log-probabilities with a subset of the documents kept (and `tokens`, the (T,) answer
+    tokens' own), each subset run once, so leave-one-out, the verdicts' removals, the answer words' removals and
+    the Shapley values share their forwards; subsets known in advance (`evaluate`) can share batched forwards (the
+    Attributor's internal_batch_size). Each subset runs only from the first token its prompt does not share with
+    the prompt run before it (`SharedPrefixes`), unless `reuse_prefix` is False: the same values from full
+    forwards."""
 
     def __init__(self, attributor: Attributor, question: str, documents: list[Document], template: Template,
                  answer_ids: list[int], segments: list[tuple[int, int]], system: str | None = None,
@@ -186,19 +195,23 @@ class DocumentSubsets:
         self.answer_ids, self.segments, self.system = answer_ids, segments, system
         self.on_forward = on_forward  # told how many subsets each forward ran (a progress bar's update)
         self.prefixes = SharedPrefixes(attributor.model) if reuse_prefix else None
-        self.values: dict[tuple[int, ...], torch.Tensor] = {}
+        self.token_values: dict[tuple[int, ...], torch.Tensor] = {}  # (T,) per subset run
+        self.members: torch.Tensor | None = None  # (T, S): which answer tokens make each segment
 
     def evaluate(self, subsets: Iterable[Iterable[int]]) -> None:
         """Run every subset (each an iterable of kept documents) not run yet, internal_batch_size per forward."""
         keys = list(dict.fromkeys(tuple(sorted(set(kept))) for kept in subsets))
-        keys = [key for key in keys if key not in self.values]
+        keys = [key for key in keys if key not in self.token_values]
         if not keys:
             return
         prompts = [build_prompt(self.attributor.tokenizer, self.question, self.documents, self.template, list(key),
                                 self.system).prompt for key in keys]
-        values = segment_log_probs(self.attributor, prompts, self.answer_ids, self.segments, self.on_forward,
-                                   self.prefixes)
-        self.values.update(zip(keys, values))
+        if self.members is None:
+            seq = self.attributor.sequence(prompts[0], answer=self.answer_ids)
+            seq.answer_segments = self.segments
+            self.members = seq.segment_matrix().float().cpu()
+        values = token_log_probs(self.attributor, prompts, self.answer_ids, self.on_forward, self.prefixes)
+        self.token_values.update(zip(keys, values))
 
     def stack(self, subsets: Iterable[Iterable[int]]) -> torch.Tensor:
         """(N, S) the values of N subsets, run together where not run yet (`document_shapley`'s `log_probs`)."""
@@ -206,10 +219,14 @@ class DocumentSubsets:
         self.evaluate(subsets)
         return torch.stack([self(kept) for kept in subsets])
 
-    def __call__(self, kept: Iterable[int]) -> torch.Tensor:
+    def tokens(self, kept: Iterable[int]) -> torch.Tensor:
+        """(T,) each answer token's log-probability with only the `kept` documents."""
         key = tuple(sorted(set(kept)))
         self.evaluate([key])
-        return self.values[key]
+        return self.token_values[key]
+
+    def __call__(self, kept: Iterable[int]) -> torch.Tensor:
+        return self.tokens(kept) @ self.members
 
     def without(self, removed: Iterable[int]) -> torch.Tensor:
         dropped = set(removed)
@@ -218,3 +235,8 @@ class DocumentSubsets:
     @property
     def full(self) -> torch.Tensor:
         return self(range(len(self.documents)))
+
+    @property
+    def values(self) -> dict[tuple[int, ...], torch.Tensor]:
+        """(S,) segment values of every subset run so far, by its sorted kept documents."""
+        return {key: tokens @ self.members for key, tokens in self.token_values.items()}

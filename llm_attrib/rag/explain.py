@@ -95,8 +95,9 @@ def explain(
             (`result.ranking_scores`) and no sentence scores (`result.sentence_documents` lists the ones with).
             None: every document at sentence level (one run, as with few documents).
         verify: remove each document (and each sentence's cited documents, and all of them) and measure the
-            answer's log-probability: the leave-one-out check and a verdict per answer sentence (3 + documents
-            forwards, each from the first token it does not share with one run before).
+            answer's log-probability: the leave-one-out check, a verdict per answer sentence and which document
+            carried each answer word (`word_documents`) (3 + documents forwards, each from the first token it does
+            not share with one run before).
         thresholds: (low, high) margins in nats for the verdicts (see `rag.verdicts`; `rag.calibrate` makes them
             for your model). None: the thresholds shipped for this model (found by its weights' fingerprint; the zoo
             rag model and SmolLM2-135M-Instruct have them); for any other model the verdicts say "uncalibrated" and keep
@@ -151,6 +152,7 @@ def explain(
         seq = attributor.sequence(built.prompt, answer=answer)
         answer_ids = seq.target_ids.tolist()
         runs, spans = answer_sentences(seq, language)
+        words = answer_words(seq)
         params: dict[str, Any] = dict(method=method, space=default_space(method) if space is None else space,
                                       reading=reading, **method_params)
         if reading == "answer":  # the readers begin after the last document, whichever documents move
@@ -188,6 +190,7 @@ def explain(
                     result.shapley = document_shapley(subsets.stack, len(docs), budget=shapley_budget)
                 if verify:
                     result.verdicts, result.leave_one_out = check(subsets, result, thresholds)
+                    result.answer_words, result.word_leave_one_out = word_leave_one_out(subsets, words)
             ablation_forwards, ablation_tokens = forwards[0], tokens[0]
     if retriever is not None:
         from .retriever import rank_and_explain
@@ -257,6 +260,35 @@ def answer_sentences(seq, language: str | None = None) -> tuple[list[tuple[int, 
     return runs, spans
 
 
+def answer_words(seq) -> list[tuple[tuple[int, int], list[int]]]:
+    """The answer's words: (character span, answer token indices) for each word (letters and digits, with the
+    hyphens, apostrophes and separators inside them: "Jean-Paul", "3,776"). A token belongs to the word holding
+    its first non-space character (a byte-level " Kil" and "imanjaro" make one word); punctuation and special
+    tokens belong to none."""
+    first = seq.offsets[seq.n_prompt][0]
+    text = seq.text
+    spans = [(first + m.start(), first + m.end()) for m in re.finditer(r"\w+(?:[-'’.,:]\w+)*", text[first:])]
+    members: dict[int, list[int]] = {}
+    for t, (start, end) in enumerate(seq.offsets[seq.n_prompt:]):
+        piece = text[start:end]
+        at = start + len(piece) - len(piece.lstrip())
+        w = next((k for k, (a, b) in enumerate(spans) if a <= at < b), None)
+        if end > start and piece.strip() and w is not None:
+            members.setdefault(w, []).append(t)
+    return [(spans[w], tokens) for w, tokens in sorted(members.items())]
+
+
+def word_leave_one_out(subsets: DocumentSubsets, words) -> tuple[list[tuple[int, int]], torch.Tensor]:
+    """The answer words' spans and (words, documents) nats each word loses when one document alone is removed, from
+    the removals leave-one-out already ran."""
+    everyone = list(range(len(subsets.documents)))
+    full = subsets.tokens(everyone)
+    alone = torch.stack([subsets.tokens([d for d in everyone if d != left]) for left in everyone], 1)  # (T, D)
+    drops = full[:, None] - alone
+    table = torch.stack([drops[tokens].sum(0) for _, tokens in words]) if words else drops.new_zeros(0, len(everyone))
+    return [span for span, _ in words], table
+
+
 def summed_cost(cost: dict[str, Any], coarse: dict[str, Any]) -> dict[str, Any]:
     """The attribution's cost with the coarse ranking's added (its counts and seconds, kept apart too)."""
     if not coarse:
@@ -286,5 +318,7 @@ def check(subsets: DocumentSubsets, result: RagExplanation, thresholds: tuple[fl
         drop_cited = float(full[s] - subsets.without(cited)[s]) if cited else 0.0
         others = [d for d in range(n_documents) if d not in cited]
         drop_other = float(leave_one_out[s, others].clamp_min(0).mean()) if others else 0.0
-        verdicts.append(judge(drop_cited, drop_other, thresholds, cited=bool(cited), drop_all=float(drop_all[s])))
+        drop_alone = float(leave_one_out[s, others].max()) if others else None
+        verdicts.append(judge(drop_cited, drop_other, thresholds, cited=bool(cited), drop_all=float(drop_all[s]),
+                              drop_alone=drop_alone))
     return verdicts, leave_one_out

@@ -19,6 +19,7 @@ from .prompt import Document
 from .shapley import DocumentShapley
 
 Span = tuple[int, int]
+WORD_CREDIT = 0.1  # nats: removing the document makes the word about 10% less likely (e^-0.1 = 0.905)
 
 
 @dataclass
@@ -26,8 +27,10 @@ class Verdict:
     """Whether the documents support one answer sentence, decided by ablation of the cited documents.
 
     Attributes:
-        label: "supported", "unsupported" or "uncertain"; "uncalibrated" when the thresholds were not calibrated
-            for the model at hand (margins in nats do not carry over between models): read the margin instead.
+        label: "supported", "unsupported", "uncertain" or "shared" (the documents together carry the sentence, the
+            cited ones most, but removing them alone costs it too little to call: several documents state it);
+            "uncalibrated" when the thresholds were not calibrated for the model at hand (margins in nats do not
+            carry over between models): read the margin instead.
         drop_cited: nats the sentence's log-probability loses when the cited documents are removed.
         drop_other: the same when one other document is removed, averaged over the others (a gain counts as 0;
             0 with no other document).
@@ -85,6 +88,9 @@ class RagExplanation:
         verdicts: one `Verdict` per answer sentence, when `verify=True`.
         leave_one_out: (answer sentences, documents) nats each sentence loses when that document alone is removed
             (computed with the verdicts).
+        answer_words, word_leave_one_out: the answer's words (character spans in `explanation.text`) and (words,
+            documents) the nats each word loses when that document alone is removed: which document carried which
+            answer word (`word_documents`), from the verdicts' own removals (no extra forward).
         shapley: each answer sentence's Shapley value for each document (`DocumentShapley`, its `values`
             (answer sentences, documents)), when `shapley=True`.
         retrieval: the retriever's explanation of each document's similarity to the question, when given.
@@ -124,6 +130,8 @@ class RagExplanation:
     reading: str = "full"
     ranking_scores: torch.Tensor | None = None
     sentence_documents: list[int] | None = None
+    answer_words: list[Span] | None = None
+    word_leave_one_out: torch.Tensor | None = None
     newer_fields: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -222,6 +230,21 @@ class RagExplanation:
             out.append(Citation(self.explanation.text[span[0]:span[1]], span, cited, sentences, verdict))
         return out
 
+    def word_documents(self, min_drop: float = WORD_CREDIT) -> list[tuple[str, int, float]]:
+        """(word, document, nats) for each answer word, in answer order, that loses at least `min_drop` nats when
+        one document alone is removed: the document whose removal costs it most. A word no single document carries
+        (the model says it from the question, the answer so far or what it knows) is left out. Empty without
+        `verify` (no removals ran)."""
+        if self.word_leave_one_out is None or not self.answer_words:
+            return []
+        out = []
+        for (start, end), drops in zip(self.answer_words, self.word_leave_one_out):
+            finite = torch.nan_to_num(drops.float(), nan=float("-inf"))
+            d = int(finite.argmax())
+            if float(finite[d]) >= min_drop:
+                out.append((self.explanation.text[start:end], d, float(finite[d])))
+        return out
+
     def to_dataframe(self):
         """One row per (answer row, document): the row's text, the document, its score and its rank."""
         import pandas as pd
@@ -287,6 +310,9 @@ class RagExplanation:
             reading=file.reading,
             ranking_scores=None if file.ranking_scores is None else torch.tensor(file.ranking_scores),
             sentence_documents=file.sentence_documents,
+            answer_words=None if file.answer_words is None else spans(file.answer_words),
+            word_leave_one_out=None if file.word_leave_one_out is None else torch.tensor(
+                _none_to_nan(file.word_leave_one_out)),
             newer_fields=dict(file.model_extra or {}),
         )
 

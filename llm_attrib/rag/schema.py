@@ -69,6 +69,8 @@ class RagExplanationFile(StrictModel):
     reading: Literal["full", "answer"] = "full"
     ranking_scores: list[float] | None = None
     sentence_documents: list[int] | None = None
+    answer_words: list[Pair] | None = None
+    word_leave_one_out: list[list[float | None]] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "RagExplanationFile":
@@ -104,6 +106,14 @@ class RagExplanationFile(StrictModel):
             raise ValueError(f"ranking_scores has {len(self.ranking_scores)} entries for {n_docs} documents")
         if self.sentence_documents is not None and not all(0 <= d < n_docs for d in self.sentence_documents):
             raise ValueError(f"sentence_documents must be document indices below {n_docs}")
+        if (self.answer_words is None) != (self.word_leave_one_out is None):
+            raise ValueError("answer_words and word_leave_one_out come together (both or neither)")
+        if self.answer_words is not None:
+            check_spans(self.answer_words, length, "answer_words")
+            words, table = len(self.answer_words), self.word_leave_one_out
+            shape = array_shape(table, 2, "word_leave_one_out") if words else [len(table)]
+            if shape != ([words, n_docs] if words else [0]):
+                raise ValueError(f"word_leave_one_out must be (answer words {words}, documents {n_docs})")
         tables = {"leave_one_out": self.leave_one_out}
         if self.shapley is not None:
             tables.update({"shapley.values": self.shapley.values, "shapley.stderr": self.shapley.stderr})

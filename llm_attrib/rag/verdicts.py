@@ -8,6 +8,12 @@ documents it cites: the model would say it without them (from its own knowledge,
 elsewhere. It does not judge whether a document is about the question: an answer copied from the wrong document
 is carried by that document and passes.
 
+"Shared" is the case removing one document cannot settle: the sentence depends on the documents (it loses at
+least `high` nats, what a supported source carries, when all are removed) and on the cited ones more than on any
+other single one, yet removing the cited ones alone costs it too little, because another document states it too
+(or its phrasing): several documents carry it between them. Calling that "unsupported" (the model would say it
+without the documents) would contradict the documents' own removal.
+
 Margins are nats of one model: a source carries 10-20 nats on the zoo rag model and a few to 30 on SmolLM2. So the
 thresholds are looked up by the model's fingerprint (its architecture's sizes and a checksum of its token
 embeddings, not a file path); a model with no calibration gets verdicts labelled "uncalibrated" that keep their
@@ -89,16 +95,21 @@ def check_thresholds(thresholds) -> tuple[float, float]:
 
 
 def judge(drop_cited: float, drop_other: float, thresholds: tuple[float, float] | None,
-          cited: bool = True, drop_all: float | None = None) -> Verdict:
+          cited: bool = True, drop_all: float | None = None, drop_alone: float | None = None) -> Verdict:
     """Unsupported below the low threshold (or with nothing cited), supported at or above the high one; with no
-    thresholds (None: none calibrated for the model) "uncalibrated", the margin kept. `drop_all` (every document
-    removed) is reported with it, not judged."""
+    thresholds (None: none calibrated for the model) "uncalibrated", the margin kept. Below low, "shared" instead
+    of unsupported when every document's removal (`drop_all`) costs at least `high` and no single other
+    document's removal (`drop_alone`, the largest) costs more than the cited ones' (see the module's docstring)."""
     margin = drop_cited - drop_other
     if thresholds is None:
         return Verdict("uncalibrated", drop_cited, drop_other, margin, None, drop_all, calibrated=False)
     low, high = thresholds
-    if not cited or margin < low:
+    if not cited:
         label = "unsupported"
+    elif margin < low:
+        shared = drop_all is not None and drop_all >= high and drop_cited >= (drop_alone if drop_alone is not None
+                                                                              else float("-inf"))
+        label = "shared" if shared else "unsupported"
     elif margin >= high:
         label = "supported"
     else:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..rag.explanation import WORD_CREDIT
 from ._colors import fmt_error, fmt_score, is_dark, score_rgb, short_model_name, visible
 from .html import cost_line, finite_or_none
 from .templating import render
@@ -27,7 +28,7 @@ Span = tuple[int, int]
 # The shared diverging scale, sampled at 0.01 steps of the normalised score in [-1, 1]: the page's JS looks colours
 # up here instead of re-implementing the scale.
 _LEVELS = 100
-_VERDICT_COLORS = {"supported": "#1a7f37", "unsupported": "#cf222e", "uncertain": "#9a6700"}
+_VERDICT_COLORS = {"supported": "#1a7f37", "unsupported": "#cf222e", "uncertain": "#9a6700", "shared": "#bc4c00"}
 _NEUTRAL = "#59636e"
 
 
@@ -73,7 +74,7 @@ def rag_view(result: "RagExplanation", title: str | None = None) -> dict[str, An
         "other_score": fmt_score(result.other_score),
         "citations": _citations(result),
         "thresholds": _thresholds(result),
-        "tables": [t for t in (_leave_one_out(result), _shapley(result)) if t is not None],
+        "tables": [t for t in (_leave_one_out(result), _word_documents(result), _shapley(result)) if t is not None],
         "retrieval": _retrieval(result),
         "data": _data(result, row_spans, groups, headers),
     }
@@ -362,6 +363,24 @@ def _leave_one_out(result: "RagExplanation") -> dict[str, Any] | None:
         "(red: the sentence needed the document; blue: it became more likely without it).")
 
 
+def _word_documents(result: "RagExplanation") -> dict[str, Any] | None:
+    """The answer words some document carried (leave-one-out per word), a column each, in answer order."""
+    credited = result.word_documents() if result.word_leave_one_out is not None else []
+    if not credited:
+        return None
+    text = result.explanation.text
+    columns = [w for w, drops in enumerate(result.word_leave_one_out)
+               if float(torch.nan_to_num(drops, nan=float("-inf")).max()) >= WORD_CREDIT]
+    heads = [(text[a:b], text[a:b]) for a, b in (result.answer_words[w] for w in columns)]
+    return _document_table(
+        result, result.word_leave_one_out[columns], "Answer words: which document carried each (nats)", "words",
+        "loo words", "removed",
+        f"How much each answer word's log-probability drops when that document alone is removed, for the words that "
+        f"lose at least {WORD_CREDIT:g} nats without some document (from the verdicts' own removals); a word no "
+        "single document carried (the model says it from the question, the answer so far or what it knows) is left "
+        "out.", heads=heads)
+
+
 def _shapley(result: "RagExplanation") -> dict[str, Any] | None:
     shapley = result.shapley
     if shapley is None:
@@ -377,20 +396,22 @@ def _shapley(result: "RagExplanation") -> dict[str, Any] | None:
 
 
 def _document_table(result: "RagExplanation", table, heading: str, table_id: str, css: str, corner: str,
-                    note: str) -> dict[str, Any] | None:
-    """An (answer sentences, documents) table of nats, shown a row per document, shaded by sign and size."""
+                    note: str, heads: list[tuple[str, str]] | None = None) -> dict[str, Any] | None:
+    """An (answer sentences, documents) table of nats, shown a row per document, shaded by sign and size; `heads`
+    (title, label) name other columns than the answer sentences."""
     if table is None or not isinstance(table, torch.Tensor) or table.dim() != 2 or table.numel() == 0:
         return None
     values = table.detach().float().cpu()
     finite = values[torch.isfinite(values)]
     peak = float(finite.abs().max()) if finite.numel() else 1.0
     peak = peak or 1.0
-    heads = []
     n_sentences, n_documents = values.shape
-    for s in range(n_sentences):
-        span = result.answer_sentence_spans[s] if s < len(result.answer_sentence_spans) else (0, 0)
-        sentence = " ".join(result.explanation.text[span[0]:span[1]].split())
-        heads.append((sentence, f"{s + 1}: {_short(sentence, 40)}"))
+    if heads is None:
+        heads = []
+        for s in range(n_sentences):
+            span = result.answer_sentence_spans[s] if s < len(result.answer_sentence_spans) else (0, 0)
+            sentence = " ".join(result.explanation.text[span[0]:span[1]].split())
+            heads.append((sentence, f"{s + 1}: {_short(sentence, 40)}"))
     rows = []
     for d in range(n_documents):
         doc = result.documents[d] if d < len(result.documents) else None

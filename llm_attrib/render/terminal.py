@@ -263,11 +263,34 @@ def _table(exp: "Explanation", chosen, errors: list[float], top_k: int, norm: to
     return table
 
 
-VERDICT_STYLE = {"supported": "green", "unsupported": "bold red", "uncertain": "yellow", "uncalibrated": ""}
+VERDICT_STYLE = {"supported": "green", "unsupported": "bold red", "uncertain": "yellow", "shared": "orange3",
+                 "uncalibrated": ""}
+WORDS_SHOWN = 8  # answer words credited to documents in the terminal; the report has them all
 
 
 def _clip(text: str, n: int = 90) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _print_word_documents(result, console: Console) -> None:
+    """One line: the answer words that lose most when one document is removed, each with that document."""
+    if getattr(result, "word_leave_one_out", None) is None:
+        return
+    credited = result.word_documents()
+    if not credited:
+        console.print(Text("answer words: none loses 0.1 nats or more when any one document is removed "
+                           "(no single document carried a word)", style="dim"))
+        return
+    shown = sorted(sorted(range(len(credited)), key=lambda i: -credited[i][2])[:WORDS_SHOWN])
+    line = Text("answer words, by the document whose removal costs them most (nats): ")
+    for n, i in enumerate(shown):
+        word, d, drop = credited[i]
+        line.append("; " if n else "")
+        line.append(safe(word), style="bold")
+        line.append(f" \u2190 {d + 1} ({drop:.2f})")
+    if len(credited) > len(shown):
+        line.append(f"; {len(credited) - len(shown)} more in the report", style="dim")
+    console.print(line)
 
 
 def print_rag_explanation(result, console: Console | None = None) -> None:
@@ -314,10 +337,12 @@ def print_rag_explanation(result, console: Console | None = None) -> None:
             v = citation.verdict
             alone = "" if v.drop_all is None else f"; {v.drop_all:.1f} lost without any document"
             if getattr(v, "calibrated", True):
-                verdict = Text(f"{v.label} ({v.margin:+.1f} nats{alone})", style=VERDICT_STYLE.get(v.label, ""))
+                why = ": several documents carry it" if v.label == "shared" else ""
+                verdict = Text(f"{v.label} ({v.margin:+.1f} nats{alone}{why})", style=VERDICT_STYLE.get(v.label, ""))
             else:
                 verdict = Text(f"uncalibrated: margin {v.margin:+.1f} nats{alone}")
         citations.add_row(Text(safe(citation.sentence.strip())), Text(docs), Text(safe(sentence)), verdict)
     console.print(citations)
+    _print_word_documents(result, console)
     for note in getattr(exp, "notes", []):
         console.print(Text("note: " + safe(note), style="bold yellow"))
