@@ -196,8 +196,8 @@ def cmd_timing(args) -> None:
                        **({"label": args.label} if args.label else {})}
                 append(rows, row)
                 print(json.dumps({k: row.get(k) for k in ("task", "example", "n_documents", "n_tokens", "seconds", "cpu_seconds",
-                                                          "peak_rss_gib", "top_document", "relevant", "label", "threads",
-                                                          "error")}),
+                                                          "peak_rss_gib", "top_document", "relevant", "label",
+                                                          "threads", "error")}),
                       flush=True)
 
 

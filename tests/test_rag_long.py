@@ -84,8 +84,9 @@ def readers_of(lm, documents):
 def test_reading_the_answer_adds_up_to_the_documents_hidden_from_the_readers(lm):
     """reading="answer": the documents' scores sum to log p(answer) minus that with the documents masked out of the
     attention of the tokens after them only (a brute-force forward with a 4-D mask); every path forward and the
-    baseline's check run only those tokens, and the whole prompt runs once (the cache, its check's reference and the
-    answer's probability). With coarse to fine the readers still begin after the last document, not after the top one."""
+    baseline's check run only those tokens, and the whole prompt runs once (the cache, its check's reference and
+    the answer's probability). With coarse to fine the readers still begin after the last document, not after the
+    top one."""
     model, _ = lm
     seq, in_documents, readers = readers_of(lm, DOCS)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .soft_mask_attention import at_least_float32
+from .soft_mask_attention import _exact
 
 
 def _by_key_head(x: torch.Tensor, n_key_heads: int) -> torch.Tensor:
@@ -43,17 +43,17 @@ class _SharedPastAttention(torch.autograd.Function):
     def forward(ctx, query, past_key, past_value, key, value, visibility, mask, scaling):
         n_key_heads, n_past = past_key.shape[1], past_key.shape[2]
         batch, n_heads, n_queries, _ = query.shape
-        q = _by_key_head(at_least_float32(query) * scaling, n_key_heads)  # (Hkv, B, g*Lr, D)
-        # Copies (small) so that the backward keeps none of the batch's cache alive.
-        k, v = at_least_float32(key).transpose(0, 1).contiguous(), at_least_float32(value).transpose(0, 1).contiguous()  # (Hkv, B, Lr, D)
-        k_past, v_past = at_least_float32(past_key[0]).contiguous(), at_least_float32(past_value[0]).contiguous()  # (Hkv, Lp, D)
+        q = _by_key_head(_exact(query) * scaling, n_key_heads)  # (Hkv, B, g*Lr, D)
+        # Copies (small) so that the backward keeps none of the batch's copy of the cache alive.
+        k, v = (_exact(x).transpose(0, 1).contiguous() for x in (key, value))  # (Hkv, B, Lr, D)
+        k_past, v_past = (_exact(x[0]).contiguous() for x in (past_key, past_value))  # (Hkv, Lp, D)
         past = torch.matmul(_rows(q), k_past.transpose(-1, -2)).view(*q.shape[:3], n_past)
         share = torch.cat([past, torch.matmul(q, k.transpose(-1, -2))], -1)  # logits (Hkv, B, g*Lr, Lk)
         if mask is not None:  # (B or 1, 1, Lr, Lk) -> broadcast over key heads and each group's heads
             groups = n_heads // n_key_heads
-            share = share.view(n_key_heads, batch, groups, n_queries, -1).add_(at_least_float32(mask).transpose(0, 1)[:, :, None])
+            share = share.view(n_key_heads, batch, groups, n_queries, -1).add_(_exact(mask).transpose(0, 1)[:, :, None])
             share = share.view(n_key_heads, batch, groups * n_queries, -1)
-        seen = at_least_float32(visibility)[None, :, None, :]  # (1, B or 1, 1, Lk)
+        seen = _exact(visibility)[None, :, None, :]  # (1, B or 1, 1, Lk)
         share.sub_(share.amax(-1, keepdim=True)).exp_()
         share.div_(torch.matmul(share, seen.transpose(-1, -2)))  # e / Z
         probs = share * seen
@@ -67,14 +67,14 @@ class _SharedPastAttention(torch.autograd.Function):
     def backward(ctx, grad_output):
         q, k_past, v_past, k, v, visibility, share, output = ctx.saved_tensors
         n_key_heads, n_past = k_past.shape[0], k_past.shape[1]
-        d_out = _by_key_head(at_least_float32(grad_output), n_key_heads)  # (Hkv, B, g*Lr, D)
+        d_out = _by_key_head(_exact(grad_output), n_key_heads)  # (Hkv, B, g*Lr, D)
         delta = (d_out * output).sum(-1, keepdim=True)
         past = torch.matmul(_rows(d_out), v_past.transpose(-1, -2)).view(*d_out.shape[:3], n_past)
         moved = torch.cat([past, torch.matmul(d_out, v.transpose(-1, -2))], -1).sub_(delta).mul_(share)
         grad_seen = moved.sum((0, 2))  # (B, Lk)
         if visibility.shape[0] == 1:
             grad_seen = grad_seen.sum(0, keepdim=True)
-        seen = at_least_float32(visibility)[None, :, None, :]
+        seen = _exact(visibility)[None, :, None, :]
         grad_logits = moved.mul_(seen)  # p (dp - delta)
         grad_q = (torch.matmul(_rows(grad_logits[..., :n_past]), k_past).view_as(q)
                   + torch.matmul(grad_logits[..., n_past:], k)) * ctx.scaling

@@ -70,7 +70,7 @@ def _query_blocks(mask: torch.Tensor | None, shape: tuple[int, ...]) -> Iterator
         yield start, end, lo, hi
 
 
-def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+def _exact(tensor: torch.Tensor) -> torch.Tensor:
     """The tensor in float32 at least (half precision is computed in float32, as the eager softmax is)."""
     return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
 
@@ -78,8 +78,8 @@ def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
 def _logits(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float,
             rows: slice, columns: slice) -> torch.Tensor:
     """Masked attention logits (B, H, rows, columns), in float32 at least."""
-    logits = torch.matmul(at_least_float32(query[:, :, rows]), at_least_float32(key[:, :, columns]).transpose(-1, -2)) * scaling
-    return logits if mask is None else logits + at_least_float32(mask[..., rows, columns])
+    logits = torch.matmul(_exact(query[:, :, rows]), _exact(key[:, :, columns]).transpose(-1, -2)) * scaling
+    return logits if mask is None else logits + _exact(mask[..., rows, columns])
 
 
 class _SoftMaskAttention(torch.autograd.Function):
@@ -100,11 +100,11 @@ class _SoftMaskAttention(torch.autograd.Function):
     def backward(ctx, grad_output):
         query, key, value, visibility, mask, output = ctx.saved_tensors
         scaling = ctx.scaling
-        seen = at_least_float32(visibility)[:, None, None, :]  # (Bv, 1, 1, Lk)
+        seen = _exact(visibility)[:, None, None, :]  # (Bv, 1, 1, Lk)
         log_seen = seen.log()
-        grad_output = at_least_float32(grad_output)
-        delta = (grad_output * at_least_float32(output)).sum(-1, keepdim=True)  # (B, H, Lq, 1)
-        grad_query, grad_key, grad_value = (torch.zeros_like(at_least_float32(x)) for x in (query, key, value))
+        grad_output = _exact(grad_output)
+        delta = (grad_output * _exact(output)).sum(-1, keepdim=True)  # (B, H, Lq, 1)
+        grad_query, grad_key, grad_value = (torch.zeros_like(_exact(x)) for x in (query, key, value))
         grad_seen = torch.zeros(query.shape[0], visibility.shape[-1], dtype=seen.dtype, device=query.device)
         shape = (query.shape[0], query.shape[1], query.shape[2], key.shape[2])
         for start, end, lo, hi in _query_blocks(mask, shape):
@@ -113,12 +113,12 @@ class _SoftMaskAttention(torch.autograd.Function):
             log_norm = torch.logsumexp(logits + log_seen[..., columns], -1, keepdim=True)
             share = torch.exp(logits - log_norm)  # e / Z
             probs = share * seen[..., columns]
-            moved = share * (torch.matmul(grad_output[:, :, rows], at_least_float32(value[:, :, columns]).transpose(-1, -2))
+            moved = share * (torch.matmul(grad_output[:, :, rows], _exact(value[:, :, columns]).transpose(-1, -2))
                              - delta[:, :, rows])
             grad_seen[:, columns] += moved.sum((1, 2))
             grad_logits = (moved * seen[..., columns]) * scaling
-            grad_query[:, :, rows] += torch.matmul(grad_logits, at_least_float32(key[:, :, columns]))
-            grad_key[:, :, columns] += torch.matmul(grad_logits.transpose(-1, -2), at_least_float32(query[:, :, rows]))
+            grad_query[:, :, rows] += torch.matmul(grad_logits, _exact(key[:, :, columns]))
+            grad_key[:, :, columns] += torch.matmul(grad_logits.transpose(-1, -2), _exact(query[:, :, rows]))
             grad_value[:, :, columns] += torch.matmul(probs.transpose(-1, -2), grad_output[:, :, rows])
         if visibility.shape[0] == 1:
             grad_seen = grad_seen.sum(0, keepdim=True)
@@ -145,7 +145,7 @@ def visible_share(query: torch.Tensor, key: torch.Tensor, visibility: torch.Tens
     """The smallest share of any attention row that falls on visible keys (sum_k p_qk v_k under the unscaled
     softmax), computed a block of queries at a time; 0 where a query sees nothing."""
     mask = None if mask is None else mask[..., : key.shape[-2]]
-    seen = at_least_float32(visibility)[:, None, None, :]
+    seen = _exact(visibility)[:, None, None, :]
     least = torch.tensor(1.0, device=query.device)
     with torch.no_grad():
         for start, end, lo, hi in _query_blocks(mask, (query.shape[0], query.shape[1], query.shape[2], key.shape[2])):
