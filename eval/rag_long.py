@@ -3,6 +3,8 @@ memory of document rankings and top-3 sentence citations at 5, 10 and 20 documen
 
     python eval/rag_long.py validate   # reading="answer" vs "full" vs leave-one-out on 3-5 document prompts
     python eval/rag_long.py timing     # one subprocess per row, rows appended as they come
+    python eval/rag_long.py timing --tasks rank_answer --rows long_speed.jsonl --threads 2 --label after
+                                       # the speed rows: a label for the code, torch threads per row
     python eval/rag_long.py report     # the tables in eval/results/rag_long.md from the row files
 
 Rules, decisions and tables: eval/results/rag_long.md (the rules were committed before the first row ran).
@@ -26,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 ROWS = HERE / "results" / "rag"
 VALIDATION = ROWS / "long_reading.jsonl"
 TIMING = ROWS / "long_timing.jsonl"
+SPEED = ROWS / "long_speed.jsonl"  # before/after rows of the reader mode's speed work (see rag_long.md)
 REPORT = HERE / "results" / "rag_long.md"
 DOCUMENT_TOKENS = 200  # a long document: passages concatenated until it has at least this many tokens
 TIMING_EXAMPLES = ("rh-001",)  # a fictional question (the model must read), dev split of the held-out set
@@ -34,6 +37,9 @@ TASKS = {  # name -> rag.explain arguments
     "rank_full": dict(granularity="answer", verify=False, reading="full", sentence_documents=None),
     "cite3_answer": dict(granularity="sentence", verify=True, reading="answer", sentence_documents=3),
     "cite3_full": dict(granularity="sentence", verify=True, reading="full", sentence_documents=3),
+    # the default's ranking, bounded: one panel of 5 gradients, no refinement (seconds per gradient, not the scores)
+    "rank_full_5": dict(granularity="answer", verify=False, reading="full", sentence_documents=None, n_steps=5,
+                        tolerance=None),
 }
 
 
@@ -87,7 +93,7 @@ def cmd_validate(args) -> None:
                             "n_forward": exp.cost["n_forward"], "n_backward": exp.cost["n_backward"],
                             "completeness_error": float(exp.completeness_error.max()), "converged": exp.converged}
             if reading == "full":
-                row["leave_one_out"] = result.leave_one_out[:, 0].tolist()
+                row["leave_one_out"] = result.leave_one_out[0].tolist()  # (answer sentences, documents): one row
         append(VALIDATION, row)
         print(ex["id"], row["relevant"], int(np.argmax(row["leave_one_out"])), int(np.argmax(row["full"]["scores"])),
               int(np.argmax(row["answer"]["scores"])), f"{row['full']['seconds']:.0f}s {row['answer']['seconds']:.0f}s",
@@ -138,7 +144,7 @@ def cmd_row(args) -> None:
     from llm_attrib.rag.explain import resolve_template
     from llm_attrib.rag.prompt import as_documents, build_prompt
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     model, tokenizer = llm_attrib.zoo.load("smollm2")
     loaded_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     example = next(r for r in read_rows(HERE / "data" / "rag_heldout.jsonl") if r["id"] == args.example)
@@ -146,7 +152,8 @@ def cmd_row(args) -> None:
     built = build_prompt(tokenizer, example["question"], as_documents(documents), resolve_template(None, tokenizer))
     answer, _ = generate_answer(Attributor(model, tokenizer, show_progress=False), built.prompt, 64, 3, None)
     row = {"task": args.task, "example": args.example, "n_documents": args.documents, "relevant": relevant,
-           "answer": tokenizer.decode(answer), "load": Path("/proc/loadavg").read_text().split()[:3]}
+           "answer": tokenizer.decode(answer), "load": Path("/proc/loadavg").read_text().split()[:3],
+           "threads": args.threads, "package": str(Path(llm_attrib.__file__).parent)}
     started, cpu = time.perf_counter(), cpu_seconds()
     try:
         result = rag.explain(model, tokenizer, example["question"], documents, answer, show_progress=False,
@@ -157,33 +164,40 @@ def cmd_row(args) -> None:
         exp = result.explanation
         row.update(seconds=time.perf_counter() - started, n_tokens=len(exp.input_ids), cost=result.cost,
                    top_document=result.top_document, ranking=result.ranking,
+                   scores=result.ranking_scores.tolist() if result.ranking_scores is not None
+                   else result.answer_document_scores.tolist(),
                    completeness_error=float(exp.completeness_error.max()), converged=exp.converged,
                    sentence_documents=result.sentence_documents,
                    citations=[[d for d, _ in c.documents] for c in result.citations],
                    verdicts=None if result.verdicts is None else [v.label for v in result.verdicts])
-    row["cpu_seconds"] = cpu_seconds() - cpu  # one thread: what the call costs, whatever else the machine runs
+    row["cpu_seconds"] = cpu_seconds() - cpu  # with one thread: what the call costs, whatever else the machine runs
     row.update(peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, loaded_rss_gib=loaded_rss)
     print(json.dumps(row))
 
 
 def cmd_timing(args) -> None:
+    rows = ROWS / args.rows
     for task in args.tasks:
         for n in args.documents:
             for example in args.examples:
-                if any((r["task"], r["example"], r["n_documents"]) == (task, example, n)
-                       and not str(r.get("error", "")).startswith("timed out") for r in read_rows(TIMING)):
+                if any((r["task"], r["example"], r["n_documents"], r.get("label"), r.get("threads", 1))
+                       == (task, example, n, args.label, args.threads)
+                       and not str(r.get("error", "")).startswith("timed out") for r in read_rows(rows)):
                     continue  # read before each row: several of these may run side by side; a timed-out row reruns
-                command = [sys.executable, __file__, "row", "--task", task, "--documents", str(n), "--example", example]
+                command = [sys.executable, __file__, "row", "--task", task, "--documents", str(n), "--example", example,
+                           "--threads", str(args.threads)]
                 try:
                     out = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
                     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
                     row = json.loads(lines[-1]) if lines else {"error": out.stderr.strip().splitlines()[-1:]}
                 except subprocess.TimeoutExpired:
                     row = {"error": f"timed out after {args.timeout} s"}
-                row = {"task": task, "example": example, "n_documents": n, **row}
-                append(TIMING, row)
+                row = {"task": task, "example": example, "n_documents": n, **row,
+                       **({"label": args.label} if args.label else {})}
+                append(rows, row)
                 print(json.dumps({k: row.get(k) for k in ("task", "example", "n_documents", "n_tokens", "seconds", "cpu_seconds",
-                                                          "peak_rss_gib", "top_document", "relevant", "error")}),
+                                                          "peak_rss_gib", "top_document", "relevant", "label",
+                                                          "threads", "error")}),
                       flush=True)
 
 
@@ -232,9 +246,33 @@ def timing_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def speed_table(rows: list[dict]) -> str:
+    """Before/after rows: seconds, memory and gradients, and how far the scores moved from the row labelled "before"
+    with the same task, documents and threads (largest absolute difference, and relative to the largest score)."""
+    before = {(r["task"], r["n_documents"], r.get("threads", 1)): r for r in rows
+              if r.get("label") == "before" and "scores" in r}
+    lines = ["| code | task | documents | prompt tokens | threads | wall s | CPU s | peak RSS GiB | gradients | "
+             "completeness | top = relevant | max score diff vs before (abs / rel) | load (1 min) | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["task"], r["n_documents"], r.get("label") != "before", r.get("threads", 1))):
+        cost = r.get("cost") or {}
+        top = "" if "top_document" not in r else "yes" if r["top_document"] == r["relevant"] else "no"
+        reference, diff = before.get((r["task"], r["n_documents"], r.get("threads", 1))), ""
+        if reference is not None and "scores" in r and r is not reference:
+            a, b = np.asarray(r["scores"]), np.asarray(reference["scores"])
+            diff = f"{np.abs(a - b).max():.1e} / {np.abs(a - b).max() / np.abs(b).max():.1e}"
+        cpu, wall, rss, ce = r.get("cpu_seconds"), r.get("seconds"), r.get("peak_rss_gib"), r.get("completeness_error")
+        lines.append(f"| {r.get('label', '')} | {r['task']} | {r['n_documents']} | {r.get('n_tokens', '')} | "
+                     f"{r.get('threads', 1)} | {'' if wall is None else f'{wall:.1f}'} | "
+                     f"{'' if cpu is None else f'{cpu:.1f}'} | {'' if rss is None else f'{rss:.2f}'} | "
+                     f"{cost.get('n_backward', '')} | {'' if ce is None else f'{ce:.4f}'} | {top} | {diff} | "
+                     f"{(r.get('load') or [''])[0]} | {note(r)} |")
+    return "\n".join(lines)
+
+
 def cmd_report(args) -> None:
     print("## Validation\n\n" + validation_table(read_rows(VALIDATION)) + "\n\n## Timing\n\n"
-          + timing_table(read_rows(TIMING)))
+          + timing_table(read_rows(TIMING)) + "\n\n## Speed\n\n" + speed_table(read_rows(SPEED)))
 
 
 def main() -> None:
@@ -247,11 +285,15 @@ def main() -> None:
     timing.add_argument("--documents", nargs="+", type=int, default=[5, 10, 20])
     timing.add_argument("--examples", nargs="+", default=list(TIMING_EXAMPLES))
     timing.add_argument("--timeout", type=float, default=2400)
+    timing.add_argument("--rows", default=TIMING.name, help="row file under eval/results/rag/")
+    timing.add_argument("--threads", type=int, default=1, help="torch threads in each row")
+    timing.add_argument("--label", default=None, help="names the code that ran (e.g. before / after)")
     timing.set_defaults(run=cmd_timing)
     row = sub.add_parser("row")
     row.add_argument("--task", required=True, choices=list(TASKS))
     row.add_argument("--documents", type=int, required=True)
     row.add_argument("--example", required=True)
+    row.add_argument("--threads", type=int, default=1)
     row.set_defaults(run=cmd_row)
     args = parser.parse_args()
     args.run(args)

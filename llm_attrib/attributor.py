@@ -448,7 +448,8 @@ class Attributor:
                                f"method {method!r} over {seq.length} tokens")
             result = chosen.attribute(problem, **method_params)
             with own_attention():  # the model as loaded (SDPA where it has it): no tap is needed here
-                probs = target_probabilities(self.model, seq)  # per target, or the whole answer's
+                # reading="answer" ran the whole sequence so when it checked its cache: those are these logits
+                probs = target_probabilities(self.model, seq, problem.readers().logits if readers_from else None)
             n_forward_all = int(parallel.sum_across(torch.tensor(forwards, device=seq.input_ids.device))[0])
         check_finite(probs, "target probabilities")
         check_finite(result.scores, f"attribution scores ({method})")

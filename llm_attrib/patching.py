@@ -45,6 +45,7 @@ from transformers import AttentionInterface, Cache, PreTrainedModel
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from .core.reader_attention import shared_past_attention
 from .core.soft_mask_attention import soft_mask_attention, visible_share
 from .errors import InvalidInputError, UnsupportedModelError
 
@@ -63,6 +64,9 @@ class AttentionTap:
         record: keep every layer's probabilities in `recorded` (in call order).
         least_visible: with `visibility`, the smallest visible share of any attention row over the forward
             (0 where a query sees nothing), tracked when set to a tensor before the forward.
+        shared_past: how many leading keys of every layer come from a cache that every sequence of the batch
+            shares (a static prefix, or reading="answer"'s documents): with `visibility`, attention then reads them
+            once for the whole batch (see `core.reader_attention`).
     """
 
     replace: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -71,6 +75,7 @@ class AttentionTap:
     record: bool = False
     recorded: list[torch.Tensor] = field(default_factory=list)
     calls: int = 0
+    shared_past: int = 0
 
 
 _TAP: contextvars.ContextVar[AttentionTap | None] = contextvars.ContextVar("llm_attrib_tap", default=None)
@@ -172,6 +177,11 @@ def hooked_attention(
         attention_mask = implied_mask(module, query, key, kwargs.get("is_causal"))
     tap = _TAP.get()
     layer = tap.calls if tap is not None else -1
+    if _reads_shared_past(module, query, key, softcap, tap, layer):
+        output = shared_past_attention(query, key, value, tap.shared_past, tap.visibility[layer].to(query.device),
+                                       attention_mask, query.shape[-1] ** -0.5 if scaling is None else scaling)
+        tap.calls += 1
+        return output.transpose(1, 2).contiguous(), None
     if (_RECOMPUTE.get() and softcap is None and getattr(module, "sinks", None) is None
             and not (tap is not None and (tap.record or layer in tap.replace))):
         return _fused_attention(module, query, key, value, attention_mask, scaling, tap, layer)
@@ -190,6 +200,17 @@ def hooked_attention(
     probs_used = nn.functional.dropout(probs, p=dropout, training=module.training)
     output = torch.matmul(probs_used, _repeat_heads(value, query.shape[1]).to(probs_used.dtype))
     return output.transpose(1, 2).contiguous(), probs
+
+
+def _reads_shared_past(module: nn.Module, query: torch.Tensor, key: torch.Tensor, softcap: float | None,
+                       tap: AttentionTap | None, layer: int) -> bool:
+    """Whether this layer's soft-mask attention reads a shared cached past once for the batch: only where nothing
+    else is asked of it (no probabilities recorded or replaced, no visible share tracked) and the arithmetic is
+    plain (no softcap, no sink column, no dropout), outside recomputation (which keeps its own fused path)."""
+    return (tap is not None and tap.shared_past > 0 and layer in tap.visibility and layer not in tap.replace
+            and not tap.record and tap.least_visible is None and softcap is None
+            and getattr(module, "sinks", None) is None and not module.training and not _RECOMPUTE.get()
+            and key.shape[-2] == tap.shared_past + query.shape[-2])
 
 
 def _fused_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

@@ -84,8 +84,9 @@ def readers_of(lm, documents):
 def test_reading_the_answer_adds_up_to_the_documents_hidden_from_the_readers(lm):
     """reading="answer": the documents' scores sum to log p(answer) minus that with the documents masked out of the
     attention of the tokens after them only (a brute-force forward with a 4-D mask); every path forward and the
-    baseline's check run only those tokens, and the whole prompt runs twice (the cache's check, the answer's
-    probability). With coarse to fine the readers still begin after the last document, not after the top one."""
+    baseline's check run only those tokens, and the whole prompt runs once (the cache, its check's reference and
+    the answer's probability). With coarse to fine the readers still begin after the last document, not after the
+    top one."""
     model, _ = lm
     seq, in_documents, readers = readers_of(lm, DOCS)
 
@@ -104,7 +105,8 @@ def test_reading_the_answer_adds_up_to_the_documents_hidden_from_the_readers(lm)
     try:
         result = run(lm, DOCS, reading="answer", granularity="answer", verify=False)
         assert max(n for n, graph in lengths if graph) == seq.length - readers
-        assert sum(n == seq.length for n, _ in lengths) == 2  # the cache's check and the answer's probability
+        # one forward of the whole prompt builds the cache, is its check's reference and gives the answer's probability
+        assert sum(n == seq.length for n, _ in lengths) == 1 and readers not in [n for n, _ in lengths]
         lengths.clear()
         reordered = DOCS[::-1]
         other, _, after = readers_of(lm, reordered)
@@ -131,3 +133,55 @@ def test_reading_and_coarse_to_fine_refuse_what_they_cannot_do(lm):
     model, tokenizer = lm
     with pytest.raises(InvalidInputError, match="reading='answer'"):
         Attributor(model, tokenizer).explain("w1 w2 w3 w4", "w5", space="mask", readers_after=3)
+
+
+@pytest.mark.parametrize("heads, key_heads, visibility_rows", [(4, 2, 3), (3, 3, 1)])
+def test_shared_past_attention_equals_eager_attention_and_its_gradients(heads, key_heads, visibility_rows):
+    """Attention over a cached past every point shares (read once for the batch, grouped heads unrepeated) gives
+    eager soft-mask attention's output over the concatenated keys, and the same gradients for the queries, the
+    points' own keys and values, and the visibility (some of it exactly 0, as at the baseline), under a mask."""
+    from llm_attrib.core.reader_attention import shared_past_attention
+    from llm_attrib.patching import attention_probabilities, soft_masked
+
+    torch.manual_seed(0)
+    batch, n_past, n_new, dim = 3, 7, 4, 8
+    query = torch.randn(batch, heads, n_new, dim, dtype=torch.float32, requires_grad=True)
+    own_key, own_value = (torch.randn(batch, key_heads, n_new, dim, dtype=torch.float32, requires_grad=True)
+                          for _ in range(2))
+    past_key, past_value = (torch.randn(1, key_heads, n_past, dim, dtype=torch.float32).expand(batch, -1, -1, -1)
+                            for _ in range(2))
+    key, value = torch.cat([past_key, own_key], -2), torch.cat([past_value, own_value], -2)
+    visibility = torch.rand(visibility_rows, n_past + n_new, dtype=torch.float32)
+    visibility[:, 2:4] = 0
+    visibility.requires_grad_(True)
+    allowed = torch.ones(n_new, n_past + n_new + 2, dtype=torch.bool).tril(n_past)  # causal; the mask runs longer
+    allowed[:, 0] = False  # a key the mask forbids to every query
+    mask = torch.zeros(1, 1, n_new, n_past + n_new + 2, dtype=torch.float32).masked_fill(
+        ~allowed, torch.finfo(torch.float32).min)
+    module = torch.nn.Module().eval()
+    probs, _ = soft_masked(module, attention_probabilities(module, query, key, mask, 0.3), visibility)
+    eager = torch.matmul(probs, value.repeat_interleave(heads // key_heads, dim=1))
+    shared = shared_past_attention(query, key, value, n_past, visibility, mask, 0.3)
+    torch.testing.assert_close(shared, eager)
+    weights = torch.randn_like(eager)
+    inputs = (query, own_key, own_value, visibility)
+    for mine, theirs in zip(torch.autograd.grad((shared * weights).sum(), inputs),
+                            torch.autograd.grad((eager * weights).sum(), inputs)):
+        torch.testing.assert_close(mine, theirs)
+
+
+def test_reading_the_answer_over_the_shared_cache_equals_the_eager_run(lm, monkeypatch):
+    """reading="answer"'s path forwards read the documents' cache once per batch (`core.reader_attention`); the
+    scores, the completeness error and the gradients spent are those of eager attention over per-point copies."""
+    from llm_attrib import patching
+
+    calls = []
+    shared = patching.shared_past_attention
+    monkeypatch.setattr(patching, "shared_past_attention", lambda *args: calls.append(1) or shared(*args))
+    fast = run(lm, DOCS, reading="answer", granularity="answer", verify=False).explanation
+    assert calls
+    monkeypatch.setattr(patching, "_reads_shared_past", lambda *args: False)
+    eager = run(lm, DOCS, reading="answer", granularity="answer", verify=False).explanation
+    torch.testing.assert_close(fast.scores, eager.scores, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast.completeness_error, eager.completeness_error, rtol=0, atol=1e-5)
+    assert fast.cost["n_backward"] == eager.cost["n_backward"] and fast.converged == eager.converged

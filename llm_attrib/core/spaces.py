@@ -303,7 +303,7 @@ class MaskSpace:
     def logits(self, model, seq: Sequence, points: torch.Tensor, prefix: StaticPrefix | None = None) -> torch.Tensor:
         """The visibility stays on every key (the prefix's keys come from its cache); only later tokens run."""
         start = skipped_tokens(prefix)
-        tap = AttentionTap(visibility=dict(zip(self.chosen, points.unbind(1))))
+        tap = AttentionTap(visibility=dict(zip(self.chosen, points.unbind(1))), shared_past=start)
         with tapped(tap):
             return model_logits(model, seq, prefix, input_ids=seq.input_ids[:, start:].expand(points.shape[0], -1))
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import Cache
+from transformers.cache_utils import DynamicLayer
 
 from ..patching import recomputing
 from .placement import compute_dtype
@@ -40,6 +41,7 @@ class StaticPrefix:
     head: torch.Tensor
     prefix_cache: Cache
     argument: str = "cache"  # the model's forward argument for it ("past_key_values" before transformers 5.2x)
+    logits: torch.Tensor | None = None  # (1, T, V) the whole sequence's logits at the targets, from the check
 
     def cache(self, batch: int) -> Cache:
         """A fresh copy holding the prefix for `batch` sequences (the forward appends to it, so never shared)."""
@@ -106,7 +108,12 @@ def static_prefix(model, seq: Sequence, space, x: torch.Tensor, length: int) -> 
     model takes no cache, a layer's cache does not hold every prefix token (the attention and mask spaces index
     keys from token 0), or the cached forward does not reproduce the model's logits at the explicand; and None
     under recomputation (`patching.recomputed`): a checkpointed layer cannot run twice on a cache (it would append
-    its keys twice), so its layers would keep every activation, more than the memory guard measured."""
+    its keys twice), so its layers would keep every activation, more than the memory guard measured.
+
+    One forward of the whole sequence gives the check's reference logits and, where every layer's cache is a plain
+    growing one, the prefix's keys and values as well (its first `length` tokens: a causal model's keys there do
+    not depend on later tokens); other caches (sliding windows, which count the tokens they have seen) are built
+    by a forward of the prefix alone. The reference logits stay with the prefix (`StaticPrefix.logits`)."""
     if recomputing():
         return None
     argument = cache_argument(model)
@@ -114,12 +121,36 @@ def static_prefix(model, seq: Sequence, space, x: torch.Tensor, length: int) -> 
         return None
     with torch.no_grad():
         x = x[None]
-        # Only the cache is wanted: one row of logits, not the LM head over every prefix token (262k columns on Gemma 3).
-        head = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-        cache = model(input_ids=seq.input_ids[:, :length], use_cache=True, **head)[argument]
+        whole = model(input_ids=seq.input_ids, use_cache=True, **_logits_at(model, seq.target_positions))
+        full = whole.logits if _keeps_logits(model) else whole.logits[:, seq.target_positions]
+        cache = _cut(whole[argument], length)
+        if cache is None:
+            # Only the cache is wanted: one row of logits, not the LM head over every prefix token (262k columns on
+            # Gemma 3).
+            cache = model(input_ids=seq.input_ids[:, :length], use_cache=True, **_logits_at(model, 1))[argument]
         if not holds_every_token(cache, length):
             return None  # e.g. a sliding window shorter than the prefix: later keys would not start at token 0
-        prefix = StaticPrefix(length, x.narrow(space.token_axis, 0, length), cache, argument)
-        full = space.logits(model, seq, x)
+        prefix = StaticPrefix(length, x.narrow(space.token_axis, 0, length), cache, argument, full)
         cached = space.logits(model, seq, x, prefix)
     return prefix if same_logits(cached, full, model) else None
+
+
+def _keeps_logits(model) -> bool:
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def _logits_at(model, positions) -> dict:
+    """The forward argument that runs the LM head only at `positions` (or the last `positions` tokens), if any."""
+    return {"logits_to_keep": positions} if _keeps_logits(model) else {}
+
+
+def _cut(cache, length: int) -> Cache | None:
+    """The cache's first `length` tokens, as a cache of its own, where every layer is a plain growing one (keys
+    and values only); else None."""
+    layers = getattr(cache, "layers", None) if isinstance(cache, Cache) else None
+    if not layers or any(type(layer) is not DynamicLayer or not layer.is_initialized for layer in layers):
+        return None
+    for layer in layers:
+        layer.keys = layer.keys[..., :length, :].clone()
+        layer.values = layer.values[..., :length, :].clone()
+    return cache

@@ -119,18 +119,20 @@ def padding_token(tokenizer) -> int:
     return 0
 
 
-def target_log_probabilities(model, seq: Sequence) -> torch.Tensor:
+def target_log_probabilities(model, seq: Sequence, logits: torch.Tensor | None = None) -> torch.Tensor:
     """(T,) log-probability of each target (token given its prefix, or class) on the unperturbed input; (S,) each
-    answer segment's, the sum over its tokens, for a segment-level sequence. One forward, LM head at the targets."""
-    with torch.no_grad():
-        logits = model_logits(model, seq, input_ids=seq.input_ids)  # (1, T, V)
+    answer segment's, the sum over its tokens, for a segment-level sequence. One forward, LM head at the targets,
+    unless its `logits` (1, T, V) are given (a forward that ran anyway)."""
+    if logits is None:
+        with torch.no_grad():
+            logits = model_logits(model, seq, input_ids=seq.input_ids)  # (1, T, V)
     log_probs = logits.float().log_softmax(-1)[0].gather(-1, seq.target_ids[:, None])[:, 0]
     return log_probs @ seq.segment_matrix() if seq.answer_level else log_probs
 
 
-def target_probabilities(model, seq: Sequence) -> torch.Tensor:
+def target_probabilities(model, seq: Sequence, logits: torch.Tensor | None = None) -> torch.Tensor:
     """(T,) probability of each target, or (S,) of each answer segment (the product over its tokens)."""
-    return target_log_probabilities(model, seq).exp()
+    return target_log_probabilities(model, seq, logits).exp()
 
 
 def logits_at(model, read: torch.Tensor, **inputs) -> torch.Tensor:
