@@ -3,10 +3,12 @@ run and costs a number of forwards that does not grow with the documents; readin
 after the documents along the path, and its scores add up to a brute-force forward with the documents hidden from
 those readers."""
 
+import warnings
+
 import pytest
 import torch
 
-from llm_attrib import Attributor, InvalidInputError, UnknownNameError, rag
+from llm_attrib import Attributor, ConvergenceWarning, InvalidInputError, UnknownNameError, rag
 from llm_attrib.attributor import counting_forwards
 from llm_attrib.rag.prompt import as_documents, build_prompt
 from test_rag import CHAT, DOCS, FIXED, TINY
@@ -185,3 +187,22 @@ def test_reading_the_answer_over_the_shared_cache_equals_the_eager_run(lm, monke
     torch.testing.assert_close(fast.scores, eager.scores, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fast.completeness_error, eager.completeness_error, rtol=0, atol=1e-5)
     assert fast.cost["n_backward"] == eager.cost["n_backward"] and fast.converged == eager.converged
+
+
+def test_a_long_prompt_read_in_full_says_what_it_costs_and_what_is_faster():
+    """Beyond 1024 prompt tokens, reading="full" warns before the work (minutes per gradient on a CPU there) and
+    names reading="answer"; reading="answer" and short prompts run without the warning."""
+    tokenizer = tiny_tokenizer(64, bos=False, extra=(".",))
+    model = tiny_llama(context=1400)
+    documents = [" ".join(f"w{1 + (i + k) % 60}" for k in range(110)) + "." for i in range(10)]
+    settings = dict(template=TINY, show_progress=False, granularity="answer", verify=False, space="mask",
+                    quadrature="gauss-legendre", n_steps=1, tolerance=None)
+    with pytest.warns(UserWarning, match="reading='answer' ranks the documents"), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        rag.explain(model, tokenizer, QUESTION, documents, ANSWER, **settings)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)  # one path point: not the subject here
+        rag.explain(model, tokenizer, QUESTION, documents, ANSWER, reading="answer", **settings)
+        rag.explain(model, tokenizer, QUESTION, documents[:2], ANSWER, **settings)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -25,6 +26,8 @@ from .prompt import TEMPLATES, Template, as_documents, build_prompt
 from .sentences import split_sentences
 from .shapley import DEFAULT_BUDGET, check_budget, document_shapley
 from .verdicts import calibrated_thresholds, check_thresholds, judge
+
+LONG_PROMPT = 1024  # tokens: beyond, reading="full" is slow on a CPU, and the call says so
 
 GRANULARITIES = ("sentence", "answer", "token")
 SCOPES = ("documents", "prompt")
@@ -143,7 +146,12 @@ def explain(
     built = build_prompt(tokenizer, question, docs, layout, system=system, language=language)
     attributor = Attributor(model, tokenizer, internal_batch_size=internal_batch_size, show_progress=show_progress,
                             memory_budget=memory_budget, recompute=recompute)
-    check_fits(attributor, built, docs, 0 if answer is not None else max_new_tokens)
+    n_prompt = check_fits(attributor, built, docs, 0 if answer is not None else max_new_tokens)
+    if reading == "full" and n_prompt > LONG_PROMPT:
+        warnings.warn(f"the prompt has {n_prompt} tokens: with reading='full' every one of them runs along the "
+                      "integration path, which takes minutes per gradient evaluation on a CPU at this length; "
+                      "reading='answer' ranks the documents from a cache of them in a fraction of that (a narrower "
+                      "question: see the RAG guide, 'Long prompts').", stacklevel=2)
     truncated = False
     with progress(show_progress) as bar:  # one bar for the whole call: generation, attribution, removals
         bar.phase("generating" if answer is None else "reading the answer")
@@ -223,8 +231,9 @@ def resolve_template(template: Template | str | None, tokenizer=None) -> Templat
                             f"got {type(template).__name__}.")
 
 
-def check_fits(attributor: Attributor, built, documents, n_answer: int) -> None:
-    """Refuse prompts beyond the model's context before any work, naming the documents that take the room."""
+def check_fits(attributor: Attributor, built, documents, n_answer: int) -> int:
+    """The prompt's tokens; prompts beyond the model's context are refused before any work, naming the documents
+    that take the room."""
     limit = context_length(attributor.model, attributor.tokenizer)
     tokenizer = attributor.tokenizer
     n_prompt = len(tokenizer(built.text, add_special_tokens=isinstance(built.prompt, str))["input_ids"])
@@ -237,6 +246,7 @@ def check_fits(attributor: Attributor, built, documents, n_answer: int) -> None:
             f"{n_prompt + n_answer - limit} more than the model's context of {limit} ({listed}); drop or shorten "
             "documents, or lower max_new_tokens."
         )
+    return n_prompt
 
 
 def answer_sentences(seq, language: str | None = None) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
