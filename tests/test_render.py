@@ -112,7 +112,10 @@ def test_terminal_text_contains_tokens(exp):
     one = explanation_text(exp, target=1)
     assert "target 1" in one and "target 0" not in one
     costed = dataclasses.replace(exp, cost={"n_forward": 6, "n_backward": 8, "n_forward_all": 11, "seconds": 0.2})
-    assert "6 forward, 8 backward sequence passes (11 forwards in all), 0.2 s" in explanation_text(costed, width=200)
+    assert "6 forward, 8 backward sequence passes (11 forwards in all), 200 ms" in explanation_text(costed, width=200)
+    from llm_attrib.render._colors import fmt_seconds
+
+    assert [fmt_seconds(s) for s in (0.044, 3.21, 42.4, 300)] == ["44 ms", "3.21 s", "42 s", "5.0 min"]
 
 
 def test_terminal_prints_to_given_console(exp):

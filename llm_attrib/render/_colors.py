@@ -49,6 +49,15 @@ def fmt_score(value: float) -> str:
     return "nan" if not math.isfinite(value) else f"{value:+.3g}"
 
 
+def fmt_seconds(value) -> str:
+    """Seconds for display, readable from milliseconds to minutes (a tiny model's 0.08 s is not "0.0 s")."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return str(value)
+    if value < 1:
+        return f"{value * 1000:.0f} ms"
+    return f"{value:.2f} s" if value < 10 else f"{value:.0f} s" if value < 120 else f"{value / 60:.1f} min"
+
+
 def fmt_error(value: float) -> str:
     return "n/a" if not math.isfinite(value) else f"{value:.2%}"
 

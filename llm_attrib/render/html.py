@@ -11,7 +11,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError
-from ._colors import fmt_error, fmt_score, normalise_rows, score_rgb, short_model_name, visible
+from ._colors import fmt_error, fmt_score, fmt_seconds, normalise_rows, score_rgb, short_model_name, visible
 from .templating import render
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ def cost_line(cost: dict[str, Any] | None) -> dict[str, str] | None:
     if not cost:
         return None
     return {"n_forward": number(cost.get("n_forward", 0), "g"), "n_backward": number(cost.get("n_backward", 0), "g"),
-            "seconds": number(cost.get("seconds", 0.0), ".1f")}
+            "seconds": fmt_seconds(cost.get("seconds", 0.0))}
 
 
 def _split(exp: "Explanation", j: int) -> bool:

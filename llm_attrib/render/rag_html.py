@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ._colors import fmt_error, fmt_score, is_dark, score_rgb, short_model_name, visible
+from ._colors import fmt_error, fmt_score, fmt_seconds, is_dark, score_rgb, short_model_name, visible
 from .html import cost_line, finite_or_none
 from .templating import render
 
@@ -198,18 +198,12 @@ def _header(result: "RagExplanation") -> dict[str, Any]:
         "converged": exp.converged,
         "worst": fmt_error(_worst_error(result)) + limit,
         "cost": cost_line(result.cost or exp.cost),
-        "seconds": _seconds((result.cost or exp.cost or {}).get("seconds", 0.0)),
+        "seconds": fmt_seconds((result.cost or exp.cost or {}).get("seconds", 0.0)),
         "model": exp.model_name,
         "model_short": _short(short_model_name(exp.model_name), 40),
         "notes": [str(n) for n in getattr(exp, "notes", None) or []],
         "truncated": bool(result.truncated),
     }
-
-
-def _seconds(value: Any) -> str:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        return str(value)
-    return f"{value:.2f} s" if value < 10 else f"{value:.0f} s" if value < 120 else f"{value / 60:.1f} min"
 
 
 def _short(text: str, n: int) -> str:

@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import InvalidInputError
-from ._colors import fmt_error, fmt_score, is_dark, normalise_rows, score_rgb, short_model_name, visible
+from ._colors import fmt_error, fmt_score, fmt_seconds, is_dark, normalise_rows, score_rgb, short_model_name, visible
 
 if TYPE_CHECKING:
     from ..explanation import Explanation
@@ -163,7 +163,7 @@ def _details(exp: "Explanation", errors: list[float], chosen) -> Text:
         details.append(
             f"cost: {exp.cost.get('n_forward', 0)} forward, {exp.cost.get('n_backward', 0)} backward sequence passes"
             + (f" ({exp.cost['n_forward_all']} forwards in all)" if "n_forward_all" in exp.cost else "")
-            + f", {exp.cost.get('seconds', 0.0):.1f} s", style="dim")
+            + f", {fmt_seconds(exp.cost.get('seconds', 0.0))}", style="dim")
     return details
 
 
