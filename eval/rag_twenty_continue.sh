@@ -35,39 +35,37 @@ else:
     print(0)"
 }
 
-# Phase 1: the 20-document rows, (a) and (b) a question at a time, until each has TARGET counted rows or 17:00.
-while before 1700; do
-    progressed=0
-    for g in a b; do
-        n=$(rows $g 20)
-        if before 1700 && [ "$(counted $g 20)" -lt $TARGET ] && [ "$n" -lt "${TOTAL[$g]}" ]; then
-            step twenty $g 20 --methods ig_mask --n $((n + 1)); progressed=1
-        fi
+# Turns between the groups a and b until $1 (HHMM UTC): each turn `$2 GROUP` prints the group's next step (the
+# arguments of eval/rag.py), or nothing when that group has none; the phase ends when neither group has one.
+alternate() {
+    local until=$1 next=$2 progressed g args
+    while before "$until"; do
+        progressed=0
+        for g in a b; do
+            args=$($next $g)
+            if before "$until" && [ -n "$args" ]; then step $args; progressed=1; fi
+        done
+        [ $progressed -eq 1 ] || break
     done
-    [ $progressed -eq 1 ] || break
-done
+}
+# Phase 1: the 20-document rows, until each group has TARGET counted rows.
+rows_20() {
+    local n; n=$(rows $1 20)
+    [ "$(counted $1 20)" -lt $TARGET ] && [ "$n" -lt "${TOTAL[$1]}" ] && echo "twenty $1 20 --methods ig_mask --n $((n + 1))"
+}
 # Phase 2: ContextCite 64 (and 32 from the same run) on the 20-document counted rows, an example at a time.
-while before 1735; do
-    progressed=0
-    for g in a b; do
-        k=$(cc_done $g 20)
-        if before 1735 && [ "$k" -lt "$(counted $g 20)" ]; then
-            step contextcite twenty_${g}_20 --also-ablations 32 --resume --limit $((k + 1)); progressed=1
-        fi
-    done
-    [ $progressed -eq 1 ] || break
-done
+contextcite_20() {
+    local k; k=$(cc_done $1 20)
+    [ "$k" -lt "$(counted $1 20)" ] && echo "contextcite twenty_${1}_20 --also-ablations 32 --resume --limit $((k + 1))"
+}
 # Phase 3: the Shapley values on the 20-document counted rows that lack them.
-while before 1735; do
-    progressed=0
-    for g in a b; do
-        n=$(next_without $g 20 shapley)
-        if before 1735 && [ "$n" -gt 0 ]; then
-            step twenty $g 20 --add shapley --n $n; progressed=1
-        fi
-    done
-    [ $progressed -eq 1 ] || break
-done
+shapley_20() {
+    local n; n=$(next_without $1 20 shapley)
+    [ "$n" -gt 0 ] && echo "twenty $1 20 --add shapley --n $n"
+}
+alternate 1700 rows_20
+alternate 1735 contextcite_20
+alternate 1735 shapley_20
 # Phase 4: more 3-5-document rows (every method), each new counted row's ContextCite right after it.
 while before 1735; do
     for g in a b; do
