@@ -3,13 +3,16 @@
 # ContextCite example) per process, one thread, nice 5, in the rule's order, with the package the earlier rows ran
 # with (main's dc8afb9 llm_attrib, exported to $TWENTY_PACKAGE: git archive 5ce9b2b llm_attrib | tar -x -C DIR).
 # Before each step it waits while /tmp/quiet.request exists and holds /tmp/rows33.busy while the step runs.
-# Phase 1 until 17:00 UTC, everything else until 17:35 (no step starts later). Run from the repository root.
+# Phase 1 until $ROWS_UNTIL (HHMM UTC, default 1700), everything else until $REST_UNTIL (default 1735): no step
+# starts later. Run from the repository root.
 set -u
 export PYTHONPATH=${TWENTY_PACKAGE:-/tmp/rows33_old}
 export CONTEXTCITE_PYTHON=${CONTEXTCITE_PYTHON:-/tmp/eval33_ccvenv/bin/python}
 R=eval/results/rag
 TARGET=10                       # counted rows per 20-document cell (the rule's indicative-only bound)
 declare -A TOTAL=([a]=45 [b]=143)
+ROWS_UNTIL=${ROWS_UNTIL:-1700}
+REST_UNTIL=${REST_UNTIL:-1735}
 
 before() { [ "$(date -u +%H%M)" -lt "$1" ]; }
 step() {
@@ -63,16 +66,16 @@ shapley_20() {
     local n; n=$(next_without $1 20 shapley)
     [ "$n" -gt 0 ] && echo "twenty $1 20 --add shapley --n $n"
 }
-alternate 1700 rows_20
-alternate 1735 contextcite_20
-alternate 1735 shapley_20
+alternate "$ROWS_UNTIL" rows_20
+alternate "$REST_UNTIL" contextcite_20
+alternate "$REST_UNTIL" shapley_20
 # Phase 4: more 3-5-document rows (every method), each new counted row's ContextCite right after it.
-while before 1735; do
+while before "$REST_UNTIL"; do
     for g in a b; do
         n=$(rows $g source)
-        before 1735 && [ "$n" -lt "${TOTAL[$g]}" ] && step twenty $g source --n $((n + 1))
+        before "$REST_UNTIL" && [ "$n" -lt "${TOTAL[$g]}" ] && step twenty $g source --n $((n + 1))
         k=$(cc_done $g source)
-        before 1735 && [ "$k" -lt "$(counted $g source)" ] && step contextcite twenty_${g}_source --also-ablations 32 --resume --limit $((k + 1))
+        before "$REST_UNTIL" && [ "$k" -lt "$(counted $g source)" ] && step contextcite twenty_${g}_source --also-ablations 32 --resume --limit $((k + 1))
     done
 done
 echo "$(date -u +%H:%M:%S) done"
