@@ -225,6 +225,12 @@ class DocumentSubsets:
         self.evaluate([key])
         return self.token_values[key]
 
+    def token_leave_one_out(self) -> torch.Tensor:
+        """(T, D) what each answer token's log-probability loses when each document alone is removed."""
+        everyone = range(len(self.documents))
+        full = self.tokens(everyone)
+        return torch.stack([full - self.tokens(d for d in everyone if d != left) for left in everyone], 1)
+
     def __call__(self, kept: Iterable[int]) -> torch.Tensor:
         return self.tokens(kept) @ self.members
 

@@ -291,11 +291,8 @@ def answer_words(seq) -> list[tuple[tuple[int, int], list[int]]]:
 def word_leave_one_out(subsets: DocumentSubsets, words) -> tuple[list[tuple[int, int]], torch.Tensor]:
     """The answer words' spans and (words, documents) nats each word loses when one document alone is removed, from
     the removals leave-one-out already ran."""
-    everyone = list(range(len(subsets.documents)))
-    full = subsets.tokens(everyone)
-    alone = torch.stack([subsets.tokens([d for d in everyone if d != left]) for left in everyone], 1)  # (T, D)
-    drops = full[:, None] - alone
-    table = torch.stack([drops[tokens].sum(0) for _, tokens in words]) if words else drops.new_zeros(0, len(everyone))
+    drops = subsets.token_leave_one_out()
+    table = torch.stack([drops[tokens].sum(0) for _, tokens in words]) if words else drops.new_zeros(0, drops.shape[1])
     return [span for span, _ in words], table
 
 
@@ -320,8 +317,9 @@ def check(subsets: DocumentSubsets, result: RagExplanation, thresholds: tuple[fl
     # asked together, so the cited documents' removals share their forwards' prefixes with leave-one-out's
     removals = [everyone, *([d for d in everyone if d != left] for left in everyone), [],
                 *([d for d in everyone if d not in cited] for cited in citing if cited)]
-    full, *alone, none = subsets.stack(removals)[:n_documents + 2]
-    leave_one_out = full[:, None] - torch.stack(alone, 1)  # (S, D)
+    values = subsets.stack(removals)
+    full, none = values[0], values[n_documents + 1]
+    leave_one_out = subsets.members.T @ subsets.token_leave_one_out()  # (S, D)
     drop_all = full - none  # (S,) every document removed
     verdicts = []
     for s, cited in enumerate(citing):

@@ -107,9 +107,8 @@ def judge(drop_cited: float, drop_other: float, thresholds: tuple[float, float] 
     if not cited:
         label = "unsupported"
     elif margin < low:
-        shared = drop_all is not None and drop_all >= high and drop_cited >= (drop_alone if drop_alone is not None
-                                                                              else float("-inf"))
-        label = "shared" if shared else "unsupported"
+        carried = drop_all is not None and drop_all >= high  # the documents together carry the sentence
+        label = "shared" if carried and (drop_alone is None or drop_cited >= drop_alone) else "unsupported"
     elif margin >= high:
         label = "supported"
     else:
