@@ -8,7 +8,6 @@ over the space to one score per input token (a sum, so completeness is preserved
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -18,8 +17,9 @@ from einops import reduce
 
 from ..errors import InvalidInputError, NumericalError, UnknownNameError, UnsupportedModelError
 from ..patching import AttentionTap, tapped
-from .sequence import Sequence
+from .model_kind import head_only_at
 from .placement import compute_dtype, embedding_rows
+from .sequence import Sequence
 from .static_prefix import StaticPrefix, skipped_tokens
 
 
@@ -35,9 +35,9 @@ def model_logits(model, seq: Sequence, prefix: StaticPrefix | None = None, **inp
     if prefix is not None:
         batch = next(iter(inputs.values())).shape[0]
         positions, cache = positions - prefix.length, {"use_cache": True, prefix.argument: prefix.cache(batch)}
-    if "logits_to_keep" in inspect.signature(model.forward).parameters:
-        return model(**inputs, **cache, logits_to_keep=positions).logits
-    return model(**inputs, **cache).logits[:, positions]
+    head = head_only_at(model, positions)
+    logits = model(**inputs, **cache, **head).logits
+    return logits if head else logits[:, positions]
 
 
 def neutral_token_id(tokenizer, model) -> int:

@@ -27,6 +27,7 @@ from transformers import Cache
 from transformers.cache_utils import DynamicLayer
 
 from ..patching import recomputing
+from .model_kind import head_only_at
 from .placement import compute_dtype
 from .sequence import Sequence
 
@@ -121,27 +122,19 @@ def static_prefix(model, seq: Sequence, space, x: torch.Tensor, length: int) -> 
         return None
     with torch.no_grad():
         x = x[None]
-        whole = model(input_ids=seq.input_ids, use_cache=True, **_logits_at(model, seq.target_positions))
-        full = whole.logits if _keeps_logits(model) else whole.logits[:, seq.target_positions]
+        head = head_only_at(model, seq.target_positions)
+        whole = model(input_ids=seq.input_ids, use_cache=True, **head)
+        full = whole.logits if head else whole.logits[:, seq.target_positions]
         cache = _cut(whole[argument], length)
         if cache is None:
             # Only the cache is wanted: one row of logits, not the LM head over every prefix token (262k columns on
             # Gemma 3).
-            cache = model(input_ids=seq.input_ids[:, :length], use_cache=True, **_logits_at(model, 1))[argument]
+            cache = model(input_ids=seq.input_ids[:, :length], use_cache=True, **head_only_at(model, 1))[argument]
         if not holds_every_token(cache, length):
             return None  # e.g. a sliding window shorter than the prefix: later keys would not start at token 0
         prefix = StaticPrefix(length, x.narrow(space.token_axis, 0, length), cache, argument, full)
         cached = space.logits(model, seq, x, prefix)
     return prefix if same_logits(cached, full, model) else None
-
-
-def _keeps_logits(model) -> bool:
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
-
-
-def _logits_at(model, positions) -> dict:
-    """The forward argument that runs the LM head only at `positions` (or the last `positions` tokens), if any."""
-    return {"logits_to_keep": positions} if _keeps_logits(model) else {}
 
 
 def _cut(cache, length: int) -> Cache | None:

@@ -10,13 +10,13 @@ two candidate maps with the same ranking) go through the model once.
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import dataclass
 from fractions import Fraction
 
 import torch
 
+from ..core.model_kind import head_only_at
 from ..core.sequence import Sequence
 from ..core.spaces import model_logits
 from ..errors import InvalidInputError, NumericalError, UnknownNameError
@@ -141,10 +141,9 @@ def logits_at(model, read: torch.Tensor, **inputs) -> torch.Tensor:
     a graph. A caller that passes a cache (and use_cache=True) gets it extended with the rows' keys and values."""
     inputs.setdefault("use_cache", False)
     positions = read.unique()  # sorted
-    if "logits_to_keep" in inspect.signature(model.forward).parameters:
-        out = model(**inputs, logits_to_keep=positions).logits  # (B, len(positions), V)
-    else:
-        out = model(**inputs).logits[:, positions]
+    head = head_only_at(model, positions)
+    out = model(**inputs, **head).logits
+    out = out if head else out[:, positions]  # (B, len(positions), V)
     return out.gather(1, torch.searchsorted(positions, read)[..., None].expand(-1, -1, out.shape[-1]))
 
 
