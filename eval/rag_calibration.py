@@ -35,6 +35,7 @@ from llm_attrib.rag.answer import generate_answer  # noqa: E402
 from llm_attrib.rag.explain import answer_sentences  # noqa: E402
 from llm_attrib.rag.prompt import Template, as_documents, build_prompt  # noqa: E402
 from llm_attrib.rag.verdicts import judge  # noqa: E402
+from rag_data import sharded_runner  # noqa: E402
 
 SETS = {"first": (ROOT / "eval/data/rag_calibration.jsonl", ROOT / "eval/results/rag/calibration.jsonl"),
         "report": (ROOT / "eval/data/rag_calibration_report.jsonl", ROOT / "eval/results/rag/calibration_report.jsonl")}
@@ -62,7 +63,7 @@ def margin(attributor, question: str, documents, answer_ids: list[int], segment:
 
 def run(args) -> None:
     torch.set_num_threads(args.threads)
-    k, n = (int(x) for x in args.shard.split("/"))
+    k, n = args.shard
     DATA, ROWS = SETS[args.data]
     system = SYSTEM if args.prompt == "P1" else None
     if args.prompt == "P1":  # the third rule's recomputation under the new default prompt
@@ -204,9 +205,7 @@ def third(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    runner = sub.add_parser("run")
-    runner.add_argument("--shard", default="0/1")
-    runner.add_argument("--threads", type=int, default=1)
+    runner = sharded_runner(sub)
     runner.add_argument("--data", default="first", choices=sorted(SETS))
     runner.add_argument("--own", action=argparse.BooleanOptionalAction, default=True,
                         help="also the model's own answer (the third rule's report set runs --no-own first)")

@@ -158,6 +158,14 @@ def shard_spec(text: str) -> tuple[int, int]:
     return int(k), int(n)
 
 
+def sharded_runner(sub) -> argparse.ArgumentParser:
+    """A `run` subcommand with --shard K/N (every N-th example from the K-th) and --threads (torch's)."""
+    runner = sub.add_parser("run")
+    runner.add_argument("--shard", type=shard_spec, default=(0, 1), metavar="K/N")
+    runner.add_argument("--threads", type=int, default=1)
+    return runner
+
+
 def data_prefix(data: str) -> str:
     """Rows about a dataset's examples as a whole (which the model knows, its closed-book replies)."""
     return "smollm2" if data == "real_text" else f"smollm2_{data}"

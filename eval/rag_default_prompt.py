@@ -27,6 +27,7 @@ from llm_attrib import Attributor, zoo  # noqa: E402
 from llm_attrib.rag.ablation import DocumentSubsets  # noqa: E402
 from llm_attrib.rag.answer import generate_answer  # noqa: E402
 from llm_attrib.rag.prompt import Template, as_documents, build_prompt  # noqa: E402
+from rag_data import sharded_runner  # noqa: E402
 
 DATA = ROOT / "eval/data/real_text.jsonl"
 N_EXAMPLES = 40  # its first 40 "rag" rows in file order (the amendment of 13:12: the machine's load)
@@ -44,7 +45,7 @@ def examples() -> list[dict]:
 
 def run(args) -> None:
     torch.set_num_threads(args.threads)
-    k, n = (int(x) for x in args.shard.split("/"))
+    k, n = args.shard
     done = {(r["id"], r["candidate"]) for r in map(json.loads, ROWS.read_text().splitlines())} if ROWS.exists() else set()
     model, tokenizer = zoo.load("smollm2")
     attributor = Attributor(model, tokenizer, show_progress=False)
@@ -90,9 +91,7 @@ def report(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    runner = sub.add_parser("run")
-    runner.add_argument("--shard", default="0/1")
-    runner.add_argument("--threads", type=int, default=1)
+    sharded_runner(sub)
     sub.add_parser("report")
     args = parser.parse_args()
     run(args) if args.command == "run" else report(args)
