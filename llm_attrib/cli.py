@@ -431,6 +431,10 @@ def _add_rag_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reading", default="full", choices=("full", "answer"),
                         help="full (default): the whole prompt runs along the path; answer: the documents run once "
                              "and only the question and answer read them along the path (mask space; long prompts)")
+    parser.add_argument("--removal", default="rerun", choices=("rerun", "hidden"),
+                        help="rerun (default): leave-one-out and the verdicts rerun the prompt without each document "
+                             "(exact); hidden: each document is hidden from the question and answer only (cheaper, "
+                             "not the same numbers; verdicts then give margins only; long prompts)")
     parser.add_argument("--sentence-documents", type=_optional_positive, default=8, metavar="N",
                         help="coarse to fine: with more documents, rank them first and explain only the top N at "
                              "sentence level ('all': every document; default: 8)")
@@ -504,7 +508,7 @@ def _run_rag(args: argparse.Namespace) -> int:
     result = rag.explain(
         model, tokenizer, args.question, documents, args.answer, template=template, system=args.system,
         method=args.method, space=args.space, granularity=args.granularity, verify=not args.no_verify,
-        reading=args.reading, sentence_documents=args.sentence_documents, shapley=args.shapley, retriever=retriever,
+        reading=args.reading, removal=args.removal, sentence_documents=args.sentence_documents, shapley=args.shapley, retriever=retriever,
         max_new_tokens=args.max_new_tokens, max_sentences=args.max_sentences,
         thresholds=args.thresholds, language=args.language, show_progress=not args.no_progress,
         **_memory_options(args), **_method_params(args.param),

@@ -5,19 +5,30 @@ verdict (an answer sentence a document supports loses probability when that docu
 any other one is), and the game behind the documents' Shapley values. Removal re-renders the prompt without the
 documents (same template, the others unchanged, their labels keeping their numbers), so nothing else moves, and
 what comes before the first removed document is not run again (`SharedPrefixes`).
+
+That is removal="rerun" (the default): the exact probability of the answer to the prompt without the documents.
+removal="hidden" (`HiddenDocuments`) is a cheaper, different quantity for long prompts: the prompt runs once, and
+each subset runs only the readers (the tokens after the last document: question, instructions, answer) with the
+removed documents hidden from their attention. The documents after a removed one keep what they read from it, and
+nothing moves position, so the values differ from the rerun's (eval/results/rag/hidden_removal.md measures by how
+much); it is reading="answer"'s endpoint, what the mask space's path reaches with those documents at 0.
 """
 
 from __future__ import annotations
 
 import inspect
+from dataclasses import replace
 from collections.abc import Callable, Iterable
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers import Cache, DynamicCache
 
-from ..attributor import Attributor
-from ..core.static_prefix import cache_argument, copied, holds_every_token, same_logits
+from ..attributor import Attributor, covered, reader_start
+from ..core.spaces import MaskSpace
+from ..core.static_prefix import cache_argument, copied, holds_every_token, same_logits, static_prefix
+from ..errors import UnknownNameError, UnsupportedModelError
+from ..patching import own_attention, prepared, supports_attention_hook
 from ..metrics._perturb import logits_at, padding_token
 from .prompt import Document, Template, build_prompt
 
@@ -180,21 +191,91 @@ class SharedPrefixes:
         return same_logits(again[0], logits, self.model)
 
 
+REMOVALS = ("rerun", "hidden")
+
+
+def check_removal(model, removal: str) -> None:
+    """Refuse an unknown removal, or removal="hidden" on a model whose attention cannot be hooked, before any work."""
+    if removal not in REMOVALS:
+        raise UnknownNameError(f"unknown removal {removal!r}; choose one of {list(REMOVALS)}.")
+    if removal == "hidden" and not supports_attention_hook(model):
+        raise UnsupportedModelError(f"removal='hidden' hides documents from the question and answer through the "
+                                    f"attention hook, but {type(model).__name__} computes attention in its own code; "
+                                    "use removal='rerun' (the default).")
+
+
+class HiddenDocuments:
+    """Answer token log-probabilities with documents hidden from the readers (removal="hidden"): the whole prompt
+    runs once (its keys and values, checked to reproduce the model's logits, as reading="answer" builds them) and
+    each subset runs only the tokens after the last document, every removed document's tokens at visibility 0 in
+    every layer (the mask space: exactly the model with those keys masked out of the readers' attention).
+    `rows` subsets per forward; each forward reads the prompt's cache once, whatever its rows."""
+
+    def __init__(self, attributor: Attributor, prompt, answer_ids: list[int], document_spans: list[tuple[int, int]]):
+        self.model = attributor.model
+        self.seq = attributor.sequence(prompt, answer=answer_ids)
+        self.documents = [covered(self.seq, [span]) for span in document_spans]  # (L,) bool each
+        self.seq.keep = self.seq.keep | ~torch.stack(self.documents).any(0).to(self.seq.keep.device)  # only the documents move
+        self.reader_length = reader_start(self.seq, "answer", "mask", document_spans[-1][1])
+        self.space = MaskSpace()
+        self.x: torch.Tensor | None = None  # (layers, L) every key visible, set with the cache on first use
+
+    def log_probs(self, kept_sets: list[tuple[int, ...]], rows: int = 1,
+                  on_forward: Callable[[int], object] | None = None) -> list[torch.Tensor]:
+        """(T,) answer log-probabilities with only the documents of each kept set visible to the readers."""
+        out = []
+        with prepared(self.model, hook_attention=True):
+            prefix = self.readers()
+            for start in range(0, len(kept_sets), rows):
+                chunk = kept_sets[start:start + rows]
+                points = self.x.expand(len(chunk), *self.x.shape).clone()
+                for point, kept in zip(points, chunk):
+                    for d, tokens in enumerate(self.documents):
+                        if d not in kept:
+                            point[:, tokens.to(point.device)] = 0.0
+                with torch.no_grad():
+                    logits = self.space.logits(self.model, self.seq, points, prefix)
+                out.extend(answer_log_probs(logits, self.seq.target_ids))
+                if on_forward is not None:
+                    on_forward(len(chunk))
+        return out
+
+    def readers(self):
+        """The prompt's keys and values up to the readers (built and checked once, with the model's attention)."""
+        if self.x is None:
+            self.x = self.space.point(self.model, self.seq)
+            with own_attention():
+                prefix = static_prefix(self.model, self.seq, self.space, self.x, self.reader_length)
+            if prefix is None:
+                raise UnsupportedModelError(
+                    f"removal='hidden' runs the prompt's first {self.reader_length} tokens once from a cache of keys "
+                    f"and values, but {type(self.model).__name__} takes no such cache or its cached forward does not "
+                    "reproduce its logits here (e.g. a sliding window shorter than the prompt); use removal='rerun'.")
+            self.space.readers = self.prefix = prefix
+        return self.prefix
+
+
 class DocumentSubsets:
     """(S,) answer segment log-probabilities with a subset of the documents kept (and `tokens`, the (T,) answer
     tokens' own), each subset run once, so leave-one-out, the verdicts' removals, the answer words' removals and
     the Shapley values share their forwards; subsets known in advance (`evaluate`) can share batched forwards (the
     Attributor's internal_batch_size). Each subset runs only from the first token its prompt does not share with
     the prompt run before it (`SharedPrefixes`), unless `reuse_prefix` is False: the same values from full
-    forwards."""
+    forwards. removal="hidden": the documents are hidden from the readers instead (`HiddenDocuments`)."""
 
     def __init__(self, attributor: Attributor, question: str, documents: list[Document], template: Template,
                  answer_ids: list[int], segments: list[tuple[int, int]], system: str | None = None,
-                 on_forward: Callable[[int], object] | None = None, reuse_prefix: bool = True):
+                 on_forward: Callable[[int], object] | None = None, reuse_prefix: bool = True,
+                 removal: str = "rerun"):
+        check_removal(attributor.model, removal)
         self.attributor, self.question, self.documents, self.template = attributor, question, documents, template
         self.answer_ids, self.segments, self.system = answer_ids, segments, system
         self.on_forward = on_forward  # told how many subsets each forward ran (a progress bar's update)
         self.prefixes = SharedPrefixes(attributor.model) if reuse_prefix else None
+        self.hidden = None
+        if removal == "hidden":
+            built = build_prompt(attributor.tokenizer, question, documents, template, system=system)
+            self.hidden = HiddenDocuments(attributor, built.prompt, answer_ids, built.document_spans)
         self.token_values: dict[tuple[int, ...], torch.Tensor] = {}  # (T,) per subset run
         self.members: torch.Tensor | None = None  # (T, S): which answer tokens make each segment
 
@@ -203,6 +284,12 @@ class DocumentSubsets:
         keys = list(dict.fromkeys(tuple(sorted(set(kept))) for kept in subsets))
         keys = [key for key in keys if key not in self.token_values]
         if not keys:
+            return
+        if self.hidden is not None:
+            if self.members is None:
+                self.members = replace(self.hidden.seq, answer_segments=self.segments).segment_matrix().float().cpu()
+            values = self.hidden.log_probs(keys, self.attributor.internal_batch_size or 1, self.on_forward)
+            self.token_values.update(zip(keys, (v.float().cpu() for v in values)))
             return
         prompts = [build_prompt(self.attributor.tokenizer, self.question, self.documents, self.template, list(key),
                                 self.system).prompt for key in keys]

@@ -19,7 +19,7 @@ from ..core.model_kind import context_length
 from ..core.progress import progress
 from ..errors import InvalidInputError, UnknownNameError
 from ..methods.base import get_method
-from .ablation import DocumentSubsets
+from .ablation import DocumentSubsets, check_removal
 from .answer import generate_answer
 from .explanation import RagExplanation, cited_documents
 from .prompt import TEMPLATES, Template, as_documents, build_prompt
@@ -27,6 +27,8 @@ from .sentences import split_sentences
 from .shapley import DEFAULT_BUDGET, check_budget, document_shapley
 from .verdicts import calibrated_thresholds, check_thresholds, judge
 
+HIDDEN_NOTE = ("removal='hidden': leave-one-out and the other removals hid each document from the question and "
+               "answer instead of rerunning the prompt without it (cheaper; not the same numbers).")
 LONG_PROMPT = 1024  # tokens: beyond, reading="full" is slow on a CPU, and the call says so
 
 GRANULARITIES = ("sentence", "answer", "token")
@@ -48,6 +50,7 @@ def explain(
     granularity: str = "sentence",
     scope: str = "documents",
     reading: str = "full",
+    removal: str = "rerun",
     sentence_documents: int | None = DEFAULT_SENTENCE_DOCUMENTS,
     verify: bool = True,
     thresholds: tuple[float, float] | None = None,
@@ -91,6 +94,14 @@ def explain(
             instructions, answer) see the documents' visibility move: a document's score is what the question and
             answer read from it directly, and the scores sum to log p(answer) minus that with the documents hidden
             from those readers. Each path point then runs ~100 tokens instead of the prompt: for long prompts.
+        removal: how `verify` and `shapley` remove documents. "rerun" (default): the prompt is rendered again
+            without them and run from the first token that changed: the exact probability of the answer to that
+            prompt. "hidden": the prompt runs once and each removal runs only the tokens after the last document
+            (question, instructions, answer) with the removed documents masked out of their attention, so the
+            documents after a removed one keep what they read from it: another, cheaper quantity (about the
+            documents' count times fewer tokens at 20 documents; eval/results/rag/hidden_removal.md measures how far
+            it agrees with the rerun). The shipped verdict thresholds were calibrated on reruns, so with "hidden"
+            the verdicts give their margins ("uncalibrated") unless you pass `thresholds`.
         sentence_documents: coarse to fine. With more documents than this, the documents are ranked first (one
             integral of the whole answer's log-probability), then only the top `sentence_documents` move in the
             sentence-level integral (the others stay in the prompt as they are, like the instructions); every
@@ -132,10 +143,14 @@ def explain(
     if reading == "answer" and scope != "documents":
         raise InvalidInputError("reading='answer' measures what the question and answer read from the documents, "
                                 "so it needs scope='documents'; use reading='full' with scope='prompt'.")
+    check_removal(model, removal)
     started = time.perf_counter()
     docs = as_documents(documents)
     check_budget(shapley_budget, len(docs), "shapley_budget")
-    thresholds = calibrated_thresholds(model) if thresholds is None else check_thresholds(thresholds)
+    if thresholds is not None:
+        thresholds = check_thresholds(thresholds)
+    elif removal == "rerun":  # the shipped thresholds were calibrated on reruns
+        thresholds = calibrated_thresholds(model)
     if max_sentences is not None and (isinstance(max_sentences, bool) or not isinstance(max_sentences, int)
                                       or max_sentences < 1):
         raise InvalidInputError(f"max_sentences must be a positive integer or None, got {max_sentences!r}.")
@@ -185,7 +200,7 @@ def explain(
             question=question, documents=docs, answer=seq.text[len(built.text):], explanation=explanation,
             granularity=granularity, document_spans=built.document_spans, sentence_spans=built.sentence_spans,
             question_span=built.question_span, answer_sentences=runs, answer_sentence_spans=spans, scope=scope,
-            truncated=truncated, reading=reading, ranking_scores=ranking_scores,
+            truncated=truncated, reading=reading, removal=removal, ranking_scores=ranking_scores,
             sentence_documents=None if ranking_scores is None else fine,
         )
         ablation_forwards = ablation_tokens = 0
@@ -193,13 +208,18 @@ def explain(
             exact = shapley and 2 ** len(docs) <= shapley_budget  # every subset runs: the progress bar knows its total
             with counting_forwards(model) as forwards, counting_forwards(model, tokens=True) as tokens:
                 bar.phase("verifying documents (removing subsets)", total=2 ** len(docs) if exact else None)
-                subsets = DocumentSubsets(attributor, question, docs, layout, answer_ids, runs, system, bar.advance)
+                subsets = DocumentSubsets(attributor, question, docs, layout, answer_ids, runs, system, bar.advance,
+                                          removal=removal)
                 if shapley:  # first: with every subset, verify's are among them
                     result.shapley = document_shapley(subsets.stack, len(docs), budget=shapley_budget)
                 if verify:
                     result.verdicts, result.leave_one_out = check(subsets, result, thresholds)
                     result.answer_words, result.word_leave_one_out = word_leave_one_out(subsets, words)
             ablation_forwards, ablation_tokens = forwards[0], tokens[0]
+            if removal == "hidden":
+                explanation.notes.append(HIDDEN_NOTE + (" Verdicts give their margins only: the shipped thresholds "
+                                                        "were calibrated on reruns." if verify and thresholds is None
+                                                        else ""))
     if retriever is not None:
         from .retriever import rank_and_explain
 

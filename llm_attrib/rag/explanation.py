@@ -99,6 +99,9 @@ class RagExplanation:
             unfinished).
         reading: how the documents were read along the path: "full" (the whole prompt) or "answer" (only the
             tokens after the documents; see `rag.explain`).
+        removal: how documents were removed for leave-one-out, the verdicts and the Shapley values: "rerun" (the
+            prompt re-rendered without them and run again: exact) or "hidden" (hidden from the question and answer
+            only; see `rag.explain`).
         ranking_scores: (documents,) with coarse to fine, each document's score for the whole answer from the
             ranking that chose `sentence_documents`, the documents explained at sentence level (and the only ones
             with leave-one-out columns); both None when every document was.
@@ -128,6 +131,7 @@ class RagExplanation:
     scope: str = "documents"
     truncated: bool = False
     reading: str = "full"
+    removal: str = "rerun"
     ranking_scores: torch.Tensor | None = None
     sentence_documents: list[int] | None = None
     answer_words: list[Span] | None = None
@@ -314,6 +318,7 @@ class RagExplanation:
             scope=file.scope,
             truncated=file.truncated,
             reading=file.reading,
+            removal=file.removal,
             ranking_scores=None if file.ranking_scores is None else torch.tensor(file.ranking_scores),
             sentence_documents=file.sentence_documents,
             answer_words=None if file.answer_words is None else spans(file.answer_words),

@@ -67,6 +67,7 @@ class RagExplanationFile(StrictModel):
     scope: Literal["documents", "prompt"] = "documents"
     truncated: bool = False
     reading: Literal["full", "answer"] = "full"
+    removal: Literal["rerun", "hidden"] = "rerun"
     ranking_scores: list[float] | None = None
     sentence_documents: list[int] | None = None
     answer_words: list[Pair] | None = None

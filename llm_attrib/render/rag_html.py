@@ -352,8 +352,10 @@ def _thresholds(result: "RagExplanation") -> dict[str, Any] | None:
 def _leave_one_out(result: "RagExplanation") -> dict[str, Any] | None:
     return _document_table(
         result, result.leave_one_out, "Leave one out (nats)", "leave-one-out", "loo", "removed",
-        "How much each answer sentence's log-probability drops when that document alone is removed from the prompt "
-        "(red: the sentence needed the document; blue: it became more likely without it).")
+        "How much each answer sentence's log-probability drops when that document alone is "
+        + ("hidden from the question and answer (removal='hidden')" if getattr(result, "removal", "rerun") == "hidden"
+           else "removed from the prompt")
+        + " (red: the sentence needed the document; blue: it became more likely without it).")
 
 
 def _word_documents(result: "RagExplanation") -> dict[str, Any] | None:
