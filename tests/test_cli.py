@@ -191,6 +191,24 @@ def test_rag_runs_on_the_embedded_model_and_writes_json(tmp_path, capsys):
     assert example["answer"] in printed
 
 
+def test_rag_hides_documents_with_removal_hidden(tmp_path, capsys):
+    """--removal hidden reaches rag.explain: the source document still loses most, the file says how the documents
+    were removed, the terminal says why the verdict gives a margin; an unknown removal is a usage error."""
+    from llm_attrib import rag
+
+    out = tmp_path / "rag.json"
+    assert main(["rag", "--removal", "hidden", "--granularity", "answer", "--param", "n_steps=8",
+                 "--param", "tolerance=null", "--json", str(out), "--no-progress"]) == 0
+    result = rag.RagExplanation.load(out)
+    example = zoo.examples("rag", n=1, seed=0)[0]
+    assert result.removal == "hidden" and int(result.leave_one_out[0].argmax()) == example["relevant_document"]
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "uncalibrated" in printed and "removal='hidden'" in printed
+    with pytest.raises(SystemExit) as exit_info:
+        main(["rag", "--removal", "masked"])
+    assert exit_info.value.code == 2
+
+
 def test_rag_reads_documents_and_refuses_half_inputs(model_dir, tmp_path, capsys):
     docs = tmp_path / "docs.jsonl"
     docs.write_text('"the cat sat on a mat"\n{"text": "a dog ran to the park", "title": "dog"}\n')
