@@ -26,8 +26,8 @@ from llm_attrib.rag.prompt import TEMPLATES, as_documents, build_prompt
 from rag_data import RESULTS, append, commit, read_rows
 from rag_twenty_runs import questions, reply
 
-ROWS = RESULTS / "rag" / "hidden_removal.jsonl"
-REPORT = RESULTS / "rag" / "hidden_removal.md"
+ROWS = RESULTS / "hidden_removal.jsonl"
+REPORT = RESULTS / "hidden_removal.md"
 SIZES = ("20", "source")
 MODES = ("rerun", "hidden")
 
