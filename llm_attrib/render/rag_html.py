@@ -185,6 +185,8 @@ def _header(result: "RagExplanation") -> dict[str, Any]:
         value = exp.params.get(key)
         if value is not None:
             params.append((key, value if not isinstance(value, list) or len(value) <= 6 else f"{min(value)}..{max(value)}"))
+    if getattr(result, "removal", "rerun") != "rerun":
+        params.append(("removal", result.removal))
     tolerance = exp.params.get("tolerance")
     limit = f" (tolerance {fmt_error(float(tolerance))})" if isinstance(tolerance, (int, float)) else ""
     return {
@@ -344,7 +346,8 @@ def _thresholds(result: "RagExplanation") -> dict[str, Any] | None:
         return None
     calibrated = all(v.calibrated and v.thresholds is not None for v in result.verdicts)
     if not calibrated:  # margins only: no thresholds to state
-        return {"low": None, "high": None, "calibrated": False}
+        return {"low": None, "high": None, "calibrated": False,
+                "hidden": getattr(result, "removal", "rerun") == "hidden"}
     low, high = result.verdicts[0].thresholds
     return {"low": f"{low:g}", "high": f"{high:g}", "calibrated": True}
 
