@@ -1,6 +1,7 @@
 """Leave-one-out with removal="hidden" against the rerun, on the twenty set's questions: agreement, tokens, seconds.
 
-    nice -n 5 python eval/rag_hidden_removal.py run --until 2045   # rows to eval/results/rag/hidden_removal.jsonl
+    nice -n 5 python eval/rag_hidden_removal.py run --until 2005   # rows to eval/results/rag/hidden_removal.jsonl
+    nice -n 5 python eval/rag_hidden_removal.py run --sizes long --until 2050   # 20 documents of ~200 tokens
     python eval/rag_hidden_removal.py report                       # the tables of hidden_removal.md
 
 The rule and the tables: eval/results/rag/hidden_removal.md.
@@ -24,11 +25,12 @@ from llm_attrib.rag.ablation import DocumentSubsets
 from llm_attrib.rag.prompt import TEMPLATES, as_documents, build_prompt
 
 from rag_data import RESULTS, append, commit, read_rows
+from rag_long import long_documents, passage_pool, validation_examples
 from rag_twenty_runs import questions, reply
 
 ROWS = RESULTS / "hidden_removal.jsonl"
 REPORT = RESULTS / "hidden_removal.md"
-SIZES = ("20", "source")
+SIZES = ("20", "source", "long")
 MODES = ("rerun", "hidden")
 
 
@@ -54,11 +56,14 @@ def tokens_in_full(attributor: Attributor, question: str, docs, answer_ids: list
 
 
 def run_one(attributor: Attributor, row: dict, size: str, group: str, order: int) -> dict:
-    docs = as_documents(list(row["documents"]))
+    documents, relevant = list(row["documents"]), row["relevant_document"]
+    if size == "long":  # rag_long's 20 documents of at least 200 tokens each (~4.5k tokens)
+        documents, relevant = long_documents(row, passage_pool(row["id"]), 20, attributor.tokenizer, seed=33)
+    docs = as_documents(documents)
     built = build_prompt(attributor.tokenizer, row["question"], docs, TEMPLATES["default"])
     _, own = reply(attributor, built)
     out = {"id": row["id"], "group": group, "size": size, "documents": len(docs), "commit": commit(),
-           "relevant": row["relevant_document"], "load_average": round(os.getloadavg()[0], 2), "answer": own}
+           "relevant": relevant, "load_average": round(os.getloadavg()[0], 2), "answer": own}
     if not own.strip():
         return {**out, "skipped": "empty answer"}
     answer_ids = attributor.sequence(built.prompt, answer=own).target_ids.tolist()
@@ -69,14 +74,24 @@ def run_one(attributor: Attributor, row: dict, size: str, group: str, order: int
     return out
 
 
+def examples(size: str) -> dict[str, list[dict]]:
+    """Each group's questions in their fixed order: the twenty set's (a) and (b), or for "long" rag_long's
+    validation examples (fictional and real-text answers a document carries, alternating)."""
+    if size == "long":
+        rows = [dict(r, relevant_document=r["relevant"]) for r in validation_examples()]
+        return {"fictional": [r for r in rows if r["set"] == "fictional"],
+                "real": [r for r in rows if r["set"] != "fictional"]}
+    return {g: questions(g, size) for g in ("a", "b")}
+
+
 def cmd_run(args) -> None:
     torch.set_num_threads(1)
     model, tokenizer = llm_attrib.zoo.load("smollm2")
     attributor = Attributor(model, tokenizer, show_progress=False)
     done = {(r["group"], r["size"], r["id"]) for r in read_rows(ROWS)} if ROWS.exists() else set()
-    orders = {(g, s): questions(g, s) for s in SIZES for g in ("a", "b")}
-    steps = [(g, s, k) for k in range(max(map(len, orders.values()))) for s in SIZES for g in ("a", "b")
-             if k < len(orders[g, s])]
+    orders = {(g, s): rows for s in args.sizes for g, rows in examples(s).items()}
+    steps = [(g, s, k) for k in range(max(map(len, orders.values()))) for s in args.sizes for g in ("a", "b",
+             "fictional", "real") if (g, s) in orders and k < len(orders[g, s])]
     for g, s, k in steps:
         row = orders[g, s][k]
         if (g, s, row["id"]) in done:
@@ -105,7 +120,7 @@ def cmd_report(args) -> None:
              "hidden |",
              "|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for size in SIZES:
-        for group in ("a", "b"):
+        for group in ("a", "b", "fictional", "real"):
             part = [r for r in rows if r["group"] == group and r["size"] == size]
             if not part:
                 continue
@@ -117,7 +132,7 @@ def cmd_report(args) -> None:
             lengths = [r["prompt_tokens"] for r in part]
             n = len(part)
             lines.append(
-                f"| {group} | {part[0]['documents'] if size == '20' else '3-5'} | {n} | {min(lengths)}-{max(lengths)} | "
+                f"| {group} | {'3-5' if size == 'source' else part[0]['documents']} | {n} | {min(lengths)}-{max(lengths)} | "
                 f"{np.nanmean(rho):.3f} | {same}/{n} | {relevant['rerun']}/{n} | {relevant['hidden']}/{n} | "
                 f"{sum(r['tokens_full'] for r in part) / tokens['hidden']:.1f}x | "
                 f"{tokens['rerun'] / tokens['hidden']:.1f}x | {seconds['rerun'] / seconds['hidden']:.1f}x |")
@@ -138,6 +153,9 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run")
     run.add_argument("--until", default=None, help="HHMM UTC: no question starts later")
+    run.add_argument("--sizes", nargs="+", choices=SIZES, default=["20", "source"],
+                     help="20 and source: the twenty set's questions at 20 and at their own 3-5 documents; long: "
+                          "rag_long's 20 documents of ~200 tokens")
     run.set_defaults(func=cmd_run)
     sub.add_parser("report").set_defaults(func=cmd_report)
     args = parser.parse_args()
