@@ -16,7 +16,6 @@ import time
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
 
 import llm_attrib
 from llm_attrib import Attributor
@@ -25,7 +24,7 @@ from llm_attrib.rag.ablation import DocumentSubsets
 from llm_attrib.rag.prompt import TEMPLATES, as_documents, build_prompt
 
 from rag_data import RESULTS, append, commit, read_rows
-from rag_long import long_documents, passage_pool, validation_examples
+from rag_long import long_documents, passage_pool, spearman, validation_examples
 from rag_twenty_runs import questions, reply
 
 ROWS = RESULTS / "hidden_removal.jsonl"
@@ -124,7 +123,7 @@ def cmd_report(args) -> None:
             part = [r for r in rows if r["group"] == group and r["size"] == size]
             if not part:
                 continue
-            rho = [spearmanr(r["rerun"]["drops"], r["hidden"]["drops"]).statistic for r in part]
+            rho = [spearman(r["rerun"]["drops"], r["hidden"]["drops"]) for r in part]
             same = sum(top(r["rerun"]["drops"]) == top(r["hidden"]["drops"]) for r in part)
             relevant = {m: sum(top(r[m]["drops"]) == r["relevant"] for r in part) for m in MODES}
             tokens = {m: sum(r[m]["tokens"] for r in part) for m in MODES}
@@ -139,7 +138,7 @@ def cmd_report(args) -> None:
     lines += ["", "Per question (group, documents, id: Spearman; top document rerun / hidden / relevant; seconds "
               "rerun / hidden): " + "; ".join(
                   f"{r['group']} {r['documents']} {r['id']}: "
-                  f"{spearmanr(r['rerun']['drops'], r['hidden']['drops']).statistic:.2f}; "
+                  f"{spearman(r['rerun']['drops'], r['hidden']['drops']):.2f}; "
                   f"{top(r['rerun']['drops'])} / {top(r['hidden']['drops'])} / {r['relevant']}; "
                   f"{r['rerun']['seconds']:.1f} / {r['hidden']['seconds']:.1f}" for r in rows) + ".", ""]
     text = REPORT.read_text()
