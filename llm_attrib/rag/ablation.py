@@ -17,8 +17,8 @@ much); it is reading="answer"'s endpoint, what the mask space's path reaches wit
 from __future__ import annotations
 
 import inspect
-from dataclasses import replace
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 import torch
 from torch.nn.utils.rnn import pad_sequence
@@ -28,8 +28,8 @@ from ..attributor import Attributor, covered, reader_start
 from ..core.spaces import MaskSpace
 from ..core.static_prefix import cache_argument, copied, holds_every_token, same_logits, static_prefix
 from ..errors import UnknownNameError, UnsupportedModelError
-from ..patching import own_attention, prepared, supports_attention_hook
 from ..metrics._perturb import logits_at, padding_token
+from ..patching import own_attention, prepared, supports_attention_hook
 from .prompt import Document, Template, build_prompt
 
 
@@ -215,7 +215,8 @@ class HiddenDocuments:
         self.model = attributor.model
         self.seq = attributor.sequence(prompt, answer=answer_ids)
         self.documents = [covered(self.seq, [span]) for span in document_spans]  # (L,) bool each
-        self.seq.keep = self.seq.keep | ~torch.stack(self.documents).any(0).to(self.seq.keep.device)  # only the documents move
+        moving = torch.stack(self.documents).any(0).to(self.seq.keep.device)  # only the documents move
+        self.seq.keep = self.seq.keep | ~moving
         self.reader_length = reader_start(self.seq, "answer", "mask", document_spans[-1][1])
         self.space = MaskSpace()
         self.x: torch.Tensor | None = None  # (layers, L) every key visible, set with the cache on first use
