@@ -37,6 +37,8 @@ TASKS = {  # name -> rag.explain arguments
     "rank_full": dict(granularity="answer", verify=False, reading="full", sentence_documents=None),
     "cite3_answer": dict(granularity="sentence", verify=True, reading="answer", sentence_documents=3),
     "cite3_full": dict(granularity="sentence", verify=True, reading="full", sentence_documents=3),
+    "cite3_answer_hidden": dict(granularity="sentence", verify=True, reading="answer", sentence_documents=3,
+                                removal="hidden"),
     # the default's ranking, bounded: one panel of 5 gradients, no refinement (seconds per gradient, not the scores)
     "rank_full_5": dict(granularity="answer", verify=False, reading="full", sentence_documents=None, n_steps=5,
                         tolerance=None),
