@@ -98,10 +98,11 @@ def explain(
             without them and run from the first token that changed: the exact probability of the answer to that
             prompt. "hidden": the prompt runs once and each removal runs only the tokens after the last document
             (question, instructions, answer) with the removed documents masked out of their attention, so the
-            documents after a removed one keep what they read from it: another, cheaper quantity (about the
-            documents' count times fewer tokens at 20 documents; eval/results/rag/hidden_removal.md measures how far
-            it agrees with the rerun). The shipped verdict thresholds were calibrated on reruns, so with "hidden"
-            the verdicts give their margins ("uncalibrated") unless you pass `thresholds`.
+            documents after a removed one keep what they read from it: another, cheaper quantity (on SmolLM2 at
+            20 documents, 5-9x fewer tokens than the rerun; the same top document in most answers, but not the
+            same order of the others: eval/results/rag/hidden_removal.md). The shipped verdict thresholds were
+            calibrated on reruns, so with "hidden" the verdicts give their margins ("uncalibrated") unless you
+            pass `thresholds`.
         sentence_documents: coarse to fine. With more documents than this, the documents are ranked first (one
             integral of the whole answer's log-probability), then only the top `sentence_documents` move in the
             sentence-level integral (the others stay in the prompt as they are, like the instructions); every
