@@ -203,7 +203,8 @@ def test_rag_hides_documents_with_removal_hidden(tmp_path, capsys):
     example = zoo.examples("rag", n=1, seed=0)[0]
     assert result.removal == "hidden" and int(result.leave_one_out[0].argmax()) == example["relevant_document"]
     printed = " ".join(capsys.readouterr().out.split())
-    assert "uncalibrated" in printed and "removal='hidden'" in printed
+    assert "uncalibrated" in printed and "removal='hidden'" in printed and "whose hiding costs them most" in printed
+    assert "with every document hidden" in result.to_html()
     with pytest.raises(SystemExit) as exit_info:
         main(["rag", "--removal", "masked"])
     assert exit_info.value.code == 2

@@ -282,7 +282,8 @@ def _print_word_documents(result, console: Console) -> None:
                            "(no single document carried a word)", style="dim"))
         return
     shown = sorted(sorted(range(len(credited)), key=lambda i: -credited[i][2])[:WORDS_SHOWN])
-    line = Text("answer words, by the document whose removal costs them most (nats): ")
+    removal = "hiding" if getattr(result, "removal", "rerun") == "hidden" else "removal"
+    line = Text(f"answer words, by the document whose {removal} costs them most (nats): ")
     for n, i in enumerate(shown):
         word, d, drop = credited[i]
         line.append("; " if n else "")
@@ -324,6 +325,8 @@ def print_rag_explanation(result, console: Console | None = None) -> None:
     citations = Table(title="citations" + (f" (sentences of the top {len(fine)} documents)" if fine is not None else ""))
     for column in ("answer", "cited documents", "top sentence", "verdict"):
         citations.add_column(column)
+    hidden = getattr(result, "removal", "rerun") == "hidden"
+    without = "with every document hidden" if hidden else "without any document"
     for citation in result.citations:
         docs = ", ".join(f"{d + 1} ({fmt_score(s)})" for d, s in citation.documents) or "none"
         if citation.sentences:
@@ -335,7 +338,7 @@ def print_rag_explanation(result, console: Console | None = None) -> None:
         verdict = Text("")
         if citation.verdict is not None:
             v = citation.verdict
-            alone = "" if v.drop_all is None else f"; {v.drop_all:.1f} lost without any document"
+            alone = "" if v.drop_all is None else f"; {v.drop_all:.1f} lost {without}"
             if getattr(v, "calibrated", True):
                 why = ": several documents carry it" if v.label == "shared" else ""
                 verdict = Text(f"{v.label} ({v.margin:+.1f} nats{alone}{why})", style=VERDICT_STYLE.get(v.label, ""))
