@@ -115,4 +115,6 @@ def test_hidden_removal_finds_the_source_document_on_the_rag_model(zoo):  # noqa
                         show_progress=False)
     assert given.verdicts[0].label == "supported"
     again = rag.RagExplanation.from_dict(given.to_dict())
-    assert again.removal == "hidden" and "hidden from the question and answer" in again.to_html()
+    page = again.to_html()
+    assert again.removal == "hidden" and "hidden from the question and answer" in page
+    assert "with every document hidden" in page and "without any document" not in page  # calibrated by the caller

@@ -73,6 +73,7 @@ def rag_view(result: "RagExplanation", title: str | None = None) -> dict[str, An
         "other_score": fmt_score(result.other_score),
         "citations": _citations(result),
         "thresholds": _thresholds(result),
+        "hidden_removal": _hidden(result),
         "tables": [t for t in (_leave_one_out(result), _word_documents(result), _shapley(result)) if t is not None],
         "retrieval": _retrieval(result),
         "data": _data(result, row_spans, groups, headers),
@@ -185,7 +186,7 @@ def _header(result: "RagExplanation") -> dict[str, Any]:
         value = exp.params.get(key)
         if value is not None:
             params.append((key, value if not isinstance(value, list) or len(value) <= 6 else f"{min(value)}..{max(value)}"))
-    if getattr(result, "removal", "rerun") != "rerun":
+    if _hidden(result):
         params.append(("removal", result.removal))
     tolerance = exp.params.get("tolerance")
     limit = f" (tolerance {fmt_error(float(tolerance))})" if isinstance(tolerance, (int, float)) else ""
@@ -346,18 +347,21 @@ def _thresholds(result: "RagExplanation") -> dict[str, Any] | None:
         return None
     calibrated = all(v.calibrated and v.thresholds is not None for v in result.verdicts)
     if not calibrated:  # margins only: no thresholds to state
-        return {"low": None, "high": None, "calibrated": False,
-                "hidden": getattr(result, "removal", "rerun") == "hidden"}
+        return {"low": None, "high": None, "calibrated": False}
     low, high = result.verdicts[0].thresholds
     return {"low": f"{low:g}", "high": f"{high:g}", "calibrated": True}
+
+
+def _hidden(result: "RagExplanation") -> bool:
+    """Whether the documents were hidden from the question and answer (removal="hidden"), not removed."""
+    return getattr(result, "removal", "rerun") == "hidden"
 
 
 def _leave_one_out(result: "RagExplanation") -> dict[str, Any] | None:
     return _document_table(
         result, result.leave_one_out, "Leave one out (nats)", "leave-one-out", "loo", "removed",
         "How much each answer sentence's log-probability drops when that document alone is "
-        + ("hidden from the question and answer (removal='hidden')" if getattr(result, "removal", "rerun") == "hidden"
-           else "removed from the prompt")
+        + ("hidden from the question and answer (removal='hidden')" if _hidden(result) else "removed from the prompt")
         + " (red: the sentence needed the document; blue: it became more likely without it).")
 
 
