@@ -26,7 +26,7 @@ from transformers import Cache, DynamicCache
 
 from ..attributor import Attributor, covered, reader_start
 from ..core.spaces import MaskSpace
-from ..core.static_prefix import cache_argument, copied, holds_every_token, same_logits, static_prefix
+from ..core.static_prefix import StaticPrefix, cache_argument, copied, holds_every_token, same_logits, static_prefix
 from ..errors import UnknownNameError, UnsupportedModelError
 from ..metrics._perturb import logits_at, padding_token
 from ..patching import own_attention, prepared, supports_attention_hook
@@ -220,6 +220,7 @@ class HiddenDocuments:
         self.reader_length = reader_start(self.seq, "answer", "mask", document_spans[-1][1])
         self.space = MaskSpace()
         self.x: torch.Tensor | None = None  # (layers, L) every key visible, set with the cache on first use
+        self.prefix: StaticPrefix | None = None  # the prompt's keys and values up to the readers
 
     def log_probs(self, kept_sets: list[tuple[int, ...]], rows: int = 1,
                   on_forward: Callable[[int], object] | None = None) -> list[torch.Tensor]:
@@ -241,9 +242,9 @@ class HiddenDocuments:
                     on_forward(len(chunk))
         return out
 
-    def readers(self):
+    def readers(self) -> StaticPrefix:
         """The prompt's keys and values up to the readers (built and checked once, with the model's attention)."""
-        if self.x is None:
+        if self.prefix is None:
             self.x = self.space.point(self.model, self.seq)
             with own_attention():
                 prefix = static_prefix(self.model, self.seq, self.space, self.x, self.reader_length)
