@@ -65,8 +65,8 @@ def run_one(attributor: Attributor, row: dict, size: str, group: str, order: int
            "relevant": relevant, "load_average": round(os.getloadavg()[0], 2), "answer": own}
     if not own.strip():
         return {**out, "skipped": "empty answer"}
-    answer_ids = attributor.sequence(built.prompt, answer=own).target_ids.tolist()
-    out["prompt_tokens"] = attributor.sequence(built.prompt, answer=answer_ids).n_prompt
+    seq = attributor.sequence(built.prompt, answer=own)
+    answer_ids, out["prompt_tokens"] = seq.target_ids.tolist(), seq.n_prompt
     modes = MODES if order % 2 == 0 else MODES[::-1]
     out.update({mode: leave_one_out(attributor, row["question"], docs, answer_ids, mode) for mode in modes})
     out["tokens_full"] = tokens_in_full(attributor, row["question"], docs, answer_ids)
